@@ -1,0 +1,1 @@
+"""Backends of the server: the simulated Red Pitaya and PyRPL (see :mod:`.base` for the interface)."""

@@ -1,0 +1,70 @@
+"""The interface every backend implements (simulator, PyRPL).
+
+Threading contract: the server calls every method of a backend from one and the same dedicated
+thread (the backend thread), never concurrently, so a backend needs no locks and PyRPL is driven from
+the thread that imported it. Methods must not block for long: a scope acquisition is split into
+``scope_arm`` / ``scope_ready`` / ``scope_fetch`` so the server waits for the trace without holding the
+backend thread, and other clients' ``get``/``set`` are served meanwhile.
+
+Values passed to ``set`` are already validated and quantized by :mod:`..catalogue`; ``set`` returns the
+values read back from the board after applying them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass
+class ScopeTrace:
+    """One trace: two channels of 16384 samples in volts, on the time axis ``t0 + k * dt``.
+
+    ``t0`` is the time of the first sample relative to the trigger (0 for ``immediately``).
+    """
+
+    ch1: np.ndarray
+    ch2: np.ndarray
+    t0: float
+    dt: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A Red Pitaya, real or simulated, seen from the server."""
+
+    name: str
+    """``"mock"`` or ``"pyrpl"``."""
+    hostname: str
+    """Board hostname (``""`` for the simulator, ``"_FAKE_"`` for PyRPL's fake board)."""
+
+    def open(self) -> None:
+        """Connect to the board. Raises BackendUnavailable with the reason (PyRPL missing, unreachable)."""
+
+    def close(self) -> None:
+        """Disconnect without changing the board's outputs (a running lock keeps running)."""
+
+    def get(self, module: str, names: Sequence[str]) -> dict[str, Any]:
+        """Current values of ``names`` (all valid catalogue attributes of ``module``)."""
+
+    def set(self, module: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply validated values; return them as read back."""
+
+    def scope_arm(self) -> float:
+        """Start one acquisition with the current scope settings; return the seconds to wait at least."""
+
+    def scope_ready(self) -> bool:
+        """True once the armed acquisition has a complete trace."""
+
+    def scope_fetch(self) -> ScopeTrace:
+        """The completed trace (call only after ``scope_ready()`` returned True)."""
+
+    def scope_stop(self) -> None:
+        """Abandon a pending acquisition (timeout, client gone)."""
+
+    def iq_read(self, module: str) -> dict[str, float]:
+        """Demodulated quadratures of ``module`` (iq0..iq2): ``{"i": V, "q": V}``."""
+
+    def sampler_read(self) -> dict[str, float]:
+        """Instantaneous values of every sampler signal, in volts."""

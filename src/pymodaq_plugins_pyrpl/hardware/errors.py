@@ -1,0 +1,136 @@
+"""Exceptions of the wire protocol: one class per JSON-RPC error code.
+
+The server raises these to produce an error reply; the client raises the same classes when it receives
+one, via :func:`error_from_wire`. Messages say what to do next.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class PyrplPluginError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class RemoteError(PyrplPluginError):
+    """An error with a JSON-RPC code, as carried by an error reply."""
+
+    code: int = -32603
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_wire(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class ParseError(RemoteError):
+    """The request line is not valid UTF-8 JSON."""
+
+    code = -32700
+
+
+class InvalidRequest(RemoteError):
+    """The JSON is not a JSON-RPC 2.0 request object."""
+
+    code = -32600
+
+
+class MethodNotFound(RemoteError):
+    """The method is not part of the protocol."""
+
+    code = -32601
+
+
+class InvalidParams(RemoteError):
+    """Unknown module or attribute, wrong type or value out of range."""
+
+    code = -32602
+
+
+class InternalError(RemoteError):
+    """The server failed while executing a valid request."""
+
+    code = -32603
+
+
+class NotAuthenticated(RemoteError):
+    """A call other than ``hello`` arrived before a successful ``hello``."""
+
+    code = -32001
+
+
+class AuthenticationFailed(RemoteError):
+    """Wrong token: final, the client must not retry (the server was restarted or taken over)."""
+
+    code = -32002
+
+
+class ModuleLeased(RemoteError):
+    """The module is leased by another client; ``set`` and ``lease`` are refused."""
+
+    code = -32003
+
+
+class DeviceNotReady(RemoteError):
+    """The board is not connected (connecting, lost or in error)."""
+
+    code = -32004
+
+
+class AcquisitionTimeout(RemoteError):
+    """No trace within the acquisition timeout (no trigger, or a timeout shorter than the trace)."""
+
+    code = -32005
+
+
+class RequestTooLarge(RemoteError):
+    """A request line longer than the server's limit (1 MiB)."""
+
+    code = -32006
+
+
+class UnsupportedProtocol(RemoteError):
+    """The client speaks a protocol version this server does not."""
+
+    code = -32007
+
+
+class ServerShuttingDown(RemoteError):
+    """The server is stopping and takes no new work."""
+
+    code = -32008
+
+
+_BY_CODE: dict[int, type[RemoteError]] = {
+    cls.code: cls
+    for cls in (
+        ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError,
+        NotAuthenticated, AuthenticationFailed, ModuleLeased, DeviceNotReady,
+        AcquisitionTimeout, RequestTooLarge, UnsupportedProtocol, ServerShuttingDown,
+    )
+}
+
+
+def error_class(code: int) -> type[RemoteError]:
+    """The exception class for a wire code (:class:`RemoteError` for codes this version does not know)."""
+    return _BY_CODE.get(code, RemoteError)
+
+
+def error_from_wire(error: dict[str, Any]) -> RemoteError:
+    """Build the exception for an error object of a reply."""
+    code = int(error.get("code", -32603))
+    cls = error_class(code)
+    exc = cls(str(error.get("message", "")), error.get("data"))
+    if cls is RemoteError:
+        exc.code = code
+    return exc
+
+
+class BackendUnavailable(PyrplPluginError):
+    """The backend cannot reach its board (PyRPL missing, board unreachable); the server exits non-zero."""
