@@ -1,0 +1,770 @@
+"""The PyRPL server process: one per Red Pitaya, many clients, line-delimited JSON-RPC over TCP.
+
+Run ``python -m pymodaq_plugins_pyrpl.hardware.server (--mock | --hostname HOST) [--port 6341]
+[--bind 127.0.0.1] [--token-file PATH] [--config NAME] [--auto-stop SECONDS]``. Once it serves it prints
+exactly one line to stdout, ``PYRPL_SERVER_READY {"port": N, "pid": P}``, and logs to stderr (or
+``--log-file``). SIGTERM/SIGINT stop it cleanly with exit status 0; the board's outputs are left as they
+are. If the backend cannot reach its board (PyRPL missing, board unreachable) it exits with status 2
+before the ready line.
+
+Structure: :class:`Server` holds sessions, leases and the dispatch of one request line to one reply
+line (:meth:`Server.process_line`, testable without sockets); :func:`serve` puts it on a TCP socket.
+All backend calls run on one dedicated thread (:class:`BackendThread`), so a slow board never stalls the
+event loop, and a scope acquisition waits for its trace without holding that thread.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+from .. import __version__
+from . import catalogue, protocol
+from .backends.base import Backend, ScopeTrace
+from .errors import (AcquisitionTimeout, AuthenticationFailed, BackendUnavailable, DeviceNotReady,
+                     InternalError, InvalidParams, InvalidRequest, MethodNotFound, ModuleLeased,
+                     NotAuthenticated, ParseError, RemoteError, RequestTooLarge,
+                     ServerShuttingDown, UnsupportedProtocol)
+
+logger = logging.getLogger(__name__)
+
+STATUS_PERIOD = 2.0
+"""Subscribers get a status push on every change and at least this often (seconds)."""
+SCOPE_POLL = 0.002
+"""Interval between two ``scope_ready`` polls once the expected trace time has passed (seconds)."""
+MAX_IN_FLIGHT = 64
+"""Requests one connection may have pending at once; further lines wait for a slot."""
+
+
+class BackendThread:
+    """Runs every call to the backend on one dedicated thread, in submission order."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+@dataclass
+class Session:
+    """A client's identity on the server; survives a dropped connection for the resume grace period."""
+
+    id: str
+    client: str
+    hold: bool
+    leases: set[str] = field(default_factory=set)
+    connection: Connection | None = None
+    expiry: asyncio.TimerHandle | None = None
+
+
+class Connection:
+    """One TCP connection (or a test double): serialized writes, subscription flag, its session."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], peer: str = "local",
+                 close: Callable[[], None] | None = None) -> None:
+        self._send = send
+        self._close = close
+        self._lock = asyncio.Lock()
+        self.peer = peer
+        self.session: Session | None = None
+        self.subscribed = False
+        self.closed = False
+        self.close_after_reply = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        data = protocol.dumps_line(message)
+        async with self._lock:
+            try:
+                await self._send(data)
+            except (ConnectionError, OSError):
+                self.closed = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._close is not None:
+                self._close()
+
+
+class Server:
+    """Sessions, leases, status and the dispatch of requests to the backend."""
+
+    def __init__(self, backend: Backend, token: str | None, *, port: int = 0,
+                 auto_stop: float | None = None, session_grace: float = 10.0) -> None:
+        self.backend = backend
+        self.thread = BackendThread(backend)
+        self._token = token
+        self.port = port
+        self.auto_stop = auto_stop
+        self.session_grace = session_grace
+        self.sessions: dict[str, Session] = {}
+        self.connections: set[Connection] = set()
+        self.stopping = asyncio.Event()
+        self.started_at = time.time()
+        self._started_monotonic = time.monotonic()
+        self.device_state = "disconnected"
+        self.device_reason: str | None = None
+        self.device_session = ""
+        self._scope_lock = asyncio.Lock()
+        self._scope_generation = 0
+        self._scope_sequence = 0
+        self._no_holder_since: float | None = time.monotonic()
+        self._last_push = 0.0
+        self._push_pending = False
+        self._handlers: dict[str, Callable[[Connection, dict[str, Any]], Awaitable[Any]]] = {
+            protocol.Method.HELLO: self._hello,
+            protocol.Method.PING: self._ping,
+            protocol.Method.STATUS: self._status,
+            protocol.Method.DESCRIBE: self._describe,
+            protocol.Method.GET: self._get,
+            protocol.Method.SET: self._set,
+            protocol.Method.ACQUIRE: self._acquire,
+            protocol.Method.LEASE: self._lease,
+            protocol.Method.RELEASE: self._release,
+            protocol.Method.SUBSCRIBE: self._subscribe,
+            protocol.Method.GOODBYE: self._goodbye,
+            protocol.Method.SHUTDOWN: self._shutdown,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open_backend(self) -> None:
+        """Connect the backend to its board. Raises BackendUnavailable."""
+        self._set_device("connecting")
+        try:
+            await self.thread.call(self.backend.open)
+        except BackendUnavailable as exc:
+            self._set_device("error", str(exc))
+            raise
+        self.device_session = uuid.uuid4().hex
+        self._set_device("ready")
+
+    async def close_backend(self) -> None:
+        """Disconnect from the board without touching its outputs."""
+        try:
+            await self.thread.call(self.backend.close)
+        finally:
+            self.thread.shutdown()
+            self._set_device("disconnected")
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            logger.info("stopping: %s", reason)
+            self.stopping.set()
+
+    async def watch(self) -> None:
+        """Periodic duties until stopped: status pushes and the auto-stop watchdog."""
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=min(STATUS_PERIOD, 0.5))
+            except asyncio.TimeoutError:
+                pass
+            self._check_auto_stop()
+            now = time.monotonic()
+            if now - self._last_push >= STATUS_PERIOD:
+                await self.broadcast_status()
+
+    def _check_auto_stop(self) -> None:
+        if self.auto_stop is None or self.stopping.is_set():
+            return
+        if any(s.hold for s in self.sessions.values()):
+            self._no_holder_since = None
+            return
+        if self._no_holder_since is None:
+            self._no_holder_since = time.monotonic()
+        elif time.monotonic() - self._no_holder_since >= self.auto_stop:
+            self.stop(f"auto-stop: no holding client for {self.auto_stop:g} s")
+
+    def _holders_changed(self, ended_by_client: bool) -> None:
+        """The last holder left: an auto-started server stops now."""
+        if self.auto_stop is None or any(s.hold for s in self.sessions.values()):
+            return
+        if ended_by_client:
+            self.stop("auto-stop: the last holding client said goodbye")
+        else:
+            self.stop("auto-stop: the last holding client vanished")
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def connection_made(self, connection: Connection) -> None:
+        self.connections.add(connection)
+
+    def connection_lost(self, connection: Connection) -> None:
+        """Detach the session; it ends (leases released) after the resume grace period."""
+        self.connections.discard(connection)
+        connection.closed = True
+        session = connection.session
+        if session is None or session.connection is not connection:
+            return
+        session.connection = None
+        loop = asyncio.get_running_loop()
+        session.expiry = loop.call_later(self.session_grace, self._expire, session.id)
+        logger.info("client %r (%s) disconnected; session kept for %g s", session.client,
+                    session.id[:8], self.session_grace)
+        self._status_changed()
+
+    def _expire(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None or session.connection is not None:
+            return
+        self._end_session(session)
+        logger.info("session of %r (%s) expired; leases released: %s", session.client,
+                    session_id[:8], sorted(session.leases) or "none")
+        self._holders_changed(ended_by_client=False)
+
+    def _end_session(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        if session.expiry is not None:
+            session.expiry.cancel()
+        self._status_changed()
+
+    # -- dispatch ----------------------------------------------------------------------------------
+
+    async def process_line(self, connection: Connection, line: bytes) -> dict[str, Any] | None:
+        """One request line in, one reply message out (None for a notification without id)."""
+        id_: Any = None
+        try:
+            if len(line) > protocol.MAX_REQUEST_BYTES:
+                raise RequestTooLarge(f"request of {len(line)} bytes exceeds the limit of "
+                                      f"{protocol.MAX_REQUEST_BYTES} bytes")
+            try:
+                message = protocol.loads(line)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise ParseError(f"not a JSON line: {exc}") from None
+            if not isinstance(message, dict):
+                raise InvalidRequest("a request must be a JSON object")
+            id_ = message.get("id")
+            if not (id_ is None or isinstance(id_, (str, int)) and not isinstance(id_, bool)):
+                id_ = None
+                raise InvalidRequest("'id' must be a string or an integer")
+            method = message.get("method")
+            params = message.get("params", {})
+            if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
+                raise InvalidRequest("expected {\"jsonrpc\": \"2.0\", \"id\": ..., \"method\": str}")
+            if not isinstance(params, dict):
+                raise InvalidRequest("'params' must be an object")
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise MethodNotFound(f"unknown method {method!r}; methods are "
+                                     f"{[m.value for m in protocol.Method]}")
+            if method != protocol.Method.HELLO and connection.session is None:
+                raise NotAuthenticated("say 'hello' with the server token first")
+            if self.stopping.is_set() and method not in (protocol.Method.PING,
+                                                         protocol.Method.STATUS,
+                                                         protocol.Method.GOODBYE):
+                raise ServerShuttingDown("the server is shutting down; reconnect later")
+            value = await handler(connection, params)
+            if "id" not in message:
+                return None
+            return protocol.result(id_, value)
+        except RemoteError as exc:
+            return protocol.error(id_, exc.to_wire())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a backend failure: report it, keep serving
+            logger.exception("request failed")
+            return protocol.error(id_, InternalError(f"{type(exc).__name__}: {exc}").to_wire())
+
+    # -- methods -----------------------------------------------------------------------------------
+
+    async def _hello(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        if connection.session is not None:
+            raise InvalidRequest("this connection already said hello")
+        version = params.get("protocol")
+        if version != protocol.PROTOCOL_VERSION:
+            raise UnsupportedProtocol(
+                f"protocol {version!r} is not supported; this server (version {__version__}) "
+                f"speaks protocol {protocol.PROTOCOL_VERSION}: update the plugin package",
+                {"supported": [protocol.PROTOCOL_VERSION]})
+        token = params.get("token", "")
+        if self._token is not None and not (
+                isinstance(token, str) and hmac.compare_digest(token.encode(),
+                                                               self._token.encode())):
+            logger.warning("authentication failed from %s", connection.peer)
+            connection.close_after_reply = True
+            raise AuthenticationFailed(
+                "wrong token: this server was restarted with a new token (taken over by another "
+                f"program at {self._started_iso()}); do not retry, re-initialize to get the new token")
+        client = params.get("client", "")
+        hold = params.get("hold", False)
+        resume = params.get("session")
+        if not isinstance(client, str) or len(client) > 200:
+            raise InvalidParams("'client' must be a string of at most 200 characters")
+        if not isinstance(hold, bool):
+            raise InvalidParams("'hold' must be true or false")
+        if resume is not None and not isinstance(resume, str):
+            raise InvalidParams("'session' must be a session id string")
+        session = self.sessions.get(resume) if resume else None
+        resumed = session is not None
+        if session is None:
+            session = Session(id=uuid.uuid4().hex, client=client, hold=hold)
+            self.sessions[session.id] = session
+        else:
+            if session.expiry is not None:
+                session.expiry.cancel()
+                session.expiry = None
+            if session.connection is not None and session.connection is not connection:
+                session.connection.close()  # a half-open connection of the same client
+            session.client, session.hold = client or session.client, hold or session.hold
+        session.connection = connection
+        connection.session = session
+        logger.info("%s %r (%s) from %s%s", "resumed" if resumed else "hello", session.client,
+                    session.id[:8], connection.peer, ", holding" if session.hold else "")
+        self._status_changed()
+        return {"server_version": __version__, "protocol": protocol.PROTOCOL_VERSION,
+                "session": session.id, "resumed": resumed, "leases": sorted(session.leases),
+                "backend": self.backend.name, "hostname": self.backend.hostname,
+                "device": self._device_status()}
+
+    async def _ping(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        return {"time": time.time()}
+
+    async def _status(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    async def _describe(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        return catalogue.describe()
+
+    async def _get(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        module = params.get("module")
+        names = catalogue.attribute_names(module, params.get("names"))
+        return await self._backend(self.backend.get, module, names)
+
+    async def _set(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        module = params.get("module")
+        values = catalogue.validate(module, params.get("values"))
+        self._check_lease(connection, module)
+        if module == "scope":
+            self._scope_generation += 1
+        return await self._backend(self.backend.set, module, values)
+
+    async def _acquire(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        module = params.get("module")
+        spec = catalogue.module(module)
+        timeout = params.get("timeout", None)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout <= 3600):
+            raise InvalidParams("'timeout' must be a number of seconds in (0, 3600]")
+        if spec.kind == "scope":
+            return await self._acquire_scope(timeout)
+        if spec.kind == "iq":
+            return await self._backend(self.backend.iq_read, module)
+        if spec.kind == "sampler":
+            return await self._backend(self.backend.sampler_read)
+        raise InvalidParams(f"module '{module}' has nothing to acquire; use 'get' for its values",
+                            {"module": module, "allowed": ["scope", "iq0", "iq1", "iq2", "sampler"]})
+
+    async def _lease(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        module = catalogue.module(params.get("module")).name
+        self._check_lease(connection, module)
+        assert connection.session is not None
+        connection.session.leases.add(module)
+        self._status_changed()
+        return {"module": module, "leased": True}
+
+    async def _release(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        module = catalogue.module(params.get("module")).name
+        assert connection.session is not None
+        held = module in connection.session.leases
+        connection.session.leases.discard(module)
+        if held:
+            self._status_changed()
+        return {"module": module, "released": held}
+
+    async def _subscribe(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        status = params.get("status", True)
+        if not isinstance(status, bool):
+            raise InvalidParams("'status' must be true or false")
+        connection.subscribed = status
+        return self.status()
+
+    async def _goodbye(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        session = connection.session
+        assert session is not None
+        self._end_session(session)
+        connection.session = None
+        connection.close_after_reply = True
+        logger.info("goodbye from %r (%s)", session.client, session.id[:8])
+        if session.hold:
+            self._holders_changed(ended_by_client=True)
+        return {"bye": True}
+
+    async def _shutdown(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        token = params.get("token", "")
+        if self._token is not None and not (
+                isinstance(token, str) and hmac.compare_digest(token.encode(),
+                                                               self._token.encode())):
+            raise InvalidParams("'shutdown' needs the server token in params.token")
+        client = connection.session.client if connection.session else "?"
+        asyncio.get_running_loop().call_soon(self.stop, f"shutdown requested by {client!r}")
+        return {"stopping": True}
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _check_lease(self, connection: Connection, module: str) -> None:
+        for session in self.sessions.values():
+            if session is not connection.session and module in session.leases:
+                raise ModuleLeased(f"module '{module}' is leased by client {session.client!r}; "
+                                   "it can be read but not changed until that client releases it",
+                                   {"module": module, "holder": session.client})
+
+    async def _backend(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.device_state != "ready":
+            raise DeviceNotReady(f"the board is {self.device_state}"
+                                 + (f": {self.device_reason}" if self.device_reason else ""))
+        try:
+            return await self.thread.call(fn, *args)
+        except DeviceNotReady as exc:
+            self._set_device("error", str(exc))
+            raise
+        except ValueError as exc:
+            raise InvalidParams(str(exc)) from None
+
+    async def _acquire_scope(self, timeout: float | None) -> dict[str, Any]:
+        """One (averaged) trace taken entirely with the current settings.
+
+        A settings change during the acquisition restarts it, so a trace never mixes settings.
+        Raises AcquisitionTimeout if no complete trace arrives within ``timeout`` (default: the
+        traces' own duration plus 10 s).
+        """
+        loop = asyncio.get_running_loop()
+        async with self._scope_lock:
+            started = loop.time()
+            deadline: float | None = None if timeout is None else started + timeout
+            while True:
+                generation = self._scope_generation
+                settings = await self._backend(self.backend.get, "scope",
+                                               list(catalogue.MODULES["scope"].attributes))
+                if deadline is None:
+                    deadline = started + settings["trace_average"] * settings["duration"] + 10.0
+                traces = await self._take_traces(settings["trace_average"], generation, deadline)
+                if traces is not None:
+                    break
+            self._scope_sequence += 1
+            ch1 = np.mean([t.ch1 for t in traces], axis=0) if len(traces) > 1 else traces[0].ch1
+            ch2 = np.mean([t.ch2 for t in traces], axis=0) if len(traces) > 1 else traces[0].ch2
+            return {"ch1": np.asarray(ch1, dtype="<f4"), "ch2": np.asarray(ch2, dtype="<f4"),
+                    "t0": traces[0].t0, "dt": traces[0].dt, "sequence": self._scope_sequence,
+                    "timestamp": time.time(), "settings": settings, **traces[0].extra}
+
+    async def _take_traces(self, count: int, generation: int,
+                           deadline: float) -> list[ScopeTrace] | None:
+        """``count`` traces, or None if the scope settings changed meanwhile."""
+        loop = asyncio.get_running_loop()
+        traces: list[ScopeTrace] = []
+        while len(traces) < count:
+            try:
+                wait = await self._backend(self.backend.scope_arm)
+                await asyncio.sleep(max(0.0, min(wait, deadline - loop.time())))
+                while True:
+                    if self._scope_generation != generation:
+                        return None
+                    if await self._backend(self.backend.scope_ready):
+                        break
+                    if loop.time() >= deadline:
+                        raise AcquisitionTimeout(
+                            "no trace within the timeout: check the trigger source and threshold, "
+                            "or give a longer 'timeout'")
+                    await asyncio.sleep(SCOPE_POLL)
+                trace = await self._backend(self.backend.scope_fetch)
+            except BaseException:
+                if self.device_state == "ready":
+                    await self.thread.call(self.backend.scope_stop)
+                raise
+            if self._scope_generation != generation:
+                return None
+            traces.append(trace)
+        return traces
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def _set_device(self, state: str, reason: str | None = None) -> None:
+        if (state, reason) != (self.device_state, self.device_reason):
+            self.device_state, self.device_reason = state, reason
+            log = logger.error if state == "error" else logger.info
+            log("device %s%s", state, f": {reason}" if reason else "")
+            self._status_changed()
+
+    def _device_status(self) -> dict[str, Any]:
+        return {"state": self.device_state, "reason": self.device_reason,
+                "session": self.device_session, "backend": self.backend.name,
+                "hostname": self.backend.hostname}
+
+    def _started_iso(self) -> str:
+        return datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds")
+
+    def status(self) -> dict[str, Any]:
+        """Server, device and clients, as pushed to subscribers (never contains the token)."""
+        return {
+            "server": {"version": __version__, "protocol": protocol.PROTOCOL_VERSION,
+                       "pid": os.getpid(), "port": self.port, "started_at": self._started_iso(),
+                       "uptime": round(time.monotonic() - self._started_monotonic, 3),
+                       "auto_stop": self.auto_stop, "stopping": self.stopping.is_set()},
+            "device": self._device_status(),
+            "clients": [{"id": s.id[:8], "client": s.client, "hold": s.hold,
+                         "connected": s.connection is not None, "leases": sorted(s.leases)}
+                        for s in self.sessions.values()],
+        }
+
+    def _status_changed(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if not self._push_pending:
+            self._push_pending = True
+            loop.call_soon(lambda: asyncio.ensure_future(self.broadcast_status()))
+
+    async def broadcast_status(self) -> None:
+        self._push_pending = False
+        self._last_push = time.monotonic()
+        targets = [c for c in self.connections if c.subscribed and not c.closed]
+        if targets:
+            message = protocol.notification(protocol.NOTIFICATION_STATUS, self.status())
+            await asyncio.gather(*(c.send(message) for c in targets))
+
+
+# ------------------------------------------------------------------------------------------------
+# TCP
+
+
+async def _serve_connection(server: Server, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter, hello_timeout: float) -> None:
+    peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+
+    async def send(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    connection = Connection(send, peer, close=writer.close)
+    server.connection_made(connection)
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+    tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    hello_deadline = loop.time() + hello_timeout
+
+    async def answer(line: bytes) -> None:
+        try:
+            reply = await server.process_line(connection, line)
+            if reply is not None:
+                await connection.send(reply)
+            if connection.close_after_reply:
+                connection.close()
+        finally:
+            slots.release()
+
+    try:
+        while not connection.closed:
+            timeout = None if connection.session else hello_deadline - loop.time()
+            if timeout is not None and timeout <= 0:
+                logger.info("closing %s: no hello within %g s", peer, hello_timeout)
+                break
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
+            except asyncio.TimeoutError:
+                continue
+            except asyncio.LimitOverrunError:
+                await connection.send(protocol.error(None, RequestTooLarge(
+                    f"request line exceeds {protocol.MAX_REQUEST_BYTES} bytes; connection closed"
+                ).to_wire()))
+                break
+            except asyncio.IncompleteReadError:
+                break
+            if not line.strip():
+                continue
+            await slots.acquire()
+            task = asyncio.ensure_future(answer(line))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        server.connection_lost(connection)
+        for task in tasks:
+            task.cancel()
+        writer.close()
+
+
+async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.0,
+                ready: Callable[[int], None] | None = None) -> None:
+    """Open the backend, listen on ``bind:port`` and serve until ``server.stop()``.
+
+    Raises BackendUnavailable (before listening) if the board cannot be reached.
+    """
+    await server.open_backend()
+    connection_tasks: set[asyncio.Task[None]] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connection_tasks.add(task)
+        try:
+            await _serve_connection(server, reader, writer, hello_timeout)
+        finally:
+            connection_tasks.discard(task)
+
+    tcp = await asyncio.start_server(on_connect, bind, port, limit=protocol.MAX_REQUEST_BYTES + 1,
+                                     reuse_address=True)
+    server.port = tcp.sockets[0].getsockname()[1]
+    if ready is not None:
+        ready(server.port)
+    watcher = asyncio.ensure_future(server.watch())
+    try:
+        await server.stopping.wait()
+    finally:
+        tcp.close()
+        for task in list(connection_tasks):
+            task.cancel()
+        await asyncio.gather(*connection_tasks, return_exceptions=True)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await server.close_backend()
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+
+
+def read_or_create_token(path: Path) -> str:
+    """The token stored in ``path``; if the file does not exist, a new random one written owner-only."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    if args.mock:
+        from .backends.simulator import SimulatorBackend
+
+        return SimulatorBackend(seed=args.seed, plant=args.plant)
+    from .backends.pyrpl import PyrplBackend
+
+    return PyrplBackend(hostname=args.hostname, config=args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pymodaq_plugins_pyrpl.hardware.server",
+        description="PyRPL server: serves one Red Pitaya (or the simulated board) to many clients.")
+    board = parser.add_mutually_exclusive_group(required=True)
+    board.add_argument("--mock", action="store_true", help="serve the simulated Red Pitaya")
+    board.add_argument("--hostname", help="Red Pitaya hostname or IP ('_FAKE_': PyRPL's fake board)")
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+                        help="TCP port (0: pick a free one); default %(default)s")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding the token clients must present (created owner-only with a "
+                             "random token if missing); without it, any token is accepted")
+    parser.add_argument("--config", default="", help="PyRPL config name (default: in-memory config)")
+    parser.add_argument("--auto-stop", type=float, metavar="SECONDS",
+                        help="stop when no holding client is left: at once when the last one says "
+                             "goodbye or its session expires, or after SECONDS without any")
+    parser.add_argument("--session-grace", type=float, default=10.0, metavar="SECONDS",
+                        help="how long a dropped client's session (and its leases) waits for it to "
+                             "resume; default %(default)s")
+    parser.add_argument("--hello-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="close connections that have not said hello by then; default %(default)s")
+    parser.add_argument("--seed", type=int, help="simulator: random seed (deterministic noise)")
+    parser.add_argument("--plant", default="loopback",
+                        help="simulator: what connects the outputs to the inputs, 'loopback' (cable "
+                             "out1->in1, out2->in2) or 'resonator[:f0=HZ,q=Q,gain=G]'; "
+                             "default %(default)s")
+    parser.add_argument("--log-file", type=Path, help="log to this file instead of stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    handler: logging.Handler = (logging.FileHandler(args.log_file) if args.log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(max(logging.DEBUG, logging.INFO + 10 * (args.quiet - args.verbose)))
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.token_file is None and not _is_loopback(args.bind):
+        logger.error("refusing to listen on %s without a token: anyone on the network could drive "
+                     "the board. Add --token-file PATH (created with a random token if missing) "
+                     "and give that token to the clients.", args.bind)
+        return 2
+    token = read_or_create_token(args.token_file) if args.token_file else None
+    try:
+        backend = make_backend(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    server = Server(backend, token, auto_stop=args.auto_stop, session_grace=args.session_grace)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")
+
+    def ready(port: int) -> None:
+        print(f"{protocol.READY_PREFIX} {json.dumps({'port': port, 'pid': os.getpid()})}",
+              flush=True)
+        logger.info("serving %s board%s on %s:%d (pid %d, protocol %d, version %s)", backend.name,
+                    f" {backend.hostname}" if backend.hostname else "", args.bind, port,
+                    os.getpid(), protocol.PROTOCOL_VERSION, __version__)
+
+    try:
+        await serve(server, args.bind, args.port, args.hello_timeout, ready)
+    except BackendUnavailable as exc:
+        logger.error("cannot serve the board: %s", exc)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", args.bind, args.port, exc)
+        return 3
+    logger.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

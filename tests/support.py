@@ -1,0 +1,190 @@
+"""Test helpers: a server subprocess with guaranteed cleanup, and a raw-socket protocol client.
+
+``RawClient`` speaks docs/protocol.md by hand (no package client), so the tests also check that the
+documentation is enough to talk to the server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pymodaq_plugins_pyrpl.hardware import protocol
+
+SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m ...server ARGS --port 0 --token-file TMP/token``; waits for the ready line.
+
+    Always cleaned up: SIGTERM, then SIGKILL after 10 s. ``stderr`` is collected in ``log``.
+    """
+
+    def __init__(self, tmp_path: Path, args: list[str], startup_timeout: float = 30.0,
+                 token_file: bool = True, env: dict[str, str] | None = None) -> None:
+        self.token_path = tmp_path / "token"
+        cmd = [sys.executable, "-m", SERVER_MODULE, *args]
+        if "--port" not in args:
+            cmd += ["--port", "0"]
+        if token_file:
+            cmd += ["--token-file", str(self.token_path)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        self._stdout: queue.Queue[str] = queue.Queue()
+        self.log_lines: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout.put),
+                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.log_lines.append),
+                         daemon=True).start()
+        self.ready_line = self._wait_ready(startup_timeout)
+        info = json.loads(self.ready_line.split(" ", 1)[1]) if self.ready_line else {}
+        self.port: int = info.get("port", 0)
+        self.pid: int = info.get("pid", 0)
+        self.token = self.token_path.read_text().strip() if token_file and self.ready_line else ""
+
+    @staticmethod
+    def _pump(stream, put) -> None:
+        for raw in stream:
+            put(raw.decode(errors="replace").rstrip("\n"))
+
+    def _wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._stdout.get(timeout=0.05)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    return ""
+                continue
+            if line.startswith(protocol.READY_PREFIX):
+                return line
+        raise TimeoutError(f"server not ready within {timeout} s; log:\n" + self.log)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.log_lines)
+
+    def stdout_lines(self) -> list[str]:
+        lines = []
+        while not self._stdout.empty():
+            lines.append(self._stdout.get())
+        return lines
+
+    def client(self, name: str = "test", hello: bool = True, **hello_params: Any) -> RawClient:
+        c = RawClient(self.port)
+        if hello:
+            c.hello(self.token, name, **hello_params)
+        return c
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RawClient:
+    """A minimal synchronous client on a raw socket: one call at a time, pushes kept aside."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.timeout = timeout
+        self._buffer = bytearray()
+        self.notifications: list[dict[str, Any]] = []
+        self._id = 0
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_message(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message; socket.timeout if none within ``timeout`` (default: the client's)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self._buffer:
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self._buffer += chunk
+        end = self._buffer.index(b"\n")
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        return json.loads(line)
+
+    def read_reply(self, id_: Any = None) -> dict[str, Any]:
+        while True:
+            message = self.read_message()
+            if "id" not in message:
+                self.notifications.append(message)
+                continue
+            if id_ is None or message["id"] == id_:
+                return message
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one request and return the whole reply message (result or error)."""
+        self._id += 1
+        self.send_raw(protocol.dumps_line(protocol.request(self._id, method, params)))
+        return self.read_reply(self._id)
+
+    def call(self, method: str, **params: Any) -> Any:
+        """The decoded result; raises AssertionError with the error object on an error reply."""
+        reply = self.request(method, params)
+        assert "error" not in reply, reply["error"]
+        return protocol.decode_value(reply["result"])
+
+    def hello(self, token: str, client: str = "test", **params: Any) -> dict[str, Any]:
+        return self.call("hello", token=token, client=client, protocol=1, **params)
+
+    def wait_notification(self, predicate=lambda m: True, timeout: float = 5.0) -> dict[str, Any]:
+        """The first push (kept or new) matching ``predicate``; TimeoutError after ``timeout``."""
+        for message in self.notifications:
+            if predicate(message):
+                self.notifications.remove(message)
+                return message
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                message = self.read_message(deadline - time.monotonic())
+            except (socket.timeout, TimeoutError):
+                break
+            if "id" in message:
+                continue
+            if predicate(message):
+                return message
+            self.notifications.append(message)
+        raise TimeoutError("no matching notification")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

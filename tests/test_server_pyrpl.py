@@ -1,0 +1,60 @@
+"""The server with the PyRPL backend, against PyRPL's own fake board, as a subprocess."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import ServerProcess
+
+pytestmark = pytest.mark.pyrpl
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory: pytest.TempPathFactory):
+    with ServerProcess(tmp_path_factory.mktemp("fake"), ["--hostname", "_FAKE_"],
+                       startup_timeout=60) as server:
+        assert server.ready_line, server.log
+        yield server
+
+
+def test_hello_reports_the_pyrpl_backend(fake_server: ServerProcess) -> None:
+    with fake_server.client() as c:
+        status = c.call("status")
+        assert status["device"]["backend"] == "pyrpl"
+        assert status["device"]["hostname"] == "_FAKE_"
+        assert status["device"]["state"] == "ready"
+
+
+def test_every_module_reads_and_sets(fake_server: ServerProcess) -> None:
+    with fake_server.client() as c:
+        catalogue = c.call("describe")["modules"]
+        for module, spec in catalogue.items():
+            values = c.call("get", module=module)
+            assert set(values) == set(spec["attributes"]), module
+        applied = c.call("set", module="asg0", values={"frequency": 1000, "amplitude": 0.5,
+                                                        "waveform": "square",
+                                                        "output_direct": "out1"})
+        assert applied["frequency"] == pytest.approx(1000.0076, abs=1e-3)
+        assert applied["waveform"] == "square" and applied["output_direct"] == "out1"
+        pid = c.call("set", module="pid0", values={"setpoint": 0.1, "p": 0.5, "i": 100,
+                                                    "input": "in2", "ival": 0.25})
+        assert pid["setpoint"] == pytest.approx(0.0999756) and pid["input"] == "in2"
+        assert pid["ival"] == pytest.approx(0.25)
+
+
+def test_acquisitions_through_real_pyrpl(fake_server: ServerProcess) -> None:
+    with fake_server.client() as c:
+        c.call("set", module="scope", values={"duration": 0.001, "trigger_source": "immediately"})
+        trace = c.call("acquire", module="scope", timeout=10)
+        assert trace["ch1"].shape == (16384,) and trace["ch2"].shape == (16384,)
+        assert trace["dt"] == pytest.approx(0.001048576 / 16384)
+        for iq in ("iq0", "iq1", "iq2"):
+            assert set(c.call("acquire", module=iq)) >= {"i", "q"}
+        sampler = c.call("acquire", module="sampler")
+        assert set(sampler) >= {"in1", "in2", "out1", "out2"}
+
+
+def test_unreachable_board_exits_non_zero(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, ["--hostname", ""], startup_timeout=60)
+    assert server.ready_line == ""
+    assert server.proc.wait(30) == 2
