@@ -1,0 +1,600 @@
+"""The PyRPL backend: a real Red Pitaya driven through PyRPL 0.9.9 (``--hostname HOST``), or PyRPL's own
+fake board (``--hostname _FAKE_``).
+
+Threading ("Pattern A" of the PyRPL notes): the server calls every method, ``open()`` included, from one
+dedicated backend thread. ``open()`` gives that thread its own asyncio event loop, then imports PyRPL
+there, so PyRPL's ``QApplication``, its qasync loop and every register access live in that one thread.
+Nothing here pumps Qt events and nothing calls PyRPL's ``single()``: the scope uses PyRPL's Qt-free
+low-level path (``_start_trace_acquisition`` / ``curve_ready`` / ``_get_trace``). Qt requires the main
+thread on macOS, so there this backend is untested.
+
+This module imports PyRPL lazily, inside :meth:`PyrplBackend.open`, so importing it has no side effects.
+
+Behaviour worth knowing:
+
+* **Reads never write.** PyRPL's ``SelectRegister`` rewrites the register when its python-side cache
+  disagrees with the hardware, so merely reading ``asg0.trigger_source`` on a fresh PyRPL instance
+  would stop a running ASG. ``open()`` primes every select cache from the hardware without writing,
+  and :meth:`PyrplBackend.get` reads select registers through the same no-write path.
+* **asg ``waveform`` cannot be read back**: the FPGA only holds the 16384-sample table. It is PyRPL's
+  python-side value: ``'sin'`` until it is set through this backend (or re-applied from a named
+  PyRPL config), whatever the board is actually playing.
+* **asg ``trigger_source``**: PyRPL runs the full ``asg.setup()`` when it is set (output off, state
+  machine reset, waveform table rewritten from the python-side ``waveform``, output on), which glitches
+  the output. This backend lets PyRPL do that once per ASG and session, the first time the ASG is
+  started (``trigger_source`` other than ``'off'``), so the ASG is in a known state with the table that
+  ``waveform`` reports; afterwards, and for ``'off'``, it writes the trigger register alone.
+* **Scope ``trace_average``** is stored on PyRPL's python-side property and not used by this backend:
+  the server repeats arm/fetch and averages. ``ch1_active``/``ch2_active`` are PyRPL's python-side
+  display flags; both channels are always returned. ``duration`` sets the decimation. Setting
+  ``duration``, ``trigger_source`` or ``trigger_delay`` runs PyRPL's ``scope.setup()``, which cancels
+  PyRPL-side acquisitions (the server re-arms after a settings change).
+* **Filters** (``inputfilter``, ``bandwidth``) are returned as the list PyRPL reports, one cutoff per
+  FPGA filter stage. In fake mode the stage counts and cutoffs are garbage (PyRPL's ``DummyClient``).
+* **Named PyRPL configs** (``--config NAME``) keep PyRPL's semantics: ``<user dir>/config/NAME.yml``
+  is created if missing, stored settings are re-applied to the FPGA at start-up and every change is
+  saved there. ``config=""`` (the default) keeps PyRPL's settings in memory only.
+* **Fake board** (``_FAKE_``): scope traces are random noise, ``curve_ready`` is always true, the
+  sampler and IQ accumulators return constants, filter cutoffs are garbage. They are not hidden.
+
+Board link: PyRPL's ``MonitorClient`` retries a failed register access 5 times (restarting the
+monitor server over ssh in between) and then returns ``None`` instead of raising. Every hardware module
+gets a thin checking wrapper around that client, so such a failure raises here instead of surfacing as
+a ``TypeError`` deep inside PyRPL (or, for writes, not at all). The first communication failure puts
+the backend in the ``error`` state (:meth:`PyrplBackend.device_state`) and every later call raises
+:class:`~..errors.DeviceNotReady`; the state is sticky: restart the server once the board is back.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .. import catalogue, errors
+from .base import ScopeTrace
+
+logger = logging.getLogger(__name__)
+
+IQ_AVERAGE_CYCLES = 2**20
+"""FPGA clock cycles (8 ns) the IQ accumulators average over in :meth:`PyrplBackend.iq_read`: 8.39 ms."""
+
+IQ_VOLTS_PER_LSB = 2.0**-22
+"""Volts of input amplitude per unit of the averaged IQ accumulators.
+
+The demodulator multiplies the 14-bit input (1 V = 2**13) by a 17-bit sine (amplitude 2**16 - 1) and
+keeps product bits [29:6] as a 24-bit quadrature, so an input of amplitude A volts averages to
+A * 2**22 * cos(...). PyRPL's network analyzer uses the same factor (``rescale = 2**-LPFBITS * 4``).
+"""
+
+_SCOPE_DATA_LENGTH = catalogue.SCOPE_SAMPLES
+
+
+def default_user_dir() -> Path:
+    """The private ``PYRPL_USER_DIR`` used when neither the caller nor the environment names one.
+
+    A folder in the per-user cache directory, so PyRPL never creates ``~/pyrpl_user_dir``.
+    """
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pymodaq_plugins_pyrpl" / "pyrpl_user_dir"
+
+
+class _LinkError(Exception):
+    """A register access failed: PyRPL's client gave up or its recovery raised."""
+
+
+class _CheckedClient:
+    """Wraps PyRPL's register client so that a failed access raises :class:`_LinkError`.
+
+    ``MonitorClient.reads``/``writes`` return ``None`` after 5 failed attempts, and the ssh restart in
+    between may raise anything (``TypeError``, ``ValueError``, paramiko errors). ``DummyClient.writes``
+    always returns ``None``, so write results are only checked on a real client.
+    """
+
+    def __init__(self, client: Any, check_writes: bool) -> None:
+        self._client = client
+        self._check_writes = check_writes
+
+    def reads(self, addr: int, length: int) -> Any:
+        try:
+            data = self._client.reads(addr, length)
+        except Exception as exc:
+            raise _LinkError(f"reading {length} word(s) at {addr:#010x} failed: "
+                             f"{type(exc).__name__}: {_one_line(exc)}") from exc
+        if data is None:
+            raise _LinkError(f"reading {length} word(s) at {addr:#010x} failed 5 times")
+        return data
+
+    def writes(self, addr: int, values: Any) -> Any:
+        try:
+            result = self._client.writes(addr, values)
+        except Exception as exc:
+            raise _LinkError(f"writing at {addr:#010x} failed: {type(exc).__name__}: "
+                             f"{_one_line(exc)}") from exc
+        if self._check_writes and result is None:
+            raise _LinkError(f"writing at {addr:#010x} failed 5 times")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _reads_with_eof_check(client: Any, addr: int, length: int) -> Any:
+    """``MonitorClient._reads`` of PyRPL 0.9.9.1 plus the end-of-stream check it lacks.
+
+    PyRPL's version loops ``data += recv(...)`` until the reply is complete, so when the monitor
+    server closes the connection (killed by another PyRPL client's ``killall``, or crashed) it spins
+    forever at 100 % CPU. This one raises ``ConnectionResetError``, which PyRPL's retry logic handles
+    like any socket error. Installed on the client instance by ``PyrplBackend.open``.
+    """
+    length = min(length, 65535)
+    header = b"r" + bytes([0, length & 0xFF, (length >> 8) & 0xFF, addr & 0xFF, (addr >> 8) & 0xFF,
+                           (addr >> 16) & 0xFF, (addr >> 24) & 0xFF])
+    client.socket.send(header)
+    expected = length * 4 + 8
+    data = bytearray()
+    while len(data) < expected:
+        chunk = client.socket.recv(expected - len(data))
+        if not chunk:
+            raise ConnectionResetError("the monitor server closed the connection")
+        data += chunk
+    if bytes(data[:8]) == header:
+        return np.frombuffer(bytes(data[8:]), dtype=np.uint32)
+    client.logger.error("Wrong control sequence from server: %s", bytes(data[:8]))
+    client.emptybuffer()
+    return None
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """The exception's message on one line, without terminal colour codes, at most ``limit`` chars."""
+    text = " ".join(_ANSI_ESCAPE.sub("", str(exc)).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class PyrplBackend:
+    """A Red Pitaya through PyRPL. See the module docstring for the threading rules and caveats."""
+
+    name = "pyrpl"
+
+    def __init__(self, hostname: str, config: str = "", user_dir: str | os.PathLike[str] | None = None
+                 ) -> None:
+        self.hostname = hostname
+        self.config = config
+        self.user_dir = user_dir
+        self._pyrpl: Any = None
+        self._rp: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link_error: str | None = None
+        self._open_error: str | None = None
+        self._closed = False
+        self._asg_started: set[str] = set()
+        self._armed: tuple[float, float] | None = None
+
+    # -------------------------------------------------------------------------------------------------
+    # lifecycle
+
+    def open(self) -> None:
+        """Import PyRPL in this thread and connect to the board. Raises BackendUnavailable."""
+        if self._rp is not None:
+            return
+        if self._closed:
+            raise errors.BackendUnavailable("this PyRPL backend was closed; PyRPL cannot be "
+                                            "restarted in the same process")
+        host = (self.hostname or "").strip()
+        if not host:
+            # PyRPL would open its hostname-selector dialog (even with gui=False) and hang.
+            raise errors.BackendUnavailable(
+                "no Red Pitaya hostname given: start the server with --hostname HOST (the board's "
+                "IP address or name), --hostname _FAKE_ for PyRPL's simulated board, or --mock for "
+                "the built-in simulator")
+        self._prepare_environment()
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        started = time.perf_counter()
+        failure = self._connect(host)
+        if failure is not None:
+            # Nothing of PyRPL may outlive this thread (see close()): the exception and its frames
+            # are gone by now, so collect the half-built objects here, then drop the QApplication.
+            self.close()
+            self._open_error = failure
+            raise errors.BackendUnavailable(failure)
+        logger.info("PyRPL %s connected to %s in %.2f s", sys.modules["pyrpl"].__version__, host,
+                    time.perf_counter() - started)
+
+    def _connect(self, host: str) -> str | None:
+        """Import PyRPL and build ``Pyrpl``; the reason of a failure, or None."""
+        try:
+            import pyrpl
+            from pyrpl import pyrpl as pyrpl_main
+        except Exception as exc:
+            logger.debug("import pyrpl failed", exc_info=True)
+            return (f"PyRPL cannot be imported in {sys.executable} ({type(exc).__name__}: "
+                    f"{_one_line(exc)}). Install it into this Python environment with the "
+                    "install-pyrpl script of pymodaq_plugins_pyrpl (see its README), or use --mock "
+                    "for the simulator")
+        # No network analyzer / spectrum analyzer / lockbox: they would own iq2 and pid2.
+        pyrpl_main.default_pyrpl_config["modules"] = []
+        try:
+            p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error")
+        except Exception as exc:
+            logger.debug("Pyrpl() failed", exc_info=True)
+            return (f"cannot connect to the Red Pitaya at {host!r} ({type(exc).__name__}: "
+                    f"{_one_line(exc)}). Check the hostname, that the board is on the network "
+                    "(ping it, open it in a web browser), and the ssh user/password (PyRPL's "
+                    "defaults root/root, or the redpitaya section of the PyRPL config); only one "
+                    "PyRPL client may use a board at a time")
+        self._pyrpl, self._rp = p, p.rp
+        modules = list(getattr(p.c.pyrpl, "modules", []) or [])
+        if modules:
+            logger.warning("PyRPL config %r loads software modules %s: they may own iq2/pid2",
+                           self.config, modules)
+        self._install_checked_clients(p.rp)
+        try:
+            self._prime_select_caches(p.rp)
+            if p.rp.scope.running_state != "stopped":  # a named config may have started the scope
+                p.rp.scope.stop()
+        except _LinkError as exc:
+            return f"the Red Pitaya at {host!r} stopped answering right after connecting ({exc})"
+        return None
+
+    def close(self) -> None:
+        """Disconnect without touching the outputs (a running lock keeps running). Idempotent.
+
+        ``Pyrpl._clear()`` stops PyRPL's timers, writes a named config file and, on a real board, ends
+        the monitor server over ssh; the FPGA keeps its configuration. Then PyRPL's QApplication is
+        destroyed in this thread: Qt crashes the interpreter at exit (SIGSEGV) when the application
+        of a finished thread is destroyed from the main thread. So a closed backend cannot be
+        reopened in the same process, and the server must call ``close()`` before it exits.
+        """
+        self._closed = True
+        p, self._pyrpl, self._rp = self._pyrpl, None, None
+        if p is not None:
+            try:
+                p._clear()
+            except Exception as exc:  # a dead link must not prevent the server from stopping
+                logger.warning("PyRPL did not shut down cleanly: %s", _one_line(exc))
+            del p
+        if self._loop is not None:  # open() ran in this thread
+            gc.collect()  # PyRPL's Qt objects go in this thread, before their QApplication
+            _destroy_qt_application()
+            with contextlib.suppress(Exception):
+                asyncio.set_event_loop(None)
+                self._loop.close()
+            self._loop = None
+
+    def device_state(self) -> tuple[str, str | None]:
+        """``("ready", None)`` while the board answers, else ``("error", reason)``."""
+        if self._open_error is not None:
+            return "error", self._open_error
+        if self._closed:
+            return "error", "closed"
+        if self._link_error is not None:
+            return "error", self._link_error
+        if self._rp is None:
+            return "error", "not connected"
+        return "ready", None
+
+    # -------------------------------------------------------------------------------------------------
+    # settings
+
+    def get(self, module: str, names: Sequence[str]) -> dict[str, Any]:
+        spec = catalogue.module(module)
+        with self._board() as rp:
+            m = getattr(rp, module)
+            return {name: self._read(m, spec, name) for name in names}
+
+    def set(self, module: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        spec = catalogue.module(module)
+        with self._board() as rp:
+            m = getattr(rp, module)
+            for name, value in values.items():  # refuse before writing anything
+                self._check_writable(m, spec, name, value)
+            for name in self._write_order(spec, values):
+                self._write(m, spec, name, values[name])
+            return {name: self._read(m, spec, name) for name in values}
+
+    # -------------------------------------------------------------------------------------------------
+    # scope
+
+    def scope_arm(self) -> float:
+        """Arm one trace (PyRPL's ``_start_trace_acquisition``); return the minimum wait in seconds.
+
+        With an edge trigger the FPGA ignores triggers until the pre-trigger part of the buffer is
+        full, then records ``round(trigger_delay / sampling_time) + 8192`` samples after the trigger,
+        so a trace takes at least ``max(duration, that many samples)`` (PyRPL waits ``duration``).
+        """
+        with self._board() as rp:
+            s = rp.scope
+            s._start_trace_acquisition()
+            dt = float(s.sampling_time)
+            duration = dt * _SCOPE_DATA_LENGTH
+            wait = duration
+            if s.trigger_source != "immediately":
+                delay = int(np.round(s.trigger_delay / dt)) + _SCOPE_DATA_LENGTH // 2
+                wait = max(duration, min(max(delay, 1), 2**32 - 1) * dt)
+            self._armed = (float(s.times[0]), dt)
+            return wait
+
+    def scope_ready(self) -> bool:
+        with self._board() as rp:
+            return bool(rp.scope.curve_ready())
+
+    def scope_fetch(self) -> ScopeTrace:
+        """The trace (PyRPL's ``_get_trace``), on the time axis of the settings it was armed with."""
+        with self._board() as rp:
+            s = rp.scope
+            data = np.asarray(s._get_trace(), dtype=np.float64)
+            t0, dt = self._armed if self._armed is not None else (float(s.times[0]),
+                                                                  float(s.sampling_time))
+            return ScopeTrace(ch1=np.ascontiguousarray(data[0]), ch2=np.ascontiguousarray(data[1]),
+                              t0=t0, dt=dt)
+
+    def scope_stop(self) -> None:
+        """Cancel: PyRPL's ``scope.stop()``, then disarm the FPGA (reset bit, arm bit clear)."""
+        with self._board() as rp:
+            s = rp.scope
+            s.stop()
+            s._acquisition_started = False
+            s._write(0x0, (s._read(0x0) & 0b1000) | 0b10)  # keep adc_we_keep; reset, do not re-arm
+            self._armed = None
+
+    # -------------------------------------------------------------------------------------------------
+    # IQ and sampler
+
+    def iq_read(self, module: str) -> dict[str, float]:
+        """Both quadratures of ``module``, averaged by the FPGA over ``IQ_AVERAGE_CYCLES`` (8.39 ms).
+
+        Uses the IQ module's network-analyzer accumulators, which exist in iq0, iq1 and iq2 (only
+        iq2 exports its second quadrature to the DSP bus): set ``_na_averages`` and
+        ``_na_sleepcycles = 0``, rewrite the frequency register with its own value (that restarts the
+        accumulation without touching the oscillator), sleep for the window, read the two 62-bit sums
+        (registers 0x140..0x14C, bit 31 = still averaging), then restore the two NA registers.
+
+        Scaling and convention: ``i + 1j*q = mean(quadrature1 + 1j*quadrature2) * 2**-22`` volts, the
+        quadratures after the input filter (``acbandwidth``) and the low-pass ``bandwidth`` filters,
+        independent of ``quadrature_factor``, ``gain`` and ``output_signal``. ``i`` is what the module
+        puts on the DSP bus as ``iqN`` (divided by ``quadrature_factor``), ``q`` is ``iq2_2``'s
+        quadrature. For an input ``A*sin(psi + theta)``, with ``psi`` the module's oscillator phase (its
+        excitation is ``amplitude*sin(psi)``) and ``phi`` its ``phase`` setting:
+        ``i = A*cos(theta + phi)``, ``q = A*sin(theta + phi)``, i.e. ``(i + 1j*q) / A`` is the transfer
+        function from the module's excitation to its input, rotated by ``+phi`` (the convention of
+        PyRPL's network analyzer). The 2f ripple of the demodulation averages out when the window
+        spans many periods (f >> 120 Hz) or the ``bandwidth`` filter removes it.
+        """
+        if module not in ("iq0", "iq1", "iq2"):
+            raise errors.InvalidParams(f"iq_read needs iq0, iq1 or iq2, not {module!r}")
+        window = IQ_AVERAGE_CYCLES / catalogue.FPGA_CLOCK
+        with self._board() as rp:
+            iq = getattr(rp, module)
+            saved = (iq._read(0x130), iq._read(0x134))  # _na_averages, _na_sleepcycles
+            try:
+                iq._write(0x130, IQ_AVERAGE_CYCLES)
+                iq._write(0x134, 0)
+                iq._write(0x108, iq._read(0x108))  # frequency unchanged: restarts the accumulators
+                time.sleep(window)
+                deadline = time.monotonic() + 1.0
+                while True:
+                    a, b, c, d = (int(v) for v in iq._reads(0x140, 4))
+                    if not (a | b | c | d) >> 31:
+                        break
+                    if time.monotonic() > deadline:
+                        raise errors.InternalError(
+                            f"{module}: the FPGA's IQ accumulators did not finish averaging")
+                    time.sleep(0.001)
+            finally:
+                iq._write(0x130, saved[0])
+                iq._write(0x134, saved[1])
+            mask = 2**31 - 1
+            i_sum = iq._to_pyint((a & mask) + ((b & mask) << 31), bitlength=62)
+            q_sum = iq._to_pyint((c & mask) + ((d & mask) << 31), bitlength=62)
+            scale = IQ_VOLTS_PER_LSB / IQ_AVERAGE_CYCLES
+            return {"i": float(i_sum * scale), "q": float(q_sum * scale)}
+
+    def sampler_read(self) -> dict[str, float]:
+        """One sample of every signal of ``catalogue.SAMPLER_SIGNALS`` (``rp.sampler.<signal>``)."""
+        with self._board() as rp:
+            return {sig: float(getattr(rp.sampler, sig)) for sig in catalogue.SAMPLER_SIGNALS}
+
+    # -------------------------------------------------------------------------------------------------
+    # internals
+
+    @contextlib.contextmanager
+    def _board(self) -> Iterator[Any]:
+        """The RedPitaya object; turns a communication failure into the sticky error state."""
+        if self._closed:
+            raise errors.DeviceNotReady("the PyRPL backend is closed")
+        if self._link_error is not None:
+            raise errors.DeviceNotReady(
+                f"the Red Pitaya at {self.hostname!r} is not answering ({self._link_error}); "
+                "check the board and the network, then restart the server")
+        if self._rp is None:
+            raise errors.DeviceNotReady("the PyRPL backend is not connected")
+        try:
+            yield self._rp
+        except (_LinkError, OSError) as exc:  # socket.timeout is an OSError
+            self._link_error = _one_line(exc)
+            logger.error("lost the Red Pitaya at %s: %s", self.hostname, self._link_error)
+            raise errors.DeviceNotReady(
+                f"lost the Red Pitaya at {self.hostname!r} ({self._link_error}); check the board "
+                "and the network, then restart the server") from exc
+
+    def _prepare_environment(self) -> None:
+        """Environment PyRPL reads at import: Qt platform, user dir, XDG runtime dir."""
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # else import aborts without a display
+        if "pyrpl" in sys.modules:
+            if self.user_dir is not None:
+                logger.warning("PyRPL is already imported in this process: its user dir stays %s",
+                               os.environ.get("PYRPL_USER_DIR"))
+            return
+        user_dir = Path(self.user_dir or os.environ.get("PYRPL_USER_DIR") or default_user_dir())
+        user_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PYRPL_USER_DIR"] = str(user_dir)
+        if os.name == "posix" and not os.environ.get("XDG_RUNTIME_DIR"):
+            os.environ["XDG_RUNTIME_DIR"] = _private_runtime_dir()
+
+    @staticmethod
+    def _install_checked_clients(rp: Any) -> None:
+        from pyrpl.redpitaya_client import MonitorClient
+
+        for m in rp.modules.values():
+            client = getattr(m, "_client", None)
+            if client is not None and not isinstance(client, _CheckedClient):
+                real = isinstance(client, MonitorClient)
+                if real:
+                    client._reads = types.MethodType(_reads_with_eof_check, client)
+                m._client = _CheckedClient(client, check_writes=real)
+
+    @staticmethod
+    def _prime_select_caches(rp: Any) -> None:
+        """Set every SelectRegister's python-side cache from the hardware, without writing."""
+        for m in rp.modules.values():
+            for name, descriptor in _select_registers(type(m)):
+                _read_select(m, name, descriptor)
+
+    def _read(self, m: Any, spec: catalogue.Module, name: str) -> Any:
+        from pyrpl.attributes import SelectRegister
+
+        attribute = spec.attributes[name]
+        descriptor = getattr(type(m), name, None)
+        if isinstance(descriptor, SelectRegister):
+            value: Any = _read_select(m, name, descriptor)
+        else:
+            value = getattr(m, name)
+        return _plain(attribute.kind, value)
+
+    def _check_writable(self, m: Any, spec: catalogue.Module, name: str, value: Any) -> None:
+        attribute = spec.attributes.get(name)
+        if attribute is None or attribute.readonly:
+            raise errors.InvalidParams(f"attribute {name!r} of {spec.name} cannot be set")
+        if attribute.kind == "select":
+            options = getattr(type(m), name).options(m)
+            if value not in options:
+                raise errors.InvalidParams(
+                    f"PyRPL does not offer {value!r} for {spec.name}.{name}; it offers "
+                    f"{list(options)}")
+
+    @staticmethod
+    def _write_order(spec: catalogue.Module, values: Mapping[str, Any]) -> list[str]:
+        """Catalogue order, routing last: configure a signal before connecting or starting it."""
+        last = ("output_direct", "trigger_source") if spec.kind == "asg" else ("output_direct",)
+        names = [n for n in spec.attributes if n in values]
+        return [n for n in names if n not in last] + [n for n in last if n in values]
+
+    def _write(self, m: Any, spec: catalogue.Module, name: str, value: Any) -> None:
+        kind = spec.attributes[name].kind
+        if kind == "filter":
+            value = [float(v) for v in value]
+        elif kind == "int":
+            value = int(value)
+        elif kind == "float":
+            value = float(value)
+        if spec.kind == "asg" and name == "trigger_source":
+            if value != "off" and m.name not in self._asg_started:
+                setattr(m, name, value)  # PyRPL's asg.setup(): known state, table of `waveform`
+                self._asg_started.add(m.name)
+            else:
+                with m.do_setup:  # PyRPL's _setup_ongoing: write the register alone, no setup()
+                    setattr(m, name, value)
+            return
+        setattr(m, name, value)
+
+
+def _select_registers(cls: type) -> list[tuple[str, Any]]:
+    from pyrpl.attributes import SelectRegister
+
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        for name, descriptor in vars(klass).items():
+            if isinstance(descriptor, SelectRegister) and name not in found:
+                found[name] = descriptor
+    return list(found.items())
+
+
+def _read_select(m: Any, name: str, descriptor: Any) -> Any:
+    """A SelectRegister's option from the hardware, updating PyRPL's cache, never writing.
+
+    An unknown register value (no option maps to it) leaves the cache alone and returns it.
+    """
+    from pyrpl.attributes import BaseRegister
+
+    raw = BaseRegister.get_value(descriptor, m)
+    inverse: dict[Any, Any] = {}
+    for option, register_value in descriptor.options(m).items():
+        inverse.setdefault(register_value, option)
+    if raw in inverse:
+        setattr(m, "_" + name, inverse[raw])
+        return inverse[raw]
+    cached = getattr(m, "_" + name, None)
+    logger.warning("%s.%s: register value %r is not one of PyRPL's options; reporting %r",
+                   m.name, name, raw, cached)
+    return cached
+
+
+def _plain(kind: str, value: Any) -> Any:
+    """PyRPL's value as a plain JSON-friendly Python value of the catalogue kind."""
+    if kind == "bool":
+        return bool(value)
+    if kind == "int":
+        return int(round(float(value)))
+    if kind == "select":
+        return str(value)
+    if kind == "filter":
+        values = value if np.iterable(value) else [value]
+        return [float(v) for v in values]
+    return float(value)
+
+
+def _destroy_qt_application() -> None:
+    """Delete PyRPL's QApplication if it belongs to the calling thread (see ``close``)."""
+    if "qtpy" not in sys.modules:
+        return
+    try:
+        from qtpy import QtCore, QtWidgets
+
+        app = QtWidgets.QApplication.instance()
+        if app is None or app.thread() is not QtCore.QThread.currentThread():
+            return
+        try:
+            from qtpy import sip
+
+            sip.delete(app)
+        except ImportError:  # PySide
+            import shiboken6 as shiboken  # type: ignore[import-not-found]
+
+            shiboken.delete(app)
+    except Exception as exc:
+        logger.warning("could not destroy PyRPL's QApplication: %s", _one_line(exc))
+
+
+def _private_runtime_dir() -> str:
+    """An owner-only directory for ``XDG_RUNTIME_DIR`` (Qt warns when it is unset or shared)."""
+    path = Path(tempfile.gettempdir()) / f"pymodaq_plugins_pyrpl-runtime-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+        if info.st_uid == os.getuid() and path.is_dir() and not path.is_symlink():
+            if info.st_mode & 0o077:
+                path.chmod(0o700)
+            return str(path)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="pymodaq_plugins_pyrpl-runtime-")

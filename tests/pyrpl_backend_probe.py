@@ -1,0 +1,303 @@
+"""Drives :class:`PyrplBackend` through real PyRPL in a subprocess and prints the results as JSON.
+
+Run by ``test_pyrpl_backend.py``; importing PyRPL inside the pytest process would create a
+QApplication and configure logging there. Usage: ``python pyrpl_backend_probe.py SCENARIO`` with
+SCENARIO one of ``full``, ``priming``, ``open-error`` (HOSTNAME from argv[2]). Every backend call runs
+in one dedicated thread, as in the server. The last stdout line starting with ``PROBE_RESULT`` holds
+the JSON result.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+from pymodaq_plugins_pyrpl.hardware import catalogue, errors  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware.backends.pyrpl import PyrplBackend  # noqa: E402
+
+EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
+
+
+def run(function: Callable[..., Any], *args: Any) -> Any:
+    """Call ``function`` in the backend thread and wait for it."""
+    return EXECUTOR.submit(function, *args).result(timeout=60)
+
+
+def outcome(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Call in the backend thread; the result, or the exception's class and message."""
+    try:
+        return {"ok": True, "value": run(function, *args)}
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+
+
+def representative(attribute: catalogue.Attribute, current: Any) -> Any:
+    """A valid value for ``attribute`` that differs from ``current``, quantized by the catalogue."""
+    if attribute.kind == "bool":
+        return not current
+    if attribute.kind == "select":
+        return next(o for o in attribute.options if o != current and o != "noise")
+    if attribute.kind == "filter":
+        positive = [o for o in attribute.options if o > 0]
+        return attribute.validate([positive[len(positive) // 2]])
+    if attribute.wraps is not None:
+        return attribute.validate(45.0)
+    lo, hi = attribute.minimum, attribute.maximum
+    target = {"frequency": 1234.5, "i": 100.0, "p": 0.75, "ival": 1.5, "trace_average": 4,
+              "cycles_per_burst": 3, "duration": 0.01, "trigger_delay": 1e-4,
+              "quadrature_factor": 10.0, "gain": 0.1, "amplitude": 0.3, "acbandwidth": 1000.0}
+    value = target.get(attribute.name, lo + 0.3 * (hi - lo))
+    value = min(max(value, lo), hi)
+    if attribute.kind == "int":
+        value = int(round(value))
+    return attribute.validate(value)
+
+
+def full() -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    backend = PyrplBackend("_FAKE_")
+    result["state_before_open"] = list(backend.device_state())
+    started = time.perf_counter()
+    run(backend.open)
+    result["open_seconds"] = time.perf_counter() - started
+    result["pyrpl_thread_is_backend_thread"] = run(_qt_app_in_this_thread)
+    result["state_after_open"] = list(run(backend.device_state))
+
+    # get every attribute of every module
+    result["get"] = {name: run(backend.get, name, list(spec.attributes))
+                     for name, spec in catalogue.MODULES.items()}
+
+    # set one representative value of each settable attribute, one set call per attribute
+    sets: dict[str, dict[str, Any]] = {}
+    for name, spec in catalogue.MODULES.items():
+        for attr_name, attribute in spec.attributes.items():
+            if attribute.readonly:
+                continue
+            value = representative(attribute, result["get"][name][attr_name])
+            applied = outcome(backend.set, name, {attr_name: value})
+            sets.setdefault(name, {})[attr_name] = {"requested": value, "applied": applied}
+    result["set"] = sets
+    result["get_after_set"] = {name: run(backend.get, name, list(spec.attributes))
+                               for name, spec in catalogue.MODULES.items()}
+    # several values at once, as a client starting an ASG sends them
+    result["set_many"] = outcome(backend.set, "asg1", {
+        "trigger_source": "immediately", "output_direct": "out2", "waveform": "square",
+        "frequency": catalogue.MODULES["asg1"].attributes["frequency"].validate(1000.0),
+        "amplitude": 0.5, "offset": catalogue.MODULES["asg1"].attributes["offset"].validate(0.1)})
+    result["set_refused"] = outcome(backend.set, "scope", {"sampling_time": 1e-6})
+
+    # scope: immediately, then an edge trigger with a delay
+    scope: dict[str, Any] = {}
+    for label, settings in (("immediately", {"trigger_source": "immediately", "duration":
+                                             catalogue.SCOPE_DURATIONS[3]}),
+                            ("edge", {"trigger_source": "ch1_positive_edge", "trigger_delay": 2e-4,
+                                      "duration": catalogue.SCOPE_DURATIONS[4]})):
+        applied = run(backend.set, "scope", settings)
+        arm_started = time.perf_counter()
+        wait = run(backend.scope_arm)
+        time.sleep(wait)
+        deadline = time.monotonic() + 5
+        ready = run(backend.scope_ready)
+        while not ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+            ready = run(backend.scope_ready)
+        fetch_started = time.perf_counter()
+        trace = run(backend.scope_fetch)
+        fetched = time.perf_counter()
+        scope[label] = {
+            "applied": applied, "wait": wait, "ready": ready,
+            "ch1": [str(trace.ch1.dtype), list(trace.ch1.shape)],
+            "ch2": [str(trace.ch2.dtype), list(trace.ch2.shape)],
+            "finite": bool(all(map(math.isfinite, trace.ch1)) and all(map(math.isfinite, trace.ch2))),
+            "max_abs": float(max(abs(trace.ch1).max(), abs(trace.ch2).max())),
+            "t0": trace.t0, "dt": trace.dt,
+            "fetch_seconds": fetched - fetch_started, "acquire_seconds": fetched - arm_started,
+        }
+    run(backend.scope_arm)
+    run(backend.scope_stop)
+    scope["ready_after_stop"] = run(backend.scope_ready)
+    result["scope"] = scope
+
+    iq: dict[str, Any] = {}
+    for name in ("iq0", "iq1", "iq2"):
+        before = run(backend.get, name, ["frequency", "phase"])
+        started = time.perf_counter()
+        iq[name] = outcome(backend.iq_read, name)
+        iq[name]["seconds"] = time.perf_counter() - started
+        iq[name]["settings_unchanged"] = run(backend.get, name, ["frequency", "phase"]) == before
+        iq[name]["na_registers"] = run(_na_registers, backend, name)
+    iq["asg0"] = outcome(backend.iq_read, "asg0")
+    result["iq"] = iq
+    result["sampler"] = run(backend.sampler_read)
+
+    # the board stops answering: a real MonitorClient whose server accepts, then goes silent
+    result["link_loss"] = link_loss(backend, "silent")
+
+    run(backend.close)
+    run(backend.close)  # idempotent
+    result["state_after_close"] = list(backend.device_state())
+    result["get_after_close"] = outcome(backend.get, "asg0", ["frequency"])
+    return result
+
+
+def _qt_app_in_this_thread() -> bool:
+    import pyrpl
+    from qtpy import QtCore
+
+    return pyrpl.APP.thread() is QtCore.QThread.currentThread()
+
+
+def _na_registers(backend: PyrplBackend, name: str) -> list[int]:
+    iq = getattr(backend._rp, name)
+    return [iq._read(0x130), iq._read(0x134)]
+
+
+def link_loss(backend: PyrplBackend, mode: str) -> dict[str, Any]:
+    """Point every module at a real ``MonitorClient`` whose server then fails.
+
+    ``silent``: the server accepts and never answers (board hung, cable pulled); ``eof``: it closes
+    the connection (monitor server killed). Reconnection attempts are refused afterwards.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept_once() -> None:
+        conn, _ = listener.accept()
+        if mode == "eof":
+            conn.close()
+        else:
+            held.append(conn)  # keep it open and never answer
+        listener.close()
+
+    acceptor = threading.Thread(target=accept_once)
+    acceptor.start()
+
+    def swap_client() -> None:
+        from pyrpl.redpitaya_client import MonitorClient
+
+        client = MonitorClient("127.0.0.1", port, restartserver=lambda: port)
+        for module in backend._rp.modules.values():
+            module._client = client
+        PyrplBackend._install_checked_clients(backend._rp)
+
+    run(swap_client)
+    acceptor.join(5)
+    started = time.perf_counter()
+    first = outcome(backend.sampler_read)
+    seconds = time.perf_counter() - started
+    state = list(run(backend.device_state))
+    started = time.perf_counter()
+    second = outcome(backend.get, "asg0", ["frequency"])
+    second_seconds = time.perf_counter() - started
+    for conn in held:
+        conn.close()
+    return {"first": first, "seconds": seconds, "state": state, "second": second,
+            "second_seconds": second_seconds}
+
+
+PRELOAD = {  # register address -> raw value of a previous session
+    0x40200000: 1,                          # asg0 trigger_source = immediately (bits 0..2)
+    0x40300000 + 8 * 0x10000 + 0x4: 1,      # asg0 output_direct = out1
+    0x40300000 + 0x0: 11,                   # pid0 input = in2
+    0x40300000 + 0x4: 2,                    # pid0 output_direct = out2
+    0x40300000 + 6 * 0x10000 + 0x10C: 2,    # iq1 output_signal = pfd
+}
+
+
+def priming() -> dict[str, Any]:
+    backend = PyrplBackend("_FAKE_")
+    writes: list[int] = []
+
+    def preload_and_open() -> dict[str, Any]:
+        from pyrpl.redpitaya_client import DummyClient
+
+        for addr, value in PRELOAD.items():
+            DummyClient.fpgamemory[str(addr)] = value
+        backend.open()
+        return {str(a): DummyClient.fpgamemory[str(a)] for a in PRELOAD}
+
+    def snapshot() -> dict[str, int]:
+        from pyrpl.redpitaya_client import DummyClient
+
+        return {str(a): DummyClient.fpgamemory[str(a)] for a in PRELOAD}
+
+    after_open = run(preload_and_open)
+
+    def install_recorder() -> None:
+        from pyrpl.redpitaya_client import DummyClient
+
+        original = DummyClient.writes
+
+        def recording(self: Any, addr: int, values: Any) -> Any:
+            writes.append(addr)
+            return original(self, addr, values)
+
+        DummyClient.writes = recording  # type: ignore[method-assign]
+
+    run(install_recorder)
+    values = {name: run(backend.get, name, list(spec.attributes))
+              for name, spec in catalogue.MODULES.items()}
+    result = {
+        "preload": {str(a): v for a, v in PRELOAD.items()},
+        "after_open": after_open,
+        "after_get": run(snapshot),
+        "writes_during_get": writes,
+        "asg0": {k: values["asg0"][k] for k in ("trigger_source", "output_direct")},
+        "pid0": {k: values["pid0"][k] for k in ("input", "output_direct")},
+        "iq1": {"output_signal": values["iq1"]["output_signal"]},
+        "link_loss": link_loss(backend, "eof"),
+    }
+    run(backend.close)
+    return result
+
+
+def open_error(hostname: str) -> dict[str, Any]:
+    backend = PyrplBackend(hostname)
+    started = time.perf_counter()
+    result = outcome(backend.open)
+    result["seconds"] = time.perf_counter() - started
+    result["state"] = list(backend.device_state())
+    return result
+
+
+def main() -> None:
+    scenario = sys.argv[1]
+    try:
+        if scenario == "full":
+            result = full()
+        elif scenario == "priming":
+            result = priming()
+        elif scenario == "open-error":
+            result = open_error(sys.argv[2])
+        else:
+            raise SystemExit(f"unknown scenario {scenario!r}")
+    except Exception:
+        traceback.print_exc()
+        raise SystemExit(1)
+    finally:
+        EXECUTOR.shutdown(wait=False)
+    print("PROBE_RESULT " + json.dumps(result, default=_jsonable), flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, errors.PyrplPluginError):
+        return str(value)
+    raise TypeError(f"not JSON: {value!r}")
+
+
+if __name__ == "__main__":
+    main()
