@@ -1,18 +1,27 @@
-"""The instrument catalogue: modules, their user-facing attributes, units, ranges, options, quantization.
+"""The instrument catalogue: modules, their user-facing attributes, units, ranges, options and
+quantization.
 
-Names and option strings are PyRPL 0.9.9's. Quantization reproduces PyRPL's register arithmetic, so a
-value set on the simulator reads back exactly as it would from a real board. Both backends and the
+Names and option strings are PyRPL 0.9.9's. Quantization reproduces PyRPL's register arithmetic, so
+a value set on the simulator reads back exactly as it would from a real board. Both backends and the
 server's ``set`` validation use this module; ``describe`` serves :func:`describe`.
 
-Validation policy: a value outside the declared range, of the wrong type, non-finite, or not among the
-options is refused with :class:`~.errors.InvalidParams` naming the attribute and what is allowed (PyRPL
-would silently clamp). Values inside the range are quantized like PyRPL. Phases wrap modulo 360°.
+Validation policy: a value outside the declared range, of the wrong type, non-finite, or not among
+the options is refused with :class:`~.errors.InvalidParams` naming the attribute and what is allowed
+(PyRPL would silently clamp). A value inside the range is returned exactly as PyRPL reads it back
+after setting it (same rounding, same floating-point operations). Phases wrap modulo 360°. Integers
+accept floats and round them half-to-even, as PyRPL's ``IntProperty`` does.
+
+The register classes below (:class:`FloatRegister`, :class:`FrequencyRegister`,
+:class:`PhaseRegister`, :class:`FilterRegister`) are operation-by-operation ports of the classes of
+the same name in ``pyrpl/attributes.py`` (0.9.9.1), with ``frequency_correction = 1`` (PyRPL's
+default). Their methods are named after PyRPL's: ``validate`` is ``validate_and_normalize``,
+``word`` is ``from_python`` and ``value`` is ``to_python``; ``read_back`` chains the three.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import InvalidParams
 
@@ -22,9 +31,13 @@ DSP_SIGNALS = ("in1", "in2", "out1", "out2", "iq0", "iq1", "iq2", "iq2_2", "pid0
                "asg0", "asg1", "trig", "iir", "off")
 """Signals of the FPGA's DSP bus, usable as inputs of the scope, PID and IQ modules."""
 OUTPUT_DIRECT_OPTIONS = ("off", "out1", "out2", "both")
-SCOPE_DURATIONS = tuple(8e-9 * 2**n * 2**14 for n in range(17))
-"""PyRPL's 17 scope durations: 16384 samples at 8 ns × decimation 1 … 65536."""
 SCOPE_SAMPLES = 16384
+SCOPE_SAMPLING_TIMES = tuple(8e-9 * 2**n for n in range(17))
+"""PyRPL's 17 scope sampling times: 8 ns × decimation 1 … 65536 (``Scope.sampling_times``)."""
+SCOPE_DURATIONS = tuple(t * SCOPE_SAMPLES for t in SCOPE_SAMPLING_TIMES)
+"""PyRPL's 17 scope durations (``Scope.durations``): 16384 samples × the sampling times."""
+SCOPE_TRIGGER_DELAY_MAX = 8e-9 * 2**30
+"""Upper limit of PyRPL's ``Scope.trigger_delay`` (s); the lower one is -10 s."""
 SCOPE_TRIGGER_SOURCES = ("off", "immediately", "ch1_positive_edge", "ch1_negative_edge",
                          "ch2_positive_edge", "ch2_negative_edge", "ext_positive_edge",
                          "ext_negative_edge", "asg0", "asg1", "dsp")
@@ -36,43 +49,273 @@ IQ_OUTPUT_SIGNALS = ("quadrature", "output_direct", "pfd", "off", "quadrature_hf
 SAMPLER_SIGNALS = ("in1", "in2", "out1", "out2", "iq0", "iq1", "iq2", "iq2_2", "pid0", "pid1",
                    "pid2", "asg0", "asg1")
 
+PID_FILTER = (4, 5, 10)
+"""(stages, shift bits, minimum bandwidth in Hz) of the PID input filter (upstream Verilog)."""
+IQ_INPUT_FILTER = (1, 5, 50)
+"""The same constants for the IQ input filter (``acbandwidth``)."""
+IQ_BANDWIDTH_FILTER = (2, 5, 10)
+"""The same constants for the quadrature low-pass filters of iq0 and iq1 (``bandwidth``)."""
+IQ2_BANDWIDTH_FILTER = (4, 5, 10)
+"""The same constants for iq2's quadrature filters, which have 4 stages."""
+
+
+# ------------------------------------------------------------------------------------------------
+# PyRPL's register arithmetic
+
+
+def _clamp(value: float, minimum: float, maximum: float) -> float:
+    """``NumberProperty.validate_and_normalize``: ``max(min(value, max), min)``, in that order."""
+    return max(min(value, maximum), minimum)
+
+
+@dataclass(frozen=True)
+class FloatRegister:
+    """PyRPL's fixed-point ``FloatRegister`` (not inverted); with ``avoid_zero``, ``GainRegister``.
+
+    The register holds ``round(value * norm)`` on ``bits`` bits (two's complement if ``signed``).
+    ``max_value`` replaces PyRPL's default upper limit, as the ``max=`` keyword does. ``bitmask``
+    keeps only those bits of the word, as a masked register does on the FPGA.
+    """
+
+    bits: int
+    norm: float
+    signed: bool = True
+    avoid_zero: bool = False
+    max_value: float | None = None
+    bitmask: int | None = None
+
+    @property
+    def increment(self) -> float:
+        """The register step, ``1 / norm``."""
+        return 1.0 / self.norm
+
+    @property
+    def minimum(self) -> float:
+        """PyRPL's lower limit: the most negative word (0 if unsigned)."""
+        return -float(2 ** (self.bits - 1)) / self.norm if self.signed else 0.0
+
+    @property
+    def maximum(self) -> float:
+        """PyRPL's upper limit: ``max_value`` or the largest word."""
+        if self.max_value is not None:
+            return self.max_value
+        return float(2 ** (self.bits - int(self.signed)) - 1) / self.norm
+
+    def validate(self, value: float) -> float:
+        """Round to the increment grid (absolute value if unsigned), then clamp to the limits.
+
+        With ``avoid_zero`` a non-zero value that rounds to 0 becomes ± one increment.
+        """
+        rounded = self._round(value)
+        if self.avoid_zero and rounded == 0 and value != 0:
+            rounded = self._round(abs(self.increment) * math.copysign(1.0, value))
+        return rounded
+
+    def _round(self, value: float) -> float:
+        if not self.signed:
+            value = abs(value)
+        return _clamp(round(value / self.increment) * self.increment, self.minimum, self.maximum)
+
+    def word(self, value: float) -> int:
+        """The register word for a validated value (rounded, saturated, two's complement)."""
+        word = int(round(float(value) * self.norm))
+        if word == 0 and value != 0:
+            word = 1 if value > 0 else -1
+        if not self.signed:
+            return min(abs(word), 2**self.bits - 1)
+        word = min(max(word, -(2 ** (self.bits - 1))), 2 ** (self.bits - 1) - 1)
+        return word + 2**self.bits if word < 0 else word
+
+    def value(self, word: int) -> float:
+        """The value a register word reads as (after the bitmask, if any)."""
+        if self.bitmask is not None:
+            word &= self.bitmask
+        if self.signed and word >= 2 ** (self.bits - 1):
+            word -= 2**self.bits
+        return float(word) / self.norm
+
+    def read_back(self, value: float) -> float:
+        """What PyRPL reads after ``attribute = value``."""
+        return self.value(self.word(self.validate(value)))
+
+
+_EPSILON = 2.220446049250313e-16  # sys.float_info.epsilon, compared with in FrequencyRegister
+
+
+@dataclass(frozen=True)
+class FrequencyRegister:
+    """PyRPL's ``FrequencyRegister``: a phase increment per FPGA clock cycle on ``bits`` bits."""
+
+    bits: int
+
+    minimum = 0.0
+    maximum = FPGA_CLOCK / 2.0
+
+    @property
+    def increment(self) -> float:
+        """The frequency step, ``125 MHz / 2**bits``."""
+        return FPGA_CLOCK / 2**self.bits
+
+    def validate(self, value: float) -> float:
+        """Round to the increment grid, then clamp to [0, 62.5 MHz]."""
+        return _clamp(round(value / self.increment) * self.increment, self.minimum, self.maximum)
+
+    def word(self, value: float) -> int:
+        """The register word of a validated frequency."""
+        value = abs(float(value))
+        if value == _EPSILON:
+            return 1
+        return int(round(value / FPGA_CLOCK * 2**self.bits))
+
+    def value(self, word: int) -> float:
+        """The frequency a register word reads as."""
+        return FPGA_CLOCK / 2**self.bits * float(word)
+
+    def read_back(self, value: float) -> float:
+        """What PyRPL reads after ``attribute = value``."""
+        return self.value(self.word(self.validate(value)))
+
+
+@dataclass(frozen=True)
+class PhaseRegister:
+    """PyRPL's ``PhaseRegister``: degrees on ``bits`` bits, modulo 360; ``invert`` negates it."""
+
+    bits: int
+    invert: bool = False
+
+    @property
+    def increment(self) -> float:
+        """The phase step in degrees, ``360 / 2**bits``."""
+        return 360.0 / 2**self.bits
+
+    def validate(self, value: float) -> float:
+        """Round to the increment grid, modulo 360. Raises OverflowError for huge values."""
+        return ((int(round(float(value) / 360 * 2**self.bits)) / 2**self.bits) * 360.0) % 360.0
+
+    def word(self, value: float) -> int:
+        """The register word of a validated phase."""
+        if self.invert:
+            value = float(value) * (-1)
+        return int(round(float(value) / 360 * 2**self.bits) % 2**self.bits)
+
+    def value(self, word: int) -> float:
+        """The phase a register word reads as, in [0, 360)."""
+        phase = float(word) / 2**self.bits * 360
+        if self.invert:
+            phase *= -1
+        return phase % 360.0
+
+    def read_back(self, value: float) -> float:
+        """What PyRPL reads after ``attribute = value``."""
+        return self.value(self.word(self.validate(value)))
+
+
+# PyRPL's "empirical correction factors" of FilterRegister, keyed by alpha = 2**shift / 2**maxshift
+_FILTER_CORRECTIONS = {0.5: 0.7, 0.25: 1.65, 0.125: 1.17, 0.0625: 1.08, 0.03125: 1.04,
+                       0.015625: 1.02, 0.0078125: 1.01, 0.001953125: 1.0, 0.00390625: 1.0}
+
+
+def _clog2(x: float) -> int:
+    """``FilterRegister._MAXSHIFT.clog2``, which mirrors Verilog's ``$clog2``."""
+    if x < 2:
+        return 1
+    if x > 2**32:
+        return -1
+    if x > 2**31:
+        return 32
+    return int(math.floor(math.log2(float(x)))) + 1
+
+
+@dataclass(frozen=True)
+class FilterRegister:
+    """PyRPL's ``FilterRegister``: up to 4 first-order low/high-pass stages (``filter_block.v``).
+
+    Each stage is one byte of the word: bit 7 on, bit 6 high-pass, the low ``shiftbits`` bits the
+    shift ``s``, giving ``alpha = 2**s / 2**maxshift`` and a cutoff
+    ``-ln(1 - alpha) / 2π × 125 MHz`` times PyRPL's correction factor. Cutoffs are lists of
+    ``stages`` values in Hz; negative means high-pass, 0 off.
+    """
+
+    stages: int
+    shiftbits: int
+    minbw: int
+
+    @property
+    def maxshift(self) -> int:
+        """``_MAXSHIFT``: the number of bits of alpha."""
+        return _clog2(125000000.0 / float(self.minbw))
+
+    def valid_frequencies(self) -> list[float]:
+        """The cutoffs one stage can take: negatives (high-pass), 0, positives, ascending."""
+        positive = [self.value(shift | 0x1 << 7)[0] for shift in range(0, self.maxshift - 2)]
+        return [-f for f in reversed(positive)] + [0.0] + positive
+
+    def validate(self, cutoffs: Sequence[float]) -> list[float]:
+        """Snap each cutoff to the nearest valid frequency (the first one on a tie)."""
+        valid = self.valid_frequencies()
+        return [min(valid, key=lambda f: abs(f - cutoff)) for cutoff in cutoffs]
+
+    def word(self, cutoffs: Sequence[float]) -> int:
+        """The register word of validated cutoffs; missing stages are off, extra ones dropped."""
+        word = 0
+        for i, cutoff in enumerate(list(cutoffs)[: self.stages]):
+            bandwidth = float(cutoff)
+            if bandwidth != 0:
+                word += self._stage_byte(bandwidth) * 2 ** (8 * i)
+        return word
+
+    def _stage_byte(self, bandwidth: float) -> int:
+        alpha = 1.0 - math.exp(-abs(bandwidth) * 2.0 * math.pi / 125e6)
+        if alpha in _FILTER_CORRECTIONS:
+            bandwidth /= _FILTER_CORRECTIONS[alpha]
+            alpha = 1.0 - math.exp(-abs(bandwidth) * 2.0 * math.pi / 125e6)
+        shift = int(round(math.log2(alpha * (2**self.maxshift))))
+        shift = min(max(shift, 0), 2**self.shiftbits - 1)
+        return shift + 2**7 + (2**6 if bandwidth < 0 else 0)
+
+    def value(self, word: int) -> list[float]:
+        """The cutoffs of all stages a register word reads as."""
+        cutoffs = []
+        for i in range(self.stages):
+            byte = (word >> (i * 8)) & 0xFF
+            cutoffs.append(self._stage_cutoff(byte) if byte >> 7 == 0x1 else 0.0)
+        return cutoffs
+
+    def _stage_cutoff(self, byte: int) -> float:
+        alpha = float(2 ** (byte & (2**self.shiftbits - 1))) / (2**self.maxshift)
+        bandwidth = -math.log(1.0 - alpha) / 2.0 / math.pi * 125e6
+        if alpha in _FILTER_CORRECTIONS:
+            bandwidth *= _FILTER_CORRECTIONS[alpha]
+        return -bandwidth if (byte >> 6) & 0x1 else bandwidth
+
+    def read_back(self, cutoffs: Sequence[float]) -> list[float]:
+        """What PyRPL reads after ``attribute = cutoffs``: one cutoff per stage."""
+        return self.value(self.word(self.validate(cutoffs)))
+
 
 def filter_options(stages_shiftbits_minbw: tuple[int, int, int]) -> tuple[float, ...]:
-    """Cutoff frequencies (Hz) of PyRPL's ``FilterRegister`` for the upstream FPGA constants.
+    """Cutoff frequencies (Hz) of PyRPL's ``FilterRegister`` for these FPGA constants.
 
-    Negative values are high-pass filters, 0 is off (the same list as ``pid0.inputfilter_options``).
+    Negative values are high-pass filters, 0 is off (``pid0.inputfilter_options`` for
+    ``PID_FILTER``).
     """
-    _, shiftbits, minbw = stages_shiftbits_minbw
-    maxshift = int(math.floor(math.log2(FPGA_CLOCK / minbw))) + 1
-    positive = []
-    for shift in range(0, maxshift - 2):
-        # filter_block.v: alpha = 2**-shift; cutoff = alpha * clock / 2**shiftbits / (2 pi)
-        positive.append(2.0**shift * FPGA_CLOCK / 2**maxshift / (2 * math.pi))
-    del shiftbits
-    return tuple([-f for f in reversed(positive)] + [0.0] + positive)
+    return tuple(FilterRegister(*stages_shiftbits_minbw).valid_frequencies())
 
 
-PID_FILTER = (4, 5, 10)
-IQ_INPUT_FILTER = (1, 5, 50)
-IQ_BANDWIDTH_FILTER = (2, 5, 10)
-IQ2_BANDWIDTH_FILTER = (4, 5, 10)
-
-
-def _quantize_signed(value: float, step: float, bits: int) -> float:
-    """Round to the register grid of a signed ``bits``-wide register (two's complement)."""
-    n = int(round(value / step))
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return min(max(n, lo), hi) * step
+# ------------------------------------------------------------------------------------------------
+# attributes
 
 
 @dataclass(frozen=True)
 class Attribute:
     """One attribute of a module.
 
-    ``kind`` is ``float``, ``int``, ``bool``, ``select`` (one of ``options``) or ``filter`` (a list of
-    ``length`` cutoff frequencies, each snapped to the nearest of ``options``; a number sets the first
-    stage and turns the others off, as in PyRPL). ``normalize`` maps a validated value to what the
-    board applies.
+    ``kind`` is ``float``, ``int``, ``bool``, ``select`` (one of ``options``) or ``filter`` (a list
+    of at most ``length`` cutoff frequencies within the extreme ``options``, each snapped to the
+    nearest option; missing stages are off, as in PyRPL; a single number sets the first stage). A
+    float may also list ``options``: the values it snaps to. ``normalize`` maps a validated value to
+    what PyRPL reads back; ``wraps`` (phases) replaces the range check by a modulo done by
+    ``normalize``.
     """
 
     name: str
@@ -90,7 +333,10 @@ class Attribute:
     normalize: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def validate(self, value: Any) -> Any:
-        """Check ``value`` and return the quantized value the board applies. Raises InvalidParams."""
+        """Check ``value`` and return what the board reads back after it is set.
+
+        Raises InvalidParams (read-only attribute, wrong type, out of range, not an option).
+        """
         if self.readonly:
             raise self._error("is read-only")
         if self.kind == "bool":
@@ -102,23 +348,32 @@ class Attribute:
                 raise self._error(f"must be one of {list(self.options)}, not {value!r}")
             return value
         if self.kind == "filter":
-            values = value if isinstance(value, list) else [value]
-            if not 1 <= len(values) <= self.length:
-                raise self._error(f"takes 1 to {self.length} cutoff frequencies")
-            numbers = [self._number(v) for v in values]
-            snapped = [min(self.options, key=lambda o: abs(o - v)) for v in numbers]
-            return snapped + [0.0] * (self.length - len(snapped))
+            return self._validate_filter(value)
+        return self._validate_number(value)
+
+    def _validate_filter(self, value: Any) -> list[float]:
+        values = value if isinstance(value, list) else [value]
+        if len(values) > self.length:
+            raise self._error(f"takes at most {self.length} cutoff frequencies, not {len(values)}")
+        numbers = [self._in_range(self._number(v), self.options[0], self.options[-1])
+                   for v in values]
+        return self._normalized(numbers)
+
+    def _validate_number(self, value: Any) -> Any:
         number = self._number(value)
-        if self.wraps is not None:
-            number = number % self.wraps
-        elif not (self.minimum <= number <= self.maximum):  # type: ignore[operator]
-            raise self._error(f"must be within [{self.minimum:g}, {self.maximum:g}] {self.unit}"
-                              .rstrip() + f", not {number!r}")
+        if self.wraps is None:
+            self._in_range(number, self.minimum, self.maximum)
         if self.kind == "int":
-            if number != int(number):
-                raise self._error(f"must be an integer, not {value!r}")
-            number = int(number)
-        return self.normalize(number) if self.normalize else number
+            return int(round(value))
+        return self._normalized(number)
+
+    def _normalized(self, value: Any) -> Any:
+        if self.normalize is None:
+            return value
+        try:
+            return self.normalize(value)
+        except OverflowError:
+            raise self._error(f"is too large: {value!r}") from None
 
     def _number(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -130,27 +385,38 @@ class Attribute:
             raise self._error(f"must be a finite number, not {value!r}")
         return number
 
+    def _in_range(self, number: float, minimum: Any, maximum: Any) -> float:
+        if not minimum <= number <= maximum:
+            raise self._error(f"must be within [{minimum:g}, {maximum:g}] {self.unit}".rstrip()
+                              + f", not {number!r}")
+        return number
+
     def _error(self, reason: str) -> InvalidParams:
         return InvalidParams(f"attribute '{self.name}' {reason}", {"attribute": self.name,
                                                                    "allowed": self.allowed()})
 
     def allowed(self) -> Any:
+        """What the attribute accepts, as put in the ``allowed`` field of an error."""
         if self.kind in ("select", "filter"):
             return list(self.options)
         if self.kind == "bool":
             return [False, True]
         if self.wraps is not None:
             return {"wraps": self.wraps, "unit": self.unit}
-        return {"min": self.minimum, "max": self.maximum, "unit": self.unit}
+        allowed: dict[str, Any] = {"min": self.minimum, "max": self.maximum, "unit": self.unit}
+        if self.options:
+            allowed["options"] = list(self.options)
+        return allowed
 
     def describe(self) -> dict[str, Any]:
+        """The attribute as listed by ``describe``."""
         entry: dict[str, Any] = {"type": self.kind, "unit": self.unit, "doc": self.doc,
                                  "default": self.default, "readonly": self.readonly}
         if self.kind in ("float", "int"):
             entry.update(min=self.minimum, max=self.maximum, step=self.step)
             if self.wraps is not None:
                 entry["wraps"] = self.wraps
-        if self.kind in ("select", "filter"):
+        if self.options:
             entry["options"] = list(self.options)
         if self.kind == "filter":
             entry["length"] = self.length
@@ -159,7 +425,7 @@ class Attribute:
 
 @dataclass(frozen=True)
 class Module:
-    """A hardware module: its kind (``scope``, ``asg``, ``pid``, ``iq``, ``sampler``) and attributes."""
+    """A hardware module: its kind (scope, asg, pid, iq or sampler) and its attributes."""
 
     name: str
     kind: str
@@ -167,9 +433,11 @@ class Module:
     attributes: Mapping[str, Attribute]
 
     def defaults(self) -> dict[str, Any]:
+        """The default of every writable attribute."""
         return {name: a.default for name, a in self.attributes.items() if not a.readonly}
 
     def describe(self) -> dict[str, Any]:
+        """The module as listed by ``describe``."""
         return {"kind": self.kind, "doc": self.doc,
                 "attributes": {n: a.describe() for n, a in self.attributes.items()}}
 
@@ -178,10 +446,16 @@ class Module:
 # attribute factories, one per PyRPL register type
 
 
-def _volts(name: str, doc: str, default: float = 0.0, bits: int = 14) -> Attribute:
-    step = 2.0 ** -(bits - 1)
-    return Attribute(name, "float", doc, default, "V", -1.0, 1.0 - step, step,
-                     normalize=lambda v: _quantize_signed(v, step, bits))
+def _register(name: str, doc: str, register: FloatRegister, default: float = 0.0,
+              unit: str = "") -> Attribute:
+    """A float backed by a FloatRegister/GainRegister; its range is PyRPL's limits."""
+    return Attribute(name, "float", doc, default, unit, register.minimum, register.maximum,
+                     register.increment, normalize=register.read_back)
+
+
+def _volts(name: str, doc: str, default: float = 0.0) -> Attribute:
+    """A 14-bit voltage register (±1 V full scale)."""
+    return _register(name, doc, FloatRegister(bits=14, norm=2**13), default, "V")
 
 
 def _select(name: str, doc: str, options: tuple[str, ...], default: str) -> Attribute:
@@ -193,41 +467,54 @@ def _bool(name: str, doc: str, default: bool = False) -> Attribute:
 
 
 def _frequency(name: str, bits: int, doc: str) -> Attribute:
-    step = FPGA_CLOCK / 2**bits
-    return Attribute(name, "float", doc, 0.0, "Hz", 0.0, FPGA_CLOCK / 2, step,
-                     normalize=lambda v: round(v / step) * step)
+    register = FrequencyRegister(bits)
+    return Attribute(name, "float", doc, 0.0, "Hz", register.minimum, register.maximum,
+                     register.increment, normalize=register.read_back)
 
 
-def _phase(name: str, bits: int, doc: str) -> Attribute:
-    step = 360.0 / 2**bits
-    return Attribute(name, "float", doc, 0.0, "°", None, None, step, wraps=360.0,
-                     normalize=lambda v: (round(v / step) % 2**bits) * step)
+def _phase(name: str, bits: int, doc: str, invert: bool = False) -> Attribute:
+    register = PhaseRegister(bits, invert)
+    return Attribute(name, "float", doc, 0.0, "°", None, None, register.increment, wraps=360.0,
+                     normalize=register.read_back)
 
 
 def _filter(name: str, doc: str, constants: tuple[int, int, int]) -> Attribute:
-    return Attribute(name, "filter", doc, [0.0] * constants[0], "Hz",
-                     options=filter_options(constants), length=constants[0])
+    register = FilterRegister(*constants)
+    return Attribute(name, "filter", doc, [0.0] * register.stages, "Hz",
+                     options=tuple(register.valid_frequencies()), length=register.stages,
+                     normalize=register.read_back)
 
 
 # ------------------------------------------------------------------------------------------------
 # modules
 
 
-def _scope() -> Module:
-    def duration(v: float) -> float:
-        return next(d for d in SCOPE_DURATIONS if d >= v * (1 - 1e-12))
+def _scope_duration(duration: float) -> float:
+    """``scope.duration = duration``, read back: PyRPL's duration → sampling_time → decimation.
 
+    The duration goes to the next-higher option, the sampling time to the next-lower one.
+    """
+    duration = min((d for d in SCOPE_DURATIONS if d >= duration), key=lambda d: abs(d - duration))
+    sampling_time = float(duration) / SCOPE_SAMPLES
+    sampling_time = min((t for t in SCOPE_SAMPLING_TIMES if t <= sampling_time),
+                        key=lambda t: abs(t - sampling_time))
+    decimation = float(sampling_time) / 8e-9
+    return 8e-9 * float(decimation) * float(SCOPE_SAMPLES)
+
+
+def _scope() -> Module:
     attributes = [
         _select("input1", "signal recorded on channel 1", DSP_SIGNALS, "in1"),
         _select("input2", "signal recorded on channel 2", DSP_SIGNALS, "in2"),
         Attribute("duration", "float", "trace length (16384 samples); rounded up to one of PyRPL's "
                   "17 durations", SCOPE_DURATIONS[6], "s", 0.0, SCOPE_DURATIONS[-1], None,
-                  options=(), normalize=duration),
+                  options=SCOPE_DURATIONS, normalize=_scope_duration),
         _bool("average", "average the samples within each decimation interval (else pick one)",
               True),
         _select("trigger_source", "what starts a trace", SCOPE_TRIGGER_SOURCES, "immediately"),
+        # a python-side FloatProperty in PyRPL: read back unquantized
         Attribute("trigger_delay", "float", "time of the trace centre after the trigger (edge "
-                  "triggers only)", 0.0, "s", -10.0, SCOPE_DURATIONS[-1], 8e-9),
+                  "triggers only)", 0.0, "s", -10.0, SCOPE_TRIGGER_DELAY_MAX, None),
         _volts("threshold", "trigger threshold of the edge triggers"),
         _volts("hysteresis", "trigger hysteresis of the edge triggers", 2.0**-13 * 20),
         Attribute("trace_average", "int", "number of traces averaged into one", 1, "", 1, 2**16,
@@ -235,19 +522,30 @@ def _scope() -> Module:
         _bool("ch1_active", "channel 1 is returned", True),
         _bool("ch2_active", "channel 2 is returned", True),
         Attribute("sampling_time", "float", "time between two samples (duration / 16384)",
-                  SCOPE_DURATIONS[6] / SCOPE_SAMPLES, "s", 8e-9, 8e-9 * 2**16, None, readonly=True),
+                  SCOPE_SAMPLING_TIMES[6], "s", SCOPE_SAMPLING_TIMES[0], SCOPE_SAMPLING_TIMES[-1],
+                  None, readonly=True),
     ]
     return Module("scope", "scope", "2-channel oscilloscope, 16384 samples per channel",
                   {a.name: a for a in attributes})
 
 
+ASG_AMPLITUDE = FloatRegister(bits=14, norm=2.0**13, signed=False, max_value=1.0, bitmask=0x3FFF)
+"""``Asg.amplitude``: unsigned 14 bits, norm 2**13, limited to 1 V."""
+ASG_OFFSET = FloatRegister(bits=14 + 16, norm=2**16 * 2**13, bitmask=0x3FFF << 16)
+"""``Asg._offset_masked``: a 30-bit value of which the FPGA keeps bits 29..16 (truncation)."""
+
+
+def _asg_offset(offset: float) -> float:
+    """``asg.offset = offset``, read back: a FloatProperty clamped to ±1 V, then ``ASG_OFFSET``."""
+    return ASG_OFFSET.read_back(_clamp(float(offset), -1.0, 1.0))
+
+
 def _asg(n: int) -> Module:
-    amp_step = 2.0**-13
     attributes = [
         _select("waveform", "waveform", ASG_WAVEFORMS, "sin"),
-        Attribute("amplitude", "float", "amplitude (for noise: rms)", 0.0, "V", 0.0, 1.0, amp_step,
-                  normalize=lambda v: round(v / amp_step) * amp_step),
-        _volts("offset", "DC offset"),
+        _register("amplitude", "amplitude (for noise: rms)", ASG_AMPLITUDE, unit="V"),
+        Attribute("offset", "float", "DC offset (truncated down to the 2**-13 V grid)", 0.0, "V",
+                  -1.0, 1.0, 2.0**-13, normalize=_asg_offset),
         _frequency("frequency", 30, "frequency"),
         _select("trigger_source", "what starts the output ('immediately': run now; 'off': stop)",
                 ASG_TRIGGER_SOURCES, "off"),
@@ -261,28 +559,36 @@ def _asg(n: int) -> Module:
                   {a.name: a for a in attributes})
 
 
+PID_P = FloatRegister(bits=24, norm=2**12, avoid_zero=True)
+"""``Pid.p``: GainRegister, 24 bits, norm 2**PSR with PSR = 12."""
+PID_I = FloatRegister(bits=24, norm=2**32 * 2.0 * math.pi * 8e-9, avoid_zero=True)
+"""``Pid.i`` (unity-gain frequency, Hz): GainRegister, 24 bits, norm 2**32 × 2π × 8 ns."""
+PID_IVAL_STEP = 2.0**-13
+
+
+def _pid_ival(ival: float) -> float:
+    """``pid.ival = ival``, read back: ``round(ival * 2**13)`` on a 16-bit two's complement word.
+
+    4.0 would wrap to -4.0, hence the declared maximum 4 - 2**-13.
+    """
+    word = int(round(ival * 2**13))
+    if word < 0:
+        word += 2**16
+    word &= 2**16 - 1
+    if word >> 15:
+        word -= 2**16
+    return float(word) / 2**13
+
+
 def _pid(n: int) -> Module:
-    p_step = 2.0**-12
-    i_step = 0.004632018480097623  # PyRPL: 2**-12 * 125 MHz / 2**(13+...) (GainRegister norm)
-    i_max = 38856.182646276284
-
-    def gain(step: float, bits: int) -> Callable[[float], float]:
-        def normalize(v: float) -> float:
-            q = _quantize_signed(v, step, bits)
-            if q == 0.0 and v != 0.0:  # PyRPL never rounds a non-zero gain to 0
-                q = math.copysign(step, v)
-            return q
-        return normalize
-
     attributes = [
         _select("input", "error-signal input", DSP_SIGNALS, "in1"),
         _select("output_direct", "analog output the control signal is added to",
                 OUTPUT_DIRECT_OPTIONS, "off"),
         _volts("setpoint", "setpoint of the input signal"),
-        Attribute("p", "float", "proportional gain", 0.0, "", -2048.0, 2048.0 - p_step, p_step,
-                  normalize=gain(p_step, 24)),
-        Attribute("i", "float", "integral unity-gain frequency", 0.0, "Hz", -i_max - i_step,
-                  i_max, i_step, normalize=gain(i_step, 24)),
+        _register("p", "proportional gain (a non-zero gain never rounds to 0)", PID_P),
+        _register("i", "integral unity-gain frequency (a non-zero gain never rounds to 0)", PID_I,
+                  unit="Hz"),
         _filter("inputfilter", "input filter cutoffs (negative: high-pass, 0: off)", PID_FILTER),
         _volts("max_voltage", "upper limit of the output", 1.0 - 2.0**-13),
         _volts("min_voltage", "lower limit of the output", -1.0),
@@ -290,33 +596,55 @@ def _pid(n: int) -> Module:
         _bool("paused", "freeze the gains selected by 'pause_gains'"),
         _bool("differential_mode_enabled", "use in1 - in2 as input (pid0/pid1 pair)"),
         Attribute("ival", "float", "current value of the integrator (write to preset it)", 0.0,
-                  "V", -4.0, 4.0 - 2.0**-13, 2.0**-13,
-                  normalize=lambda v: _quantize_signed(v, 2.0**-13, 16)),
+                  "V", -4.0, 4.0 - PID_IVAL_STEP, PID_IVAL_STEP, normalize=_pid_ival),
     ]
     return Module(f"pid{n}", "pid", f"PID controller {n}", {a.name: a for a in attributes})
 
 
+IQ_G1 = FloatRegister(bits=18, norm=2**8, avoid_zero=True)
+"""``Iq._g1`` and ``_g4``: GainRegister, 18 bits, norm 2**SHIFTBITS with SHIFTBITS = 8."""
+IQ_AMPLITUDE = FloatRegister(bits=18, norm=2**17, avoid_zero=True)
+"""``Iq.amplitude``: GainRegister, 18 bits, norm 2**17."""
+IQ_QUADRATURE_FACTOR = FloatRegister(bits=18, norm=1.0, avoid_zero=True)
+"""``Iq.quadrature_factor``: GainRegister, 18 bits, norm 1 (integers)."""
+IQ_ACBANDWIDTH = FilterRegister(*IQ_INPUT_FILTER)
+"""The IQ input filter, of which ``acbandwidth`` is the high-pass side."""
+
+
+def _iq_gain(gain: float) -> float:
+    """``iq.gain = gain``, read back: ``_g1 = _g4 = 8 × gain``, read as ``_g1 / 8``."""
+    return IQ_G1.read_back(float(gain) * 2**3) / 2**3
+
+
+def _iq_acbandwidth(cutoff: float) -> float:
+    """``iq.acbandwidth = cutoff``, read back: nearest non-negative option, set as ``inputfilter =
+    -cutoff`` and read as ``-inputfilter``."""
+    cutoff = min((f for f in IQ_ACBANDWIDTH.valid_frequencies() if f >= 0),
+                 key=lambda f: abs(f - cutoff))
+    inputfilter = IQ_ACBANDWIDTH.read_back([-float(cutoff)])[0]
+    return -inputfilter if inputfilter else 0.0  # PyRPL's off stage is the int 0, never -0.0
+
+
 def _iq(n: int) -> Module:
-    gain_step = 2.0**-11
-    amp_step = 2.0**-17
+    gain_step = IQ_G1.increment / 2**3
+    acbandwidths = tuple(f for f in IQ_ACBANDWIDTH.valid_frequencies() if f >= 0)
     attributes = [
         _select("input", "demodulated signal", DSP_SIGNALS, "in1"),
-        Attribute("acbandwidth", "float", "high-pass cutoff at the input (0: DC-coupled)",
-                  0.0, "Hz", 0.0, max(filter_options(IQ_INPUT_FILTER)), None,
-                  normalize=lambda v: min((o for o in filter_options(IQ_INPUT_FILTER) if o >= 0),
-                                          key=lambda o: abs(o - v))),
+        Attribute("acbandwidth", "float", "high-pass cutoff at the input (0: DC-coupled); snapped "
+                  "to the nearest option", 0.0, "Hz", 0.0, acbandwidths[-1], None,
+                  options=acbandwidths, normalize=_iq_acbandwidth),
         _frequency("frequency", 32, "demodulation and excitation frequency"),
         _filter("bandwidth", "low-pass cutoffs of the demodulated quadratures",
                 IQ2_BANDWIDTH_FILTER if n == 2 else IQ_BANDWIDTH_FILTER),
-        Attribute("quadrature_factor", "float", "gain of the quadrature signal on the DSP bus", 1.0,
-                  "", -131072.0, 131071.0, 1.0, normalize=lambda v: float(round(v))),
+        _register("quadrature_factor", "gain of the quadrature signal on the DSP bus (an integer; "
+                  "a non-zero factor never rounds to 0)", IQ_QUADRATURE_FACTOR, 1.0),
         _select("output_signal", "signal on the DSP bus", IQ_OUTPUT_SIGNALS, "quadrature"),
-        Attribute("gain", "float", "gain of the remodulated quadrature output", 0.0, "", -64.0,
-                  64.0 - gain_step, gain_step,
-                  normalize=lambda v: _quantize_signed(v, gain_step, 18)),
-        Attribute("amplitude", "float", "excitation amplitude", 0.0, "V", -1.0, 1.0 - amp_step,
-                  amp_step, normalize=lambda v: _quantize_signed(v, amp_step, 18)),
-        _phase("phase", 32, "demodulation phase"),
+        Attribute("gain", "float", "gain of the remodulated quadrature output (a non-zero gain "
+                  "never rounds to 0)", 0.0, "", IQ_G1.minimum / 2**3, IQ_G1.maximum / 2**3,
+                  gain_step, normalize=_iq_gain),
+        _register("amplitude", "excitation amplitude (a non-zero amplitude never rounds to 0)",
+                  IQ_AMPLITUDE, unit="V"),
+        _phase("phase", 32, "demodulation phase", invert=True),
         _select("output_direct", "analog output the excitation is added to",
                 OUTPUT_DIRECT_OPTIONS, "off"),
         _select("modulation_at_2f", "excite at twice the frequency", ("off", "on"), "off"),
@@ -355,7 +683,8 @@ def attribute_names(module_name: str, names: Any = None) -> list[str]:
     if names is None:
         return list(spec.attributes)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InvalidParams("'names' must be a list of attribute names")
+        raise InvalidParams("'names' must be a list of attribute names",
+                            {"allowed": list(spec.attributes)})
     for n in names:
         if n not in spec.attributes:
             raise InvalidParams(f"module '{module_name}' has no attribute {n!r}; attributes are "
@@ -365,10 +694,14 @@ def attribute_names(module_name: str, names: Any = None) -> list[str]:
 
 
 def validate(module_name: str, values: Any) -> dict[str, Any]:
-    """Validate and quantize a ``set`` request, all or nothing. Raises InvalidParams."""
+    """Validate a ``set`` request, all or nothing: a new dict of the values PyRPL reads back.
+
+    Raises InvalidParams on the first bad name or value; ``values`` is never modified.
+    """
     spec = module(module_name)
     if not isinstance(values, dict) or not values:
-        raise InvalidParams("'values' must be a non-empty object of attribute: value")
+        raise InvalidParams("'values' must be a non-empty object of attribute: value",
+                            {"allowed": list(spec.attributes)})
     attribute_names(module_name, list(values))
     return {name: spec.attributes[name].validate(value) for name, value in values.items()}
 
