@@ -130,11 +130,12 @@ def full() -> dict[str, Any]:
     iq: dict[str, Any] = {}
     for name in ("iq0", "iq1", "iq2"):
         before = run(backend.get, name, ["frequency", "phase"])
+        na_before = run(_na_registers, backend, name)
         started = time.perf_counter()
         iq[name] = outcome(backend.iq_read, name)
         iq[name]["seconds"] = time.perf_counter() - started
         iq[name]["settings_unchanged"] = run(backend.get, name, ["frequency", "phase"]) == before
-        iq[name]["na_registers"] = run(_na_registers, backend, name)
+        iq[name]["na_registers_restored"] = run(_na_registers, backend, name) == na_before
     iq["asg0"] = outcome(backend.iq_read, "asg0")
     result["iq"] = iq
     result["sampler"] = run(backend.sampler_read)

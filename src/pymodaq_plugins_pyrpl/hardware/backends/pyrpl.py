@@ -22,8 +22,10 @@ Behaviour worth knowing:
 * **asg ``trigger_source``**: PyRPL runs the full ``asg.setup()`` when it is set (output off, state
   machine reset, waveform table rewritten from the python-side ``waveform``, output on), which glitches
   the output. This backend lets PyRPL do that once per ASG and session, the first time the ASG is
-  started (``trigger_source`` other than ``'off'``), so the ASG is in a known state with the table that
-  ``waveform`` reports; afterwards, and for ``'off'``, it writes the trigger register alone.
+  started or switched to another trigger (a value other than ``'off'`` and than the current one), so
+  the ASG is in a known state with the table that ``waveform`` reports; otherwise (``'off'``, the
+  value already active, later changes) it writes the trigger register alone, so re-sending the
+  settings of a running ASG does not disturb it. Setting ``waveform`` rewrites the table directly.
 * **Scope ``trace_average``** is stored on PyRPL's python-side property and not used by this backend:
   the server repeats arm/fetch and averages. ``ch1_active``/``ch2_active`` are PyRPL's python-side
   display flags; both channels are always returned. ``duration`` sets the decimation. Setting
@@ -237,8 +239,8 @@ class PyrplBackend:
             p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error")
         except Exception as exc:
             logger.debug("Pyrpl() failed", exc_info=True)
-            return (f"cannot connect to the Red Pitaya at {host!r} ({type(exc).__name__}: "
-                    f"{_one_line(exc)}). Check the hostname, that the board is on the network "
+            return (f"cannot connect to the Red Pitaya at {host!r} ({_connect_reason(exc)}). "
+                    "Check the hostname, that the board is on the network "
                     "(ping it, open it in a web browser), and the ssh user/password (PyRPL's "
                     "defaults root/root, or the redpitaya section of the PyRPL config); only one "
                     "PyRPL client may use a board at a time")
@@ -508,7 +510,8 @@ class PyrplBackend:
         elif kind == "float":
             value = float(value)
         if spec.kind == "asg" and name == "trigger_source":
-            if value != "off" and m.name not in self._asg_started:
+            current = _read_select(m, name, type(m).trigger_source)
+            if value not in ("off", current) and m.name not in self._asg_started:
                 setattr(m, name, value)  # PyRPL's asg.setup(): known state, table of `waveform`
                 self._asg_started.add(m.name)
             else:
@@ -561,6 +564,18 @@ def _plain(kind: str, value: Any) -> Any:
         values = value if np.iterable(value) else [value]
         return [float(v) for v in values]
     return float(value)
+
+
+_SSH_FAILURE = re.compile(r"ssh port: (\S+) username: (\S+) .*?Error message: (.*?)"
+                          r"(?: An expected error occured in PyRPL.*)?$")
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """Why ``Pyrpl()`` failed, short: PyRPL's ssh failure message is a whole paragraph."""
+    match = _SSH_FAILURE.search(_one_line(exc, limit=10_000))
+    if match:
+        return f"ssh on port {match[1]} as {match[2]} failed: {match[3]}"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
 
 
 def _destroy_qt_application() -> None:
