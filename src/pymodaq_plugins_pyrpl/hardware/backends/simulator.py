@@ -43,6 +43,8 @@ RECORD_POINTS = 64
 HARMONICS_AROUND = 4
 """Harmonics of non-sinusoidal ASG waveforms kept on each side of a demodulation frequency."""
 PERIOD_TABLE_MAX = 2**16
+PERIOD_TABLES_KEPT = 8
+"""Resonator responses to periodic waveforms kept in memory (up to 512 kB each)."""
 _TWO_PI = 2.0 * math.pi
 _CHANNEL = {"in1": "out1", "in2": "out2"}
 _ROUTES = {"out1": ("out1", "both"), "out2": ("out2", "both")}
@@ -277,11 +279,7 @@ class _Loopback:
 
     def __post_init__(self) -> None:
         if self.delay < 0 or self.bandwidth <= 0 or self.noise < 0:
-            raise ValueError("loopback needs delay >= 0, bandwidth > 0 and noise >= 0")
-
-    @property
-    def dc_gain(self) -> float:
-        return 1.0
+            raise ValueError("plant 'loopback' needs delay >= 0, bandwidth > 0 and noise >= 0")
 
     def transfer(self, f: float) -> complex:
         return cmath.exp(-2j * math.pi * f * self.delay) / (1.0 + 1j * f / self.bandwidth)
@@ -317,11 +315,7 @@ class _Resonator:
 
     def __post_init__(self) -> None:
         if self.f0 <= 0 or self.q <= 0 or self.noise < 0:
-            raise ValueError("resonator needs f0 > 0, q > 0 and noise >= 0")
-
-    @property
-    def dc_gain(self) -> float:
-        return self.gain
+            raise ValueError("plant 'resonator' needs f0 > 0, q > 0 and noise >= 0")
 
     def transfer(self, f: Any) -> Any:
         """H at ``f`` (a float or an array)."""
@@ -362,6 +356,8 @@ class _Resonator:
         n = int(min(PERIOD_TABLE_MAX, 2 ** math.ceil(math.log2(needed))))
         key = (waveform, phase.freq, n)
         if key not in self._tables:
+            if len(self._tables) >= PERIOD_TABLES_KEPT:
+                self._tables.clear()
             spectrum = np.fft.rfft(_WAVEFORMS[waveform](np.arange(n) / n))
             harmonics = phase.freq * np.arange(n // 2 + 1)
             self._tables[key] = np.fft.irfft(spectrum * self.transfer(harmonics), n)
@@ -381,9 +377,10 @@ def parse_plant(spec: str) -> _Loopback | _Resonator:
     Raises ValueError naming the known plants and parameters.
     """
     name, _, params = spec.partition(":")
-    cls = _PLANTS.get(name.strip().lower())
+    name = name.strip().lower()
+    cls = _PLANTS.get(name)
     if cls is None:
-        raise ValueError(f"unknown plant {name.strip()!r} in {spec!r}: use 'loopback[:delay=..,"
+        raise ValueError(f"unknown plant {name!r} in {spec!r}: use 'loopback[:delay=..,"
                          f"bandwidth=..,noise=..]' or 'resonator[:f0=..,q=..,gain=..,noise=..]'")
     allowed = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs: dict[str, float] = {}
@@ -607,9 +604,9 @@ class _PidLoops:
             aug = np.zeros((n + 1, n + 1))
             aug[:n, :n] = region.affine.G * keep[:, None] * h
             aug[:n, n] = region.affine.g * keep * h
+            if len(self._propagators) > 256:
+                self._propagators.clear()
             with np.errstate(over="ignore", invalid="ignore"):
-                if len(self._propagators) > 256:
-                    self._propagators.clear()
                 self._propagators[key] = _expm(aug)[:n]
         return self._propagators[key]
 
