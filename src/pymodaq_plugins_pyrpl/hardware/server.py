@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -551,9 +552,20 @@ class Server:
 # TCP
 
 
+def _enable_keepalive(sock: socket.socket | None) -> None:
+    """Detect a silently vanished peer (pulled cable, sleeping laptop) within about 30 s."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 async def _serve_connection(server: Server, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter, hello_timeout: float) -> None:
     peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+    _enable_keepalive(writer.get_extra_info("socket"))
 
     async def send(data: bytes) -> None:
         writer.write(data)

@@ -726,8 +726,9 @@ class SimulatorBackend:
       ``differential_mode_enabled`` on pid0/pid1 replaces the setpoint by the other one's input
       (ignored on pid2). ``inputfilter`` is ignored.
     - IQ: ``I + jQ`` is the input demodulated at ``frequency`` (twice that with
-      ``demodulation_at_2f``) and rotated by ``-phase``: ``A cos(2 pi f t + theta)`` gives
-      ``i = A cos(theta - phase)`` and ``q = A sin(theta - phase)``, times the response of the
+      ``demodulation_at_2f``) and rotated by ``+phase``, as PyRPL's accumulators on a board: with
+      theta the input's phase relative to the excitation, ``i = A cos(theta + phase)`` and
+      ``q = A sin(theta + phase)``, times the response of the
       ``bandwidth`` stages at the offset from ``frequency`` and of the ``acbandwidth`` high-pass. The
       excitation ``amplitude * cos(2 pi f t)`` (2f with ``modulation_at_2f``) goes to
       ``output_direct``, plus, when ``gain`` is not 0, PyRPL's band-pass
@@ -1023,12 +1024,12 @@ class SimulatorBackend:
     def _demodulated(self, n: int, u: np.ndarray, depth: int) -> tuple[list[_Tone], list[_Tone]]:
         """``I + jQ`` of iq ``n`` as complex exponentials: (difference, sum-frequency) terms.
 
-        An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo - phase)}``
-        and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo + phase)}``, L the bandwidth filter.
+        An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo + phase)}``
+        and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter.
         """
         v = self._values[f"iq{n}"]
         lo, harmonic, f_d = self._demodulator(n)
-        rotation = cmath.exp(-1j * math.radians(v["phase"]))
+        rotation = cmath.exp(1j * math.radians(v["phase"]))
         difference, total = [], []
         for tone in self._tones(v["input"], f_d, u, True, depth + 1):
             a = tone.amp * _filter_response([-v["acbandwidth"]], tone.freq)
