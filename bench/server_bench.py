@@ -13,7 +13,6 @@ Prints, for the ``--mock`` server on loopback:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import platform
@@ -59,8 +58,8 @@ class Link:
 
 
 def decode_trace(result: dict) -> tuple[np.ndarray, np.ndarray]:
-    return tuple(np.frombuffer(base64.b64decode(result[ch]["__ndarray__"]), result[ch]["dtype"])
-                 for ch in ("ch1", "ch2"))  # type: ignore[return-value]
+    decoded = protocol.decode_value(result)
+    return decoded["ch1"], decoded["ch2"]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -48,7 +48,11 @@ logger = logging.getLogger(__name__)
 STATUS_PERIOD = 2.0
 """Subscribers get a status push on every change and at least this often (seconds)."""
 SCOPE_POLL = 0.002
-"""Interval between two ``scope_ready`` polls once the expected trace time has passed (seconds)."""
+"""Interval between two attempts to finish a trace that is late (no trigger yet), in seconds."""
+FINISH_WINDOW = 0.003
+"""The backend thread may wait this long for a trace to complete (seconds)."""
+FINISH_POLL = 0.0001
+"""Interval of the backend thread's ``scope_ready`` polls within FINISH_WINDOW (seconds)."""
 MAX_IN_FLIGHT = 64
 """Requests one connection may have pending at once; further lines wait for a slot."""
 
@@ -131,6 +135,7 @@ class Server:
         self.device_session = ""
         self._scope_lock = asyncio.Lock()
         self._scope_generation = 0
+        self._scope_settings_cache: tuple[int, dict[str, Any]] = (-1, {})
         self._scope_sequence = 0
         self._no_holder_since: float | None = time.monotonic()
         self._last_push = 0.0
@@ -457,8 +462,7 @@ class Server:
             deadline: float | None = None if timeout is None else started + timeout
             while True:
                 generation = self._scope_generation
-                settings = await self._backend(self.backend.get, "scope",
-                                               list(catalogue.MODULES["scope"].attributes))
+                settings = await self._scope_settings(generation)
                 if deadline is None:
                     deadline = started + settings["trace_average"] * settings["duration"] + 10.0
                 traces = await self._take_traces(settings["trace_average"], generation, deadline)
@@ -471,26 +475,40 @@ class Server:
                     "t0": traces[0].t0, "dt": traces[0].dt, "sequence": self._scope_sequence,
                     "timestamp": time.time(), "settings": settings, **traces[0].extra}
 
+    async def _scope_settings(self, generation: int) -> dict[str, Any]:
+        """The scope settings, read from the board once per settings generation."""
+        if self._scope_settings_cache[0] != generation:
+            settings = await self._backend(self.backend.get, "scope",
+                                           list(catalogue.MODULES["scope"].attributes))
+            self._scope_settings_cache = (generation, settings)
+        return dict(self._scope_settings_cache[1])
+
     async def _take_traces(self, count: int, generation: int,
                            deadline: float) -> list[ScopeTrace] | None:
-        """``count`` traces, or None if the scope settings changed meanwhile."""
+        """``count`` traces, or None if the scope settings changed meanwhile.
+
+        The wait for a trace happens on the event loop, except its last few milliseconds, which the
+        backend thread spends polling (the loop's timers are only millisecond-precise).
+        """
         loop = asyncio.get_running_loop()
         traces: list[ScopeTrace] = []
         while len(traces) < count:
             try:
-                wait = await self._backend(self.backend.scope_arm)
-                await asyncio.sleep(max(0.0, min(wait, deadline - loop.time())))
-                while True:
+                wait, trace = await self._backend(self._arm_and_finish)
+                if trace is None:
+                    await asyncio.sleep(max(0.0, min(wait - FINISH_WINDOW,
+                                                     deadline - loop.time())))
+                while trace is None:
                     if self._scope_generation != generation:
                         return None
-                    if await self._backend(self.backend.scope_ready):
+                    trace = await self._backend(self._finish_trace)
+                    if trace is not None:
                         break
                     if loop.time() >= deadline:
                         raise AcquisitionTimeout(
                             "no trace within the timeout: check the trigger source and threshold, "
                             "or give a longer 'timeout'")
                     await asyncio.sleep(SCOPE_POLL)
-                trace = await self._backend(self.backend.scope_fetch)
             except BaseException:
                 if self.device_state == "ready":
                     await self.thread.call(self.backend.scope_stop)
@@ -499,6 +517,23 @@ class Server:
                 return None
             traces.append(trace)
         return traces
+
+    def _arm_and_finish(self) -> tuple[float, ScopeTrace | None]:
+        """On the backend thread: arm; a trace due within FINISH_WINDOW is also waited for."""
+        wait = self.backend.scope_arm()
+        if wait > FINISH_WINDOW:
+            return wait, None
+        time.sleep(wait)
+        return wait, self._finish_trace()
+
+    def _finish_trace(self) -> ScopeTrace | None:
+        """On the backend thread: the trace if it completes within FINISH_WINDOW, else None."""
+        end = time.monotonic() + FINISH_WINDOW
+        while not self.backend.scope_ready():
+            if time.monotonic() >= end:
+                return None
+            time.sleep(FINISH_POLL)
+        return self.backend.scope_fetch()
 
     # -- status ------------------------------------------------------------------------------------
 
