@@ -58,3 +58,9 @@ def test_unreachable_board_exits_non_zero(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, ["--hostname", ""], startup_timeout=60)
     assert server.ready_line == ""
     assert server.proc.wait(30) == 2
+
+
+def test_sigterm_stops_cleanly(fake_server: ServerProcess) -> None:
+    """Last in this module: the shared server stops with status 0 (PyRPL closed on its thread)."""
+    with fake_server.client("holder"):
+        assert fake_server.stop(timeout=20) == 0
