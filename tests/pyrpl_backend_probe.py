@@ -264,6 +264,40 @@ def priming() -> dict[str, Any]:
     return result
 
 
+def closing() -> dict[str, Any]:
+    """A running ASG and PID, then close(): which registers does closing write?"""
+    backend = PyrplBackend("_FAKE_")
+    run(backend.open)
+    run(backend.set, "asg0", {"frequency": 1000.0, "amplitude": 0.5, "output_direct": "out1",
+                              "trigger_source": "immediately"})
+    run(backend.set, "pid0", {"setpoint": 0.1, "i": 100.0, "output_direct": "out2"})
+    writes: list[int] = []
+
+    def record_and_snapshot() -> dict[str, int]:
+        from pyrpl.redpitaya_client import DummyClient
+
+        original = DummyClient.writes
+
+        def recording(self: Any, addr: int, values: Any) -> Any:
+            writes.append(addr)
+            return original(self, addr, values)
+
+        DummyClient.writes = recording  # type: ignore[method-assign]
+        return dict(DummyClient.fpgamemory)
+
+    before = run(record_and_snapshot)
+
+    def close_and_snapshot() -> dict[str, int]:
+        from pyrpl.redpitaya_client import DummyClient
+
+        memory = DummyClient.fpgamemory  # the class attribute survives PyRPL's teardown
+        backend.close()
+        return dict(memory)
+
+    after = run(close_and_snapshot)
+    return {"writes_during_close": writes, "memory_unchanged": before == after}
+
+
 def open_error(hostname: str) -> dict[str, Any]:
     backend = PyrplBackend(hostname)
     started = time.perf_counter()
@@ -280,6 +314,8 @@ def main() -> None:
             result = full()
         elif scenario == "priming":
             result = priming()
+        elif scenario == "closing":
+            result = closing()
         elif scenario == "open-error":
             result = open_error(sys.argv[2])
         else:

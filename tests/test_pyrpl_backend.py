@@ -196,6 +196,13 @@ def test_close_is_idempotent_and_final(full: dict[str, Any]) -> None:
     assert full["get_after_close"]["error"] == "DeviceNotReady"
 
 
+def test_close_leaves_the_outputs_running(tmp_path: Path) -> None:
+    # stopping the server must not change the board: a running lock keeps running
+    result = run_probe(tmp_path, "closing")
+    assert result["writes_during_close"] == []
+    assert result["memory_unchanged"]
+
+
 def test_reads_never_write_select_registers(priming: dict[str, Any]) -> None:
     # a previous session's register state survives open() and reading every attribute
     assert priming["after_open"] == priming["preload"]
