@@ -217,6 +217,19 @@ PRELOAD = {  # register address -> raw value of a previous session
 }
 
 
+def record_writes(writes: list[int]) -> None:
+    """From now on, append the address of every register write of the fake board to ``writes``."""
+    from pyrpl.redpitaya_client import DummyClient
+
+    original = DummyClient.writes
+
+    def recording(self: Any, addr: int, values: Any) -> Any:
+        writes.append(addr)
+        return original(self, addr, values)
+
+    DummyClient.writes = recording  # type: ignore[method-assign]
+
+
 def priming() -> dict[str, Any]:
     backend = PyrplBackend("_FAKE_")
     writes: list[int] = []
@@ -236,18 +249,7 @@ def priming() -> dict[str, Any]:
 
     after_open = run(preload_and_open)
 
-    def install_recorder() -> None:
-        from pyrpl.redpitaya_client import DummyClient
-
-        original = DummyClient.writes
-
-        def recording(self: Any, addr: int, values: Any) -> Any:
-            writes.append(addr)
-            return original(self, addr, values)
-
-        DummyClient.writes = recording  # type: ignore[method-assign]
-
-    run(install_recorder)
+    run(record_writes, writes)
     values = {name: run(backend.get, name, list(spec.attributes))
               for name, spec in catalogue.MODULES.items()}
     result = {
@@ -276,13 +278,7 @@ def closing() -> dict[str, Any]:
     def record_and_snapshot() -> dict[str, int]:
         from pyrpl.redpitaya_client import DummyClient
 
-        original = DummyClient.writes
-
-        def recording(self: Any, addr: int, values: Any) -> Any:
-            writes.append(addr)
-            return original(self, addr, values)
-
-        DummyClient.writes = recording  # type: ignore[method-assign]
+        record_writes(writes)
         return dict(DummyClient.fpgamemory)
 
     before = run(record_and_snapshot)
