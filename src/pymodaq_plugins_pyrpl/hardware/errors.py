@@ -134,3 +134,41 @@ def error_from_wire(error: dict[str, Any]) -> RemoteError:
 
 class BackendUnavailable(PyrplPluginError):
     """The backend cannot reach its board (PyRPL missing, board unreachable); the server exits non-zero."""
+
+
+class CommunicationError(PyrplPluginError):
+    """The link to the server failed (client side)."""
+
+
+class ConnectionFailed(CommunicationError):
+    """No connection, or no ``hello`` reply, within the connect timeout."""
+
+
+class ConnectionLost(CommunicationError):
+    """The connection dropped while a call that is not safe to re-send was in flight: its outcome is
+    unknown (read the values back with ``get``)."""
+
+
+class CallTimeout(CommunicationError, TimeoutError):
+    """No reply within the call's timeout (the server is busy, unreachable, or reconnecting)."""
+
+
+class ClientClosed(CommunicationError):
+    """The client was closed; create or connect a new one."""
+
+
+class ServerError(PyrplPluginError):
+    """A server cannot be started or shared (server manager)."""
+
+
+class ServerMismatch(ServerError):
+    """The server running on the port serves another board, backend or PyRPL config."""
+
+
+class PortInUse(ServerError):
+    """The port is held by a program that does not speak this protocol, or by a server whose token
+    this process does not have."""
+
+
+class ServerGone(ServerError):
+    """The local server was stopped on purpose (``pymodaq-pyrpl stop``) and is not restarted."""
