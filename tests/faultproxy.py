@@ -1,7 +1,7 @@
 """A threaded TCP proxy that injects faults between a client and a server (tests only).
 
-``FaultProxy(target_port)`` listens on a free loopback port and forwards every accepted connection to
-``127.0.0.1:target_port``, one thread per direction. ``set_mode`` switches the behaviour of all
+``FaultProxy(target_port)`` listens on a free loopback port and forwards every accepted connection
+to ``127.0.0.1:target_port``, one thread per direction. ``set_mode`` switches the behaviour of all
 connections, current and new:
 
 =========  ========================================================================================
@@ -51,7 +51,7 @@ class _Pair:
 
 
 class FaultProxy:
-    """Proxy ``127.0.0.1:port`` → ``127.0.0.1:target_port`` with switchable faults (see module doc)."""
+    """Proxy ``127.0.0.1:port`` → ``127.0.0.1:target_port`` with switchable faults (module doc)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port

@@ -1,4 +1,4 @@
-"""PyRPLClient against real server subprocesses, with a fault-injecting proxy in between where needed.
+"""PyRPLClient against real server subprocesses, with a fault-injecting proxy in between.
 
 Waits are bounded (deadlines, events); the only plain waits observe that nothing happens (no more
 connection attempts after a final error).
@@ -47,7 +47,8 @@ class Recorder:
 
     def wait(self, kind: str, count: int = 1, timeout: float = 10.0,
              where: Callable[[Any], bool] = lambda info: True) -> Any:
-        """The ``count``-th recorded ``kind`` item matching ``where``; AssertionError after timeout."""
+        """The ``count``-th recorded ``kind`` item matching ``where``; AssertionError after
+        ``timeout``."""
         def matches() -> list[Any]:
             return [info for k, info in self.items if k == kind and where(info)]
 
@@ -262,7 +263,8 @@ def test_many_threads_get_only_their_own_replies(mock_server: ServerProcess, mak
             for k in range(iterations):
                 value = lo + (hi - lo) * (index + threads * k + 1) / (threads * iterations + 2)
                 applied = client.set(module, {name: value})
-                assert list(applied) == [name] and applied[name] == pytest.approx(value, rel=1e-2, abs=1e-3)
+                assert list(applied) == [name]
+                assert applied[name] == pytest.approx(value, rel=1e-2, abs=1e-3)
                 assert client.get(module, [name]) == applied, (module, name)
                 if k % 5 == 0:
                     data = client.acquire(acquired)
@@ -518,7 +520,8 @@ def client_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("pyrpl-client")]
 
 
-def test_close_is_bounded_idempotent_and_final(mock_server: ServerProcess, proxy: FaultProxy) -> None:
+def test_close_is_bounded_idempotent_and_final(mock_server: ServerProcess,
+                                               proxy: FaultProxy) -> None:
     before = client_threads()
     client = PyRPLClient("127.0.0.1", proxy.port, mock_server.token, timeout=10)
     client.connect()

@@ -1,9 +1,9 @@
-"""PyRPLClient: the synchronous, thread-safe client of the PyRPL server (contract in docs/protocol.md).
+"""PyRPLClient: the synchronous, thread-safe client of the PyRPL server (docs/protocol.md).
 
 One client holds one TCP connection and one server session. Any number of threads may call it at
-once; each call waits for its own reply (matched by ``id``) up to its own timeout. When the connection
-drops, the client reconnects in the background, resumes its session (or re-creates its leases and
-subscription on a restarted server) and re-sends the calls that are safe to re-send.
+once; each call waits for its own reply (matched by ``id``) up to its own timeout. When the
+connection drops, the client reconnects in the background, resumes its session (or re-creates its
+leases and subscription on a restarted server) and re-sends the calls that are safe to re-send.
 
 Threads
     * the callers' threads: they build, send and wait for their requests, and decode their replies;
@@ -16,7 +16,7 @@ Threads
       callback is logged and ignored. Callbacks may call the client (but not ``close()``-and-wait on
       other callbacks).
 
-Retry policy (see docs/protocol.md, *Client behaviour*): ``ping``, ``status``, ``describe``, ``get``,
+Retry policy (docs/protocol.md, *Client behaviour*): ``ping``, ``status``, ``describe``, ``get``,
 ``acquire``, ``lease``, ``release``, ``subscribe`` in flight when the connection drops are re-sent
 after reconnecting, within their original deadline; a ``set`` (and ``hello``, ``goodbye``,
 ``shutdown``) in flight raises ConnectionLost: its outcome is unknown. AuthenticationFailed (-32002)
@@ -93,7 +93,7 @@ class _WriteTimeout(Exception):
 
 
 def _fresh(exc: BaseException) -> BaseException:
-    """A copy of ``exc`` to raise in one more thread (a shared instance would pile up tracebacks)."""
+    """A copy of ``exc`` to raise in one more thread (a shared one would pile up tracebacks)."""
     try:
         clone = copy.copy(exc)
     except Exception:  # an exception class that cannot be copied: raise the original
@@ -109,7 +109,8 @@ def _now_local() -> str:
 class _Call:
     """One request and, once it arrives, its reply or the exception its caller raises."""
 
-    def __init__(self, id_: int, method: str, params: dict[str, Any] | None, deadline: float) -> None:
+    def __init__(self, id_: int, method: str, params: dict[str, Any] | None,
+                 deadline: float) -> None:
         self.id = id_
         self.method = method
         self.params = params
@@ -121,7 +122,8 @@ class _Call:
         self.error: BaseException | None = None
         self.done = threading.Event()
 
-    def finish(self, reply: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+    def finish(self, reply: dict[str, Any] | None = None,
+               error: BaseException | None = None) -> None:
         self.reply, self.error = reply, error
         self.done.set()
 
@@ -174,8 +176,10 @@ class _Link:
     def _receive(self) -> None:
         try:
             n = self.sock.recv_into(self._chunk)
-        except TimeoutError:  # socket.timeout: the SLICE passed without data
-            return
+        except TimeoutError as exc:
+            if exc.errno is None:  # the socket's own timeout: a SLICE passed without data
+                return
+            raise _Broken(f"connection error: {exc}") from None  # ETIMEDOUT: keepalive failed
         except OSError as exc:
             raise _Broken(f"connection error: {exc}") from None
         if n == 0:
@@ -208,8 +212,9 @@ class _Link:
                 raise _WriteTimeout(partial=sent > 0)
             try:
                 sent += self.sock.send(view[sent:])
-            except TimeoutError:
-                continue
+            except TimeoutError as exc:
+                if exc.errno is not None:  # ETIMEDOUT from the kernel, not the SLICE timeout
+                    raise
 
     def shutdown(self) -> None:
         """Wake up the reader (it sees EOF); idempotent."""
@@ -238,9 +243,9 @@ class PyRPLClient:
     """Client of one PyRPL server: typed calls, reconnection, session resume, lease restore.
 
     ``token`` is the server's token; ``name`` is shown in the server's ``status``; ``hold``: this
-    client keeps an auto-started server alive (see docs/protocol.md, *Lifecycle*); ``timeout`` is the
-    default timeout of every call, in seconds; ``reconnect``: reconnect in the background after a
-    drop (otherwise calls fail until ``connect()`` is called again); ``revive``: called on the
+    client keeps an auto-started server alive (see docs/protocol.md, *Lifecycle*); ``timeout`` is
+    the default timeout of every call, in seconds; ``reconnect``: reconnect in the background after
+    a drop (otherwise calls fail until ``connect()`` is called again); ``revive``: called on the
     client's io thread after each failed reconnect attempt (refused, no answer): it may restart the
     server, and if it raises, the client stops for good with that exception (a ``failed`` event).
 
@@ -325,7 +330,7 @@ class PyRPLClient:
     # -- connection -----------------------------------------------------------------------------
 
     def connect(self, timeout: float | None = None) -> dict[str, Any]:
-        """Connect and say ``hello`` (resuming the previous session, if any); return the hello result.
+        """Connect and say ``hello`` (resuming the previous session, if any); return its result.
 
         ``timeout`` (default: the client's) covers the TCP connection *and* the hello reply (and the
         restoring of leases after a reconnection). If the client is already connected, return the
@@ -360,9 +365,10 @@ class PyRPLClient:
         except _Stopped:
             raise ClientClosed(self._closed_message()) from None
         previous = self._session
-        if not self._publish(link, info):
+        if not self._publish(link, info):  # closed (or failed) meanwhile
             link.close()
-            self._raise_if_unusable_locked()
+            with self._lock:
+                self._raise_if_unusable()
         self._io_thread = threading.Thread(target=self._run_io, args=(link,), daemon=True,
                                            name="pyrpl-client-io")
         self._io_thread.start()
@@ -385,8 +391,9 @@ class PyRPLClient:
                                   "call connect() again"))
 
     def close(self) -> None:
-        """Say ``goodbye`` (best effort, waiting at most GOODBYE_WAIT), close the connection and stop
-        the background threads; returns within about CLOSE_BUDGET seconds even if the server is gone.
+        """Say ``goodbye`` (best effort, waiting at most GOODBYE_WAIT), close the connection and
+        stop the background threads; returns within about CLOSE_BUDGET seconds even if the server
+        is gone.
 
         Idempotent. Calls waiting for a reply, and every later call, raise ClientClosed.
         """
@@ -437,7 +444,8 @@ class PyRPLClient:
     # -- callbacks ------------------------------------------------------------------------------
 
     def add_status_callback(self, cb: StatusCallback) -> None:
-        """Call ``cb(status)`` on every status push (after ``subscribe()``), on the events thread."""
+        """Call ``cb(status)`` on every status push (after ``subscribe()``), on the events
+        thread."""
         with self._lock:
             self._status_callbacks.append(cb)
 
@@ -612,14 +620,14 @@ class PyRPLClient:
 
     def _track(self, call: _Call, value: Any) -> None:
         """Remember leases and subscription, to restore them on a new session."""
-        params = call.params or {}
+        module = value.get("module") if isinstance(value, dict) else None
         with self._lock:
-            if call.method == protocol.Method.LEASE and isinstance(value, dict):
-                self._leases.add(value.get("module", params.get("module")))
-            elif call.method == protocol.Method.RELEASE and isinstance(value, dict):
-                self._leases.discard(value.get("module", params.get("module")))
+            if call.method == protocol.Method.LEASE and isinstance(module, str):
+                self._leases.add(module)
+            elif call.method == protocol.Method.RELEASE and isinstance(module, str):
+                self._leases.discard(module)
             elif call.method == protocol.Method.SUBSCRIBE:
-                self._subscribed = bool(params.get("status", True))
+                self._subscribed = bool((call.params or {}).get("status", True))
 
     def _raise_if_unusable(self) -> None:
         """With the lock held: raise ClientClosed or (a copy of) the final error."""
@@ -627,10 +635,6 @@ class PyRPLClient:
             raise ClientClosed(self._closed_message())
         if self._final is not None:
             raise _fresh(self._final)
-
-    def _raise_if_unusable_locked(self) -> None:
-        with self._lock:
-            self._raise_if_unusable()
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -644,7 +648,8 @@ class PyRPLClient:
                 f"{self._lost_reason}; reconnect is off): call connect() to reconnect")
 
     def _timeout_message(self, call: _Call, timeout: float) -> str:
-        text = f"no reply to '{call.method}' from the PyRPL server at {self.address} within {timeout:g} s"
+        text = (f"no reply to '{call.method}' from the PyRPL server at {self.address} within "
+                f"{timeout:g} s")
         if self._reconnecting:
             return (f"{text}; the client is reconnecting (connection lost: {self._lost_reason}) "
                     "and keeps trying")
@@ -842,17 +847,18 @@ class PyRPLClient:
         if "id" not in message:
             self._dispatch_push(message)
             return
+        id_ = message["id"]
         with self._lock:
-            call = self._calls.get(message["id"])
+            call = self._calls.get(id_) if isinstance(id_, int) else None
             if call is None or call.sent_on != link.generation:
                 call = None
             else:
                 del self._calls[call.id]
         if call is None:
-            if message["id"] is None:
+            if id_ is None:
                 logger.warning("error reply without id from %s: %.300s", self.address, message)
             else:
-                logger.debug("late reply %s from %s dropped (its call timed out)", message["id"],
+                logger.debug("late reply %r from %s dropped (its call timed out)", id_,
                              self.address)
             return
         call.finish(reply=message)
@@ -979,8 +985,8 @@ class PyRPLClient:
                 return
             kind, args = item
             with self._lock:
-                callbacks = list(self._status_callbacks if kind == "status"
-                                 else self._connection_callbacks)
+                callbacks: list[Callable[..., None]] = list(
+                    self._status_callbacks if kind == "status" else self._connection_callbacks)
             if kind == "status":
                 try:
                     args = (protocol.decode_value(args[0]),)
