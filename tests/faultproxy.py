@@ -11,6 +11,7 @@ stall      stop forwarding without closing: bytes read are held (and counted) un
 truncate   the next bytes toward the client are cut inside a line: a partial line goes out, then
            both sides are closed (new connections too: their first reply is truncated)
 slow       toward the client, one byte every ``SLOW_DELAY`` seconds
+garble     toward the client, a line that is not JSON before the bytes, connection kept open
 =========  ========================================================================================
 
 ``accepted`` counts accepted connections and ``lines_from_client`` the newline-terminated requests
@@ -24,7 +25,8 @@ import threading
 import time
 from typing import Callable
 
-MODES = ("pass", "drop", "stall", "truncate", "slow")
+MODES = ("pass", "drop", "stall", "truncate", "slow", "garble")
+GARBAGE = b"}{ not JSON\n"
 SLOW_DELAY = 0.005
 POLL = 0.05
 """The pump threads notice mode changes and close() this often (seconds)."""
@@ -178,6 +180,10 @@ class FaultProxy:
         if mode == "truncate" and to_client:
             sink.sendall(held[:max(1, _line_end(held) // 2)])
             return False
+        if mode == "garble" and to_client:
+            sink.sendall(GARBAGE + held)
+            held.clear()
+            return True
         if mode == "slow" and to_client:
             sink.sendall(held[:1])
             del held[:1]

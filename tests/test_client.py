@@ -318,7 +318,31 @@ def test_server_restart_gives_new_session_with_leases_restored(tmp_path: Path,
         waiting.join(10)
         assert out.get("result") == {"amplitude": 0.0}, out  # waited for the restart, then sent
         assert client.set("pid1", {"setpoint": 0.1}) == {"setpoint": pytest.approx(0.1, abs=1e-3)}
-        recorder.wait("status", where=lambda s: s["server"]["pid"] == second.pid)  # re-subscribed
+        client.release("pid1")  # a change, pushed at once: the client subscribed again
+        recorder.wait("status", where=lambda s: s["server"]["pid"] == second.pid)
+
+
+def test_lease_taken_during_the_outage_is_reported(tmp_path: Path, make_client) -> None:
+    port = free_port()
+    first = ServerProcess(tmp_path, ["--mock", "--port", str(port)])
+    with FaultProxy(port) as proxy:
+        client = make_client(proxy.port, first.token, name="late", timeout=5)
+        recorder = Recorder()
+        client.add_connection_callback(recorder)
+        client.connect()
+        client.lease("asg0")
+        client.lease("asg1")
+        proxy.set_mode("drop")  # keeps the client away while another one takes asg0
+        kill(first)
+        with ServerProcess(tmp_path, ["--mock", "--port", str(port)]) as second:
+            with second.client("quick") as quick:
+                quick.call("lease", module="asg0")
+                proxy.set_mode("pass")
+                info = recorder.wait("new_session")
+                assert info["leases"] == ["asg1"] and info["lost_leases"] == ["asg0"]
+                with pytest.raises(errors.ModuleLeased, match="quick"):
+                    client.set("asg0", {"amplitude": 0.1})
+                assert session_entry(second, "late")["leases"] == ["asg1"]
 
 
 def test_dropped_connection_resumes_the_session(mock_server: ServerProcess, proxy: FaultProxy,
@@ -473,10 +497,12 @@ def test_revive_hook_raising_stops_the_client(tmp_path: Path, make_client) -> No
 # -- faults ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["drop", "stall", "truncate", "slow"])
+@pytest.mark.parametrize("mode", ["drop", "stall", "truncate", "slow", "garble"])
 def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: ServerProcess,
                                                    proxy: FaultProxy, make_client) -> None:
     client = make_client(proxy.port, mock_server.token, timeout=5)
+    recorder = Recorder()
+    client.add_connection_callback(recorder)
     client.connect()
     proxy.set_mode(mode)
     timeout = 1.0
@@ -496,17 +522,24 @@ def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: Serve
         error = out.get("error")
         assert error is None or isinstance(error, (errors.CallTimeout, errors.ConnectionLost)), (
             name, error)
-    if mode in ("stall", "drop"):
+    if mode in ("stall", "drop", "garble"):
         assert all(isinstance(out.get("error"), (errors.CallTimeout, errors.ConnectionLost))
                    for _, out in started.values())
     if mode == "slow":
         assert "result" in started["ping"][1] and "error" in started["describe"][1]
+
+    reasons = {"drop": "closed by the server", "truncate": "in the middle of a reply",
+               "garble": "garbled line"}
+    if mode in reasons:
+        assert reasons[mode] in recorder.wait("lost")["reason"]
 
     proxy.set_mode("pass")
     assert client.get("asg1", ["amplitude"], timeout=10) == {"amplitude": 0.0}  # no late reply
     assert client.get("asg0", ["waveform"]) == {"waveform": "sin"}
     assert client.describe()["scope"]["samples"] == 16384
     assert client.connected
+    if mode in reasons:
+        assert recorder.count("resumed") == 1 and recorder.count("new_session") == 0
 
 
 ACQUIRE_WAIT = 2.0

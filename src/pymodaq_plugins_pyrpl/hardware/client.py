@@ -24,6 +24,7 @@ and UnsupportedProtocol (-32007) from ``hello`` are final.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import itertools
@@ -489,9 +490,13 @@ class PyRPLClient:
             raise RequestTooLarge(f"'{method}' request of {len(call.line)} bytes exceeds the "
                                   f"server's limit of {protocol.MAX_REQUEST_BYTES} bytes; not sent")
         link = self._register(call)
-        if link is not None:
-            self._transmit(link, call)
-        reply = self._wait(call, timeout)
+        try:
+            if link is not None:
+                self._transmit(link, call)
+            reply = self._wait(call, timeout)
+        finally:  # also on KeyboardInterrupt: a forgotten call must not be re-sent later
+            with self._lock:
+                self._calls.pop(call.id, None)
         return self._result(call, reply)
 
     def ping(self, timeout: float | None = None) -> float:
@@ -595,7 +600,7 @@ class PyRPLClient:
     def _wait(self, call: _Call, timeout: float) -> dict[str, Any]:
         if not call.done.wait(max(0.0, call.deadline - time.monotonic())):
             with self._lock:
-                if not call.done.is_set():
+                if not call.done.is_set():  # (else the reply came just now: take it)
                     self._calls.pop(call.id, None)
                     raise CallTimeout(self._timeout_message(call, timeout))
         if call.error is not None:
@@ -681,6 +686,8 @@ class PyRPLClient:
         try:
             hello = self._handshake_call(link, protocol.Method.HELLO.value, self._hello_params(),
                                          deadline)
+            if not isinstance(hello, dict) or not isinstance(hello.get("session"), str):
+                raise _Broken(f"unexpected reply to 'hello': {hello!r:.200}")
             info = self._restore(link, hello, deadline)
         except TimeoutError:
             link.close()
@@ -690,7 +697,7 @@ class PyRPLClient:
         except _Broken as exc:
             link.close()
             raise ConnectionFailed(self._connect_failed_message(
-                f"the connection broke during 'hello' ({exc})")) from None
+                f"the connection failed during 'hello' ({exc})")) from None
         except AuthenticationFailed as exc:
             link.close()
             raise self._taken_over(exc) from None
@@ -716,8 +723,9 @@ class PyRPLClient:
         failure: OSError | None = None
         for family, kind, proto, _, address in addresses:
             sock = socket.socket(family, kind, proto)
-            try:
+            with contextlib.suppress(OSError):  # a kernel may refuse that size: keep its default
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            try:
                 self._connect_socket(sock, address, deadline)
             except OSError as exc:
                 sock.close()
@@ -776,7 +784,10 @@ class PyRPLClient:
         link.sock.settimeout(SLICE)
         if "error" in message:
             raise error_from_wire(message["error"] if isinstance(message["error"], dict) else {})
-        return protocol.decode_value(message.get("result"))
+        try:
+            return protocol.decode_value(message.get("result"))
+        except ValueError as exc:
+            raise _Broken(f"malformed reply to '{method}': {exc}") from None
 
     def _restore(self, link: _Link, hello: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Re-acquire the leases this client holds but the session lacks (all of them on a new
@@ -834,14 +845,22 @@ class PyRPLClient:
     # -- io thread ------------------------------------------------------------------------------
 
     def _run_io(self, link: _Link) -> None:
-        """Read and dispatch until the link breaks; then reconnect (if enabled) and go on."""
+        """Read and dispatch until the link breaks; then reconnect (if enabled) and go on.
+
+        A bug here must not leave callers waiting in silence: it becomes the final error.
+        """
         current: _Link | None = link
-        while current is not None:
-            try:
-                while True:
-                    self._dispatch(current, current.read_message())
-            except _Broken as exc:
-                current = self._after_loss(current, str(exc))
+        try:
+            while current is not None:
+                try:
+                    while True:
+                        self._dispatch(current, current.read_message())
+                except _Broken as exc:
+                    current = self._after_loss(current, str(exc))
+        except Exception as exc:
+            logger.exception("the io thread of the PyRPL client of %s failed", self.address)
+            self._fail(CommunicationError(f"internal error of the PyRPL client of {self.address}: "
+                                          f"{type(exc).__name__}: {exc}"))
 
     def _dispatch(self, link: _Link, message: dict[str, Any]) -> None:
         if "id" not in message:
