@@ -502,6 +502,8 @@ def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: Serve
     client.add_connection_callback(recorder)
     client.connect()
     proxy.set_mode(mode)
+    if mode == "slow":  # a short reply still gets through, byte by byte (about 60 bytes)
+        assert client.ping(timeout=10) > 0.2
     timeout = 1.0
     calls = {
         "ping": lambda: client.ping(timeout=timeout),
@@ -523,7 +525,7 @@ def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: Serve
         assert all(isinstance(out.get("error"), (errors.CallTimeout, errors.ConnectionLost))
                    for _, out in started.values())
     if mode == "slow":
-        assert "result" in started["ping"][1] and "error" in started["describe"][1]
+        assert isinstance(started["describe"][1].get("error"), errors.CallTimeout)  # 29 kB
 
     reasons = {"drop": "closed by the server", "truncate": "in the middle of a reply",
                "garble": "garbled line"}
