@@ -1,0 +1,144 @@
+"""``pymodaq-pyrpl``: run, inspect, stop and take over local PyRPL servers.
+
+Exit status: 0 success; 1 the operation failed or there was nothing to act on (the message says
+which); 2 wrong usage. ``pymodaq-pyrpl server`` exits with the server's own status.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import __version__
+from .hardware import protocol, runtime
+from .hardware.client import PyRPLClient
+from .hardware.errors import PyrplPluginError
+from .hardware.server_manager import stop_local_server, takeover_local_server
+
+
+def _status_rows(timeout: float) -> list[dict[str, Any]]:
+    rows = []
+    for state in runtime.live_states():
+        row: dict[str, Any] = {"port": state.port, "pid": state.pid, "backend": state.backend,
+                               "board": state.hostname or "(simulated)", "config": state.config,
+                               "started_at": state.started_at}
+        client = PyRPLClient("127.0.0.1", state.port, state.token, "pymodaq-pyrpl status",
+                             timeout=timeout, reconnect=False)
+        try:
+            client.connect()
+            status = client.status()
+            row.update(device=status["device"]["state"], reason=status["device"]["reason"],
+                       uptime=status["server"]["uptime"],
+                       clients=[c for c in status["clients"] if c["client"] != "pymodaq-pyrpl status"])
+        except PyrplPluginError as exc:
+            row.update(device="unreachable", reason=str(exc), uptime=None, clients=[])
+        finally:
+            client.close()
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print(f"no local PyRPL server is running (runtime folder {runtime.runtime_dir()})")
+        return
+    header = ("PORT", "PID", "BACKEND", "BOARD", "DEVICE", "CLIENTS", "LEASES", "UPTIME")
+    table = [header]
+    for r in rows:
+        names = ", ".join(c["client"] + ("*" if c["hold"] else "") for c in r["clients"]) or "-"
+        leases = ", ".join(f"{m}:{c['client']}" for c in r["clients"] for m in c["leases"]) or "-"
+        uptime = "-" if r["uptime"] is None else _duration(r["uptime"])
+        table.append((str(r["port"]), str(r["pid"]), r["backend"], r["board"], r["device"], names,
+                      leases, uptime))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("(* = holds the server alive)")
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = _status_rows(args.timeout)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    ports = [s.port for s in runtime.live_states()] if args.all else [args.port]
+    stopped = 0
+    for port in ports:
+        state = stop_local_server(port)
+        if state is None:
+            print(f"no local PyRPL server runs on port {port}")
+        else:
+            print(f"stopped the PyRPL server on port {port} (pid {state.pid}, {state.describes()})")
+            stopped += 1
+    return 0 if stopped else 1
+
+
+def cmd_takeover(args: argparse.Namespace) -> int:
+    state = takeover_local_server(args.port, startup_timeout=args.startup_timeout,
+                                  auto_stop=args.auto_stop)
+    print(f"took over port {args.port}: the PyRPL server for {state.describes()} runs again with a new "
+          f"token (pid {state.pid}); previous clients are refused for good. It stops after "
+          f"{args.auto_stop:g} s without a client holding it.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pymodaq-pyrpl",
+                                     description="Manage the PyRPL servers of pymodaq_plugins_pyrpl.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} "
+                        f"(protocol {protocol.PROTOCOL_VERSION})")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("server", help="run a server in the foreground (same options as "
+                        "python -m pymodaq_plugins_pyrpl.hardware.server; see server --help)",
+                        add_help=False)
+    status = commands.add_parser("status", help="list the running local servers")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds per server")
+    status.set_defaults(run=cmd_status)
+    stop = commands.add_parser("stop", help="stop a local server (its board's outputs keep running)")
+    which = stop.add_mutually_exclusive_group()
+    which.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+                       help="port of the server (default %(default)s)")
+    which.add_argument("--all", action="store_true", help="stop every local server")
+    stop.set_defaults(run=cmd_stop)
+    takeover = commands.add_parser(
+        "takeover", help="restart a local server with a new token: programs still using it are "
+                         "refused for good, and a new program can use the board")
+    takeover.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+                          help="port of the server (default %(default)s)")
+    takeover.add_argument("--auto-stop", type=float, default=60.0, metavar="SECONDS",
+                          help="the new server stops after SECONDS without a holding client "
+                               "(default %(default)s)")
+    takeover.add_argument("--startup-timeout", type=float, default=60.0, metavar="SECONDS")
+    takeover.set_defaults(run=cmd_takeover)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:
+        from .hardware.server import main as server_main
+
+        return server_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PyrplPluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

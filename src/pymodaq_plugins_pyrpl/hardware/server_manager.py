@@ -1,0 +1,423 @@
+"""TCPServerManager: start a local PyRPL server on demand, share it, stop it with its last user.
+
+Pinned API (plugins rely on it)::
+
+    m = TCPServerManager(host="localhost", port=6341, hostname=None)  # None or "": simulated board
+    client = m.ensure_server_running()   # reuse a compatible running server, or spawn one
+    m.release_server()                   # drop this reference
+
+Sharing, within a process: every manager for the same host and port shares ONE :class:`PyRPLClient`
+(one connection, a reference count of managers). Across processes: a local server is described by its
+state file (:mod:`.runtime`); a compatible running server is reused, a server for another board is an
+error naming both. The server counts holding sessions (``hold: true``); a server this module started
+(``--auto-stop``) stops when the last holder says goodbye, or soon after the last holder vanished.
+
+Crash recovery and takeover: if the held local server dies, the shared client's reconnect loop calls
+:meth:`TCPServerManager._revive`, which restarts it on the same port with the same token, under the
+port lock, only if the state file still names this token and a dead pid. A state file with another
+token means the server was taken over (``pymodaq-pyrpl takeover``): the client stops for good with
+AuthenticationFailed. No state file means it was stopped on purpose: ServerGone. So two programs can
+never restart each other's servers in a loop.
+
+A remote host (anything but localhost / 127.x / ::1) is never spawned: the manager connects with the
+token it was given.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .. import __version__
+from . import protocol, runtime
+from .client import PyRPLClient
+from .errors import (AuthenticationFailed, ConnectionFailed, PortInUse, ServerError, ServerGone,
+                     ServerMismatch)
+from .runtime import ServerState
+
+logger = logging.getLogger(__name__)
+
+SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
+
+
+@dataclass
+class _Shared:
+    """The connection shared by every manager of one process for one host and port."""
+
+    client: PyRPLClient
+    backend: str
+    hostname: str
+    config: str
+    references: int = 0
+
+
+_shared: dict[tuple[str, int], _Shared] = {}
+_shared_lock = threading.Lock()
+_children: list[subprocess.Popen] = []
+
+
+def is_local(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def requested_backend(hostname: str | None) -> tuple[str, str]:
+    """(backend, board hostname) for a plugin's hostname setting (None or "": the simulator)."""
+    return ("pyrpl", hostname) if hostname else ("mock", "")
+
+
+class TCPServerManager:
+    """Start, share and release the PyRPL server a plugin needs.
+
+    ``hostname`` selects the board (None or "": the simulated board). ``python`` is the interpreter
+    that runs a spawned server (default: this one), so PyRPL may live in an environment of its own.
+    ``token`` is needed for a remote server only. ``startup_timeout`` bounds spawning a server (PyRPL
+    loading its FPGA bitfile on a real board takes ~10 s), ``connect_timeout`` connecting to a running
+    one. ``auto_stop`` and ``session_grace`` are passed to a spawned server (see its ``--help``).
+    """
+
+    def __init__(self, host: str = "localhost", port: int = protocol.DEFAULT_PORT,
+                 hostname: str | None = None, *, config: str = "", token: str = "",
+                 python: str | None = None, startup_timeout: float = 60.0,
+                 connect_timeout: float = 10.0, auto_stop: float = 10.0,
+                 session_grace: float = 5.0, client_name: str | None = None,
+                 server_args: tuple[str, ...] = ()) -> None:
+        self.host = host
+        self.port = port
+        self.backend, self.hostname = requested_backend(hostname)
+        self.config = config or ""
+        self.token = token
+        self.python = python or sys.executable
+        self.startup_timeout = startup_timeout
+        self.connect_timeout = connect_timeout
+        self.auto_stop = auto_stop
+        self.session_grace = session_grace
+        self.client_name = client_name or f"{os.path.basename(sys.argv[0]) or 'python'} (pid {os.getpid()})"
+        self.server_args = tuple(server_args)
+        self._holding = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("localhost" if is_local(self.host) else self.host, self.port)
+
+    @property
+    def client(self) -> PyRPLClient:
+        """The shared client. Raises ServerError if this manager holds no server."""
+        with _shared_lock:
+            shared = _shared.get(self.key)
+        if not self._holding or shared is None:
+            raise ServerError("no server is held: call ensure_server_running() first")
+        return shared.client
+
+    def ensure_server_running(self) -> PyRPLClient:
+        """Hold a compatible server for this manager and return the shared client.
+
+        Reuses this process's connection, or a running local server (state file + handshake), or
+        spawns one. Calling it again on a holding manager changes nothing. Raises ServerMismatch (the
+        server serves another board), PortInUse (the port is held by something else), ServerError
+        (the server could not start; the message has the end of its log), ConnectionFailed (a remote
+        server cannot be reached), AuthenticationFailed (wrong token).
+        """
+        with _shared_lock:
+            shared = _shared.get(self.key)
+            if shared is not None:
+                self._check_compatible(shared.backend, shared.hostname, shared.config)
+                if not self._holding:
+                    shared.references += 1
+                    self._holding = True
+                return shared.client
+            client = self._connect_remote() if not is_local(self.host) else self._connect_local()
+            _shared[self.key] = _Shared(client, self.backend, self.hostname, self.config, 1)
+            self._holding = True
+            return client
+
+    def release_server(self) -> None:
+        """Drop this manager's reference; the last one closes the connection (goodbye).
+
+        An auto-started server stops when its last holding client, in any process, has left.
+        """
+        with _shared_lock:
+            if not self._holding:
+                return
+            self._holding = False
+            shared = _shared.get(self.key)
+            if shared is None:
+                return
+            shared.references -= 1
+            if shared.references > 0:
+                return
+            del _shared[self.key]
+        shared.client.close()
+        _reap_children()
+
+    # -- remote ------------------------------------------------------------------------------------
+
+    def _connect_remote(self) -> PyRPLClient:
+        client = PyRPLClient(self.host, self.port, self.token, self.client_name,
+                             timeout=self.connect_timeout)
+        try:
+            info = client.connect()
+        except ConnectionFailed as exc:
+            raise ConnectionFailed(
+                f"{exc} — a server on another computer is not started from here: start it there "
+                f"with `pymodaq-pyrpl server --hostname RP --bind 0.0.0.0 --token-file FILE` and "
+                "put the token of FILE in the plugin's settings") from None
+        self._check_hello(client, info)
+        return client
+
+    # -- local -------------------------------------------------------------------------------------
+
+    def _connect_local(self) -> PyRPLClient:
+        with runtime.port_lock(self.port, self.startup_timeout):
+            state = runtime.read_live_state(self.port)
+            if state is None:
+                self._check_port_free()
+                state = self._spawn(secrets.token_hex(32))
+            else:
+                self._check_compatible(state.backend, state.hostname, state.config)
+        client = PyRPLClient("127.0.0.1", self.port, state.token, self.client_name, hold=True,
+                             timeout=self.connect_timeout, revive=lambda: self._revive(state.token))
+        info = client.connect(self.startup_timeout)
+        self._check_hello(client, info)
+        return client
+
+    def _check_hello(self, client: PyRPLClient, info: dict) -> None:
+        try:
+            self._check_compatible(info["backend"], info["hostname"], self.config)
+        except ServerMismatch:
+            client.close()
+            raise
+
+    def _check_compatible(self, backend: str, hostname: str, config: str) -> None:
+        if (backend, hostname, config) != (self.backend, self.hostname, self.config):
+            raise ServerMismatch(
+                f"the PyRPL server on port {self.port} serves "
+                f"{runtime.describe_board(backend, hostname, config)}, but this plugin asks for "
+                f"{runtime.describe_board(self.backend, self.hostname, self.config)}. Use another "
+                f"port for this board, or stop that server (pymodaq-pyrpl stop --port {self.port}).")
+
+    def _check_port_free(self) -> None:
+        """Raise PortInUse if something listens on the port without a state file of ours."""
+        kind = probe_port(self.port, min(self.startup_timeout, 3.0))
+        if kind == "free":
+            return
+        if kind == "pyrpl":
+            raise PortInUse(f"a PyRPL server that was not started by the plugins runs on port "
+                            f"{self.port}; stop it, or give its token in the plugin settings and "
+                            "connect to it as a remote server, or use another port")
+        raise PortInUse(f"port {self.port} is used by another program that is not a PyRPL server; "
+                        "choose another port in the plugin settings")
+
+    def _server_command(self, token_file: str) -> list[str]:
+        board = ["--mock"] if self.backend == "mock" else ["--hostname", self.hostname]
+        command = [self.python, "-m", SERVER_MODULE, *board, "--port", str(self.port),
+                   "--bind", "127.0.0.1", "--token-file", token_file,
+                   "--auto-stop", str(self.auto_stop), "--session-grace", str(self.session_grace),
+                   "--log-file", str(runtime.log_path(self.port))]
+        if self.config:
+            command += ["--config", self.config]
+        return command + list(self.server_args)
+
+    def _spawn(self, token: str) -> ServerState:
+        """Start a server with ``token`` (caller holds the port lock); write and return its state."""
+        return spawn_server(self._server_command(str(runtime.token_path(self.port))), self.port,
+                            token, self.backend, self.hostname, self.config, self.startup_timeout)
+
+    def _revive(self, token: str) -> None:
+        """Reconnect hook of the shared client: restart the server if it crashed.
+
+        Raises AuthenticationFailed if it was taken over (another token in the state file), ServerGone
+        if it was stopped on purpose (no state file). Does nothing while the server process lives.
+        """
+        with runtime.port_lock(self.port, self.startup_timeout):
+            state = runtime.read_state(self.port)
+            if state is None:
+                raise ServerGone(f"the PyRPL server on port {self.port} was stopped "
+                                 "(pymodaq-pyrpl stop); re-initialize the plugin to start a new one")
+            if not secrets.compare_digest(state.token, token):
+                raise AuthenticationFailed(
+                    f"the PyRPL server on port {self.port} was taken over by another program "
+                    f"(noticed at {datetime.now().strftime('%H:%M:%S')}); this program stops using "
+                    "it. Re-initialize the plugin to connect to the new server.")
+            if runtime.pid_alive(state.pid):
+                return
+            logger.warning("the PyRPL server on port %d (pid %d) died; restarting it", self.port,
+                           state.pid)
+            self._spawn(token)
+
+
+# ------------------------------------------------------------------------------------------------
+# spawning, probing, stopping (also used by the CLI)
+
+
+def spawn_server(command: list[str], port: int, token: str, backend: str, hostname: str,
+                 config: str, startup_timeout: float) -> ServerState:
+    """Write the token file, start ``command``, wait for its ready line, write the state file.
+
+    The caller holds the port lock. Raises ServerError (with the end of the server's log) if the
+    server exits or is not ready within ``startup_timeout``.
+    """
+    token_file = runtime.token_path(port)
+    runtime.write_private(token_file, token + "\n")
+    log = runtime.log_path(port)
+    with open(log, "ab") as log_file:
+        os.chmod(log, 0o600)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=log_file, start_new_session=True)
+    _children.append(process)
+    try:
+        ready = _wait_ready_line(process, startup_timeout)
+    except ServerError:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        raise
+    finally:
+        assert process.stdout is not None
+        process.stdout.close()
+    state = ServerState(pid=ready["pid"], port=port, token=token, backend=backend,
+                        hostname=hostname, config=config, version=__version__,
+                        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    runtime.write_state(state)
+    logger.info("started the PyRPL server for %s on port %d (pid %d)", state.describes(), port,
+                state.pid)
+    return state
+
+
+def _wait_ready_line(process: subprocess.Popen, timeout: float) -> dict:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if selector.select(timeout=min(0.1, max(0.0, deadline - time.monotonic()))):
+                chunk = os.read(process.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buffer += chunk
+                if b"\n" in buffer:
+                    line = buffer.split(b"\n", 1)[0].decode(errors="replace")
+                    if line.startswith(protocol.READY_PREFIX):
+                        return json.loads(line.split(" ", 1)[1])
+                    break
+            elif process.poll() is not None:
+                break
+    process.poll()
+    port_hint = " (the port may be in use)" if process.returncode == 3 else ""
+    status = (f"exited with status {process.returncode}{port_hint}"
+              if process.returncode is not None else f"was not ready within {timeout:g} s")
+    raise ServerError(f"the PyRPL server {status}. End of its log "
+                      f"({runtime.log_path(_port_of(process))}):\n{_log_tail(process)}")
+
+
+def _port_of(process: subprocess.Popen) -> int:
+    args = list(process.args)  # type: ignore[arg-type]
+    return int(args[args.index("--port") + 1])
+
+
+def _log_tail(process: subprocess.Popen, lines: int = 15) -> str:
+    try:
+        text = runtime.log_path(_port_of(process)).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _reap_children() -> None:
+    """Collect exited server processes this process started (no zombies left behind)."""
+    for process in list(_children):
+        if process.poll() is not None:
+            _children.remove(process)
+
+
+def probe_port(port: int, timeout: float) -> str:
+    """What listens on localhost:``port``: ``"free"``, ``"pyrpl"`` (speaks this protocol) or
+    ``"other"`` (accepts but does not answer a hello within ``timeout`` with JSON-RPC)."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except (ConnectionRefusedError, socket.timeout, OSError):
+        return "free"
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(protocol.dumps_line(protocol.request(
+                1, "hello", {"token": "", "client": "port probe", "protocol": 1})))
+            line = sock.makefile("rb").readline(1 << 16)
+            reply = json.loads(line)
+            return "pyrpl" if reply.get("jsonrpc") == "2.0" else "other"
+        except (OSError, ValueError, AttributeError):
+            return "other"
+
+
+def stop_local_server(port: int, timeout: float = 10.0) -> ServerState | None:
+    """Stop the local server on ``port`` and remove its state: ``shutdown`` over the wire, then
+    SIGTERM, then SIGKILL. Returns its state, or None if none was running."""
+    with runtime.port_lock(port, timeout + 5):
+        state = runtime.read_live_state(port)
+        if state is None:
+            return None
+        _terminate(state, timeout)
+        runtime.remove_state(port)
+        return state
+
+
+def takeover_local_server(port: int, startup_timeout: float = 60.0, auto_stop: float = 60.0,
+                          python: str | None = None) -> ServerState:
+    """Restart the local server on ``port`` with a new token; every old session is refused for good.
+
+    The new token is recorded in the state file before the old server stops, so a program whose
+    connection drops sees a token it did not issue and stops instead of restarting the server.
+    Raises ServerError if no server runs on the port.
+    """
+    with runtime.port_lock(port, startup_timeout):
+        old = runtime.read_live_state(port)
+        if old is None:
+            raise ServerError(f"no local PyRPL server runs on port {port}; nothing to take over")
+        token = secrets.token_hex(32)
+        runtime.write_state(ServerState(**{**old.__dict__, "token": token}))
+        _terminate(old, 10.0)
+        manager = TCPServerManager(port=port, hostname=old.hostname if old.backend != "mock"
+                                   else None, config=old.config, python=python,
+                                   startup_timeout=startup_timeout, auto_stop=auto_stop)
+        return manager._spawn(token)
+
+
+def _terminate(state: ServerState, timeout: float) -> None:
+    """Stop the server of ``state``: shutdown request, then SIGTERM, then SIGKILL."""
+    try:
+        with socket.create_connection(("127.0.0.1", state.port), timeout=2) as sock:
+            sock.settimeout(2)
+            for i, (method, params) in enumerate([
+                    ("hello", {"token": state.token, "client": "pymodaq-pyrpl", "protocol": 1}),
+                    ("shutdown", {"token": state.token})], 1):
+                sock.sendall(protocol.dumps_line(protocol.request(i, method, params)))
+            sock.makefile("rb").readline()
+    except OSError:
+        pass
+    for sig, wait in ((None, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if sig is not None and runtime.pid_alive(state.pid):
+            logger.warning("sending %s to the PyRPL server (pid %d)", sig.name, state.pid)
+            os.kill(state.pid, sig)
+        deadline = time.monotonic() + wait
+        while runtime.pid_alive(state.pid) and time.monotonic() < deadline:
+            _reap_children()
+            time.sleep(0.02)
+        if not runtime.pid_alive(state.pid):
+            return
+    raise ServerError(f"the PyRPL server (pid {state.pid}) does not stop")

@@ -1,0 +1,82 @@
+"""The ``pymodaq-pyrpl`` console script."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pymodaq_plugins_pyrpl import __version__
+from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
+
+
+@pytest.fixture(autouse=True)
+def private_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "runtime"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
+    return folder
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("pymodaq-pyrpl", path=str(Path(sys.executable).parent))
+    assert script is not None
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_usage_error_exits_2() -> None:
+    assert cli("frobnicate").returncode == 2
+    assert cli().returncode == 2
+
+
+def test_status_without_servers() -> None:
+    result = cli("status")
+    assert result.returncode == 0 and "no local PyRPL server" in result.stdout
+    assert json.loads(cli("status", "--json").stdout) == []
+
+
+def test_status_stop_with_a_held_server(port: int) -> None:
+    manager = TCPServerManager(port=port, client_name="my scope")
+    client = manager.ensure_server_running()
+    client.lease("scope")
+    try:
+        table = cli("status")
+        assert table.returncode == 0
+        assert str(port) in table.stdout and "mock" in table.stdout and "ready" in table.stdout
+        assert "my scope*" in table.stdout and "scope:my scope" in table.stdout
+        rows = json.loads(cli("status", "--json").stdout)
+        assert rows[0]["port"] == port and rows[0]["device"] == "ready"
+        assert rows[0]["clients"][0]["leases"] == ["scope"]
+        assert runtime.read_state(port).token not in table.stdout + json.dumps(rows)
+        pid = runtime.read_state(port).pid
+        stopped = cli("stop", "--port", str(port))
+        assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
+        assert not runtime.pid_alive(pid) and runtime.read_state(port) is None
+    finally:
+        manager.release_server()
+        stop_local_server(port)
+
+
+def test_stop_without_server_exits_1(port: int) -> None:
+    result = cli("stop", "--port", str(port))
+    assert result.returncode == 1 and f"port {port}" in result.stdout
+
+
+def test_takeover_without_server_exits_1(port: int) -> None:
+    result = cli("takeover", "--port", str(port))
+    assert result.returncode == 1 and "nothing to take over" in result.stderr
+
+
+def test_server_subcommand_passes_its_flags() -> None:
+    result = cli("server", "--help")
+    assert result.returncode == 0 and "--auto-stop" in result.stdout and "--mock" in result.stdout

@@ -1,0 +1,256 @@
+"""TCPServerManager with real server subprocesses and real holder processes."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, PortInUse, ServerError,
+                                                   ServerGone, ServerMismatch)
+from pymodaq_plugins_pyrpl.hardware.server_manager import (TCPServerManager, is_local,
+                                                           stop_local_server)
+
+HOLDER = Path(__file__).with_name("holder.py")
+
+
+@pytest.fixture(autouse=True)
+def private_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "runtime"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
+    return folder
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Holder:
+    """A holder.py subprocess."""
+
+    def __init__(self, port: int, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HOLDER), str(port), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("HELD"), line + self.proc.stderr.read()
+        self.server_pid = int(line.split()[1])
+
+    def command(self, text: str) -> str:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def holders():
+    started: list[Holder] = []
+
+    def start(port: int, *args: str) -> Holder:
+        holder = Holder(port, *args)
+        started.append(holder)
+        return holder
+
+    yield start
+    for holder in started:
+        holder.close()
+
+
+@pytest.fixture
+def cleanup_servers(port: int):
+    yield
+    stop_local_server(port)
+
+
+def test_two_processes_share_one_server_until_the_last_releases(port, holders, cleanup_servers):
+    first = holders(port)
+    second = holders(port)
+    assert second.server_pid == first.server_pid
+    assert first.command("release") == "RELEASED"
+    assert runtime.pid_alive(first.server_pid)
+    assert second.command("get") == "GOT"
+    assert second.command("release") == "RELEASED"
+    wait_until(lambda: not runtime.pid_alive(first.server_pid), 10, "the server to stop")
+
+
+def test_killed_only_holder_server_stops_within_grace(port, holders, cleanup_servers):
+    holder = holders(port, "--session-grace", "1", "--auto-stop", "1")
+    holder.kill()
+    t0 = time.monotonic()
+    wait_until(lambda: not runtime.pid_alive(holder.server_pid), 10, "the orphan server to stop")
+    assert time.monotonic() - t0 < 5
+
+
+def test_in_process_managers_share_one_client(port, cleanup_servers):
+    a, b = TCPServerManager(port=port), TCPServerManager(port=port)
+    client = a.ensure_server_running()
+    assert b.ensure_server_running() is client
+    assert a.ensure_server_running() is client  # idempotent per manager
+    pid = runtime.read_state(port).pid
+    a.release_server()
+    assert client.connected and runtime.pid_alive(pid)
+    b.release_server()
+    wait_until(lambda: not runtime.pid_alive(pid), 10, "the server to stop")
+    b.release_server()  # harmless
+
+
+def test_killed_server_is_restarted_and_the_client_resumes(port, cleanup_servers):
+    manager = TCPServerManager(port=port)
+    client = manager.ensure_server_running()
+    events: list[str] = []
+    new_session = threading.Event()
+
+    def on_event(event: str, info: dict) -> None:
+        events.append(event)
+        if event == "new_session":
+            new_session.set()
+
+    client.add_connection_callback(on_event)
+    client.lease("asg0")
+    old = runtime.read_state(port)
+    os.kill(old.pid, signal.SIGKILL)
+    assert new_session.wait(20), events
+    new = runtime.read_state(port)
+    assert new.pid != old.pid and new.token == old.token
+    assert client.get("asg0", ["frequency"]) == {"frequency": 0.0}
+    holders = {c["client"]: c for c in client.status()["clients"]}
+    assert holders[manager.client_name]["leases"] == ["asg0"]
+    manager.release_server()
+
+
+def test_another_board_on_the_port_is_a_clear_error(port, holders, cleanup_servers):
+    holders(port)  # the simulated board, in another process
+    with pytest.raises(ServerMismatch) as info:
+        TCPServerManager(port=port, hostname="_FAKE_").ensure_server_running()
+    message = str(info.value)
+    assert "simulated board" in message and "'_FAKE_'" in message and str(port) in message
+
+
+def test_mismatch_within_one_process(port, cleanup_servers):
+    manager = TCPServerManager(port=port)
+    manager.ensure_server_running()
+    with pytest.raises(ServerMismatch):
+        TCPServerManager(port=port, config="other").ensure_server_running()
+    manager.release_server()
+
+
+def test_foreign_program_on_the_port(port):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        t0 = time.monotonic()
+        with pytest.raises(PortInUse) as info:
+            TCPServerManager(port=port, startup_timeout=2).ensure_server_running()
+        assert str(port) in str(info.value) and "not a PyRPL server" in str(info.value)
+        assert time.monotonic() - t0 < 5
+
+
+def test_stale_state_file_is_replaced(port, cleanup_servers):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runtime.write_state(runtime.ServerState(pid=dead.pid, port=port, token="old", backend="mock",
+                                            hostname="", config="", version="0",
+                                            started_at="2026-01-01T00:00:00+00:00"))
+    manager = TCPServerManager(port=port)
+    manager.ensure_server_running()
+    state = runtime.read_state(port)
+    assert state.pid != dead.pid and state.token != "old" and runtime.pid_alive(state.pid)
+    manager.release_server()
+
+
+def test_server_that_cannot_start_reports_its_log(port):
+    manager = TCPServerManager(port=port, hostname="", server_args=("--plant", "banana"))
+    with pytest.raises(ServerError) as info:
+        manager.ensure_server_running()
+    assert "exited with status 2" in str(info.value) and "banana" in str(info.value)
+
+
+def test_takeover_kicks_the_old_client_out_for_good(port, cleanup_servers):
+    manager = TCPServerManager(port=port)
+    client = manager.ensure_server_running()
+    failed = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "failed":
+            errors.append(info["error"])
+            failed.set()
+
+    client.add_connection_callback(on_event)
+    old_pid = runtime.read_state(port).pid
+    result = subprocess.run([sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "takeover",
+                             "--port", str(port), "--auto-stop", "30"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "took over" in result.stdout
+    new = runtime.read_state(port)
+    assert new.pid != old_pid
+    assert failed.wait(20)
+    assert isinstance(errors[0], AuthenticationFailed)
+    with pytest.raises(AuthenticationFailed):
+        client.get("asg0")
+    log = runtime.log_path(port)
+    attempts = log.read_text().count("authentication failed")
+    time.sleep(1.0)  # the old client must stay quiet: no reconnect, no restart loop
+    assert log.read_text().count("authentication failed") == attempts
+    assert runtime.read_state(port).pid == new.pid and runtime.pid_alive(new.pid)
+    manager.release_server()
+    # a new program uses the taken-over server normally
+    newcomer = TCPServerManager(port=port)
+    assert newcomer.ensure_server_running().ping() < 1
+    assert runtime.read_state(port).pid == new.pid
+    newcomer.release_server()
+
+
+def test_stopped_server_is_not_restarted(port):
+    manager = TCPServerManager(port=port)
+    client = manager.ensure_server_running()
+    failed = threading.Event()
+    errors: list[BaseException] = []
+    client.add_connection_callback(
+        lambda event, info: (errors.append(info["error"]), failed.set()) if event == "failed"
+        else None)
+    assert stop_local_server(port) is not None
+    assert failed.wait(20)
+    assert isinstance(errors[0], ServerGone)
+    assert runtime.read_state(port) is None
+    manager.release_server()
+
+
+def test_is_local() -> None:
+    assert is_local("localhost") and is_local("127.0.0.1") and is_local("::1")
+    assert not is_local("192.168.1.100") and not is_local("rp-f0a1b2.local")
+
+
+def test_runtime_folder_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
+    with pytest.raises(ServerError, match="other users"):
+        runtime.runtime_dir()
