@@ -18,7 +18,7 @@ from faultproxy import FaultProxy
 from support import ServerProcess, free_port
 
 from pymodaq_plugins_pyrpl.hardware import errors
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.client import ACQUIRE_MARGIN, PyRPLClient
 
 MARGIN = 0.5
 """A call may return this much later than its timeout."""
@@ -514,9 +514,9 @@ def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: Serve
     }
     started = {name: run_in_thread(fn) for name, fn in calls.items()}
     for name, (thread, out) in started.items():
-        thread.join(timeout + ACQUIRE_WAIT + 5)
+        thread.join(timeout + ACQUIRE_MARGIN + 5)
         assert "elapsed" in out, name
-        limit = timeout + (ACQUIRE_WAIT if name == "acquire" else 0) + MARGIN
+        limit = timeout + (ACQUIRE_MARGIN if name == "acquire" else 0) + MARGIN
         assert out["elapsed"] <= limit, (name, out)
         error = out.get("error")
         assert error is None or isinstance(error, (errors.CallTimeout, errors.ConnectionLost)), (
@@ -539,10 +539,6 @@ def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: Serve
     assert client.connected
     if mode in reasons:
         assert recorder.count("resumed") == 1 and recorder.count("new_session") == 0
-
-
-ACQUIRE_WAIT = 2.0
-"""client.ACQUIRE_MARGIN: an acquire waits this long beyond its acquisition timeout."""
 
 
 # -- closing --------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ Threads
       failed attempt, says ``hello`` again and restores leases and subscription;
     * ``pyrpl-client-events``: runs the status and connection callbacks, one at a time, in the order
       of the events. A slow callback delays later callbacks, never a reply; an exception raised by a
-      callback is logged and ignored. Callbacks may call the client (but not ``close()``-and-wait on
-      other callbacks).
+      callback is logged and ignored. Callbacks may call the client, ``close()`` included.
 
 Retry policy (docs/protocol.md, *Client behaviour*): ``ping``, ``status``, ``describe``, ``get``,
 ``acquire``, ``lease``, ``release``, ``subscribe`` in flight when the connection drops are re-sent
