@@ -224,13 +224,17 @@ def test_internal_error_keeps_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "result" in ping
 
 
-def test_notification_gets_no_reply() -> None:
+def test_notifications_get_no_reply_even_when_they_fail() -> None:
     async def body(h: Harness):
         p = Pipe()
         await h.hello(p)
-        raw = protocol.dumps_line({"jsonrpc": "2.0", "method": "ping"})
-        return await h.server.process_line(p.connection, raw)
-    assert run(body) is None
+        return [await h.server.process_line(p.connection, protocol.dumps_line(m)) for m in [
+            {"jsonrpc": "2.0", "method": "ping"},
+            {"jsonrpc": "2.0", "method": "nope"},
+            {"jsonrpc": "2.0", "method": "set", "params": {"module": "asg0",
+                                                          "values": {"amplitude": 9}}},
+        ]]
+    assert run(body) == [None, None, None]
 
 
 def test_session_resume_keeps_leases_and_goodbye_ends_it() -> None:

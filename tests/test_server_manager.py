@@ -254,3 +254,22 @@ def test_runtime_folder_must_be_private(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
     with pytest.raises(ServerError, match="other users"):
         runtime.runtime_dir()
+
+
+def test_a_taken_over_connection_is_replaced_for_newcomers(port, cleanup_servers):
+    stale = TCPServerManager(port=port)
+    old_client = stale.ensure_server_running()
+    failed = threading.Event()
+    old_client.add_connection_callback(
+        lambda event, info: failed.set() if event == "failed" else None)
+    result = subprocess.run([sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "takeover",
+                             "--port", str(port), "--auto-stop", "30"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert failed.wait(20)
+    newcomer = TCPServerManager(port=port)  # e.g. the user re-initializes one plugin
+    client = newcomer.ensure_server_running()
+    assert client is not old_client and client.ping() < 1
+    stale.release_server()  # the stale holder leaving does not disturb the newcomer
+    assert client.connected and client.get("asg0", ["frequency"])
+    newcomer.release_server()

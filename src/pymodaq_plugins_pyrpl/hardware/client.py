@@ -302,6 +302,11 @@ class PyRPLClient:
         return self._link is not None
 
     @property
+    def failure(self) -> BaseException | None:
+        """The final error that stopped this client for good (taken over, server gone), or None."""
+        return self._final
+
+    @property
     def session(self) -> str | None:
         """The server session id of the latest ``hello`` (None before the first)."""
         return self._session

@@ -252,6 +252,7 @@ class Server:
     async def process_line(self, connection: Connection, line: bytes) -> dict[str, Any] | None:
         """One request line in, one reply message out (None for a notification without id)."""
         id_: Any = None
+        notification = False
         try:
             if len(line) > protocol.MAX_REQUEST_BYTES:
                 raise RequestTooLarge(f"request of {len(line)} bytes exceeds the limit of "
@@ -263,6 +264,7 @@ class Server:
             if not isinstance(message, dict):
                 raise InvalidRequest("a request must be a JSON object")
             id_ = message.get("id")
+            notification = "id" not in message
             if not (id_ is None or isinstance(id_, (str, int)) and not isinstance(id_, bool)):
                 id_ = None
                 raise InvalidRequest("'id' must be a string or an integer")
@@ -283,16 +285,15 @@ class Server:
                                                          protocol.Method.GOODBYE):
                 raise ServerShuttingDown("the server is shutting down; reconnect later")
             value = await handler(connection, params)
-            if "id" not in message:
-                return None
-            return protocol.result(id_, value)
+            return None if notification else protocol.result(id_, value)
         except RemoteError as exc:
-            return protocol.error(id_, exc.to_wire())
+            return None if notification else protocol.error(id_, exc.to_wire())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug or a backend failure: report it, keep serving
             logger.exception("request failed")
-            return protocol.error(id_, InternalError(f"{type(exc).__name__}: {exc}").to_wire())
+            error = InternalError(f"{type(exc).__name__}: {exc}").to_wire()
+            return None if notification else protocol.error(id_, error)
 
     # -- methods -----------------------------------------------------------------------------------
 

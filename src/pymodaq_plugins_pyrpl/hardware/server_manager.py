@@ -109,7 +109,7 @@ class TCPServerManager:
         self.session_grace = session_grace
         self.client_name = client_name or f"{os.path.basename(sys.argv[0]) or 'python'} (pid {os.getpid()})"
         self.server_args = tuple(server_args)
-        self._holding = False
+        self._shared: _Shared | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -118,33 +118,33 @@ class TCPServerManager:
     @property
     def client(self) -> PyRPLClient:
         """The shared client. Raises ServerError if this manager holds no server."""
-        with _shared_lock:
-            shared = _shared.get(self.key)
-        if not self._holding or shared is None:
+        if self._shared is None:
             raise ServerError("no server is held: call ensure_server_running() first")
-        return shared.client
+        return self._shared.client
 
     def ensure_server_running(self) -> PyRPLClient:
         """Hold a compatible server for this manager and return the shared client.
 
         Reuses this process's connection, or a running local server (state file + handshake), or
-        spawns one. Calling it again on a holding manager changes nothing. Raises ServerMismatch (the
-        server serves another board), PortInUse (the port is held by something else), ServerError
-        (the server could not start; the message has the end of its log), ConnectionFailed (a remote
-        server cannot be reached), AuthenticationFailed (wrong token).
+        spawns one. Calling it again on a holding manager changes nothing. A shared connection that
+        failed for good (taken over, server stopped) is not handed out again: a new one is made.
+        Raises ServerMismatch (the server serves another board), PortInUse (the port is held by
+        something else), ServerError (the server could not start; the message has the end of its
+        log), ConnectionFailed (a remote server cannot be reached), AuthenticationFailed (wrong token).
         """
         with _shared_lock:
+            if self._shared is not None:
+                return self._shared.client
             shared = _shared.get(self.key)
-            if shared is not None:
+            if shared is not None and shared.client.failure is None:
                 self._check_compatible(shared.backend, shared.hostname, shared.config)
-                if not self._holding:
-                    shared.references += 1
-                    self._holding = True
-                return shared.client
-            client = self._connect_remote() if not is_local(self.host) else self._connect_local()
-            _shared[self.key] = _Shared(client, self.backend, self.hostname, self.config, 1)
-            self._holding = True
-            return client
+            else:
+                client = self._connect_remote() if not is_local(self.host) else self._connect_local()
+                shared = _shared[self.key] = _Shared(client, self.backend, self.hostname,
+                                                     self.config)
+            shared.references += 1
+            self._shared = shared
+            return shared.client
 
     def release_server(self) -> None:
         """Drop this manager's reference; the last one closes the connection (goodbye).
@@ -152,16 +152,14 @@ class TCPServerManager:
         An auto-started server stops when its last holding client, in any process, has left.
         """
         with _shared_lock:
-            if not self._holding:
-                return
-            self._holding = False
-            shared = _shared.get(self.key)
+            shared, self._shared = self._shared, None
             if shared is None:
                 return
             shared.references -= 1
             if shared.references > 0:
                 return
-            del _shared[self.key]
+            if _shared.get(self.key) is shared:
+                del _shared[self.key]
         shared.client.close()
         _reap_children()
 
@@ -318,7 +316,10 @@ def _wait_ready_line(process: subprocess.Popen, timeout: float) -> dict:
                     break
             elif process.poll() is not None:
                 break
-    process.poll()
+    try:  # stdout closed: the process is exiting
+        process.wait(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        pass
     port_hint = " (the port may be in use)" if process.returncode == 3 else ""
     status = (f"exited with status {process.returncode}{port_hint}"
               if process.returncode is not None else f"was not ready within {timeout:g} s")
@@ -407,7 +408,9 @@ def _terminate(state: ServerState, timeout: float) -> None:
                     ("hello", {"token": state.token, "client": "pymodaq-pyrpl", "protocol": 1}),
                     ("shutdown", {"token": state.token})], 1):
                 sock.sendall(protocol.dumps_line(protocol.request(i, method, params)))
-            sock.makefile("rb").readline()
+            replies = sock.makefile("rb")
+            replies.readline()  # hello
+            replies.readline()  # shutdown: the server stops after replying
     except OSError:
         pass
     for sig, wait in ((None, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
