@@ -110,9 +110,11 @@ def dumps_line(message: dict[str, Any]) -> bytes:
     escaping, and scanning a 350 kB trace through the JSON encoder would double the cost.
     """
     arrays: list[str] = []
-    nonce = secrets.token_hex(8)
+    nonce = ""
 
     def placeholder(array: np.ndarray) -> str:
+        nonlocal nonce
+        nonce = nonce or secrets.token_hex(8)
         arrays.append(_b64(array))
         return f"@{nonce}:{len(arrays) - 1}@"
 

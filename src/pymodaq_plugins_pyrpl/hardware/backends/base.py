@@ -2,7 +2,9 @@
 
 Threading contract: the server calls every method of a backend from one and the same dedicated
 thread (the backend thread), never concurrently, so a backend needs no locks and PyRPL is driven from
-the thread that imported it. Methods must not block for long: a scope acquisition is split into
+the thread that imported it. A backend whose ``needs_own_thread`` is False is called from the
+server's event-loop thread instead (still one call at a time); its calls must then take at most a few
+milliseconds. Methods must not block for long: a scope acquisition is split into
 ``scope_arm`` / ``scope_ready`` / ``scope_fetch`` so the server waits for the trace without holding the
 backend thread, and other clients' ``get``/``set`` are served meanwhile.
 
@@ -38,6 +40,9 @@ class Backend(Protocol):
     """``"mock"`` or ``"pyrpl"``."""
     hostname: str
     """Board hostname (``""`` for the simulator, ``"_FAKE_"`` for PyRPL's fake board)."""
+    needs_own_thread: bool
+    """True if every call must run on the one backend thread (PyRPL); False if the calls are short
+    computations the server may run on its event loop (the simulator)."""
 
     def open(self) -> None:
         """Connect to the board. Raises BackendUnavailable with the reason (PyRPL missing, unreachable)."""

@@ -176,6 +176,7 @@ class PyrplBackend:
     """A Red Pitaya through PyRPL. See the module docstring for the threading rules and caveats."""
 
     name = "pyrpl"
+    needs_own_thread = True
 
     def __init__(self, hostname: str, config: str = "", user_dir: str | os.PathLike[str] | None = None
                  ) -> None:

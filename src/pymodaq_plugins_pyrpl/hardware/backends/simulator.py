@@ -768,6 +768,7 @@ class SimulatorBackend:
 
     name = "mock"
     hostname = ""
+    needs_own_thread = False
 
     def __init__(self, seed: int | None = None, plant: str = "loopback",
                  clock: Callable[[], float] = time.monotonic) -> None:
