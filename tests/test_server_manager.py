@@ -273,3 +273,24 @@ def test_a_taken_over_connection_is_replaced_for_newcomers(port, cleanup_servers
     stale.release_server()  # the stale holder leaving does not disturb the newcomer
     assert client.connected and client.get("asg0", ["frequency"])
     newcomer.release_server()
+
+
+def test_remote_server_is_used_never_spawned(tmp_path, port, monkeypatch):
+    from support import ServerProcess
+
+    from pymodaq_plugins_pyrpl.hardware import server_manager
+    from pymodaq_plugins_pyrpl.hardware.errors import ConnectionFailed
+
+    # 127.0.0.1 stands in for another computer: no traffic leaves this machine
+    monkeypatch.setattr(server_manager, "is_local", lambda host: False)
+    with ServerProcess(tmp_path, ["--mock"]) as server:
+        manager = TCPServerManager(host="127.0.0.1", port=server.port, token=server.token)
+        assert manager.ensure_server_running().ping() < 1
+        assert runtime.read_state(server.port) is None  # nothing spawned, no state written
+        manager.release_server()
+        with pytest.raises(AuthenticationFailed):
+            TCPServerManager(host="127.0.0.1", port=server.port,
+                             token="wrong").ensure_server_running()
+    with pytest.raises(ConnectionFailed, match="start it there"):
+        TCPServerManager(host="127.0.0.1", port=port, token="x",
+                         connect_timeout=2).ensure_server_running()
