@@ -59,3 +59,61 @@ def mock_server(tmp_path: Path):
     """A running ``--mock`` server subprocess with a token file; stopped after the test."""
     with ServerProcess(tmp_path, ["--mock", "--seed", "1"]) as server:
         yield server
+
+
+@pytest.fixture
+def make_actuator(qtbot):
+    """``make_actuator(name, port, axis=None)``: an initialized DAQ_Move (no UI) with our plugin.
+
+    The plugin auto-starts the simulated board's server on ``port``; every module is quit after the
+    test (which releases the server).
+    """
+    from pymodaq.control_modules.daq_move import DAQ_Move
+
+    modules = []
+
+    def make(name: str, port: int, axis: str | None = None, **settings):
+        module = DAQ_Move(parent=None, title=f"{name} test")
+        module.actuator = name
+        if axis is not None:
+            module.axis_name = axis
+        module.settings.child("actuator_settings", "pyrpl", "server_port").setValue(port)
+        for key, value in settings.items():
+            module.settings.child("actuator_settings", key).setValue(value)
+        modules.append(module)
+        with qtbot.waitSignal(module.init_signal, timeout=30000) as init:
+            module.init_hardware(True)
+        assert init.args[0] is True, "initialization failed"
+        return module
+
+    yield make
+    for module in reversed(modules):
+        module.quit_fun()
+
+
+@pytest.fixture
+def make_viewer(qtbot):
+    """``make_viewer(name, port, dim="DAQ0D", **settings)``: an initialized DAQ_Viewer (no UI).
+
+    ``settings`` are top-level plugin settings (``detector_settings/<key>``).
+    """
+    from pymodaq.control_modules.daq_viewer import DAQ_Viewer
+
+    modules = []
+
+    def make(name: str, port: int, dim: str = "DAQ0D", **settings):
+        module = DAQ_Viewer(parent=None, title=f"{name} test")
+        module.daq_type = dim
+        module.detector = name
+        module.settings.child("detector_settings", "pyrpl", "server_port").setValue(port)
+        for key, value in settings.items():
+            module.settings.child("detector_settings", key).setValue(value)
+        modules.append(module)
+        with qtbot.waitSignal(module.init_signal, timeout=30000) as init:
+            module.init_hardware(True)
+        assert init.args[0] is True, "initialization failed"
+        return module
+
+    yield make
+    for module in reversed(modules):
+        module.quit_fun()
