@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
+                                                          DataActuatorType, comon_parameters_fun,
+                                                          main)
+from pymodaq_gui.parameter import Parameter
+
+from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
+from pymodaq_plugins_pyrpl.plugin_support import PyRPLLink, connection_params
+
+AXES = {"Setpoint": ("setpoint", "V"), "P": ("p", ""), "I": ("i", "Hz")}
+"""PyMoDAQ axis → (PID attribute, unit); P is a dimensionless gain."""
+SETTINGS = ("input", "output_direct", "inputfilter", "min_voltage", "max_voltage", "pause_gains",
+            "paused")
+"""PID attributes that are plugin settings (sent at initialization and when changed)."""
+_PID = catalogue.MODULES["pid0"].attributes
+
+
+def _cutoff_label(cutoff: float) -> str:
+    if cutoff == 0:
+        return "off"
+    kind = "low-pass" if cutoff > 0 else "high-pass"
+    value = abs(cutoff)
+    for scale, prefix in ((1e6, "M"), (1e3, "k"), (1.0, "")):
+        if value >= scale:
+            return f"{kind} {value / scale:.3g} {prefix}Hz"
+    return f"{kind} {value:.3g} Hz"
+
+
+INPUT_FILTERS = {_cutoff_label(f): f for f in catalogue.filter_options(catalogue.PID_FILTER)}
+"""Choices of the input filter's first stage: label → cutoff (Hz; negative: high-pass, 0: off)."""
+
+
+class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
+    """A Red Pitaya PID controller (pid0, pid1 or pid2) as an actuator with three axes.
+
+    Axes: Setpoint (V), P (proportional gain, dimensionless) and I (integral unity-gain frequency,
+    Hz, as in PyRPL). Moves are instant and report the value the board applied (PyRPL's
+    quantization: 2**-13 V, 2**-12, 0.0046 Hz). Input, output, input filter (first stage), output
+    limits and pause are settings; 'Reset integrator' sets the integrator (ival) to 0.
+
+    Sign convention (PyRPL's FPGA): error = input - setpoint, so a loop through a plain cable or a
+    plant of positive DC gain is stable with NEGATIVE p and i (e.g. P = -0.1, I = -1000 Hz).
+    The PID is leased: other programs can read it but not change it while this plugin is
+    initialized. After a server restart, the settings and the last moves are applied again.
+    """
+
+    is_multiaxes = True
+    _axis_names = list(AXES)
+    _controller_units = [unit for _, unit in AXES.values()]
+    _epsilons = [2.5e-4, 5e-4, 0.01]
+    data_actuator_type = DataActuatorType.DataActuator
+
+    params = [
+        {"title": "PID:", "name": "module", "type": "list", "limits": ["pid0", "pid1", "pid2"],
+         "value": "pid0"},
+        {"title": "Input:", "name": "input", "type": "list", "limits": list(catalogue.DSP_SIGNALS),
+         "value": "in1", "tip": "error signal = input - setpoint"},
+        {"title": "Output:", "name": "output_direct", "type": "list",
+         "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "off",
+         "tip": "analog output the control signal is added to"},
+        {"title": "Input filter:", "name": "inputfilter", "type": "list", "limits": INPUT_FILTERS,
+         "value": 0.0, "tip": "first stage of the input filter"},
+        {"title": "Min. output (V):", "name": "min_voltage", "type": "float",
+         "value": _PID["min_voltage"].default, "min": _PID["min_voltage"].minimum,
+         "max": _PID["min_voltage"].maximum},
+        {"title": "Max. output (V):", "name": "max_voltage", "type": "float",
+         "value": _PID["max_voltage"].default, "min": _PID["max_voltage"].minimum,
+         "max": _PID["max_voltage"].maximum},
+        {"title": "Pause:", "name": "paused", "type": "bool", "value": False,
+         "tip": "freeze the gains chosen in 'Paused gains'"},
+        {"title": "Paused gains:", "name": "pause_gains", "type": "list",
+         "limits": list(catalogue.PID_PAUSE_GAINS), "value": "pi"},
+        {"title": "Reset integrator:", "name": "reset_ival", "type": "bool_push", "value": False,
+         "label": "Reset", "tip": "set the integrator value (ival) to 0 V"},
+    ] + connection_params() + comon_parameters_fun(axis_names=_axis_names, epsilon=_epsilons)
+
+    def ini_attributes(self) -> None:
+        self.controller: PyRPLClient | None = None
+        self.link: PyRPLLink | None = None
+        self._targets: dict[str, float] = {}
+
+    def ini_stage(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
+        self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
+        self.controller = self.link.open(None if self.is_master else controller)
+        self._apply_settings()
+        return self.link.info(), True
+
+    def _apply(self, values: dict) -> dict:
+        assert self.controller is not None and self.link is not None
+        return self.controller.set(self.link.module, values)
+
+    def _settings_values(self) -> dict:
+        values = {name: self.settings[name] for name in SETTINGS}
+        values["inputfilter"] = [values["inputfilter"]]  # first stage; the others off
+        return values
+
+    def _apply_settings(self, extra: dict | None = None) -> None:
+        applied = self._apply({**self._settings_values(), **(extra or {})})
+        for name in ("min_voltage", "max_voltage"):  # show the quantized limits
+            self.settings.child(name).setValue(applied[name])
+
+    def _reapply(self) -> None:
+        self._apply_settings(self._targets)
+
+    def get_actuator_value(self) -> DataActuator:
+        attribute, unit = AXES[self.axis_name]
+        value = self.controller.get(self.link.module, [attribute])[attribute]
+        return self.get_position_with_scaling(DataActuator(data=value, units=unit))
+
+    def move_abs(self, value: DataActuator) -> None:
+        value = self.check_bound(value)
+        self.target_value = value
+        self._move(self.set_position_with_scaling(value))
+
+    def move_rel(self, value: DataActuator) -> None:
+        value = self.check_bound(self.current_value + value) - self.current_value
+        self.target_value = value + self.current_value
+        self._move(self.set_position_with_scaling(self.target_value))
+
+    def _move(self, value: DataActuator) -> None:
+        attribute, unit = AXES[self.axis_name]
+        self.ispolling = False  # instant: poll_moving reads the applied value once
+        try:
+            applied = self._apply({attribute: value.value(unit)})
+        except PyrplPluginError as exc:  # nothing changed: poll_moving reports the board's value
+            self.link.status(f"{self.link.module}: move refused: {exc}")
+            return
+        self._targets[attribute] = applied[attribute]
+
+    def move_home(self) -> None:
+        attribute, _ = AXES[self.axis_name]
+        applied = self._apply({attribute: _PID[attribute].default})
+        self._targets[attribute] = applied[attribute]
+        self.move_done()
+
+    def stop_motion(self) -> None:
+        self.move_done()
+
+    def commit_settings(self, param: Parameter) -> None:
+        if self.link is None:
+            return
+        name = param.name()
+        if name == "module":
+            self.link.switch(param.value())
+            self._targets.clear()
+            self._apply_settings()
+        elif name == "reset_ival":
+            if param.value():
+                self._apply({"ival": 0.0})
+                param.setValue(False)  # a push button: ready for the next reset
+        elif name in SETTINGS:
+            try:
+                applied = self._apply({name: self._settings_values()[name]})
+            except PyrplPluginError:
+                self._show_board_value(name)
+                raise
+            if name in ("min_voltage", "max_voltage"):
+                param.setValue(applied[name])
+
+    def _show_board_value(self, name: str) -> None:
+        """Put the board's value back into a setting the board refused."""
+        value = self.controller.get(self.link.module, [name])[name]
+        self.settings.child(name).setValue(value[0] if name == "inputfilter" else value)
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+
+if __name__ == "__main__":
+    main(__file__)
