@@ -7,6 +7,7 @@ from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
 from pymodaq_plugins_pyrpl.plugin_support import PyRPLLink, connection_params
 
 AXES = {"Frequency": ("frequency", "Hz"), "Amplitude": ("amplitude", "V"),
@@ -79,9 +80,13 @@ class DAQ_Move_PyRPL_ASG_TCP(DAQ_Move_base):
 
     def _move(self, value: DataActuator) -> None:
         attribute, unit = AXES[self.axis_name]
-        applied = self._apply({attribute: value.value(unit)})
-        self._targets[attribute] = applied[attribute]
         self.ispolling = False  # instant: poll_moving reads the applied value once
+        try:
+            applied = self._apply({attribute: value.value(unit)})
+        except PyrplPluginError as exc:  # nothing changed: poll_moving reports the board's value
+            self.link.status(f"{self.link.module}: move refused: {exc}")
+            return
+        self._targets[attribute] = applied[attribute]
 
     def move_home(self) -> None:
         attribute, _ = AXES[self.axis_name]
