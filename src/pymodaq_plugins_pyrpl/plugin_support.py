@@ -4,18 +4,25 @@ module lease, messages in PyMoDAQ's status bar, and settings re-applied after a 
 A plugin builds its ``params`` with :func:`connection_params` and keeps a :class:`PyRPLLink` for its
 module. Its ``controller`` is the shared :class:`~.hardware.client.PyRPLClient`, so PyMoDAQ's
 master/slave sharing hands the master's client to the slaves (who then start no server of their own).
+
+Viewers also use :class:`BackgroundAcquisition` (non-blocking grab and stop), :func:`write_back`
+(settings show the values the board applied), :func:`labelled` (readable option lists) and
+:func:`init_failed` (the reason of a failed initialization in the status bar).
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
 from pymodaq.control_modules.thread_commands import ThreadStatus
+from qtpy.QtCore import QObject, Qt, QTimer, Signal, Slot
 
 from .hardware.client import PyRPLClient
-from .hardware.errors import PyrplPluginError
+from .hardware.errors import AcquisitionTimeout, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
 
 logger = logging.getLogger(__name__)
@@ -155,3 +162,190 @@ class PyRPLLink:
         elif event == "failed":
             self.plugin.settings.child(GROUP, "state").setValue("stopped")
             self.status(f"PyRPL server unusable: {info.get('error')}")
+
+
+# ------------------------------------------------------------------------------------------------
+# viewers: settings written back, readable option lists, initialization failures, acquisitions
+# running in the background
+
+
+_PREFIXES = {-9: "n", -6: "µ", -3: "m", 0: "", 3: "k", 6: "M"}
+
+
+def si_label(value: float, unit: str, zero: str = "off") -> str:
+    """``0.000131072, "s"`` → ``"131 µs"`` (3 significant digits); 0 → ``zero``."""
+    if value == 0:
+        return zero
+    exponent = min(max(3 * math.floor(math.log10(abs(value)) / 3), -9), 6)
+    return f"{value / 10.0 ** exponent:.3g} {_PREFIXES[exponent]}{unit}"
+
+
+def labelled(values: Sequence[float], unit: str, zero: str = "off") -> dict[str, float]:
+    """Limits of a 'list' setting: readable label → value (the setting's value is the number)."""
+    limits = {si_label(v, unit, zero): float(v) for v in values}
+    if len(limits) != len(values):
+        raise ValueError(f"labels of {values} are not unique")
+    return limits
+
+
+def write_back(plugin: Any, applied: dict[str, Any]) -> None:
+    """Show the values the board applied (after quantization) in the plugin's settings of the
+    same names; PyMoDAQ forwards them to its settings tree (no commit_settings loop: the plugin's
+    own changes are only displayed). A filter (list of cutoffs) shows its first stage; a 'list'
+    setting of numbers shows its nearest option."""
+    for name, value in applied.items():
+        try:
+            param = plugin.settings.child(name)
+        except KeyError:
+            continue
+        if isinstance(value, list):
+            value = value[0] if value else 0.0
+        limits = param.opts.get("limits")
+        if param.type() == "list" and isinstance(value, (int, float)) and limits:
+            options = list(limits.values()) if isinstance(limits, dict) else list(limits)
+            value = min(options, key=lambda option: abs(option - value))
+        if param.value() != value:
+            param.setValue(value)
+
+
+def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
+    """The reason ``ini_detector`` returns (as ``reason, False``) when it cannot initialize.
+
+    DAQ_Viewer only shows "Viewer initialized: False" (not the reason) in its status bar, so the
+    reason is also sent as a status message, queued just after PyMoDAQ's own. The server reference
+    and any lease are released: PyMoDAQ does not call close() after a failed initialization.
+    """
+    reason = f"{getattr(link, 'module', 'PyRPL')}: initialization failed: {exc}"
+    if isinstance(exc, PyrplPluginError):
+        logger.error(reason)
+    else:
+        logger.exception(reason)
+    if link is not None:
+        link.close()
+    QTimer.singleShot(0, lambda: plugin.emit_status(
+        ThreadCommand(ThreadStatus.UPDATE_STATUS, reason)))
+    return reason
+
+
+RETRY_DELAY_MS = 1000
+"""Live grabbing: delay before a new attempt after an error (other than an acquisition timeout)."""
+
+Job = Callable[[Callable[[], bool]], Any]
+"""A blocking acquisition; its argument tells whether its result is still wanted (to end early)."""
+
+
+class BackgroundAcquisition(QObject):
+    """A viewer's acquisitions, run one at a time in a dedicated Python thread, each result handed
+    back to the plugin in the plugin's own Qt thread; ``grab`` and ``stop`` return at once.
+
+    Every ``grab`` or ``stop`` opens a new *generation*; only a result of the current generation
+    reaches ``on_data``. A server call cannot be cancelled, so after ``stop`` (or a new ``grab``) a
+    running acquisition completes in the background and its result is dropped; the next job runs
+    after it (one acquisition at a time). ``make_job(naverage)`` is called in the plugin's thread
+    (it may read the settings). Errors go to the status bar (``describe_error`` words them); in live
+    mode the acquisition is started again, at once after an acquisition timeout (still waiting for
+    a trigger), after RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or
+    a reconnection. PyMoDAQ's worker calls ``grab_data`` again only after it got a frame, so frames
+    neither pile up nor repeat.
+    """
+
+    _finished = Signal(int, object, object)
+
+    def __init__(self, plugin: Any, make_job: Callable[[int], Job],
+                 on_data: Callable[[Any], None],
+                 describe_error: Callable[[BaseException], str] = str) -> None:
+        super().__init__()
+        self._plugin = plugin
+        self._make_job = make_job
+        self._on_data = on_data
+        self._describe_error = describe_error
+        self._generation = 0
+        self._live = False
+        self._naverage = 1
+        self._closed = False
+        self._job: tuple[int, Job] | None = None
+        self._running = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._finished.connect(self._deliver, Qt.QueuedConnection)
+
+    @property
+    def busy(self) -> bool:
+        """An acquisition is running in the background (maybe one whose result will be dropped)."""
+        return self._running
+
+    def grab(self, naverage: int = 1, live: bool = False) -> None:
+        self._live, self._naverage = live, max(1, int(naverage))
+        self._submit()
+
+    def stop(self) -> None:
+        """Drop the pending result, if any (the running server call completes in the background)."""
+        self._live = False
+        with self._cond:
+            self._generation += 1
+            self._job = None
+
+    def close(self) -> None:
+        self.stop()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _submit(self) -> None:
+        if self._closed:
+            return
+        job = self._make_job(self._naverage)
+        with self._cond:
+            self._generation += 1
+            self._job = (self._generation, job)
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"acquisition {self._plugin._title}")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                generation, job = self._job
+                self._job, self._running = None, True
+            result, error = None, None
+            try:
+                result = job(lambda: generation == self._generation and not self._closed)
+            except Exception as exc:  # reported in the plugin's thread
+                error = exc
+            finally:
+                self._running = False
+            if generation == self._generation and not self._closed:
+                try:
+                    self._finished.emit(generation, result, error)
+                except RuntimeError:  # the plugin was deleted meanwhile
+                    return
+
+    @Slot(int, object, object)
+    def _deliver(self, generation: int, result: Any, error: BaseException | None) -> None:
+        if generation != self._generation or self._closed:
+            return  # stopped or superseded meanwhile
+        if error is None:
+            try:
+                self._on_data(result)
+                return
+            except Exception as exc:
+                error = exc
+        if isinstance(error, PyrplPluginError):
+            message = self._describe_error(error)
+        else:
+            logger.error("acquisition failed", exc_info=error)
+            message = f"acquisition failed: {error!r}"
+        self._plugin.emit_status(ThreadCommand(ThreadStatus.UPDATE_STATUS, message))
+        if self._live:
+            delay = 0 if isinstance(error, AcquisitionTimeout) else RETRY_DELAY_MS
+            QTimer.singleShot(delay, lambda: self._rearm(generation))
+
+    def _rearm(self, generation: int) -> None:
+        if generation == self._generation and self._live:
+            self._submit()

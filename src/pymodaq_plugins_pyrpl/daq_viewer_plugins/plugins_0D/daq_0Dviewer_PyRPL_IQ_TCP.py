@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base, comon_parameters, main
+from pymodaq.utils.data import DataFromPlugins, DataToExport
+from pymodaq_gui.parameter import Parameter
+
+from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
+from pymodaq_plugins_pyrpl.plugin_support import (BackgroundAcquisition, PyRPLLink,
+                                                  connection_params, init_failed, labelled,
+                                                  write_back)
+
+SETTINGS = ("input", "frequency", "bandwidth", "acbandwidth", "phase", "gain", "amplitude",
+            "output_direct")
+"""IQ attributes that are plugin settings of the same name (sent at initialization and when
+changed; the applied values are written back)."""
+FIXED = {"output_signal": "quadrature"}
+"""Sent at initialization: the module works as a lock-in."""
+_IQ = catalogue.MODULES["iq0"].attributes
+
+
+class DAQ_0DViewer_PyRPL_IQ_TCP(DAQ_Viewer_base):
+    """A Red Pitaya IQ module (iq0, iq1 or iq2) as a lock-in amplifier.
+
+    It demodulates its input at ``frequency`` and can excite at the same frequency (``amplitude``
+    on ``output_direct``). Channels: I, Q and the amplitude |I + jQ| in volts, the phase
+    angle(I + jQ) in degrees. ``bandwidth`` is the cutoff of the first low-pass stage of the
+    quadratures (the others are off), ``acbandwidth`` the input high-pass (off: DC-coupled). Setting
+    changes show the value the board applied. Readings are taken in a background thread (grab_data
+    returns at once); Naverage > 1 averages I and Q there (hardware_averaging). The module is leased:
+    other programs can read it but not change it.
+    """
+
+    hardware_averaging = True
+    params = comon_parameters + [
+        {"title": "IQ module:", "name": "module", "type": "list", "limits": ["iq0", "iq1", "iq2"],
+         "value": "iq0"},
+        {"title": "Input:", "name": "input", "type": "list", "limits": list(catalogue.DSP_SIGNALS),
+         "value": "in1"},
+        {"title": "Frequency (Hz):", "name": "frequency", "type": "float", "value": 1000.0,
+         "min": 0.0, "max": _IQ["frequency"].maximum, "suffix": "Hz", "siPrefix": True},
+        {"title": "Bandwidth:", "name": "bandwidth", "type": "list",
+         "limits": labelled([f for f in _IQ["bandwidth"].options if f >= 0], "Hz"),
+         "value": 151.7825605610939, "tip": "low-pass cutoff of the quadratures (first stage)"},
+        {"title": "AC bandwidth:", "name": "acbandwidth", "type": "list",
+         "limits": labelled(_IQ["acbandwidth"].options, "Hz"), "value": 0.0,
+         "tip": "high-pass cutoff at the input (off: DC-coupled)"},
+        {"title": "Phase (°):", "name": "phase", "type": "float", "value": 0.0, "step": 1.0},
+        {"title": "Gain:", "name": "gain", "type": "float", "value": 0.0,
+         "min": _IQ["gain"].minimum, "max": _IQ["gain"].maximum},
+        {"title": "Excitation amplitude (V):", "name": "amplitude", "type": "float", "value": 0.0,
+         "min": 0.0, "max": _IQ["amplitude"].maximum, "step": 0.01},
+        {"title": "Excitation output:", "name": "output_direct", "type": "list",
+         "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "off"},
+    ] + connection_params()
+
+    def ini_attributes(self) -> None:
+        self.controller: PyRPLClient | None = None
+        self.link: PyRPLLink | None = None
+        self.acquisition: BackgroundAcquisition | None = None
+
+    def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
+        self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
+        try:
+            self.controller = self.link.open(None if self.is_master else controller)
+            self._apply_all()
+        except Exception as exc:
+            self.controller = None
+            return init_failed(self, self.link, exc), False
+        self.acquisition = BackgroundAcquisition(self, self._job, self._emit,
+                                                 lambda exc: f"{self.link.module}: {exc}")
+        return self.link.info(), True
+
+    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
+        return self.controller.set(self.link.module, values)
+
+    def _reapply(self) -> None:
+        self._apply({**FIXED, **{name: self.settings[name] for name in SETTINGS}})
+
+    def _apply_all(self) -> None:
+        write_back(self, self._apply({**FIXED, **{name: self.settings[name] for name in SETTINGS}}))
+
+    def commit_settings(self, param: Parameter) -> None:
+        if self.link is None:
+            return
+        name = param.name()
+        try:
+            if name == "module":
+                self.link.switch(param.value())
+                self._apply_all()
+            elif name in SETTINGS:
+                write_back(self, self._apply({name: param.value()}))
+        except PyrplPluginError as exc:
+            self.link.status(f"{self.link.module}: {name} not changed: {exc}")
+            if name == "module":
+                param.setValue(self.link.module)
+            elif name in SETTINGS:
+                write_back(self, self.controller.get(self.link.module, [name]))
+
+    def _job(self, naverage: int) -> Callable[[Callable[[], bool]], tuple[float, float]]:
+        client, module = self.controller, self.link.module
+
+        def acquire(wanted: Callable[[], bool]) -> tuple[float, float]:
+            readings = [client.acquire(module) for _ in range(naverage)]
+            return (float(np.mean([r["i"] for r in readings])),
+                    float(np.mean([r["q"] for r in readings])))
+        return acquire
+
+    def _emit(self, iq: tuple[float, float]) -> None:
+        i, q = iq
+        self.dte_signal.emit(DataToExport("PyRPL IQ", data=[
+            DataFromPlugins(name="IQ", data=[np.array([i]), np.array([q]),
+                                             np.array([math.hypot(i, q)])],
+                            dim="Data0D", labels=["I", "Q", "Amplitude"], units="V"),
+            DataFromPlugins(name="Phase", data=[np.array([math.degrees(math.atan2(q, i))])],
+                            dim="Data0D", labels=["Phase"], units="°")]))
+
+    def grab_data(self, Naverage: int = 1, **kwargs: Any) -> None:
+        if self.acquisition is not None:
+            self.acquisition.grab(Naverage, live=kwargs.get("live", False))
+
+    def stop(self) -> str:
+        if self.acquisition is not None:
+            self.acquisition.stop()
+        return ""
+
+    def close(self) -> None:
+        if self.acquisition is not None:
+            self.acquisition.close()
+            self.acquisition = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+
+if __name__ == "__main__":
+    main(__file__)

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base, comon_parameters, main
+from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
+from pymodaq_gui.parameter import Parameter
+
+from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPluginError
+from pymodaq_plugins_pyrpl.plugin_support import (BackgroundAcquisition, PyRPLLink,
+                                                  connection_params, init_failed, labelled,
+                                                  write_back)
+
+SETTINGS = ("input1", "input2", "duration", "trigger_source", "threshold", "hysteresis",
+            "trigger_delay", "trace_average")
+"""Scope attributes that are plugin settings of the same name (sent at initialization and when
+changed; the applied values are written back)."""
+_SCOPE = catalogue.MODULES["scope"].attributes
+
+
+def _number(name: str, title: str, **extra: Any) -> dict[str, Any]:
+    attribute = _SCOPE[name]
+    return {"title": title, "name": name, "type": attribute.kind, "value": attribute.default,
+            "min": attribute.minimum, "max": attribute.maximum, **extra}
+
+
+class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
+    """The Red Pitaya's 2-channel oscilloscope: 16384 samples per channel, in volts, on a time axis
+    in seconds (relative to the trigger).
+
+    The blocking server call runs in a background thread: grab_data and stop return at once; Stop
+    drops the trace being taken (the server finishes it, its result is ignored). A trace gets
+    ``trace_average × duration`` plus "wait for trigger" seconds; without a trigger by then the status
+    bar says so (a continuous grab keeps waiting). Averaging: the server averages ``trace_average``
+    traces; PyMoDAQ's Naverage > 1 averages that many such traces in the background thread
+    (hardware_averaging). The scope is leased: other programs can read it but not change it.
+    """
+
+    hardware_averaging = True
+    params = comon_parameters + [
+        {"title": "Input 1:", "name": "input1", "type": "list",
+         "limits": list(catalogue.DSP_SIGNALS), "value": "in1"},
+        {"title": "Input 2:", "name": "input2", "type": "list",
+         "limits": list(catalogue.DSP_SIGNALS), "value": "in2"},
+        {"title": "Duration:", "name": "duration", "type": "list",
+         "limits": labelled(catalogue.SCOPE_DURATIONS, "s"), "value": _SCOPE["duration"].default},
+        {"title": "Trigger:", "name": "trigger_source", "type": "list",
+         "limits": list(catalogue.SCOPE_TRIGGER_SOURCES), "value": "immediately"},
+        _number("threshold", "Threshold (V):", step=0.01, suffix="V"),
+        _number("hysteresis", "Hysteresis (V):", step=0.001, suffix="V"),
+        _number("trigger_delay", "Trigger delay (s):", step=1e-6, suffix="s", siPrefix=True),
+        _number("trace_average", "Traces averaged:"),
+        {"title": "Wait for trigger (s):", "name": "trigger_wait", "type": "float", "value": 1.0,
+         "min": 0.01, "tip": "a trace fails when no trigger came within this time"},
+    ] + connection_params()
+
+    def ini_attributes(self) -> None:
+        self.controller: PyRPLClient | None = None
+        self.link: PyRPLLink | None = None
+        self.acquisition: BackgroundAcquisition | None = None
+
+    def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
+        self.link = PyRPLLink(self, "scope", reapply=self._reapply)
+        try:
+            self.controller = self.link.open(None if self.is_master else controller)
+            write_back(self, self._apply({name: self.settings[name] for name in SETTINGS}))
+        except Exception as exc:
+            self.controller = None
+            return init_failed(self, self.link, exc), False
+        self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe)
+        return self.link.info(), True
+
+    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
+        return self.controller.set("scope", values)
+
+    def _reapply(self) -> None:
+        self._apply({name: self.settings[name] for name in SETTINGS})
+
+    def commit_settings(self, param: Parameter) -> None:
+        if self.link is None or param.name() not in SETTINGS:
+            return
+        try:
+            write_back(self, self._apply({param.name(): param.value()}))
+        except PyrplPluginError as exc:
+            self.link.status(f"scope: {param.name()} not changed: {exc}")
+            write_back(self, self.controller.get("scope", [param.name()]))
+
+    def _timeout(self) -> float:
+        return self.settings["trace_average"] * self.settings["duration"] \
+            + self.settings["trigger_wait"]
+
+    def _job(self, naverage: int) -> Callable[[Callable[[], bool]], dict | None]:
+        client, timeout = self.controller, self._timeout()
+
+        def acquire(wanted: Callable[[], bool]) -> dict | None:
+            traces = []
+            for _ in range(naverage):
+                if traces and not wanted():
+                    return None  # stopped: no more traces
+                traces.append(client.acquire("scope", timeout=timeout))
+            trace = traces[0]
+            if naverage > 1:
+                for ch in ("ch1", "ch2"):
+                    trace[ch] = np.mean([t[ch] for t in traces], axis=0)
+            return trace
+        return acquire
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, AcquisitionTimeout):
+            return (f"scope: no trace within {self._timeout():.3g} s: no trigger "
+                    f"({self.settings['trigger_source']}, threshold {self.settings['threshold']:.3g}"
+                    " V)? Check the trigger or raise 'Wait for trigger'")
+        return f"scope: {exc}"
+
+    def _emit(self, trace: dict | None) -> None:
+        if trace is None:
+            return
+        samples = len(trace["ch1"])
+        axis = Axis("Time", units="s", data=trace["t0"] + trace["dt"] * np.arange(samples),
+                    index=0)
+        settings = trace.get("settings", self.settings)
+        self.dte_signal.emit(DataToExport("PyRPL scope", data=[DataFromPlugins(
+            name="Scope", data=[np.asarray(trace["ch1"]), np.asarray(trace["ch2"])],
+            dim="Data1D", labels=[settings["input1"], settings["input2"]], units="V",
+            axes=[axis])]))
+
+    def grab_data(self, Naverage: int = 1, **kwargs: Any) -> None:
+        if self.acquisition is not None:
+            self.acquisition.grab(Naverage, live=kwargs.get("live", False))
+
+    def stop(self) -> str:
+        if self.acquisition is not None:
+            self.acquisition.stop()
+        return ""
+
+    def close(self) -> None:
+        if self.acquisition is not None:
+            self.acquisition.close()
+            self.acquisition = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+
+if __name__ == "__main__":
+    main(__file__)

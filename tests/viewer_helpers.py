@@ -1,0 +1,60 @@
+"""Helpers of the viewer plugin tests (tests/test_plugin_scope.py, _iq.py, _sampler.py)."""
+from __future__ import annotations
+
+import pytest
+
+from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+
+
+def server_client(port: int) -> PyRPLClient:
+    """A separate client of the plugins' auto-started server, to observe it."""
+    state = runtime.read_state(port)
+    client = PyRPLClient("127.0.0.1", port, state.token, "test observer", reconnect=False)
+    client.connect()
+    return client
+
+
+def plugin_of(viewer):
+    """The plugin instance behind a DAQ_Viewer (white-box)."""
+    return viewer.controller_and_thread.thread._hardwares[viewer.title].plugin
+
+
+def snap(qtbot, viewer, timeout: int = 10000):
+    """One snap; its DataToExport."""
+    with qtbot.waitSignal(viewer.grab_done_signal, timeout=timeout) as done:
+        viewer.snap()
+    return done.args[0]
+
+
+def set_setting(qtbot, viewer, name, value, applied=None) -> None:
+    """Change a plugin setting in the DAQ_Viewer; wait until it shows the applied value."""
+    path = name if isinstance(name, tuple) else (name,)
+    viewer.settings.child("detector_settings", *path).setValue(value)
+    expected = value if applied is None else applied
+    qtbot.waitUntil(lambda: viewer.settings["detector_settings", *path] == pytest.approx(expected),
+                    timeout=5000)
+
+
+def continuous_frames(qtbot, viewer, count: int = 5) -> None:
+    """A continuous grab delivers ``count`` frames; after Stop no frame comes but the next snap's."""
+    frames = []
+    viewer.grab_done_signal.connect(frames.append)
+    with qtbot.waitSignal(viewer.grab_status, timeout=5000):
+        viewer.grab_data(grab_state=True)
+    qtbot.waitUntil(lambda: len(frames) >= count, timeout=10000)
+    with qtbot.waitSignal(viewer.grab_status, timeout=5000) as stopped:
+        viewer.stop_grab()
+    assert stopped.args == [False]
+    # the frames the worker sent before it stopped all arrived before its "grab stopped" status
+    before = list(frames)
+    dte = snap(qtbot, viewer)
+    assert frames == before + [dte]
+    viewer.grab_done_signal.disconnect(frames.append)
+
+
+def quit_stops_server(qtbot, viewer, port: int) -> None:
+    """Quitting the last plugin stops the server it auto-started."""
+    pid = runtime.read_state(port).pid
+    viewer.quit_fun()
+    qtbot.waitUntil(lambda: not runtime.pid_alive(pid), timeout=10000)
