@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
 from pymodaq.control_modules.thread_commands import ThreadStatus
-from qtpy.QtCore import QObject, Qt, QTimer, Signal, Slot
+from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from .hardware.client import PyRPLClient
 from .hardware.errors import AcquisitionTimeout, PyrplPluginError
@@ -81,6 +81,7 @@ class PyRPLLink:
         self.reapply = reapply
         self.client: PyRPLClient | None = None
         self._manager: TCPServerManager | None = None
+        self._thread: QThread | None = None
 
     def setting(self, name: str) -> Any:
         return self.plugin.settings[GROUP, name]
@@ -99,10 +100,31 @@ class PyRPLLink:
         else:
             self.client = controller
         self.client.add_connection_callback(self._on_connection_event)
+        self._watch_thread()
         if self.lease:
             self.client.lease(self.module)
         self._show_state(self.client.hello_info or {})
         return self.client
+
+    def _watch_thread(self) -> None:
+        """Close when the plugin's worker thread ends, in case PyMoDAQ did not call close().
+
+        PyMoDAQ 5.3's ``quit_fun`` queues the plugin's close to its worker thread, then quits that
+        thread: if the worker is still busy (e.g. reading the actuator value right after
+        initialization), the thread stops before the close runs, and the lease and the server
+        reference would live as long as the process.
+        """
+        thread = QThread.currentThread()
+        app = QCoreApplication.instance()
+        if app is None or thread is app.thread() or self._thread is not None:
+            return  # the main thread (no worker, e.g. plugin_testing) or already watched
+        self._thread = thread
+        thread.finished.connect(self._on_thread_finished, Qt.DirectConnection)
+
+    def _on_thread_finished(self) -> None:
+        if self.client is not None:
+            logger.info("%s: closed with its worker thread", self.module)
+            self.close()
 
     def switch(self, module: str) -> None:
         """Use another module of the same kind (e.g. asg1 instead of asg0): move the lease."""
@@ -122,6 +144,12 @@ class PyRPLLink:
     def close(self) -> None:
         """Release the lease and this plugin's reference to the server (best effort, bounded)."""
         client, self.client = self.client, None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            try:
+                thread.finished.disconnect(self._on_thread_finished)
+            except (TypeError, RuntimeError):  # already disconnected, or the thread is deleted
+                pass
         if client is None:
             return
         client.remove_connection_callback(self._on_connection_event)
