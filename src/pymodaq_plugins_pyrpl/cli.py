@@ -1,4 +1,5 @@
-"""``pymodaq-pyrpl``: run, inspect, stop and take over local PyRPL servers.
+"""``pymodaq-pyrpl``: run, inspect, stop and take over local PyRPL servers; install the shipped
+PyMoDAQ experiments.
 
 Exit status: 0 success; 1 the operation failed or there was nothing to act on (the message says
 which); 2 wrong usage. ``pymodaq-pyrpl server`` exits with the server's own status.
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -94,6 +97,58 @@ def cmd_takeover(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPERIMENTS = Path(__file__).parent / "resources" / "experiments"
+"""The experiments (PyMoDAQ presets) shipped with the package."""
+
+
+def _experiments() -> tuple[list[Path], Path]:
+    """The shipped experiment files, and PyMoDAQ's experiments folder (imports PyMoDAQ)."""
+    from pymodaq.utils.config import get_set_experiment_path
+
+    return sorted(EXPERIMENTS.glob("*.xml")), Path(get_set_experiment_path())
+
+
+def _installed_state(shipped: Path, folder: Path) -> str:
+    target = folder / shipped.name
+    if not target.exists():
+        return "not installed"
+    return "installed" if target.read_bytes() == shipped.read_bytes() else "modified"
+
+
+def cmd_experiments_list(args: argparse.Namespace) -> int:
+    shipped, folder = _experiments()
+    width = max(len(path.stem) for path in shipped)
+    print(f"experiments shipped with pymodaq_plugins_pyrpl (PyMoDAQ's folder: {folder}):")
+    for path in shipped:
+        print(f"  {path.stem.ljust(width)}  {_installed_state(path, folder)}")
+    print("install them with 'pymodaq-pyrpl experiments install'; load one with "
+          "'dashboard -x NAME'")
+    return 0
+
+
+def cmd_experiments_install(args: argparse.Namespace) -> int:
+    shipped, folder = _experiments()
+    refused = []
+    for path in shipped:
+        state = _installed_state(path, folder)
+        target = folder / path.name
+        if state == "installed":
+            print(f"{path.stem}: already installed, unchanged ({target})")
+        elif state == "modified" and not args.force:
+            print(f"{path.stem}: {target} differs from the shipped experiment; not overwritten "
+                  f"(use --force to replace it)")
+            refused.append(path.stem)
+        else:
+            shutil.copyfile(path, target)
+            print(f"{path.stem}: {'replaced' if state == 'modified' else 'installed'} ({target})")
+    if refused:
+        print(f"error: {len(refused)} experiment(s) not installed: {', '.join(refused)}",
+              file=sys.stderr)
+        return 1
+    print("load one in PyMoDAQ's dashboard with 'dashboard -x pyrpl_demo' (or its Experiment menu)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pymodaq-pyrpl",
                                      description="Manage the PyRPL servers of pymodaq_plugins_pyrpl.")
@@ -123,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default %(default)s)")
     takeover.add_argument("--startup-timeout", type=float, default=60.0, metavar="SECONDS")
     takeover.set_defaults(run=cmd_takeover)
+    experiments = commands.add_parser(
+        "experiments", help="the PyMoDAQ experiments (presets) shipped with this package")
+    actions = experiments.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list them and whether they are installed")
+    listing.set_defaults(run=cmd_experiments_list)
+    install = actions.add_parser(
+        "install", help="copy them into PyMoDAQ's experiments folder (a file that differs from "
+                        "the shipped one is kept unless --force)")
+    install.add_argument("--force", action="store_true",
+                         help="replace experiments that differ from the shipped ones")
+    install.set_defaults(run=cmd_experiments_install)
     return parser
 
 
