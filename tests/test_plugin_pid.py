@@ -66,6 +66,7 @@ def test_pid_axes_move_quantized_rel_and_home(qtbot, port, make_actuator):
     select_axis(qtbot, actuator, "P", "")
     assert move(qtbot, actuator, DataActuator(data=-0.1234567)) == pytest.approx(expected["p"],
                                                                                 abs=0)
+    assert move(qtbot, actuator, 5000.0) == expected["p"]  # beyond ±2048: refused, unchanged
     select_axis(qtbot, actuator, "I", "Hz")
     assert move(qtbot, actuator, -1234.5678) == pytest.approx(expected["i"], abs=0)
     with server_client(port) as observer:

@@ -8,7 +8,7 @@ from pymodaq_gui.parameter import Parameter
 from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
-from pymodaq_plugins_pyrpl.plugin_support import PyRPLLink, connection_params
+from pymodaq_plugins_pyrpl.plugin_support import PyRPLLink, connection_params, write_back
 
 AXES = {"Setpoint": ("setpoint", "V"), "P": ("p", ""), "I": ("i", "Hz")}
 """PyMoDAQ axis → (PID attribute, unit); P is a dimensionless gain."""
@@ -98,9 +98,7 @@ class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
         return values
 
     def _apply_settings(self, extra: dict | None = None) -> None:
-        applied = self._apply({**self._settings_values(), **(extra or {})})
-        for name in ("min_voltage", "max_voltage"):  # show the quantized limits
-            self.settings.child(name).setValue(applied[name])
+        write_back(self, self._apply({**self._settings_values(), **(extra or {})}))
 
     def _reapply(self) -> None:
         self._apply_settings(self._targets)
@@ -153,17 +151,10 @@ class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
                 param.setValue(False)  # a push button: ready for the next reset
         elif name in SETTINGS:
             try:
-                applied = self._apply({name: self._settings_values()[name]})
-            except PyrplPluginError:
-                self._show_board_value(name)
+                write_back(self, self._apply({name: self._settings_values()[name]}))
+            except PyrplPluginError:  # refused: show the board's value again (and the error)
+                write_back(self, self.controller.get(self.link.module, [name]))
                 raise
-            if name in ("min_voltage", "max_voltage"):
-                param.setValue(applied[name])
-
-    def _show_board_value(self, name: str) -> None:
-        """Put the board's value back into a setting the board refused."""
-        value = self.controller.get(self.link.module, [name])[name]
-        self.settings.child(name).setValue(value[0] if name == "inputfilter" else value)
 
     def close(self) -> None:
         if self.link is not None:
