@@ -52,6 +52,7 @@ class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
     _controller_units = [unit for _, unit in AXES.values()]
     _epsilons = [2.5e-4, 5e-4, 0.01]
     data_actuator_type = DataActuatorType.DataActuator
+    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
 
     params = [
         {"title": "PID:", "name": "module", "type": "list", "limits": ["pid0", "pid1", "pid2"],
