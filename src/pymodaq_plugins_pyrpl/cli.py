@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("server", help="run a server in the foreground (same options as "
                         "python -m pymodaq_plugins_pyrpl.hardware.server; see server --help)",
                         add_help=False)
+    commands.add_parser("demo", help="drive the simulated board through the real plugins, headless: "
+                        "prints a table and writes a plot (see demo --help)", add_help=False)
     status = commands.add_parser("status", help="list the running local servers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--timeout", type=float, default=3.0, help="seconds per server")
@@ -198,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         from .hardware.server import main as server_main
 
         return server_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
