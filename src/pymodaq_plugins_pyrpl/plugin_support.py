@@ -296,6 +296,9 @@ class BackgroundAcquisition(QObject):
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._finished.connect(self._deliver, Qt.QueuedConnection)
+        thread, app = QThread.currentThread(), QCoreApplication.instance()
+        if app is not None and thread is not app.thread():  # as PyRPLLink: the worker may end
+            thread.finished.connect(self.close, Qt.DirectConnection)  # without close()
 
     @property
     def busy(self) -> bool:

@@ -32,6 +32,7 @@ class DAQ_Move_PyRPL_ASG_TCP(DAQ_Move_base):
     _controller_units = [unit for _, unit in AXES.values()]
     _epsilons = [0.2, 2.5e-4, 2.5e-4, 1e-3]
     data_actuator_type = DataActuatorType.DataActuator
+    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
 
     params = [
         {"title": "ASG:", "name": "module", "type": "list", "limits": ["asg0", "asg1"],

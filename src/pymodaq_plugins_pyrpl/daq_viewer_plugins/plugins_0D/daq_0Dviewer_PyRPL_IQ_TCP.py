@@ -37,6 +37,7 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(DAQ_Viewer_base):
     """
 
     hardware_averaging = True
+    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "IQ module:", "name": "module", "type": "list", "limits": ["iq0", "iq1", "iq2"],
          "value": "iq0"},

@@ -25,6 +25,7 @@ class DAQ_0DViewer_PyRPL_Sampler_TCP(DAQ_Viewer_base):
     """
 
     hardware_averaging = True
+    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "Signals:", "name": "signals", "type": "group", "children": [
             {"title": f"{signal}:", "name": signal, "type": "bool",

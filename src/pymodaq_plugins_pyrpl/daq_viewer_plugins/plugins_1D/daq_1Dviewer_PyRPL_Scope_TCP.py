@@ -40,6 +40,7 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
     """
 
     hardware_averaging = True
+    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "Input 1:", "name": "input1", "type": "list",
          "limits": list(catalogue.DSP_SIGNALS), "value": "in1"},
