@@ -42,9 +42,10 @@ def test_snap_settings_and_quit(qtbot, port, make_viewer):
 
         # switching the module moves the lease and applies the settings to the new module
         viewer.settings.child("detector_settings", "module").setValue("iq2")
-        qtbot.waitUntil(lambda: ["iq2"] in [c["leases"] for c in observer.status()["clients"]],
-                        timeout=5000)
-        assert observer.get("iq2", ["frequency"])["frequency"] == IQ["frequency"].validate(12345.678)
+        frequency = IQ["frequency"].validate(12345.678)
+        qtbot.waitUntil(lambda: observer.get("iq2", ["frequency"])["frequency"] == frequency,
+                        timeout=5000)  # the lease moves first, then the settings are applied
+        assert ["iq2"] in [c["leases"] for c in observer.status()["clients"]]
     snap(qtbot, viewer)
     quit_stops_server(qtbot, viewer, port)
 

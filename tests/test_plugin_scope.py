@@ -89,6 +89,22 @@ def test_no_trigger_shows_a_status_message(qtbot, port, make_viewer):
     assert dte.get_data_from_dim("Data1D")[0].size == 16384
 
 
+def test_continuous_grab_keeps_waiting_for_a_trigger(qtbot, port, make_viewer):
+    """Live: a missing trigger is reported and the scope re-arms; frames come once it triggers."""
+    viewer = make_viewer(NAME, port, dim="DAQ1D", duration=catalogue.SCOPE_DURATIONS[0],
+                         trigger_source="ch1_positive_edge", threshold=0.9, trigger_wait=0.2)
+    messages, frames = [], []
+    viewer.status_sig.connect(messages.append)
+    viewer.grab_done_signal.connect(frames.append)
+    viewer.grab_data(grab_state=True)
+    qtbot.waitUntil(lambda: sum("no trace within" in m for m in messages) >= 2, timeout=10000)
+    assert not frames
+    viewer.settings.child("detector_settings", "trigger_source").setValue("immediately")
+    qtbot.waitUntil(lambda: len(frames) >= 3, timeout=10000)
+    with qtbot.waitSignal(viewer.grab_status, timeout=5000):
+        viewer.stop_grab()
+
+
 def test_asg_frequency_is_the_dominant_frequency(qtbot, port, make_viewer, make_actuator):
     asg = make_actuator("PyRPL_ASG_TCP", port, axis="Amplitude")
     with qtbot.waitSignal(asg.move_done_signal, timeout=10000):
