@@ -19,6 +19,12 @@ def test_snap_channels_and_quit(qtbot, port, make_viewer):
     set_setting(qtbot, viewer, ("signals", "asg0"), True)
     [dwa] = snap(qtbot, viewer).get_data_from_dim("Data0D")
     assert dwa.labels == ["in1", "out1", "out2", "asg0"]
+    # Naverage: averaged in the plugin's background thread, one frame per snap
+    viewer.settings.child("main_settings", "Naverage").setValue(3)
+    frames = []
+    viewer.grab_done_signal.connect(frames.append)
+    dte = snap(qtbot, viewer)
+    assert frames == [dte] and dte.get_data_from_dim("Data0D")[0].labels[-1] == "asg0"
     with server_client(port) as observer:  # read-only: no lease
         assert all(c["leases"] == [] for c in observer.status()["clients"])
     quit_stops_server(qtbot, viewer, port)
