@@ -1,33 +1,16 @@
-"""PyMoDAQ's plugin checks: package layout, every plugin module, the packaging, at warning level."""
+"""PyMoDAQ's plugin checks (package layout, every plugin module, the packaging) at warning level,
+and PyMoDAQ's discovery of every plugin."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
-import pytest
 from pymodaq.utils.plugin_testing import PluginPackageChecks
 from pymodaq_utils.plugin_tools.checks import check_package_sources
 
 PACKAGE = "pymodaq_plugins_pyrpl"
-
-PENDING = {
-    "PMQ111": "README.rst is missing (the project has README.md; the README is the lead's)",
-}
-"""Package-level warnings fixed outside the viewer work. While only these remain, the two
-package-level tests below xfail and name them; any other warning fails. Delete an entry once its
-warning is gone."""
-
-
-def _codes(messages: list[str]) -> set[str]:
-    return {m.group(0) for text in messages for m in [re.search(r"PMQ\d+", text)] if m}
-
-
-def _fail_unless_pending(messages: list[str]) -> None:
-    codes = _codes(messages)
-    assert codes <= set(PENDING), "\n".join(messages)
-    if codes:
-        pytest.xfail("pending elsewhere: " + "; ".join(PENDING[c] for c in sorted(codes)))
+PLUGINS = {"actuators": ["PyRPL_ASG_TCP", "PyRPL_PID_TCP"],
+           "viewers": ["PyRPL_IQ_TCP", "PyRPL_Sampler_TCP", "PyRPL_Scope_TCP"]}
 
 
 class TestPlugin(PluginPackageChecks):
@@ -36,7 +19,8 @@ class TestPlugin(PluginPackageChecks):
     strict_imports = True
 
     def test_package_sources(self, package):
-        _fail_unless_pending(check_package_sources(package).failing(self.fail_on))
+        failing = check_package_sources(package).failing(self.fail_on)
+        assert not failing, "\n".join(failing)
 
 
 def test_check_plugin_command_has_no_warning():
@@ -44,9 +28,18 @@ def test_check_plugin_command_has_no_warning():
     run = subprocess.run([sys.executable, "-m", "pymodaq_utils.plugin_tools.checks", PACKAGE,
                           "--fail-on", "warning"], capture_output=True, text=True, timeout=120)
     report = run.stdout + run.stderr
-    if run.returncode != 0:
-        findings = [line for line in report.splitlines() if re.search(r"PMQ\d+ \[", line)]
-        assert findings, report  # failed for another reason than a finding
-        _fail_unless_pending(findings)
     assert run.returncode == 0, report
     assert "[FAIL]" not in report
+
+
+def test_discovery_finds_every_plugin_whatever_is_imported_first():
+    """Importing the package's plugin support before PyMoDAQ must not hide plugins from discovery."""
+    code = ("import pymodaq_plugins_pyrpl.plugin_support\n"
+            "from pymodaq.control_modules.instruments import ACTUATOR_NAMES\n"
+            "from pymodaq.utils.daq_utils import get_plugins\n"
+            "print(sorted(n for n in ACTUATOR_NAMES if 'PyRPL' in n))\n"
+            "print(sorted({p['name'] for dim in ('0D', '1D') for p in get_plugins(f'daq_{dim}viewer')"
+            " if 'PyRPL' in p['name']}))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = run.stdout.strip().splitlines()
+    assert lines[-2:] == [str(PLUGINS["actuators"]), str(PLUGINS["viewers"])], run.stderr

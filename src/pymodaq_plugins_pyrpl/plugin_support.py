@@ -18,7 +18,6 @@ import threading
 from typing import Any, Callable, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
-from pymodaq.control_modules.thread_commands import ThreadStatus
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from .hardware.client import PyRPLClient
@@ -26,6 +25,11 @@ from .hardware.errors import AcquisitionTimeout, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
 
 logger = logging.getLogger(__name__)
+
+UPDATE_STATUS = "update_status"
+"""``ThreadStatus.UPDATE_STATUS`` (a StrEnum) as a plain string: importing ``pymodaq.control_modules``
+here would run PyMoDAQ's plugin discovery while this module is half imported, and PyMoDAQ would then
+silently miss every plugin of this package."""
 
 GROUP = "pyrpl"
 """Name of the settings group holding the connection settings."""
@@ -94,6 +98,7 @@ class PyRPLLink:
                 hostname=self.setting("hostname").strip() or None,
                 config=self.setting("pyrpl_config").strip(), token=self.setting("token").strip(),
                 connect_timeout=self.setting("timeout"),
+                python=_config("server", "python", default="") or None,
                 client_name=f"PyMoDAQ {getattr(self.plugin, '_title', 'plugin')} (pid {os.getpid()})")
             self.status(f"connecting to the PyRPL server on port {self.setting('server_port')}…")
             self.client = self._manager.ensure_server_running()
@@ -163,7 +168,7 @@ class PyRPLLink:
             self._manager = None
 
     def status(self, message: str) -> None:
-        self.plugin.emit_status(ThreadCommand(ThreadStatus.UPDATE_STATUS, message))
+        self.plugin.emit_status(ThreadCommand(UPDATE_STATUS, message))
 
     def _show_state(self, hello: dict[str, Any]) -> None:
         device = hello.get("device", {})
@@ -251,7 +256,7 @@ def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
     if link is not None:
         link.close()
     QTimer.singleShot(0, lambda: plugin.emit_status(
-        ThreadCommand(ThreadStatus.UPDATE_STATUS, reason)))
+        ThreadCommand(UPDATE_STATUS, reason)))
     return reason
 
 
@@ -266,15 +271,20 @@ class BackgroundAcquisition(QObject):
     """A viewer's acquisitions, run one at a time in a dedicated Python thread, each result handed
     back to the plugin in the plugin's own Qt thread; ``grab`` and ``stop`` return at once.
 
-    Every ``grab`` or ``stop`` opens a new *generation*; only a result of the current generation
-    reaches ``on_data``. A server call cannot be cancelled, so after ``stop`` (or a new ``grab``) a
-    running acquisition completes in the background and its result is dropped; the next job runs
-    after it (one acquisition at a time). ``make_job(naverage)`` is called in the plugin's thread
-    (it may read the settings). Errors go to the status bar (``describe_error`` words them); in live
-    mode the acquisition is started again, at once after an acquisition timeout (still waiting for
-    a trigger), after RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or
-    a reconnection. PyMoDAQ's worker calls ``grab_data`` again only after it got a frame, so frames
-    neither pile up nor repeat.
+    Every ``grab`` (except a continuing live one) or ``stop`` opens a new *generation*; only a result
+    of the current generation reaches ``on_data``. A server call cannot be cancelled, so after
+    ``stop`` a running acquisition completes in the background and its result is dropped; the next
+    job runs after it (one acquisition at a time). ``make_job(naverage)`` is called in the plugin's
+    thread (it may read the settings).
+
+    Live (continuous) grabs stream: PyMoDAQ's worker asks for the next frame only after it got one,
+    so the next acquisition starts as soon as a frame is handed over, and the frame is ready (or on
+    its way) when the worker asks; at most one frame is acquired ahead. A frame can therefore have
+    been taken up to one frame period before it was asked for; its settings travel with it.
+
+    Errors go to the status bar (``describe_error`` words them); in live mode the acquisition is
+    started again, at once after an acquisition timeout (still waiting for a trigger), after
+    RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or a reconnection.
     """
 
     _finished = Signal(int, object, object)
@@ -292,6 +302,9 @@ class BackgroundAcquisition(QObject):
         self._naverage = 1
         self._closed = False
         self._job: tuple[int, Job] | None = None
+        self._streaming = -1  # the generation whose job repeats (live), or -1
+        self._ready: tuple[int, Any] | None = None  # a live frame acquired ahead
+        self._wanted = False  # the worker waits for the next frame
         self._running = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -306,7 +319,19 @@ class BackgroundAcquisition(QObject):
         return self._running
 
     def grab(self, naverage: int = 1, live: bool = False) -> None:
-        self._live, self._naverage = live, max(1, int(naverage))
+        naverage = max(1, int(naverage))
+        with self._cond:
+            continuing = (live and self._live and naverage == self._naverage and not self._closed
+                          and self._streaming == self._generation)
+            ready, self._ready = (self._ready, None) if continuing else (None, self._ready)
+            if continuing and ready is None:
+                self._wanted = True
+            self._cond.notify_all()
+        if ready is not None:
+            self._finished.emit(ready[0], ready[1], None)
+        if continuing:
+            return
+        self._live, self._naverage = live, naverage
         self._submit()
 
     def stop(self) -> None:
@@ -314,7 +339,8 @@ class BackgroundAcquisition(QObject):
         self._live = False
         with self._cond:
             self._generation += 1
-            self._job = None
+            self._job, self._streaming, self._ready, self._wanted = None, -1, None, False
+            self._cond.notify_all()
 
     def close(self) -> None:
         self.stop()
@@ -329,6 +355,8 @@ class BackgroundAcquisition(QObject):
         with self._cond:
             self._generation += 1
             self._job = (self._generation, job)
+            self._streaming = self._generation if self._live else -1
+            self._ready, self._wanted = None, True
             self._cond.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
@@ -338,12 +366,14 @@ class BackgroundAcquisition(QObject):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._job is None and not self._closed:
+                while (self._job is None or self._ready is not None) and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
                 generation, job = self._job
-                self._job, self._running = None, True
+                if self._streaming != generation:
+                    self._job = None  # one-shot; a live job repeats
+                self._running = True
             result, error = None, None
             try:
                 result = job(lambda: generation == self._generation and not self._closed)
@@ -351,11 +381,19 @@ class BackgroundAcquisition(QObject):
                 error = exc
             finally:
                 self._running = False
-            if generation == self._generation and not self._closed:
-                try:
-                    self._finished.emit(generation, result, error)
-                except RuntimeError:  # the plugin was deleted meanwhile
-                    return
+            with self._cond:
+                if generation != self._generation or self._closed:
+                    continue
+                if error is not None and self._job is not None:
+                    self._job = None  # a live grab restarts through _rearm
+                if error is None and self._streaming == generation and not self._wanted:
+                    self._ready = (generation, result)  # acquired ahead: kept for the next grab
+                    continue
+                self._wanted = False
+            try:
+                self._finished.emit(generation, result, error)
+            except RuntimeError:  # the plugin was deleted meanwhile
+                return
 
     @Slot(int, object, object)
     def _deliver(self, generation: int, result: Any, error: BaseException | None) -> None:
@@ -372,7 +410,7 @@ class BackgroundAcquisition(QObject):
         else:
             logger.error("acquisition failed", exc_info=error)
             message = f"acquisition failed: {error!r}"
-        self._plugin.emit_status(ThreadCommand(ThreadStatus.UPDATE_STATUS, message))
+        self._plugin.emit_status(ThreadCommand(UPDATE_STATUS, message))
         if self._live:
             delay = 0 if isinstance(error, AcquisitionTimeout) else RETRY_DELAY_MS
             QTimer.singleShot(delay, lambda: self._rearm(generation))
