@@ -128,30 +128,38 @@ def test_pid_reset_integrator_zeroes_a_wound_up_integrator(qtbot, port, make_act
         qtbot.waitUntil(lambda: observer.get("pid0", ["ival"])["ival"] == 0.0, timeout=5000)
 
 
-def test_pid_setpoint_move_locks_the_loopback_input(qtbot, port, make_actuator):
-    """Physics: pid0 reads in1 and drives out1; the loopback cable closes the loop."""
+def sampler_in1(qtbot, sampler) -> float:
+    """in1 as the Sampler viewer plugin reads it (one snap)."""
+    with qtbot.waitSignal(sampler.grab_done_signal, timeout=10000) as grabbed:
+        sampler.snap()
+    channels = {label: float(data[0]) for dwa in grabbed.args[0].get_data_from_dim("Data0D")
+                for label, data in zip(dwa.labels, dwa.data)}
+    return channels["in1"]
+
+
+def test_pid_setpoint_move_shows_on_the_sampler(qtbot, port, make_actuator, make_viewer):
+    """Physics through the plugins: pid0 reads in1 and drives out1, the loopback cable closes the
+    loop, and the Sampler viewer sees in1 settle on the setpoint."""
     actuator = make_actuator("PyRPL_PID_TCP", port, axis="P", input="in1", output_direct="out1")
+    sampler = make_viewer("PyRPL_Sampler_TCP", port)
     move(qtbot, actuator, -0.1)
     select_axis(qtbot, actuator, "I", "Hz")
     move(qtbot, actuator, -1000.0)
     select_axis(qtbot, actuator, "Setpoint", "V")
-    with server_client(port) as observer:
-        assert abs(observer.acquire("sampler")["in1"]) < 0.05  # locked on setpoint 0 V so far
-        applied = move(qtbot, actuator, 0.3)
-        assert applied == pytest.approx(0.3, abs=2.0**-13)
-        readings: list[float] = []
+    assert abs(sampler_in1(qtbot, sampler)) < 0.05  # locked on setpoint 0 V so far
+    applied = move(qtbot, actuator, 0.3)
+    assert applied == pytest.approx(0.3, abs=2.0**-13)
+    readings: list[float] = []
 
-        def locked() -> bool:
-            readings.append(observer.acquire("sampler")["in1"])
-            return abs(readings[-1] - 0.3) < 5e-3
+    def locked() -> bool:
+        readings.append(sampler_in1(qtbot, sampler))
+        return abs(readings[-1] - 0.3) < 5e-3
 
-        deadline = time.monotonic() + 5.0
-        while not locked():
-            assert time.monotonic() < deadline, f"in1 never reached 0.3 V: last {readings[-5:]}"
-            qtbot.wait(20)
-        # and it stays locked
-        for _ in range(5):
-            assert locked(), readings[-1]
+    deadline = time.monotonic() + 5.0
+    while not locked():
+        assert time.monotonic() < deadline, f"in1 never reached 0.3 V: last {readings[-5:]}"
+    for _ in range(5):  # and it stays locked
+        assert locked(), readings[-1]
 
 
 def test_pid_settings_and_moves_reapplied_after_a_server_restart(qtbot, port, make_actuator):
