@@ -43,8 +43,9 @@ def plugin_rate(demo: Demo, scope, seconds: float) -> float:
     demo.wait(scope.grab_done_signal, lambda: scope.grab_data(grab_state=True))
     start, first = time.perf_counter(), len(frames)
     loop_until = start + seconds
-    while time.perf_counter() < loop_until:
-        demo.QtCore.QCoreApplication.processEvents(demo.QtCore.QEventLoop.AllEvents, 50)
+    loop = demo.QtCore.QEventLoop()  # idle like an application's main loop, not spinning
+    demo.QtCore.QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec()
     scope.stop_grab()
     done = [t for t in frames[first:] if t <= loop_until]
     return len(done) / seconds

@@ -120,8 +120,8 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
         if trace is None:
             return
         samples = len(trace["ch1"])
-        axis = Axis("Time", units="s", data=trace["t0"] + trace["dt"] * np.arange(samples),
-                    index=0)
+        axis = Axis("Time", units="s", offset=trace["t0"], scaling=trace["dt"], size=samples,
+                    index=0)  # a linear axis: no sample times to build and check per frame
         settings = trace.get("settings", self.settings)
         self.dte_signal.emit(DataToExport("PyRPL scope", data=[DataFromPlugins(
             name="Scope", data=[np.asarray(trace["ch1"]), np.asarray(trace["ch2"])],
