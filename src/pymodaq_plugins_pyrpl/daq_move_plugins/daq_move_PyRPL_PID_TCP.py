@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
-                                                          DataActuatorType, comon_parameters_fun,
-                                                          main)
+from pymodaq.control_modules.move_utility_classes import comon_parameters_fun, main
 from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
-from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
-from pymodaq_plugins_pyrpl.plugin_support import PyRPLLink, connection_params, write_back
+from pymodaq_plugins_pyrpl.plugin_bases import PyRPLActuator
+from pymodaq_plugins_pyrpl.plugin_support import connection_params
 
 AXES = {"Setpoint": ("setpoint", "V"), "P": ("p", ""), "I": ("i", "Hz")}
 """PyMoDAQ axis → (PID attribute, unit); P is a dimensionless gain."""
@@ -33,7 +30,7 @@ INPUT_FILTERS = {_cutoff_label(f): f for f in catalogue.filter_options(catalogue
 """Choices of the input filter's first stage: label → cutoff (Hz; negative: high-pass, 0: off)."""
 
 
-class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
+class DAQ_Move_PyRPL_PID_TCP(PyRPLActuator):
     """A Red Pitaya PID controller (pid0, pid1 or pid2) as an actuator with three axes.
 
     Axes: Setpoint (V), P (proportional gain, dimensionless) and I (integral unity-gain frequency,
@@ -47,12 +44,12 @@ class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
     initialized. After a server restart, the settings and the last moves are applied again.
     """
 
-    is_multiaxes = True
+    AXES = AXES
+    SETTINGS = SETTINGS
     _axis_names = list(AXES)
+    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     _controller_units = [unit for _, unit in AXES.values()]
     _epsilons = [2.5e-4, 5e-4, 0.01]
-    data_actuator_type = DataActuatorType.DataActuator
-    supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
 
     params = [
         {"title": "PID:", "name": "module", "type": "list", "limits": ["pid0", "pid1", "pid2"],
@@ -78,89 +75,18 @@ class DAQ_Move_PyRPL_PID_TCP(DAQ_Move_base):
          "label": "Reset", "tip": "set the integrator value (ival) to 0 V"},
     ] + connection_params() + comon_parameters_fun(axis_names=_axis_names, epsilon=_epsilons)
 
-    def ini_attributes(self) -> None:
-        self.controller: PyRPLClient | None = None
-        self.link: PyRPLLink | None = None
-        self._targets: dict[str, float] = {}
-
-    def ini_stage(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
-        self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
-        self.controller = self.link.open(None if self.is_master else controller)
-        self._apply_settings()
-        return self.link.info(), True
-
-    def _apply(self, values: dict) -> dict:
-        assert self.controller is not None and self.link is not None
-        return self.controller.set(self.link.module, values)
-
     def _settings_values(self) -> dict:
-        values = {name: self.settings[name] for name in SETTINGS}
+        values = super()._settings_values()
         values["inputfilter"] = [values["inputfilter"]]  # first stage; the others off
         return values
 
-    def _apply_settings(self, extra: dict | None = None) -> None:
-        write_back(self, self._apply({**self._settings_values(), **(extra or {})}))
-
-    def _reapply(self) -> None:
-        self._apply_settings(self._targets)
-
-    def get_actuator_value(self) -> DataActuator:
-        attribute, unit = AXES[self.axis_name]
-        value = self.controller.get(self.link.module, [attribute])[attribute]
-        return self.get_position_with_scaling(DataActuator(data=value, units=unit))
-
-    def move_abs(self, value: DataActuator) -> None:
-        value = self.check_bound(value)
-        self.target_value = value
-        self._move(self.set_position_with_scaling(value))
-
-    def move_rel(self, value: DataActuator) -> None:
-        value = self.check_bound(self.current_value + value) - self.current_value
-        self.target_value = value + self.current_value
-        self._move(self.set_position_with_scaling(self.target_value))
-
-    def _move(self, value: DataActuator) -> None:
-        attribute, unit = AXES[self.axis_name]
-        self.ispolling = False  # instant: poll_moving reads the applied value once
-        try:
-            applied = self._apply({attribute: value.value(unit)})
-        except PyrplPluginError as exc:  # nothing changed: poll_moving reports the board's value
-            self.link.status(f"{self.link.module}: move refused: {exc}")
-            return
-        self._targets[attribute] = applied[attribute]
-
-    def move_home(self) -> None:
-        attribute, _ = AXES[self.axis_name]
-        applied = self._apply({attribute: _PID[attribute].default})
-        self._targets[attribute] = applied[attribute]
-        self.move_done()
-
-    def stop_motion(self) -> None:
-        self.move_done()
-
     def commit_settings(self, param: Parameter) -> None:
-        if self.link is None:
-            return
-        name = param.name()
-        if name == "module":
-            self.link.switch(param.value())
-            self._targets.clear()
-            self._apply_settings()
-        elif name == "reset_ival":
-            if param.value():
+        if param.name() == "reset_ival":
+            if self.link is not None and param.value():
                 self._apply({"ival": 0.0})
                 param.setValue(False)  # a push button: ready for the next reset
-        elif name in SETTINGS:
-            try:
-                write_back(self, self._apply({name: self._settings_values()[name]}))
-            except PyrplPluginError:  # refused: show the board's value again (and the error)
-                write_back(self, self.controller.get(self.link.module, [name]))
-                raise
-
-    def close(self) -> None:
-        if self.link is not None:
-            self.link.close()
-            self.link = None
+            return
+        super().commit_settings(param)
 
 
 if __name__ == "__main__":

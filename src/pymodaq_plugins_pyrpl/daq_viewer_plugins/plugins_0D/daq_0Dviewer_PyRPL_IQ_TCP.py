@@ -4,16 +4,14 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base, comon_parameters, main
+from pymodaq.control_modules.viewer_utility_classes import comon_parameters, main
 from pymodaq.utils.data import DataFromPlugins, DataToExport
 from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
-from pymodaq_plugins_pyrpl.plugin_support import (BackgroundAcquisition, PyRPLLink,
-                                                  connection_params, init_failed, labelled,
-                                                  write_back)
+from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
+from pymodaq_plugins_pyrpl.plugin_support import connection_params, labelled, write_back
 
 SETTINGS = ("input", "frequency", "bandwidth", "acbandwidth", "phase", "gain", "amplitude",
             "output_direct")
@@ -24,7 +22,7 @@ FIXED = {"output_signal": "quadrature"}
 _IQ = catalogue.MODULES["iq0"].attributes
 
 
-class DAQ_0DViewer_PyRPL_IQ_TCP(DAQ_Viewer_base):
+class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
     """A Red Pitaya IQ module (iq0, iq1 or iq2) as a lock-in amplifier.
 
     It demodulates its input at ``frequency`` and can excite at the same frequency (``amplitude``
@@ -36,7 +34,6 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(DAQ_Viewer_base):
     other programs can read it but not change it.
     """
 
-    hardware_averaging = True
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "IQ module:", "name": "module", "type": "list", "limits": ["iq0", "iq1", "iq2"],
@@ -60,28 +57,8 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(DAQ_Viewer_base):
          "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "off"},
     ] + connection_params()
 
-    def ini_attributes(self) -> None:
-        self.controller: PyRPLClient | None = None
-        self.link: PyRPLLink | None = None
-        self.acquisition: BackgroundAcquisition | None = None
-
-    def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
-        self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
-        try:
-            self.controller = self.link.open(None if self.is_master else controller)
-            self._apply_all()
-        except Exception as exc:
-            self.controller = None
-            return init_failed(self, self.link, exc), False
-        self.acquisition = BackgroundAcquisition(self, self._job, self._emit,
-                                                 lambda exc: f"{self.link.module}: {exc}")
-        return self.link.info(), True
-
     def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
         return self.controller.set(self.link.module, values)
-
-    def _reapply(self) -> None:
-        self._apply({**FIXED, **{name: self.settings[name] for name in SETTINGS}})
 
     def _apply_all(self) -> None:
         write_back(self, self._apply({**FIXED, **{name: self.settings[name] for name in SETTINGS}}))
@@ -120,23 +97,6 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(DAQ_Viewer_base):
                             dim="Data0D", labels=["I", "Q", "Amplitude"], units="V"),
             DataFromPlugins(name="Phase", data=[np.array([math.degrees(math.atan2(q, i))])],
                             dim="Data0D", labels=["Phase"], units="°")]))
-
-    def grab_data(self, Naverage: int = 1, **kwargs: Any) -> None:
-        if self.acquisition is not None:
-            self.acquisition.grab(Naverage, live=kwargs.get("live", False))
-
-    def stop(self) -> str:
-        if self.acquisition is not None:
-            self.acquisition.stop()
-        return ""
-
-    def close(self) -> None:
-        if self.acquisition is not None:
-            self.acquisition.close()
-            self.acquisition = None
-        if self.link is not None:
-            self.link.close()
-            self.link = None
 
 
 if __name__ == "__main__":

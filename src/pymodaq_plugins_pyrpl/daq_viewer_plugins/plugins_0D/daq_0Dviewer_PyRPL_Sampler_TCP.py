@@ -1,21 +1,20 @@
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
-from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base, comon_parameters, main
+from pymodaq.control_modules.viewer_utility_classes import comon_parameters, main
 from pymodaq.utils.data import DataFromPlugins, DataToExport
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
-from pymodaq_plugins_pyrpl.plugin_support import (BackgroundAcquisition, PyRPLLink,
-                                                  connection_params, init_failed)
+from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
+from pymodaq_plugins_pyrpl.plugin_support import connection_params
 
 DEFAULT_SIGNALS = ("in1", "in2", "out1", "out2")
 
 
-class DAQ_0DViewer_PyRPL_Sampler_TCP(DAQ_Viewer_base):
+class DAQ_0DViewer_PyRPL_Sampler_TCP(PyRPLViewer):
     """A multichannel voltmeter: the instantaneous values of the Red Pitaya's DSP signals (inputs,
     outputs, IQ, PID and ASG signals), in volts.
 
@@ -24,7 +23,7 @@ class DAQ_0DViewer_PyRPL_Sampler_TCP(DAQ_Viewer_base):
     that many readings there (hardware_averaging). Read-only: nothing is leased or changed.
     """
 
-    hardware_averaging = True
+    LEASE = False  # read-only
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "Signals:", "name": "signals", "type": "group", "children": [
@@ -32,21 +31,8 @@ class DAQ_0DViewer_PyRPL_Sampler_TCP(DAQ_Viewer_base):
              "value": signal in DEFAULT_SIGNALS} for signal in catalogue.SAMPLER_SIGNALS]},
     ] + connection_params()
 
-    def ini_attributes(self) -> None:
-        self.controller: PyRPLClient | None = None
-        self.link: PyRPLLink | None = None
-        self.acquisition: BackgroundAcquisition | None = None
-
-    def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
-        self.link = PyRPLLink(self, "sampler", lease=False)
-        try:
-            self.controller = self.link.open(None if self.is_master else controller)
-        except Exception as exc:
-            self.controller = None
-            return init_failed(self, self.link, exc), False
-        self.acquisition = BackgroundAcquisition(self, self._job, self._emit,
-                                                 lambda exc: f"sampler: {exc}")
-        return self.link.info(), True
+    def _module(self) -> str:
+        return "sampler"
 
     def selected(self) -> list[str]:
         """The signals ticked in the settings, in the catalogue's order."""
@@ -66,23 +52,6 @@ class DAQ_0DViewer_PyRPL_Sampler_TCP(DAQ_Viewer_base):
         self.dte_signal.emit(DataToExport("PyRPL sampler", data=[DataFromPlugins(
             name="Sampler", data=[np.array([v]) for v in values.values()], dim="Data0D",
             labels=list(values), units="V")]))
-
-    def grab_data(self, Naverage: int = 1, **kwargs: Any) -> None:
-        if self.acquisition is not None:
-            self.acquisition.grab(Naverage, live=kwargs.get("live", False))
-
-    def stop(self) -> str:
-        if self.acquisition is not None:
-            self.acquisition.stop()
-        return ""
-
-    def close(self) -> None:
-        if self.acquisition is not None:
-            self.acquisition.close()
-            self.acquisition = None
-        if self.link is not None:
-            self.link.close()
-            self.link = None
 
 
 if __name__ == "__main__":

@@ -3,16 +3,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base, comon_parameters, main
+from pymodaq.control_modules.viewer_utility_classes import comon_parameters, main
 from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
 from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPluginError
-from pymodaq_plugins_pyrpl.plugin_support import (BackgroundAcquisition, PyRPLLink,
-                                                  connection_params, init_failed, labelled,
-                                                  write_back)
+from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
+from pymodaq_plugins_pyrpl.plugin_support import connection_params, labelled, write_back
 
 SETTINGS = ("input1", "input2", "duration", "trigger_source", "threshold", "hysteresis",
             "trigger_delay", "trace_average")
@@ -27,7 +25,7 @@ def _number(name: str, title: str, **extra: Any) -> dict[str, Any]:
             "min": attribute.minimum, "max": attribute.maximum, **extra}
 
 
-class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
+class DAQ_1DViewer_PyRPL_Scope_TCP(PyRPLViewer):
     """The Red Pitaya's 2-channel oscilloscope: 16384 samples per channel, in volts, on a time axis
     in seconds (relative to the trigger).
 
@@ -39,7 +37,6 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
     (hardware_averaging). The scope is leased: other programs can read it but not change it.
     """
 
-    hardware_averaging = True
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "Input 1:", "name": "input1", "type": "list",
@@ -58,27 +55,14 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
          "min": 0.01, "tip": "a trace fails when no trigger came within this time"},
     ] + connection_params()
 
-    def ini_attributes(self) -> None:
-        self.controller: PyRPLClient | None = None
-        self.link: PyRPLLink | None = None
-        self.acquisition: BackgroundAcquisition | None = None
-
-    def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
-        self.link = PyRPLLink(self, "scope", reapply=self._reapply)
-        try:
-            self.controller = self.link.open(None if self.is_master else controller)
-            write_back(self, self._apply({name: self.settings[name] for name in SETTINGS}))
-        except Exception as exc:
-            self.controller = None
-            return init_failed(self, self.link, exc), False
-        self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe)
-        return self.link.info(), True
-
     def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
         return self.controller.set("scope", values)
 
-    def _reapply(self) -> None:
-        self._apply({name: self.settings[name] for name in SETTINGS})
+    def _module(self) -> str:
+        return "scope"
+
+    def _apply_all(self) -> None:
+        write_back(self, self._apply({name: self.settings[name] for name in SETTINGS}))
 
     def commit_settings(self, param: Parameter) -> None:
         if self.link is None or param.name() not in SETTINGS:
@@ -127,23 +111,6 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(DAQ_Viewer_base):
             name="Scope", data=[np.asarray(trace["ch1"]), np.asarray(trace["ch2"])],
             dim="Data1D", labels=[settings["input1"], settings["input2"]], units="V",
             axes=[axis])]))
-
-    def grab_data(self, Naverage: int = 1, **kwargs: Any) -> None:
-        if self.acquisition is not None:
-            self.acquisition.grab(Naverage, live=kwargs.get("live", False))
-
-    def stop(self) -> str:
-        if self.acquisition is not None:
-            self.acquisition.stop()
-        return ""
-
-    def close(self) -> None:
-        if self.acquisition is not None:
-            self.acquisition.close()
-            self.acquisition = None
-        if self.link is not None:
-            self.link.close()
-            self.link = None
 
 
 if __name__ == "__main__":

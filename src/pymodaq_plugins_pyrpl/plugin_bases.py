@@ -1,0 +1,175 @@
+"""Base classes of this package's plugins: what the actuators share, and what the viewers share.
+
+Each plugin class adds its settings, axes or channels; the connection, the lease, instant quantized
+moves, re-applying after a server restart and the background acquisition live here. (Kept apart from
+:mod:`.plugin_support`, which must not import PyMoDAQ's control modules, see its UPDATE_STATUS.)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
+                                                          DataActuatorType)
+from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base
+from pymodaq_gui.parameter import Parameter
+
+from .hardware import catalogue
+from .hardware.client import PyRPLClient
+from .hardware.errors import PyrplPluginError
+from .plugin_support import BackgroundAcquisition, PyRPLLink, init_failed, write_back
+
+
+class PyRPLActuator(DAQ_Move_base):
+    """An actuator whose axes are attributes of one leased module (setting ``module``).
+
+    Subclasses set ``AXES`` (axis → (attribute, unit)) and ``SETTINGS`` (attributes that are plugin
+    settings of the same name). Moves are instant and report the value the board applied; a refused
+    move changes nothing and says why in the status bar. After a server restart the settings and the
+    last moves are applied again. Subclasses declare ``supported_platforms`` themselves (PyMoDAQ's
+    checker reads it from the plugin class).
+    """
+
+    AXES: dict[str, tuple[str, str]] = {}
+    SETTINGS: tuple[str, ...] = ()
+    is_multiaxes = True
+    data_actuator_type = DataActuatorType.DataActuator
+
+    def ini_attributes(self) -> None:
+        self.controller: PyRPLClient | None = None
+        self.link: PyRPLLink | None = None
+        self._targets: dict[str, float] = {}
+
+    def ini_stage(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
+        self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
+        self.controller = self.link.open(None if self.is_master else controller)
+        self._apply_settings()
+        return self.link.info(), True
+
+    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
+        assert self.controller is not None and self.link is not None
+        return self.controller.set(self.link.module, values)
+
+    def _settings_values(self) -> dict[str, Any]:
+        """The module's attributes as the settings hold them."""
+        return {name: self.settings[name] for name in self.SETTINGS}
+
+    def _apply_settings(self, extra: dict[str, Any] | None = None) -> None:
+        write_back(self, self._apply({**self._settings_values(), **(extra or {})}))
+
+    def _reapply(self) -> None:
+        self._apply_settings(self._targets)
+
+    def get_actuator_value(self) -> DataActuator:
+        attribute, unit = self.AXES[self.axis_name]
+        value = self.controller.get(self.link.module, [attribute])[attribute]
+        return self.get_position_with_scaling(DataActuator(data=value, units=unit))
+
+    def move_abs(self, value: DataActuator) -> None:
+        value = self.check_bound(value)
+        self.target_value = value
+        self._move(self.set_position_with_scaling(value))
+
+    def move_rel(self, value: DataActuator) -> None:
+        value = self.check_bound(self.current_value + value) - self.current_value
+        self.target_value = value + self.current_value
+        self._move(self.set_position_with_scaling(self.target_value))
+
+    def _move(self, value: DataActuator) -> None:
+        attribute, unit = self.AXES[self.axis_name]
+        self.ispolling = False  # instant: poll_moving reads the applied value once
+        try:
+            applied = self._apply({attribute: value.value(unit)})
+        except PyrplPluginError as exc:  # nothing changed: poll_moving reports the board's value
+            self.link.status(f"{self.link.module}: move refused: {exc}")
+            return
+        self._targets[attribute] = applied[attribute]
+
+    def move_home(self) -> None:
+        attribute, _ = self.AXES[self.axis_name]
+        default = catalogue.MODULES[self.link.module].attributes[attribute].default
+        self._targets[attribute] = self._apply({attribute: default})[attribute]
+        self.move_done()
+
+    def stop_motion(self) -> None:
+        self.move_done()
+
+    def commit_settings(self, param: Parameter) -> None:
+        if self.link is None:
+            return
+        name = param.name()
+        if name == "module":
+            self.link.switch(param.value())
+            self._targets.clear()
+            self._apply_settings()
+        elif name in self.SETTINGS:
+            try:
+                write_back(self, self._apply({name: self._settings_values()[name]}))
+            except PyrplPluginError:  # refused: show the board's value again (and the error)
+                write_back(self, self.controller.get(self.link.module, [name]))
+                raise
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+
+
+class PyRPLViewer(DAQ_Viewer_base):
+    """A viewer reading one module through a :class:`BackgroundAcquisition`.
+
+    Subclasses define ``_job(naverage)`` (a callable run in the background thread, see
+    BackgroundAcquisition) and ``_emit(result)`` (send the data); they may override ``_module()``
+    (default: the ``module`` setting), ``_apply_all()`` (send the settings at initialization) and
+    ``_describe(exc)``. ``LEASE``: whether the module is leased. Naverage > 1 is done by the job
+    (hardware_averaging). Subclasses declare ``supported_platforms`` themselves (PyMoDAQ's checker
+    reads it from the plugin class).
+    """
+
+    LEASE = True
+    hardware_averaging = True
+
+    def ini_attributes(self) -> None:
+        self.controller: PyRPLClient | None = None
+        self.link: PyRPLLink | None = None
+        self.acquisition: BackgroundAcquisition | None = None
+
+    def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
+        self.link = PyRPLLink(self, self._module(), lease=self.LEASE, reapply=self._reapply)
+        try:
+            self.controller = self.link.open(None if self.is_master else controller)
+            self._apply_all()
+        except Exception as exc:
+            self.controller = None
+            return init_failed(self, self.link, exc), False
+        self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe)
+        return self.link.info(), True
+
+    def _module(self) -> str:
+        """The module to use (default: the ``module`` setting)."""
+        return self.settings["module"]
+
+    def _apply_all(self) -> None:
+        """Send the plugin's settings (at initialization)."""
+
+    def _reapply(self) -> None:
+        self._apply_all()
+
+    def _describe(self, exc: BaseException) -> str:
+        return f"{self.link.module}: {exc}"
+
+    def grab_data(self, Naverage: int = 1, **kwargs: Any) -> None:
+        if self.acquisition is not None:
+            self.acquisition.grab(Naverage, live=kwargs.get("live", False))
+
+    def stop(self) -> str:
+        if self.acquisition is not None:
+            self.acquisition.stop()
+        return ""
+
+    def close(self) -> None:
+        if self.acquisition is not None:
+            self.acquisition.close()
+            self.acquisition = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
