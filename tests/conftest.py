@@ -50,6 +50,15 @@ def rp_host(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def private_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A runtime folder (server state files, tokens, logs) of this test's own."""
+    folder = tmp_path / "runtime"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
 def port() -> int:
     return free_port()
 
@@ -61,59 +70,62 @@ def mock_server(tmp_path: Path):
         yield server
 
 
+class _ControlModules:
+    """Initializes control modules for a test and quits them all afterwards (which releases the
+    server they auto-started)."""
+
+    def __init__(self, qtbot) -> None:
+        self.qtbot = qtbot
+        self.modules: list = []
+
+    def init(self, module, group: str, port: int, settings: dict):
+        module.settings.child(group, "pyrpl", "server_port").setValue(port)
+        for key, value in settings.items():
+            module.settings.child(group, key).setValue(value)
+        self.modules.append(module)
+        with self.qtbot.waitSignal(module.init_signal, timeout=30000) as init:
+            module.init_hardware(True)
+        assert init.args[0] is True, "initialization failed"
+        return module
+
+    def quit_all(self) -> None:
+        for module in reversed(self.modules):
+            module.quit_fun()
+
+
 @pytest.fixture
 def make_actuator(qtbot):
-    """``make_actuator(name, port, axis=None)``: an initialized DAQ_Move (no UI) with our plugin.
-
-    The plugin auto-starts the simulated board's server on ``port``; every module is quit after the
-    test (which releases the server).
-    """
+    """``make_actuator(name, port, axis=None, **settings)``: an initialized DAQ_Move (no UI) with our
+    plugin, on the simulated board's server auto-started on ``port``; ``settings`` are top-level
+    plugin settings (``actuator_settings/<key>``)."""
     from pymodaq.control_modules.daq_move import DAQ_Move
 
-    modules = []
+    modules = _ControlModules(qtbot)
 
     def make(name: str, port: int, axis: str | None = None, **settings):
         module = DAQ_Move(parent=None, title=f"{name} test")
         module.actuator = name
         if axis is not None:
             module.axis_name = axis
-        module.settings.child("actuator_settings", "pyrpl", "server_port").setValue(port)
-        for key, value in settings.items():
-            module.settings.child("actuator_settings", key).setValue(value)
-        modules.append(module)
-        with qtbot.waitSignal(module.init_signal, timeout=30000) as init:
-            module.init_hardware(True)
-        assert init.args[0] is True, "initialization failed"
-        return module
+        return modules.init(module, "actuator_settings", port, settings)
 
     yield make
-    for module in reversed(modules):
-        module.quit_fun()
+    modules.quit_all()
 
 
 @pytest.fixture
 def make_viewer(qtbot):
-    """``make_viewer(name, port, dim="DAQ0D", **settings)``: an initialized DAQ_Viewer (no UI).
-
-    ``settings`` are top-level plugin settings (``detector_settings/<key>``).
-    """
+    """``make_viewer(name, port, dim="DAQ0D", **settings)``: an initialized DAQ_Viewer (no UI);
+    ``settings`` are top-level plugin settings (``detector_settings/<key>``)."""
     from pymodaq.control_modules.daq_viewer import DAQ_Viewer
 
-    modules = []
+    modules = _ControlModules(qtbot)
 
     def make(name: str, port: int, dim: str = "DAQ0D", **settings):
         module = DAQ_Viewer(parent=None, title=f"{name} test")
         module.daq_type = dim
         module.detector = name
-        module.settings.child("detector_settings", "pyrpl", "server_port").setValue(port)
-        for key, value in settings.items():
-            module.settings.child("detector_settings", key).setValue(value)
-        modules.append(module)
-        with qtbot.waitSignal(module.init_signal, timeout=30000) as init:
-            module.init_hardware(True)
-        assert init.args[0] is True, "initialization failed"
-        return module
+        return modules.init(module, "detector_settings", port, settings)
 
     yield make
-    for module in reversed(modules):
-        module.quit_fun()
+    modules.quit_all()

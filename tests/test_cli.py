@@ -14,12 +14,7 @@ from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
 
 
-@pytest.fixture(autouse=True)
-def private_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "runtime"
-    folder.mkdir(mode=0o700)
-    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("private_runtime")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

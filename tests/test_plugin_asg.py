@@ -9,6 +9,7 @@ from pymodaq.utils.data import DataActuator
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from plugin_helpers import move, select_axis, server_client
 
 ASG = catalogue.MODULES["asg0"].attributes
 AXES = {"Frequency": ("frequency", "Hz", 1234.5678), "Amplitude": ("amplitude", "V", 0.3),
@@ -16,18 +17,8 @@ AXES = {"Frequency": ("frequency", "Hz", 1234.5678), "Amplitude": ("amplitude", 
 """axis → (ASG attribute, unit, a value to move to)."""
 
 
-def server_client(port: int) -> PyRPLClient:
-    state = runtime.read_state(port)
-    client = PyRPLClient("127.0.0.1", port, state.token, "test observer", reconnect=False)
-    client.connect()
-    return client
 
 
-def move(qtbot, actuator, value, relative: bool = False) -> float:
-    """Move (a number is in the axis unit) and return the value reported by move_done."""
-    with qtbot.waitSignal(actuator.move_done_signal, timeout=10000) as done:
-        (actuator.move_rel if relative else actuator.move_abs)(value)
-    return done.args[0].value()
 
 
 def move_home(qtbot, actuator) -> float:
@@ -36,12 +27,6 @@ def move_home(qtbot, actuator) -> float:
     return done.args[0].value()
 
 
-def select_axis(qtbot, actuator, axis: str) -> None:
-    """Switch the axis and wait until the worker reports its unit and value."""
-    actuator.axis_name = axis
-    qtbot.waitUntil(lambda: actuator.units == AXES[axis][1], timeout=5000)
-    with qtbot.waitSignal(actuator.current_value_signal, timeout=5000):
-        actuator.get_actuator_value()
 
 
 def leases(observer: PyRPLClient) -> list[list[str]]:
@@ -64,7 +49,7 @@ def test_asg_every_axis_moves_and_reads_back_quantized(qtbot, port, make_actuato
     actuator = make_actuator("PyRPL_ASG_TCP", port, axis="Frequency")
     with server_client(port) as observer:
         for axis, (attribute, unit, value) in AXES.items():
-            select_axis(qtbot, actuator, axis)
+            select_axis(qtbot, actuator, axis, AXES[axis][1])
             expected = ASG[attribute].validate(value)
             assert expected != value  # the value is really quantized
             assert move(qtbot, actuator, value) == expected, axis
@@ -80,13 +65,13 @@ def test_asg_move_rel_and_home(qtbot, port, make_actuator):
     assert move(qtbot, actuator, 500.0, relative=True) == ASG["frequency"].validate(first + 500)
     assert move(qtbot, actuator, DataActuator(data=-0.25, units="kHz"), relative=True) == \
         pytest.approx(1250.0, abs=0.2)
-    select_axis(qtbot, actuator, "Amplitude")
+    select_axis(qtbot, actuator, "Amplitude", AXES["Amplitude"][1])
     move(qtbot, actuator, 0.5)
     assert move_home(qtbot, actuator) == 0.0
     with server_client(port) as observer:
         assert observer.get("asg0", ["amplitude", "frequency"]) == {
             "amplitude": 0.0, "frequency": pytest.approx(1250.0, abs=0.2)}
-        select_axis(qtbot, actuator, "Frequency")
+        select_axis(qtbot, actuator, "Frequency", AXES["Frequency"][1])
         assert move_home(qtbot, actuator) == 0.0
         assert observer.get("asg0", ["frequency"]) == {"frequency": 0.0}
 

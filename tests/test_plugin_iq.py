@@ -6,7 +6,7 @@ import math
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from viewer_helpers import (continuous_frames, quit_stops_server, server_client, set_setting,
+from plugin_helpers import (continuous_frames, quit_stops_server, server_client, set_setting,
                             snap)
 
 NAME = "PyRPL_IQ_TCP"

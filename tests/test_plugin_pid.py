@@ -14,35 +14,17 @@ from pymodaq.utils.data import DataActuator
 
 from pymodaq_plugins_pyrpl.daq_move_plugins.daq_move_PyRPL_PID_TCP import INPUT_FILTERS
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from plugin_helpers import move, plugin_of, select_axis, server_client
 
 PID = catalogue.MODULES["pid0"].attributes
 
 
-def server_client(port: int) -> PyRPLClient:
-    state = runtime.read_state(port)
-    client = PyRPLClient("127.0.0.1", port, state.token, "test observer", reconnect=False)
-    client.connect()
-    return client
 
 
-def move(qtbot, actuator, value, relative: bool = False) -> float:
-    """Move (a number is in the axis unit) and return the value reported by move_done."""
-    with qtbot.waitSignal(actuator.move_done_signal, timeout=10000) as done:
-        (actuator.move_rel if relative else actuator.move_abs)(value)
-    return done.args[0].value()
 
 
-def select_axis(qtbot, actuator, axis: str, unit: str) -> None:
-    """Switch the axis and wait until the worker reports its unit and value."""
-    actuator.axis_name = axis
-    qtbot.waitUntil(lambda: actuator.units == unit, timeout=5000)
-    with qtbot.waitSignal(actuator.current_value_signal, timeout=5000):
-        actuator.get_actuator_value()
 
 
-def plugin_of(actuator):
-    return actuator.controller_and_thread.thread._hardwares[actuator.title].plugin
 
 
 def test_pid_init_applies_settings_and_leases(port, make_actuator):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from viewer_helpers import continuous_frames, quit_stops_server, server_client, set_setting, snap
+from plugin_helpers import continuous_frames, quit_stops_server, server_client, set_setting, snap
 
 NAME = "PyRPL_Sampler_TCP"
 

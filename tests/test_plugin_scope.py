@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from viewer_helpers import (continuous_frames, plugin_of, quit_stops_server, server_client,
+from plugin_helpers import (continuous_frames, plugin_of, quit_stops_server, server_client,
                             set_setting, snap)
 
 NAME = "PyRPL_Scope_TCP"

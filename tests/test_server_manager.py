@@ -22,12 +22,7 @@ from pymodaq_plugins_pyrpl.hardware.server_manager import (TCPServerManager, is_
 HOLDER = Path(__file__).with_name("holder.py")
 
 
-@pytest.fixture(autouse=True)
-def private_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "runtime"
-    folder.mkdir(mode=0o700)
-    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("private_runtime")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,4 +1,4 @@
-"""Helpers of the viewer plugin tests (tests/test_plugin_scope.py, _iq.py, _sampler.py)."""
+"""Helpers of the plugin tests (tests/test_plugin_*.py): observing the server, moving, snapping."""
 from __future__ import annotations
 
 import pytest
@@ -15,9 +15,24 @@ def server_client(port: int) -> PyRPLClient:
     return client
 
 
-def plugin_of(viewer):
-    """The plugin instance behind a DAQ_Viewer (white-box)."""
-    return viewer.controller_and_thread.thread._hardwares[viewer.title].plugin
+def plugin_of(module):
+    """The plugin instance behind a DAQ_Viewer or DAQ_Move (white-box)."""
+    return module.controller_and_thread.thread._hardwares[module.title].plugin
+
+
+def move(qtbot, actuator, value, relative: bool = False) -> float:
+    """Move (a number is in the axis unit) and return the value reported by move_done."""
+    with qtbot.waitSignal(actuator.move_done_signal, timeout=10000) as done:
+        (actuator.move_rel if relative else actuator.move_abs)(value)
+    return done.args[0].value()
+
+
+def select_axis(qtbot, actuator, axis: str, unit: str) -> None:
+    """Switch the axis and wait until the worker reports its unit and value."""
+    actuator.axis_name = axis
+    qtbot.waitUntil(lambda: actuator.units == unit, timeout=5000)
+    with qtbot.waitSignal(actuator.current_value_signal, timeout=5000):
+        actuator.get_actuator_value()
 
 
 def snap(qtbot, viewer, timeout: int = 10000):
