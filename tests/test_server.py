@@ -33,6 +33,7 @@ def test_ready_line_token_file_and_hello(mock_server: ServerProcess) -> None:
 
 def test_existing_token_file_is_used(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("my-token\n")
+    (tmp_path / "token").chmod(0o600)
     with ServerProcess(tmp_path, ["--mock"]) as server:
         assert server.token == "my-token"
         with server.client() as c:

@@ -671,6 +671,13 @@ class PyRPLClient:
                 "port are right")
 
     def _taken_over(self, exc: AuthenticationFailed) -> AuthenticationFailed:
+        """The final error for a refused ``hello``: the token changed (taken over), or this
+        computer's address is cooling down after too many wrong tokens (``data.retry_after``)."""
+        if isinstance(exc.data, dict) and "retry_after" in exc.data:
+            return AuthenticationFailed(
+                f"the PyRPL server at {self.address} refuses this computer for now (noticed at "
+                f"{_now_local()}): too many wrong tokens came from its address. Check the token, "
+                f"wait, then re-initialize. Server: {exc.message}", exc.data)
         return AuthenticationFailed(
             f"the PyRPL server at {self.address} refused this client's token (noticed at "
             f"{_now_local()}): it was restarted with a new token, i.e. taken over by another "

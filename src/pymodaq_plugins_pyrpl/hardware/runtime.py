@@ -60,11 +60,13 @@ def runtime_dir() -> Path:
     else:
         folder = Path(tempfile.gettempdir()) / f"pymodaq_plugins_pyrpl-{os.getuid()}"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _check_private(folder)
+    check_private(folder)
     return folder
 
 
-def _check_private(path: Path) -> None:
+def check_private(path: Path) -> None:
+    """Raise ServerError (saying how to fix it) unless ``path`` is this user's own, not a symbolic
+    link, and neither readable nor writable by anyone else. FileNotFoundError if it is missing."""
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode):
         raise ServerError(f"{path} is a symbolic link; refusing to use it for server state")
@@ -100,7 +102,7 @@ def read_state(port: int) -> ServerState | None:
     """The state file of ``port``, or None if there is none (a malformed one counts as none)."""
     path = state_path(port)
     try:
-        _check_private(path)
+        check_private(path)
         return ServerState(**json.loads(path.read_text()))
     except FileNotFoundError:
         return None

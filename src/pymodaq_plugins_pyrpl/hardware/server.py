@@ -36,11 +36,11 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from .. import __version__
-from . import catalogue, protocol
+from . import catalogue, protocol, runtime
 from .backends.base import Backend, ScopeTrace
 from .errors import (AcquisitionTimeout, AuthenticationFailed, BackendUnavailable, DeviceNotReady,
                      InternalError, InvalidParams, InvalidRequest, MethodNotFound, ModuleLeased,
-                     NotAuthenticated, ParseError, RemoteError, RequestTooLarge,
+                     NotAuthenticated, ParseError, RemoteError, RequestTooLarge, ServerError,
                      ServerShuttingDown, UnsupportedProtocol)
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ FINISH_POLL = 0.0001
 """Interval of the backend thread's ``scope_ready`` polls within FINISH_WINDOW (seconds)."""
 MAX_IN_FLIGHT = 64
 """Requests one connection may have pending at once; further lines wait for a slot."""
+AUTH_MAX_FAILURES = 5
+AUTH_WINDOW = 10.0
+"""AUTH_MAX_FAILURES failed hellos within AUTH_WINDOW seconds from one IP start a cool-down."""
 
 
 class BackendThread:
@@ -79,6 +82,62 @@ class BackendThread:
         self._executor.shutdown(wait=True)
 
 
+class AuthLimiter:
+    """Rate limit of failed ``hello``s, per peer IP address.
+
+    Contract: after ``max_failures`` wrong tokens within ``window`` seconds from one IP, every
+    ``hello`` from that IP is refused without checking its token for ``cooldown`` seconds; then
+    the IP starts afresh. The start of each cool-down is logged once (WARNING, naming the IP),
+    the refusals during it are not. Only failures are recorded (a success does not reset them);
+    the memory held is bounded by the IPs that failed within the last ``window`` seconds or are
+    cooling down.
+    """
+
+    def __init__(self, cooldown: float, max_failures: int = AUTH_MAX_FAILURES,
+                 window: float = AUTH_WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cooldown = cooldown
+        self.max_failures = max_failures
+        self.window = window
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._blocked_until: dict[str, float] = {}
+
+    def refused_for(self, ip: str) -> float:
+        """Seconds ``ip`` is still refused (0.0: its hello may be checked)."""
+        until = self._blocked_until.get(ip)
+        if until is None:
+            return 0.0
+        remaining = until - self._clock()
+        if remaining > 0:
+            return remaining
+        del self._blocked_until[ip]
+        return 0.0
+
+    def failed(self, ip: str) -> None:
+        """Record a wrong token from ``ip``; the failure that reaches the limit starts a cool-down."""
+        now = self._clock()
+        self._forget(now)
+        recent = self._failures.setdefault(ip, [])
+        recent.append(now)
+        if len(recent) >= self.max_failures:
+            del self._failures[ip]
+            self._blocked_until[ip] = now + self.cooldown
+            logger.warning("%d failed authentications from %s within %g s: its hellos are refused "
+                           "for %g s", len(recent), ip, self.window, self.cooldown)
+
+    def _forget(self, now: float) -> None:
+        """Drop failures older than the window and cool-downs that are over."""
+        for ip in list(self._failures):
+            recent = [t for t in self._failures[ip] if t >= now - self.window]
+            if recent:
+                self._failures[ip] = recent
+            else:
+                del self._failures[ip]
+        for ip, until in list(self._blocked_until.items()):
+            if until <= now:
+                del self._blocked_until[ip]
+
+
 @dataclass
 class Session:
     """A client's identity on the server; survives a dropped connection for the resume grace period."""
@@ -95,11 +154,14 @@ class Connection:
     """One TCP connection (or a test double): serialized writes, subscription flag, its session."""
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]], peer: str = "local",
-                 close: Callable[[], None] | None = None) -> None:
+                 close: Callable[[], None] | None = None, ip: str = "local") -> None:
         self._send = send
         self._close = close
         self._lock = asyncio.Lock()
         self.peer = peer
+        """``ip:port`` of the client, for the log."""
+        self.ip = ip
+        """The client's IP address: the key of the authentication rate limit."""
         self.session: Session | None = None
         self.subscribed = False
         self.closed = False
@@ -126,10 +188,12 @@ class Server:
     """Sessions, leases, status and the dispatch of requests to the backend."""
 
     def __init__(self, backend: Backend, token: str | None, *, port: int = 0,
-                 auto_stop: float | None = None, session_grace: float = 10.0) -> None:
+                 auto_stop: float | None = None, session_grace: float = 10.0,
+                 auth_cooldown: float = 60.0) -> None:
         self.backend = backend
         self.thread = BackendThread(backend)
         self._token = token
+        self._auth_limiter = AuthLimiter(auth_cooldown)
         self.port = port
         self.auto_stop = auto_stop
         self.session_grace = session_grace
@@ -314,15 +378,7 @@ class Server:
                 f"protocol {version!r} is not supported; this server (version {__version__}) "
                 f"speaks protocol {protocol.PROTOCOL_VERSION}: update the plugin package",
                 {"supported": [protocol.PROTOCOL_VERSION]})
-        token = params.get("token", "")
-        if self._token is not None and not (
-                isinstance(token, str) and hmac.compare_digest(token.encode(),
-                                                               self._token.encode())):
-            logger.warning("authentication failed from %s", connection.peer)
-            connection.close_after_reply = True
-            raise AuthenticationFailed(
-                "wrong token: this server was restarted with a new token (taken over by another "
-                f"program at {self._started_iso()}); do not retry, re-initialize to get the new token")
+        self._authenticate(connection, params.get("token", ""))
         client = params.get("client", "")
         hold = params.get("hold", False)
         resume = params.get("session")
@@ -353,6 +409,27 @@ class Server:
                 "session": session.id, "resumed": resumed, "leases": sorted(session.leases),
                 "backend": self.backend.name, "hostname": self.backend.hostname,
                 "device": self._device_status()}
+
+    def _authenticate(self, connection: Connection, token: Any) -> None:
+        """Check a hello's token (constant-time), unless its IP is cooling down after too many
+        failures. Raises AuthenticationFailed (never quoting a token) and marks the connection to be
+        closed after the reply."""
+        if self._token is None:
+            return
+        refused_for = self._auth_limiter.refused_for(connection.ip)
+        if refused_for > 0:
+            connection.close_after_reply = True
+            raise AuthenticationFailed(
+                f"too many failed authentications from {connection.ip}: its hellos are refused "
+                f"for {refused_for:.0f} s more", {"retry_after": round(refused_for, 1)})
+        if isinstance(token, str) and hmac.compare_digest(token.encode(), self._token.encode()):
+            return
+        logger.warning("authentication failed from %s", connection.peer)
+        self._auth_limiter.failed(connection.ip)
+        connection.close_after_reply = True
+        raise AuthenticationFailed(
+            "wrong token: this server was restarted with a new token (taken over by another "
+            f"program at {self._started_iso()}); do not retry, re-initialize to get the new token")
 
     async def _ping(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         return {"time": time.time()}
@@ -608,14 +685,15 @@ def _enable_keepalive(sock: socket.socket | None) -> None:
 
 async def _serve_connection(server: Server, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter, hello_timeout: float) -> None:
-    peer = "%s:%s" % writer.get_extra_info("peername")[:2]
+    ip, port = writer.get_extra_info("peername")[:2]
+    peer = f"{ip}:{port}"
     _enable_keepalive(writer.get_extra_info("socket"))
 
     async def send(data: bytes) -> None:
         writer.write(data)
         await writer.drain()
 
-    connection = Connection(send, peer, close=writer.close)
+    connection = Connection(send, peer, close=writer.close, ip=ip)
     server.connection_made(connection)
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
@@ -705,16 +783,21 @@ async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.
 
 
 def read_or_create_token(path: Path) -> str:
-    """The token stored in ``path``; if the file does not exist, a new random one written owner-only."""
+    """The token stored in ``path``; if the file is missing or empty, a new random one written there
+    owner-only.
+
+    Raises ServerError if the file is not private: another user's, readable or writable by others,
+    or a symbolic link (anyone who can read the token can drive the board).
+    """
     try:
+        runtime.check_private(path)
         token = path.read_text().strip()
         if token:
             return token
     except FileNotFoundError:
-        pass
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_hex(32)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
@@ -752,6 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "resume; default %(default)s")
     parser.add_argument("--hello-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="close connections that have not said hello by then; default %(default)s")
+    parser.add_argument("--auth-cooldown", type=float, default=60.0, metavar="SECONDS",
+                        help=f"after {AUTH_MAX_FAILURES} wrong tokens within {AUTH_WINDOW:g} s from "
+                             "one IP address, refuse its hellos for SECONDS; default %(default)s")
     parser.add_argument("--seed", type=int, help="simulator: random seed (deterministic noise)")
     parser.add_argument("--plant", default="loopback",
                         help="simulator: what connects the outputs to the inputs, 'loopback' (cable "
@@ -785,13 +871,18 @@ async def _main(args: argparse.Namespace) -> int:
                      "the board. Add --token-file PATH (created with a random token if missing) "
                      "and give that token to the clients.", args.bind)
         return 2
-    token = read_or_create_token(args.token_file) if args.token_file else None
+    try:
+        token = read_or_create_token(args.token_file) if args.token_file else None
+    except ServerError as exc:
+        logger.error("token file refused: %s", exc)
+        return 2
     try:
         backend = make_backend(args)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
-    server = Server(backend, token, auto_stop=args.auto_stop, session_grace=args.session_grace)
+    server = Server(backend, token, auto_stop=args.auto_stop, session_grace=args.session_grace,
+                    auth_cooldown=args.auth_cooldown)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")

@@ -1,0 +1,229 @@
+"""Security (docs/protocol.md, *Security*): the rate limit of failed hellos, where the token may
+never appear, private state and token files, and TLS for servers on a lab network."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+from support import RawClient, ServerProcess
+
+from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.errors import AuthenticationFailed, ServerError
+from pymodaq_plugins_pyrpl.hardware.server import AuthLimiter
+from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
+
+NOBODY = 65534
+"""uid of 'nobody': the other user whose files must be refused (chown needs root)."""
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def hello(port: int, token: str) -> dict[str, Any]:
+    """One hello on a new connection: its reply message (the server closes after an error)."""
+    with RawClient(port) as c:
+        return c.request("hello", {"token": token, "client": "security test", "protocol": 1})
+
+
+def cooling_down(reply: dict[str, Any]) -> bool:
+    """A -32002 refusal without checking the token (the address is cooling down)."""
+    return "retry_after" in (reply.get("error", {}).get("data") or {})
+
+
+# -- rate limit of failed hellos ------------------------------------------------------------------
+
+def test_limiter_counts_failures_per_ip_within_the_window() -> None:
+    now = [0.0]
+    limiter = AuthLimiter(cooldown=30, max_failures=5, window=10, clock=lambda: now[0])
+    for _ in range(4):
+        limiter.failed("10.0.0.1")
+    now[0] = 10.5  # the first four are out of the window
+    limiter.failed("10.0.0.1")
+    assert limiter.refused_for("10.0.0.1") == 0
+    for _ in range(4):
+        limiter.failed("10.0.0.1")
+        limiter.failed("10.0.0.2")
+    assert limiter.refused_for("10.0.0.1") == 30 and limiter.refused_for("10.0.0.2") == 0
+    now[0] = 40.0
+    assert limiter.refused_for("10.0.0.1") == pytest.approx(0.5)
+    now[0] = 41.0
+    assert limiter.refused_for("10.0.0.1") == 0  # cooled down: starts afresh
+    limiter.failed("10.0.0.1")
+    assert limiter.refused_for("10.0.0.1") == 0
+
+
+def test_brute_force_is_cut_off_and_logged_once(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, ["--mock", "--auth-cooldown", "600"]) as server:
+        replies = [hello(server.port, f"guess-{i:04d}") for i in range(1000)]
+        assert all(r["error"]["code"] == -32002 for r in replies)
+        checked = [r for r in replies if not cooling_down(r)]
+        assert len(checked) == 5  # the token of the other 995 was never compared
+        assert all(cooling_down(r) for r in replies[5:])
+        assert "too many failed authentications from 127.0.0.1" in replies[-1]["error"]["message"]
+        refused = hello(server.port, server.token)  # even the right token, during the cool-down
+        assert cooling_down(refused) and refused["error"]["data"]["retry_after"] > 500
+        client = PyRPLClient("127.0.0.1", server.port, server.token, timeout=5)
+        with pytest.raises(AuthenticationFailed, match="too many wrong tokens"):
+            client.connect()
+        client.close()
+        wait_for(lambda: "refused for 600 s" in server.log, what="the cool-down warning")
+        server.stop()
+        assert server.log.count("authentication failed from 127.0.0.1") == 5
+        assert server.log.count("its hellos are refused") == 1
+        assert "WARNING" in next(line for line in server.log_lines if "refused for" in line)
+        assert "guess-" not in server.log and server.token not in server.log
+
+
+def test_right_token_works_after_the_cooldown(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, ["--mock", "--auth-cooldown", "0.5"]) as server:
+        for i in range(5):
+            assert not cooling_down(hello(server.port, f"wrong-{i}"))
+        assert cooling_down(hello(server.port, server.token))
+        reply = wait_for(lambda: (r := hello(server.port, server.token)) and "result" in r and r,
+                         what="the end of the cool-down")
+        assert reply["result"]["backend"] == "mock"
+
+
+# -- the token never shows ------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("private_runtime")
+def test_token_of_a_spawned_server_not_on_command_lines_nor_in_its_log(port: int) -> None:
+    manager = TCPServerManager(port=port, server_args=("-v",))  # -v: debug log too
+    client = manager.ensure_server_running()
+    state = runtime.read_state(port)
+    assert hello(port, "guess-not-logged")["error"]["code"] == -32002
+    client.get("asg0")
+    assert state.token not in json.dumps(client.status())
+    assert state.token not in " ".join(psutil.Process(state.pid).cmdline())
+    ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True,
+                        check=True).stdout
+    assert str(runtime.token_path(port)) in ps and state.token not in ps
+    manager.release_server()
+    wait_for(lambda: not runtime.pid_alive(state.pid), what="the server to stop")
+    log = runtime.log_path(port).read_text()
+    assert "authentication failed" in log and "guess-not-logged" not in log
+    assert state.token not in log
+
+
+def test_tokens_never_in_replies_errors_or_status(mock_server: ServerProcess) -> None:
+    guess = "guess-" + mock_server.token[:20]
+    refused = json.dumps(hello(mock_server.port, guess))
+    assert guess not in refused and mock_server.token not in refused
+    with mock_server.client() as c:
+        greeting = c.request("hello", {"token": mock_server.token, "client": "again",
+                                       "protocol": 1})  # a second hello: -32600
+        shutdown = c.request("shutdown", {"token": guess})
+        status = c.call("status")
+    for message in (json.dumps(greeting), json.dumps(shutdown), json.dumps(status)):
+        assert mock_server.token not in message and guess not in message
+    client = PyRPLClient("127.0.0.1", mock_server.port, guess, timeout=5)
+    with pytest.raises(AuthenticationFailed) as info:
+        client.connect()
+    assert guess not in str(info.value) and guess not in repr(client)
+    client.close()
+    mock_server.stop()
+    assert guess not in mock_server.log and mock_server.token not in mock_server.log
+
+
+# -- private files --------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("private_runtime")
+def test_files_of_a_spawned_server_are_owner_only(port: int) -> None:
+    manager = TCPServerManager(port=port)
+    manager.ensure_server_running()
+    try:
+        folder = runtime.runtime_dir()
+        assert os.stat(folder).st_mode & 0o777 == 0o700
+        for path in (runtime.state_path(port), runtime.token_path(port), runtime.log_path(port)):
+            assert path.stat().st_mode & 0o777 == 0o600, path
+            assert path.stat().st_uid == os.getuid()
+    finally:
+        manager.release_server()
+
+
+def _state(port: int) -> runtime.ServerState:
+    return runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
+                               config="", version="0", started_at="")
+
+
+@pytest.mark.usefixtures("private_runtime")
+def test_state_file_readable_by_others_is_refused(port: int) -> None:
+    runtime.write_state(_state(port))
+    runtime.state_path(port).chmod(0o644)
+    with pytest.raises(ServerError, match=f"other users.*chmod go-rwx {runtime.state_path(port)}"):
+        TCPServerManager(port=port).ensure_server_running()
+
+
+@pytest.mark.usefixtures("private_runtime")
+def test_state_file_as_symbolic_link_is_refused(port: int, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}")
+    runtime.state_path(port).symlink_to(target)
+    with pytest.raises(ServerError, match="symbolic link"):
+        runtime.read_state(port)
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o705, 0o770, 0o777])
+def test_runtime_folder_open_to_group_or_others_is_refused(
+        tmp_path: Path, mode: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(mode)
+    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
+    with pytest.raises(ServerError, match="other users"):
+        runtime.runtime_dir()
+
+
+@as_root
+@pytest.mark.usefixtures("private_runtime")
+def test_state_file_of_another_user_is_refused(port: int) -> None:
+    runtime.write_state(_state(port))
+    os.chown(runtime.state_path(port), NOBODY, NOBODY)
+    with pytest.raises(ServerError, match=f"another user \\(uid {NOBODY}\\)"):
+        TCPServerManager(port=port).ensure_server_running()
+
+
+@as_root
+def test_runtime_folder_of_another_user_is_refused(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "theirs"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, NOBODY, NOBODY)
+    monkeypatch.setenv("PYMODAQ_PYRPL_RUNTIME_DIR", str(folder))
+    with pytest.raises(ServerError, match="another user.*PYMODAQ_PYRPL_RUNTIME_DIR"):
+        runtime.runtime_dir()
+
+
+def _server_refuses_token_file(tmp_path: Path, reason: str) -> None:
+    server = ServerProcess(tmp_path, ["--mock"])
+    assert server.ready_line == "" and server.proc.wait(10) == 2
+    wait_for(lambda: reason in server.log, what=f"{reason!r} in the log")
+    assert "token file refused" in server.log
+
+
+def test_server_refuses_a_token_file_readable_by_others(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("visible-token\n")
+    (tmp_path / "token").chmod(0o644)
+    _server_refuses_token_file(tmp_path, "can be read by other users")
+
+
+@as_root
+def test_server_refuses_a_token_file_of_another_user(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("their-token\n")
+    (tmp_path / "token").chmod(0o600)
+    os.chown(tmp_path / "token", NOBODY, NOBODY)
+    _server_refuses_token_file(tmp_path, "belongs to another user")
