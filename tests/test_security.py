@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,8 @@ from support import RawClient, ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
-from pymodaq_plugins_pyrpl.hardware.errors import AuthenticationFailed, ServerError
+from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, CertificateMismatch,
+                                                   ConnectionFailed, ServerError)
 from pymodaq_plugins_pyrpl.hardware.server import AuthLimiter
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
 
@@ -227,3 +229,182 @@ def test_server_refuses_a_token_file_of_another_user(tmp_path: Path) -> None:
     (tmp_path / "token").chmod(0o600)
     os.chown(tmp_path / "token", NOBODY, NOBODY)
     _server_refuses_token_file(tmp_path, "belongs to another user")
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+def make_certificate(folder: Path, name: str = "server") -> tuple[Path, Path, str]:
+    """A self-signed certificate for localhost and 127.0.0.1: (cert file, key file, fingerprint)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pyrpl test {name}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file, certificate.fingerprint(hashes.SHA256()).hex()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path):
+    """A --mock server with TLS: (server, cert file, fingerprint)."""
+    cert, key, fingerprint = make_certificate(tmp_path)
+    with ServerProcess(tmp_path, ["--mock", "--tls-cert", str(cert), "--tls-key", str(key)]) as srv:
+        yield srv, cert, fingerprint
+
+
+def test_tls_with_the_ca_file(tls_server) -> None:
+    server, cert, fingerprint = tls_server
+    wait_for(lambda: f"fingerprint {fingerprint}" in server.log, what="the fingerprint in the log")
+    with PyRPLClient("127.0.0.1", server.port, server.token, tls=True, tls_ca=str(cert),
+                     timeout=5) as client:
+        assert client.set("asg0", {"frequency": 1000})["frequency"] == pytest.approx(1000, abs=1)
+        trace = client.acquire("scope")  # a 130 kB reply in many TLS records
+        assert trace["ch1"].shape == (16384,)
+        assert client.status()["device"]["state"] == "ready"
+
+
+def test_tls_with_a_pinned_fingerprint_and_concurrent_calls(tls_server) -> None:
+    server, _, fingerprint = tls_server
+    pinned = ":".join(fingerprint[i:i + 2] for i in range(0, 64, 2)).upper()
+    errors: list[BaseException] = []
+    with PyRPLClient("localhost", server.port, server.token, tls_fingerprint=pinned,
+                     timeout=10) as client:
+        def work(i: int) -> None:
+            try:
+                for k in range(30):
+                    value = round(0.01 * (i + 1) + 0.0001 * k, 4)
+                    client.set(f"pid{i % 3}", {"setpoint": value})
+                    client.acquire("scope") if k % 10 == 0 else client.get("asg1")
+            except BaseException as exc:  # collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors and client.ping() < 1
+
+
+def test_wrong_fingerprint_is_a_final_connection_failure(tls_server) -> None:
+    server, _, fingerprint = tls_server
+    wrong = "00" * 32
+    client = PyRPLClient("127.0.0.1", server.port, server.token, tls_fingerprint=wrong, timeout=5)
+    with pytest.raises(CertificateMismatch, match=f"fingerprint {fingerprint}, not the pinned"):
+        client.connect()
+    assert isinstance(client.failure, CertificateMismatch)
+    with pytest.raises(CertificateMismatch):
+        client.connect()  # final: not tried again
+    client.close()
+
+
+def test_certificate_not_from_the_ca_file_is_refused(tls_server, tmp_path: Path) -> None:
+    server, _, _ = tls_server
+    other_cert, _, _ = make_certificate(tmp_path, "other")
+    client = PyRPLClient("127.0.0.1", server.port, server.token, tls_ca=str(other_cert),
+                         timeout=5)
+    with pytest.raises(CertificateMismatch, match="refusing.*fails verification"):
+        client.connect()
+    client.close()
+
+
+def test_plain_client_to_a_tls_server_fails_within_its_timeout(tls_server) -> None:
+    server, _, _ = tls_server
+    client = PyRPLClient("127.0.0.1", server.port, server.token, timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="a TLS server"):
+        client.connect()
+    assert time.monotonic() - t0 < 2 + 0.5
+    client.close()
+    with PyRPLClient("127.0.0.1", server.port, server.token, tls_fingerprint=tls_server[2],
+                     timeout=5) as client:
+        assert client.ping() < 1  # the server is not disturbed
+
+
+def test_tls_client_to_a_plain_server_fails_within_its_timeout(mock_server: ServerProcess,
+                                                                tmp_path: Path) -> None:
+    cert, _, _ = make_certificate(tmp_path)
+    client = PyRPLClient("127.0.0.1", mock_server.port, mock_server.token, tls_ca=str(cert),
+                         timeout=1)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionFailed, match="TLS handshake"):
+        client.connect()
+    assert time.monotonic() - t0 < 1 + 0.5
+    client.close()
+
+
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key"])
+def test_server_needs_both_tls_cert_and_key(tmp_path: Path, flag: str) -> None:
+    cert, key, _ = make_certificate(tmp_path)
+    server = ServerProcess(tmp_path, ["--mock", flag, str(cert if flag == "--tls-cert" else key)])
+    assert server.ready_line == "" and server.proc.wait(10) == 2
+    wait_for(lambda: "give both --tls-cert and --tls-key" in server.log, what="the reason")
+
+
+def test_server_refuses_a_tls_key_readable_by_others(tmp_path: Path) -> None:
+    cert, key, _ = make_certificate(tmp_path)
+    key.chmod(0o644)
+    server = ServerProcess(tmp_path, ["--mock", "--tls-cert", str(cert), "--tls-key", str(key)])
+    assert server.ready_line == "" and server.proc.wait(10) == 2
+    wait_for(lambda: "can be read by other users" in server.log, what="the reason")
+
+
+def test_manager_passes_tls_settings_to_a_remote_server(tls_server, monkeypatch) -> None:
+    from pymodaq_plugins_pyrpl.hardware import server_manager
+
+    server, cert, fingerprint = tls_server
+    monkeypatch.setattr(server_manager, "is_local", lambda host: False)  # 127.0.0.1 plays remote
+    manager = TCPServerManager(host="127.0.0.1", port=server.port, hostname=None,
+                               token=server.token, tls_ca=str(cert), tls_fingerprint=fingerprint)
+    assert manager.ensure_server_running().ping() < 1
+    manager.release_server()
+    with pytest.raises(CertificateMismatch):
+        TCPServerManager(host="127.0.0.1", port=server.port, token=server.token,
+                         tls_fingerprint="ab" * 32).ensure_server_running()
+
+
+def test_plugin_uses_the_tls_settings_of_a_remote_server(qtbot, tls_server, monkeypatch) -> None:
+    from pymodaq.control_modules.daq_move import DAQ_Move
+
+    from pymodaq_plugins_pyrpl.hardware import server_manager
+
+    server, _, fingerprint = tls_server
+    monkeypatch.setattr(server_manager, "is_local", lambda host: False)  # 127.0.0.1 plays remote
+    actuator = DAQ_Move(parent=None, title="TLS test")
+    actuator.actuator = "PyRPL_ASG_TCP"
+    for name, value in (("server_ip", "127.0.0.1"), ("server_port", server.port),
+                        ("token", server.token), ("tls_fingerprint", fingerprint)):
+        actuator.settings.child("actuator_settings", "pyrpl", name).setValue(value)
+    try:
+        with qtbot.waitSignal(actuator.init_signal, timeout=30000) as init:
+            actuator.init_hardware(True)
+        assert init.args[0] is True
+        with qtbot.waitSignal(actuator.move_done_signal, timeout=10000) as done:
+            actuator.move_abs(1000.0)
+        assert done.args[0].value() == pytest.approx(1000.00761449337)
+    finally:
+        actuator.quit_fun()
+    assert runtime.read_state(server.port) is None  # nothing spawned

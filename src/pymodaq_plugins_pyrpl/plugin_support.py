@@ -64,6 +64,14 @@ def connection_params() -> list[dict[str, Any]]:
             {"title": "Token:", "name": "token", "type": "str",
              "value": _config("server", "token", default=""),
              "tip": "token of a server on another computer (local servers need none)"},
+            {"title": "TLS CA file:", "name": "tls_ca", "type": "str",
+             "value": _config("server", "tls_ca", default=""),
+             "tip": "server on another computer with TLS: PEM file of its certificate or CA; "
+                    "empty (and no fingerprint): plain TCP"},
+            {"title": "TLS fingerprint:", "name": "tls_fingerprint", "type": "str",
+             "value": _config("server", "tls_fingerprint", default=""),
+             "tip": "server on another computer with TLS: SHA-256 fingerprint of its certificate "
+                    "(its log shows it); empty (and no CA file): plain TCP"},
             {"title": "Board state:", "name": "state", "type": "str", "value": "not connected",
              "readonly": True},
         ]}]
@@ -97,6 +105,8 @@ class PyRPLLink:
                 host=self.setting("server_ip"), port=self.setting("server_port"),
                 hostname=self.setting("hostname").strip() or None,
                 config=self.setting("pyrpl_config").strip(), token=self.setting("token").strip(),
+                tls_ca=self.setting("tls_ca").strip() or None,
+                tls_fingerprint=self.setting("tls_fingerprint").strip() or None,
                 connect_timeout=self.setting("timeout"),
                 python=_config("server", "python", default="") or None,
                 client_name=f"PyMoDAQ {getattr(self.plugin, '_title', 'plugin')} (pid {os.getpid()})")

@@ -26,21 +26,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
+import hmac
 import itertools
 import logging
 import os
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 from datetime import datetime
 from typing import Any, Callable
 
 from . import protocol
-from .errors import (AuthenticationFailed, CallTimeout, ClientClosed, CommunicationError,
-                     ConnectionFailed, ConnectionLost, ModuleLeased, RemoteError, RequestTooLarge,
-                     UnsupportedProtocol, error_from_wire)
+from .errors import (AuthenticationFailed, CallTimeout, CertificateMismatch, ClientClosed,
+                     CommunicationError, ConnectionFailed, ConnectionLost, ModuleLeased,
+                     RemoteError, RequestTooLarge, UnsupportedProtocol, error_from_wire)
+from .tls import client_context, fingerprint, normalize_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ RCVBUF = 4 << 20
 """Requested kernel receive buffer (the kernel may grant less)."""
 MAX_REPLY_BYTES = 256 << 20
 """A reply line longer than this is treated as a broken connection."""
+FINAL = (AuthenticationFailed, UnsupportedProtocol, CertificateMismatch)
+"""Connection errors after which the client stops for good instead of retrying."""
 _IN_PROGRESS = {0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY,
                 getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK)}
 
@@ -128,13 +133,54 @@ class _Call:
         self.done.set()
 
 
+class _Tls:
+    """TLS over a plain socket through memory buffers. The SSL object is used only under ``lock``
+    and never waits on the socket, so a reader and a writer thread can share the link (an
+    ``ssl.SSLSocket`` must not be read and written by two threads at once). Records the SSL object
+    produces while decrypting leave with the next :meth:`encrypt`."""
+
+    def __init__(self, context: ssl.SSLContext, hostname: str) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname=hostname)
+        self.lock = threading.Lock()
+
+    def decrypt(self, data: bytes | memoryview) -> bytes:
+        """The plaintext of ``data`` received from the server (empty until a record is complete).
+
+        Raises _Broken on a TLS error or the server's close_notify.
+        """
+        plain = bytearray()
+        with self.lock:
+            self.incoming.write(data)
+            while True:
+                try:
+                    chunk = self.obj.read(RECV_CHUNK)
+                except ssl.SSLWantReadError:
+                    return bytes(plain)
+                except ssl.SSLZeroReturnError:
+                    raise _Broken("connection closed by the server (TLS close)") from None
+                except ssl.SSLError as exc:
+                    raise _Broken(f"TLS error: {exc}") from None
+                if not chunk:
+                    raise _Broken("connection closed by the server (TLS close)")
+                plain += chunk
+
+    def encrypt(self, data: bytes | memoryview) -> bytes:
+        """The bytes to send for ``data`` (with any record pending from a decryption before)."""
+        with self.lock:
+            self.obj.write(data)
+            return self.outgoing.read()
+
+
 class _Link:
     """One TCP connection: an incremental line reader (one reader at a time) and a bounded writer
-    (one writer at a time: the client holds its write lock)."""
+    (one writer at a time: the client holds its write lock); TLS with ``tls``."""
 
-    def __init__(self, sock: socket.socket, generation: int) -> None:
+    def __init__(self, sock: socket.socket, generation: int, tls: _Tls | None = None) -> None:
         self.sock = sock
         self.generation = generation
+        self.tls = tls
         self._buffer = bytearray()
         self._scanned = 0
         self._chunk = bytearray(RECV_CHUNK)
@@ -185,7 +231,8 @@ class _Link:
         if n == 0:
             raise _Broken("connection closed by the server"
                           + (" in the middle of a reply" if self._buffer else ""))
-        self._buffer += memoryview(self._chunk)[:n]
+        data = memoryview(self._chunk)[:n]
+        self._buffer += data if self.tls is None else self.tls.decrypt(data)
         if len(self._buffer) > MAX_REPLY_BYTES:
             raise _Broken(f"reply line longer than {MAX_REPLY_BYTES} bytes")
 
@@ -202,14 +249,19 @@ class _Link:
     def write(self, data: bytes, deadline: float) -> None:
         """Write all of ``data`` before ``deadline`` (overshoot at most SLICE).
 
-        Raises _WriteTimeout (``partial`` if some bytes went out: the stream is then corrupt) or
-        OSError.
+        Raises _WriteTimeout (``partial`` if some bytes went out, or, with TLS, once ``data`` was
+        encrypted: the stream is then corrupt) or OSError.
         """
+        committed = False
+        if self.tls is not None:
+            if time.monotonic() >= deadline:
+                raise _WriteTimeout(partial=False)
+            data, committed = self.tls.encrypt(data), True
         view = memoryview(data)
         sent = 0
         while sent < len(data):
             if time.monotonic() >= deadline:
-                raise _WriteTimeout(partial=sent > 0)
+                raise _WriteTimeout(partial=committed or sent > 0)
             try:
                 sent += self.sock.send(view[sent:])
             except TimeoutError as exc:
@@ -249,15 +301,32 @@ class PyRPLClient:
     client's io thread after each failed reconnect attempt (refused, no answer): it may restart the
     server, and if it raises, the client stops for good with that exception (a ``failed`` event).
 
+    TLS (a server started with ``--tls-cert``): on with ``tls``, ``tls_ca`` or ``tls_fingerprint``.
+    ``tls_ca`` is a PEM file of the CA (or of the server's self-signed certificate) to verify the
+    server against, with its host name (default: the system's CAs); ``tls_fingerprint`` pins the
+    SHA-256 fingerprint of the server's certificate (hex, colons allowed) and replaces the host name
+    check. A certificate that fails either check raises CertificateMismatch, which is final.
+
     Nothing happens before :meth:`connect`. Always :meth:`close` the client (or use it as a context
-    manager): its background threads run until then.
+    manager): its background threads run until then. Raises ValueError for a bad ``timeout`` or
+    ``tls_fingerprint``, or a ``tls_ca`` that cannot be loaded.
     """
 
     def __init__(self, host: str = "localhost", port: int = protocol.DEFAULT_PORT, token: str = "",
                  name: str = "pymodaq_plugins_pyrpl", *, hold: bool = False, timeout: float = 10.0,
-                 reconnect: bool = True, revive: Callable[[], None] | None = None) -> None:
+                 reconnect: bool = True, revive: Callable[[], None] | None = None,
+                 tls: bool = False, tls_ca: str | None = None,
+                 tls_fingerprint: str | None = None) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self._tls_fingerprint = (normalize_fingerprint(tls_fingerprint) if tls_fingerprint
+                                 else None)
+        self._tls_context: ssl.SSLContext | None = None
+        if tls or tls_ca or tls_fingerprint:
+            try:
+                self._tls_context = client_context(tls_ca or None, self._tls_fingerprint)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot load the TLS CA file {tls_ca!r}: {exc}") from None
         self.host = host
         self.port = port
         self.name = name
@@ -364,7 +433,7 @@ class PyRPLClient:
         self._start_events_thread()
         try:
             link, info = self._establish(deadline, timeout)
-        except (AuthenticationFailed, UnsupportedProtocol) as exc:
+        except FINAL as exc:
             self._fail(exc)
             raise
         except _Stopped:
@@ -707,8 +776,9 @@ class PyRPLClient:
                 "connection but does not answer like a PyRPL server")) from None
         except _Broken as exc:
             link.close()
+            hint = "" if self._tls_context else "; a TLS server (--tls-cert) also does this"
             raise ConnectionFailed(self._connect_failed_message(
-                f"the connection failed during 'hello' ({exc})")) from None
+                f"the connection failed during 'hello' ({exc}{hint})")) from None
         except AuthenticationFailed as exc:
             link.close()
             raise self._taken_over(exc) from None
@@ -746,7 +816,13 @@ class PyRPLClient:
                 sock.close()
                 raise
             _configure(sock)
-            return _Link(sock, next(self._generations))
+            if self._tls_context is None:
+                return _Link(sock, next(self._generations))
+            try:
+                return _Link(sock, next(self._generations), self._tls_handshake(sock, deadline))
+            except BaseException:
+                sock.close()
+                raise
         if isinstance(failure, TimeoutError):
             reason = f"no connection within {timeout:g} s (host unreachable or a firewall drops it)"
         elif isinstance(failure, ConnectionRefusedError):
@@ -754,6 +830,67 @@ class PyRPLClient:
         else:
             reason = str(failure)
         raise ConnectionFailed(self._connect_failed_message(reason))
+
+    def _tls_handshake(self, sock: socket.socket, deadline: float) -> _Tls:
+        """The TLS handshake on a connected socket, before ``deadline``, and the certificate checks.
+
+        Raises CertificateMismatch (final), ConnectionFailed, _Stopped.
+        """
+        assert self._tls_context is not None
+        state = _Tls(self._tls_context, self.host)
+        try:
+            while True:
+                try:
+                    state.obj.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                sock.sendall(state.outgoing.read())
+                if done:
+                    break
+                self._receive_handshake(sock, state, deadline)
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateMismatch(
+                f"refusing the PyRPL server at {self.address}: its TLS certificate fails "
+                f"verification ({exc.verify_message}). The client does not retry; check the TLS CA "
+                "file, or pin the server's fingerprint (its log shows it)") from None
+        except (ssl.SSLError, OSError, _Broken) as exc:
+            reason = "no TLS handshake in time" if isinstance(exc, TimeoutError) else exc
+            raise ConnectionFailed(self._connect_failed_message(
+                f"TLS handshake failed ({reason}): is it a TLS server (--tls-cert)?")) from None
+        self._check_fingerprint(state.obj.getpeercert(binary_form=True) or b"")
+        return state
+
+    def _receive_handshake(self, sock: socket.socket, state: _Tls, deadline: float) -> None:
+        """Feed the next bytes from the server to the handshake. Raises TimeoutError after
+        ``deadline``, _Broken at end of stream, _Stopped."""
+        while True:
+            if self._stop.is_set():
+                raise _Stopped()
+            if time.monotonic() >= deadline:
+                raise TimeoutError("no TLS handshake in time")
+            try:
+                data = sock.recv(RECV_CHUNK)
+            except TimeoutError as exc:
+                if exc.errno is None:  # a SLICE without data
+                    continue
+                raise
+            if not data:
+                raise _Broken("connection closed by the server during the TLS handshake")
+            state.incoming.write(data)
+            return
+
+    def _check_fingerprint(self, der: bytes) -> None:
+        """Raise CertificateMismatch unless the certificate ``der`` has the pinned fingerprint."""
+        if self._tls_fingerprint is None:
+            return
+        actual = fingerprint(der)
+        if not hmac.compare_digest(actual, self._tls_fingerprint):
+            raise CertificateMismatch(
+                f"refusing the PyRPL server at {self.address}: its TLS certificate has the SHA-256 "
+                f"fingerprint {actual}, not the pinned {self._tls_fingerprint} (another server, or "
+                "its certificate changed). The client does not retry; check the fingerprint (the "
+                "server's log shows it)")
 
     def _connect_socket(self, sock: socket.socket, address: Any, deadline: float) -> None:
         """Non-blocking connect, waited for in SLICEs so ``close()`` can interrupt it.
@@ -945,7 +1082,7 @@ class PyRPLClient:
                 link, info = self._establish(time.monotonic() + timeout, timeout)
             except _Stopped:
                 return None
-            except (AuthenticationFailed, UnsupportedProtocol) as exc:
+            except FINAL as exc:
                 self._fail(exc)
                 return None
             except ConnectionFailed as exc:

@@ -144,6 +144,11 @@ class ConnectionFailed(CommunicationError):
     """No connection, or no ``hello`` reply, within the connect timeout."""
 
 
+class CertificateMismatch(ConnectionFailed):
+    """The TLS server's certificate is not the pinned one, or fails verification against the CA
+    file: final, like a wrong token (the client does not retry)."""
+
+
 class ConnectionLost(CommunicationError):
     """The connection dropped while a call that is not safe to re-send was in flight: its outcome is
     unknown (read the values back with ``get``)."""

@@ -1,7 +1,8 @@
 """The PyRPL server process: one per Red Pitaya, many clients, line-delimited JSON-RPC over TCP.
 
 Run ``python -m pymodaq_plugins_pyrpl.hardware.server (--mock | --hostname HOST) [--port 6341]
-[--bind 127.0.0.1] [--token-file PATH] [--config NAME] [--auto-stop SECONDS]``. Once it serves it prints
+[--bind 127.0.0.1] [--token-file PATH] [--config NAME] [--auto-stop SECONDS]
+[--tls-cert PATH --tls-key PATH]`` (``--help`` lists every option). Once it serves it prints
 exactly one line to stdout, ``PYRPL_SERVER_READY {"port": N, "pid": P}``, and logs to stderr (or
 ``--log-file``). SIGTERM/SIGINT stop it cleanly with exit status 0; the board's outputs are left as they
 are. If the backend cannot reach its board (PyRPL missing, board unreachable) it exits with status 2
@@ -24,6 +25,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -36,7 +38,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from .. import __version__
-from . import catalogue, protocol, runtime
+from . import catalogue, protocol, runtime, tls
 from .backends.base import Backend, ScopeTrace
 from .errors import (AcquisitionTimeout, AuthenticationFailed, BackendUnavailable, DeviceNotReady,
                      InternalError, InvalidParams, InvalidRequest, MethodNotFound, ModuleLeased,
@@ -743,8 +745,10 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
 
 
 async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.0,
-                ready: Callable[[int], None] | None = None) -> None:
-    """Open the backend, listen on ``bind:port`` and serve until ``server.stop()``.
+                ready: Callable[[int], None] | None = None,
+                tls_context: ssl.SSLContext | None = None) -> None:
+    """Open the backend, listen on ``bind:port`` (TLS with ``tls_context``; its handshake must end
+    within ``hello_timeout``) and serve until ``server.stop()``.
 
     Raises BackendUnavailable (before listening) if the board cannot be reached.
     """
@@ -760,8 +764,9 @@ async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.
         finally:
             connection_tasks.discard(task)
 
-    tcp = await asyncio.start_server(on_connect, bind, port, limit=protocol.MAX_REQUEST_BYTES + 1,
-                                     reuse_address=True)
+    tcp = await asyncio.start_server(
+        on_connect, bind, port, limit=protocol.MAX_REQUEST_BYTES + 1, reuse_address=True,
+        ssl=tls_context, ssl_handshake_timeout=hello_timeout if tls_context else None)
     server.port = tcp.sockets[0].getsockname()[1]
     if ready is not None:
         ready(server.port)
@@ -843,6 +848,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="simulator: what connects the outputs to the inputs, 'loopback' (cable "
                              "out1->in1, out2->in2) or 'resonator[:f0=HZ,q=Q,gain=G]'; "
                              "default %(default)s")
+    parser.add_argument("--tls-cert", type=Path, metavar="PATH",
+                        help="serve TLS with this certificate (PEM; with --tls-key). The log shows "
+                             "its SHA-256 fingerprint, for clients to pin")
+    parser.add_argument("--tls-key", type=Path, metavar="PATH",
+                        help="private key of --tls-cert (PEM, owner-only)")
     parser.add_argument("--log-file", type=Path, help="log to this file instead of stderr")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
@@ -865,6 +875,20 @@ def _is_loopback(bind: str) -> bool:
         return bind == "localhost"
 
 
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of ``--tls-cert``/``--tls-key`` (None without them); logs the certificate's
+    fingerprint. Raises ValueError (only one of them given, no certificate in the file),
+    ServerError (a key file others can read), OSError or ssl.SSLError (unreadable files)."""
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    runtime.check_private(args.tls_key)
+    context = tls.server_context(args.tls_cert, args.tls_key)
+    logger.info("TLS on; certificate SHA-256 fingerprint %s", tls.file_fingerprint(args.tls_cert))
+    return context
+
+
 async def _main(args: argparse.Namespace) -> int:
     if args.token_file is None and not _is_loopback(args.bind):
         logger.error("refusing to listen on %s without a token: anyone on the network could drive "
@@ -875,6 +899,11 @@ async def _main(args: argparse.Namespace) -> int:
         token = read_or_create_token(args.token_file) if args.token_file else None
     except ServerError as exc:
         logger.error("token file refused: %s", exc)
+        return 2
+    try:
+        tls_context = _tls_context(args)
+    except (ValueError, OSError, ssl.SSLError, ServerError) as exc:
+        logger.error("TLS refused: %s", exc)
         return 2
     try:
         backend = make_backend(args)
@@ -895,7 +924,7 @@ async def _main(args: argparse.Namespace) -> int:
                     os.getpid(), protocol.PROTOCOL_VERSION, __version__)
 
     try:
-        await serve(server, args.bind, args.port, args.hello_timeout, ready)
+        await serve(server, args.bind, args.port, args.hello_timeout, ready, tls_context)
     except BackendUnavailable as exc:
         logger.error("cannot serve the board: %s", exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)

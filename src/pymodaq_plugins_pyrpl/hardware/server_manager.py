@@ -42,8 +42,8 @@ from datetime import datetime, timezone
 from .. import __version__
 from . import protocol, runtime
 from .client import PyRPLClient
-from .errors import (AuthenticationFailed, ConnectionFailed, PortInUse, ServerError, ServerGone,
-                     ServerMismatch)
+from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
+                     ServerError, ServerGone, ServerMismatch)
 from .runtime import ServerState
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class TCPServerManager:
     ``token`` is needed for a remote server only. ``startup_timeout`` bounds spawning a server (PyRPL
     loading its FPGA bitfile on a real board takes ~10 s), ``connect_timeout`` connecting to a running
     one. ``auto_stop`` and ``session_grace`` are passed to a spawned server (see its ``--help``).
+    ``tls``, ``tls_ca`` and ``tls_fingerprint`` are given to the client of a remote server (see
+    :class:`PyRPLClient`); a local server is always plain TCP on the loopback interface.
     """
 
     def __init__(self, host: str = "localhost", port: int = protocol.DEFAULT_PORT,
@@ -96,7 +98,8 @@ class TCPServerManager:
                  python: str | None = None, startup_timeout: float = 60.0,
                  connect_timeout: float = 10.0, auto_stop: float = 10.0,
                  session_grace: float = 5.0, client_name: str | None = None,
-                 server_args: tuple[str, ...] = ()) -> None:
+                 server_args: tuple[str, ...] = (), tls: bool = False, tls_ca: str | None = None,
+                 tls_fingerprint: str | None = None) -> None:
         self.host = host
         self.port = port
         self.backend, self.hostname = requested_backend(hostname)
@@ -109,6 +112,7 @@ class TCPServerManager:
         self.session_grace = session_grace
         self.client_name = client_name or f"{os.path.basename(sys.argv[0]) or 'python'} (pid {os.getpid()})"
         self.server_args = tuple(server_args)
+        self.tls = {"tls": tls, "tls_ca": tls_ca, "tls_fingerprint": tls_fingerprint}
         self._shared: _Shared | None = None
 
     @property
@@ -130,7 +134,8 @@ class TCPServerManager:
         failed for good (taken over, server stopped) is not handed out again: a new one is made.
         Raises ServerMismatch (the server serves another board), PortInUse (the port is held by
         something else), ServerError (the server could not start; the message has the end of its
-        log), ConnectionFailed (a remote server cannot be reached), AuthenticationFailed (wrong token).
+        log), ConnectionFailed (a remote server cannot be reached), AuthenticationFailed (wrong token),
+        CertificateMismatch (a remote TLS server's certificate fails the checks).
         """
         with _shared_lock:
             if self._shared is not None:
@@ -167,9 +172,11 @@ class TCPServerManager:
 
     def _connect_remote(self) -> PyRPLClient:
         client = PyRPLClient(self.host, self.port, self.token, self.client_name,
-                             timeout=self.connect_timeout)
+                             timeout=self.connect_timeout, **self.tls)
         try:
             info = client.connect()
+        except CertificateMismatch:
+            raise
         except ConnectionFailed as exc:
             raise ConnectionFailed(
                 f"{exc} — a server on another computer is not started from here: start it there "
