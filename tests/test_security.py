@@ -309,6 +309,25 @@ def test_tls_with_a_pinned_fingerprint_and_concurrent_calls(tls_server) -> None:
         assert not errors and client.ping() < 1
 
 
+def test_tls_client_resumes_its_session_after_a_drop(tls_server) -> None:
+    from faultproxy import FaultProxy
+
+    server, _, fingerprint = tls_server
+    with FaultProxy(server.port) as proxy, PyRPLClient(
+            "127.0.0.1", proxy.port, server.token, tls_fingerprint=fingerprint,
+            timeout=5) as client:
+        session = client.connect()["session"]
+        client.lease("asg1")
+        resumed = threading.Event()
+        client.add_connection_callback(
+            lambda event, info: resumed.set() if event == "resumed" else None)
+        proxy.set_mode("drop")
+        wait_for(lambda: not client.connected, what="the drop")
+        proxy.set_mode("pass")
+        assert resumed.wait(10) and client.session == session
+        assert client.set("asg1", {"amplitude": 0.25})["amplitude"] == pytest.approx(0.25, abs=1e-3)
+
+
 def test_wrong_fingerprint_is_a_final_connection_failure(tls_server) -> None:
     server, _, fingerprint = tls_server
     wrong = "00" * 32
