@@ -6,8 +6,7 @@ connections.
 Invariants checked throughout: the server process stays alive; every reply is a well-formed
 JSON-RPC 2.0 message with the documented code and, when the request had a valid id, that id; a
 separate client (``watchdog``) keeps getting its pings answered between batches; an invalid ``set``
-changes nothing; memory and file descriptors stay bounded. Server bugs found are strict xfails
-naming the fault.
+changes nothing; memory and file descriptors stay bounded.
 """
 from __future__ import annotations
 
@@ -390,13 +389,6 @@ def test_before_hello(server: ServerProcess, watchdog: RawClient) -> None:
     assert_healthy(server, watchdog)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py Server._hello (and _shutdown): a token that is a str with a lone surrogate "
-    "('\\ud800', valid JSON escape) makes token.encode() raise UnicodeEncodeError inside "
-    "hmac.compare_digest's argument, which ends as -32603 internal error (with a logged "
-    "traceback) and the connection stays open, instead of -32002 and close (hello) / -32602 "
-    "(shutdown). Fix: compare bytes encoded with errors='surrogatepass' (or refuse tokens that "
-    "are not ASCII) in both places."))
 def test_token_with_a_lone_surrogate_is_a_wrong_token(server: ServerProcess) -> None:
     with server.client("x") as authenticated:
         reply = authenticated.request("shutdown", {"token": "\ud800"})
@@ -632,15 +624,6 @@ def test_nested_params_get_a_reply(server: ServerProcess, watchdog: RawClient, d
     assert_healthy(server, watchdog)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py: an unknown module given as a deeply nested list (about 500-990 levels: parsed by "
-    "json.loads, whose limit is ~1000) is echoed back in the error's data by catalogue.module() "
-    "({'module': name}); protocol.dumps_line -> encode_value + json.dumps then overflow the "
-    "recursion limit in Connection.send, which only catches ConnectionError/OSError, so the "
-    "answer() task dies ('Task exception was never retrieved') and the client never gets a reply "
-    "(its call hangs until its own timeout). Fix: catch any serialization error in "
-    "Connection.send/answer() and send a -32603 (or the same error without 'data'); and/or echo "
-    "only str module names (or a truncated repr) in catalogue.module()'s data."))
 def test_deeply_nested_module_name_gets_a_reply(server: ServerProcess) -> None:
     depth = 900
     with server.client("nested") as c:
@@ -680,13 +663,6 @@ def test_long_lines(server: ServerProcess, watchdog: RawClient) -> None:
     assert_healthy(server, watchdog)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.py: a line just over 1 MiB (up to limit+1 bytes before the newline fit the "
-    "StreamReader's limit) is rejected by Server.process_line with -32006 but the connection "
-    "stays open, while docs/protocol.md says 'A longer line gets error -32006 and the connection "
-    "is closed' (only lines that overrun the StreamReader limit are closed, in "
-    "_serve_connection). Fix: set connection.close_after_reply when process_line raises "
-    "RequestTooLarge, or document that the server may close."))
 def test_line_just_over_the_limit_closes_the_connection(server: ServerProcess) -> None:
     with server.client("long") as c:
         c.send_raw(_padded_ping(protocol.MAX_REQUEST_BYTES + 1))
@@ -710,13 +686,6 @@ def test_invalid_utf8(server: ServerProcess, watchdog: RawClient, bad: bytes) ->
     assert_healthy(server, watchdog)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "protocol.loads passes the raw bytes to json.loads, which guesses the encoding (UTF-16/32 "
-    "from NUL bytes) and decodes UTF-8 with 'surrogatepass': a UTF-16-BE request line is "
-    "served, and CESU-8 surrogates (b'\\xed\\xa0\\x80', invalid UTF-8) become lone surrogates "
-    "in str values (which then reach the token comparison, see the surrogate-token test). "
-    "docs/protocol.md says lines are UTF-8 and anything else is -32700. Fix: in protocol.loads, "
-    "bytes -> line.decode('utf-8') (strict) before json.loads, raising ValueError on failure."))
 @pytest.mark.parametrize("line", [
     '{"jsonrpc":"2.0","id":1,"method":"ping"}\n'.encode("utf-16-be"),
     b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"\xed\xa0\x80"}}\n'],

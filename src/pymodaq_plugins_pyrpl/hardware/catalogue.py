@@ -671,9 +671,13 @@ MODULES: dict[str, Module] = {
 
 def module(name: Any) -> Module:
     """The module called ``name``. Raises InvalidParams naming the known modules."""
-    if not isinstance(name, str) or name not in MODULES:
-        raise InvalidParams(f"unknown module {name!r}; modules are {list(MODULES)}",
-                            {"module": name, "allowed": list(MODULES)})
+    if not isinstance(name, str):
+        raise InvalidParams(f"'module' must be a module name, one of {list(MODULES)}",
+                            {"allowed": list(MODULES)})
+    if name not in MODULES:
+        shown = name if len(name) <= 64 else name[:61] + "..."
+        raise InvalidParams(f"unknown module {shown!r}; modules are {list(MODULES)}",
+                            {"module": shown, "allowed": list(MODULES)})
     return MODULES[name]
 
 

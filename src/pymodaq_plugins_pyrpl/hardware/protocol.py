@@ -99,8 +99,10 @@ def _reject_constant(name: str) -> float:
 
 
 def loads(line: bytes | str) -> Any:
-    """Parse one line of JSON strictly (``NaN``/``Infinity`` are refused). Raises ValueError."""
-    return json.loads(line, parse_constant=_reject_constant)
+    """Parse one line of strict UTF-8 JSON (no other encoding, no byte-order mark, no
+    ``NaN``/``Infinity``). Raises ValueError (UnicodeDecodeError is one)."""
+    text = line.decode("utf-8") if isinstance(line, (bytes, bytearray)) else line
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def dumps_line(message: dict[str, Any]) -> bytes:

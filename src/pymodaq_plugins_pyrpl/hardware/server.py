@@ -170,9 +170,17 @@ class Connection:
         self.close_after_reply = False
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send one message; a reply that cannot be encoded becomes a -32603 error reply."""
         if self.closed:
             return
-        data = protocol.dumps_line(message)
+        try:
+            data = protocol.dumps_line(message)
+        except (ValueError, TypeError, RecursionError) as exc:
+            if "id" not in message:
+                raise
+            logger.error("reply %r could not be encoded: %s", message.get("id"), exc)
+            data = protocol.dumps_line(protocol.error(message["id"], InternalError(
+                f"the reply could not be encoded ({type(exc).__name__})").to_wire()))
         async with self._lock:
             try:
                 await self._send(data)
@@ -329,6 +337,7 @@ class Server:
         notification = False
         try:
             if len(line) > protocol.MAX_REQUEST_BYTES:
+                connection.close_after_reply = True
                 raise RequestTooLarge(f"request of {len(line)} bytes exceeds the limit of "
                                       f"{protocol.MAX_REQUEST_BYTES} bytes")
             try:
@@ -424,7 +433,7 @@ class Server:
             raise AuthenticationFailed(
                 f"too many failed authentications from {connection.ip}: its hellos are refused "
                 f"for {refused_for:.0f} s more", {"retry_after": round(refused_for, 1)})
-        if isinstance(token, str) and hmac.compare_digest(token.encode(), self._token.encode()):
+        if self._token_matches(token):
             return
         logger.warning("authentication failed from %s", connection.peer)
         self._auth_limiter.failed(connection.ip)
@@ -432,6 +441,12 @@ class Server:
         raise AuthenticationFailed(
             "wrong token: this server was restarted with a new token (taken over by another "
             f"program at {self._started_iso()}); do not retry, re-initialize to get the new token")
+
+    def _token_matches(self, token: Any) -> bool:
+        """Constant-time comparison with the server token (any string, even with lone surrogates)."""
+        assert self._token is not None
+        return isinstance(token, str) and hmac.compare_digest(
+            token.encode("utf-8", "surrogatepass"), self._token.encode("utf-8", "surrogatepass"))
 
     async def _ping(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         return {"time": time.time()}
@@ -508,9 +523,7 @@ class Server:
 
     async def _shutdown(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         token = params.get("token", "")
-        if self._token is not None and not (
-                isinstance(token, str) and hmac.compare_digest(token.encode(),
-                                                               self._token.encode())):
+        if self._token is not None and not self._token_matches(token):
             raise InvalidParams("'shutdown' needs the server token in params.token")
         client = connection.session.client if connection.session else "?"
         asyncio.get_running_loop().call_soon(self.stop, f"shutdown requested by {client!r}")
