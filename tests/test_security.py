@@ -18,7 +18,7 @@ from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, CertificateMismatch,
                                                    ConnectionFailed, ServerError)
-from pymodaq_plugins_pyrpl.hardware.server import AuthLimiter
+from pymodaq_plugins_pyrpl.hardware.server import AUTH_MAX_FAILURES, AuthLimiter
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
 
 NOBODY = 65534
@@ -73,8 +73,8 @@ def test_brute_force_is_cut_off_and_logged_once(tmp_path: Path) -> None:
         replies = [hello(server.port, f"guess-{i:04d}") for i in range(1000)]
         assert all(r["error"]["code"] == -32002 for r in replies)
         checked = [r for r in replies if not cooling_down(r)]
-        assert len(checked) == 5  # the token of the other 995 was never compared
-        assert all(cooling_down(r) for r in replies[5:])
+        assert len(checked) == AUTH_MAX_FAILURES  # the other tokens were never compared
+        assert all(cooling_down(r) for r in replies[AUTH_MAX_FAILURES:])
         assert "too many failed authentications from 127.0.0.1" in replies[-1]["error"]["message"]
         refused = hello(server.port, server.token)  # even the right token, during the cool-down
         assert cooling_down(refused) and refused["error"]["data"]["retry_after"] > 500
@@ -84,7 +84,7 @@ def test_brute_force_is_cut_off_and_logged_once(tmp_path: Path) -> None:
         client.close()
         wait_for(lambda: "refused for 600 s" in server.log, what="the cool-down warning")
         server.stop()
-        assert server.log.count("authentication failed from 127.0.0.1") == 5
+        assert server.log.count("authentication failed from 127.0.0.1") == AUTH_MAX_FAILURES
         assert server.log.count("its hellos are refused") == 1
         assert "WARNING" in next(line for line in server.log_lines if "refused for" in line)
         assert "guess-" not in server.log and server.token not in server.log
@@ -92,7 +92,7 @@ def test_brute_force_is_cut_off_and_logged_once(tmp_path: Path) -> None:
 
 def test_right_token_works_after_the_cooldown(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, ["--mock", "--auth-cooldown", "0.5"]) as server:
-        for i in range(5):
+        for i in range(AUTH_MAX_FAILURES):
             assert not cooling_down(hello(server.port, f"wrong-{i}"))
         assert cooling_down(hello(server.port, server.token))
         reply = wait_for(lambda: (r := hello(server.port, server.token)) and "result" in r and r,

@@ -57,9 +57,11 @@ FINISH_POLL = 0.0001
 """Interval of the backend thread's ``scope_ready`` polls within FINISH_WINDOW (seconds)."""
 MAX_IN_FLIGHT = 64
 """Requests one connection may have pending at once; further lines wait for a slot."""
-AUTH_MAX_FAILURES = 5
+AUTH_MAX_FAILURES = 20
 AUTH_WINDOW = 10.0
-"""AUTH_MAX_FAILURES failed hellos within AUTH_WINDOW seconds from one IP start a cool-down."""
+"""AUTH_MAX_FAILURES failed hellos within AUTH_WINDOW seconds from one IP start a cool-down. High
+enough that the stale programs a takeover leaves behind (each fails once, then stops for good) do
+not lock the new owner out of a local server; low enough to cut a brute force off at once."""
 
 
 class BackendThread:
