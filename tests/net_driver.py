@@ -50,12 +50,13 @@ def log(*args: Any) -> None:
 class Net:
     """The namespace's iptables rules on the server port."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, iptables: str) -> None:
         self.port = port
+        self.iptables = iptables
         self.rules: list[list[str]] = []
 
     def _run(self, *args: str) -> None:
-        subprocess.run(["iptables", "-w", *args], check=True)
+        subprocess.run([self.iptables, "-w", *args], check=True)
 
     def _add(self, chain: str, match: list[str], target: list[str]) -> None:
         rule = [chain, "-p", "tcp", *match, *target]
@@ -257,6 +258,7 @@ def cut_phase(client: PyRPLClient, net: Net, kind: str, seconds: float, timeout:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--iptables", default="iptables", help="path of the iptables command")
     parser.add_argument("--token-file", required=True)
     parser.add_argument("--loss", type=float, default=0.2)
     parser.add_argument("--pairs", type=int, default=500)
@@ -269,7 +271,7 @@ def main() -> int:
     args = parser.parse_args()
     phases = args.phases.split(",")
     token = open(args.token_file).read().strip()
-    net = Net(args.port)
+    net = Net(args.port, args.iptables)
     events = Events()
     client = PyRPLClient("127.0.0.1", args.port, token, "net-driver", timeout=args.timeout)
     client.add_connection_callback(events.connection)

@@ -34,13 +34,24 @@ MARGIN = 0.5
 LOSS = 0.2
 CUT = 5.0
 RESUME_LIMIT = 3.0
-"""After a cut of CUT seconds is restored, the client works again (resumed) within this (s)."""
+"""After a reset cut of CUT seconds is restored, the client has resumed its session within this
+(s): its reconnect backoff is capped at 1 s."""
+SILENT_LIMIT = 5.0
+"""After a silent cut of CUT seconds, the kept connection works again within this (s): the
+kernel's retransmission timer decides (measured 1.1-1.8 s; the server's own pending segment,
+e.g. a status push lost in the cut, may be resent up to about 3.2 s after the restore)."""
+
+
+SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+"""Where ``ip`` and ``iptables`` are looked for (a root PATH may lack the sbin folders)."""
+IP = shutil.which("ip", path=SBIN)
+IPTABLES = shutil.which("iptables", path=SBIN)
 
 
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces and iptables)"
-    missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+    missing = [tool for tool, path in (("ip", IP), ("iptables", IPTABLES)) if path is None]
     if missing:
         return f"needs {' and '.join(missing)} (Debian packages iproute2, iptables)"
     return None
@@ -57,18 +68,18 @@ def netns() -> str:
     if reason:
         pytest.skip(reason)
     name = f"pyrpl-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    made = _run("ip", "netns", "add", name)
+    made = _run(IP, "netns", "add", name)
     if made.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
     try:
-        up = _run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        up = _run(IP, "netns", "exec", name, IP, "link", "set", "lo", "up")
         assert up.returncode == 0, up.stderr
-        probe = _run("ip", "netns", "exec", name, "iptables", "-w", "-L", "INPUT", "-n")
+        probe = _run(IP, "netns", "exec", name, IPTABLES, "-w", "-L", "INPUT", "-n")
         if probe.returncode != 0:
             pytest.skip(f"iptables does not work in a namespace here: {probe.stderr.strip()}")
         yield name
     finally:
-        deleted = _run("ip", "netns", "del", name)
+        deleted = _run(IP, "netns", "del", name)
         assert deleted.returncode == 0, deleted.stderr
 
 
@@ -80,7 +91,7 @@ class NsServer:
         self.log_path = tmp / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", SERVER_MODULE, "--mock",
+            [IP, "netns", "exec", ns, sys.executable, "-m", SERVER_MODULE, "--mock",
              "--seed", "1", "--port", "0", "--token-file", str(self.token_file)],
             stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL)
         line = self.proc.stdout.readline().decode()  # the first line is the ready line
@@ -142,7 +153,8 @@ def run(netns: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     server = NsServer(netns, tmp)
     try:
         driver = subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, str(DRIVER), "--port", str(server.port),
+            [IP, "netns", "exec", netns, sys.executable, str(DRIVER), "--iptables", IPTABLES,
+             "--port", str(server.port),
              "--token-file", str(server.token_file), "--loss", str(LOSS), "--pairs", "500",
              "--workers", "4", "--traces", "50", "--timeout", str(TIMEOUT), "--cut", str(CUT)],
             capture_output=True, text=True, timeout=240)
@@ -195,7 +207,7 @@ def test_silent_cut_the_connection_survives_and_works_again(run: dict) -> None:
     assert cut["during"]["all"]["worst_overrun"] <= MARGIN, cut
     assert cut["during"]["all"]["timeout"] > 0 and cut["ok_during_cut"] == 0, cut
     assert cut["first_ok_after_restore"] is not None, cut
-    assert cut["first_ok_after_restore"] <= RESUME_LIMIT, cut
+    assert cut["first_ok_after_restore"] <= SILENT_LIMIT, cut
     assert cut["events"] == [], cut  # same connection, same session
 
 
