@@ -246,7 +246,7 @@ def cut_phase(client: PyRPLClient, net: Net, kind: str, seconds: float, timeout:
     if thread.is_alive():
         calls.problem("a call hangs after the cut")
     first_ok = next((t for t in ok_times if t >= restored), None)
-    resumed = events.wait("resumed", started, 0 if kind == "silent" else 10)
+    resumed = events.wait("resumed", started, 10)
     return {"seconds": seconds, "during": summary(list(calls.records)),
             "problems": calls.problems,
             "ok_during_cut": sum(started < t < restored for t in ok_times),

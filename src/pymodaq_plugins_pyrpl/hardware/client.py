@@ -68,6 +68,12 @@ GOODBYE_WAIT = 0.5
 CLOSE_BUDGET = 1.0
 """``close()`` returns within about this long, even if the server is gone (seconds)."""
 SLICE = 0.2
+PROBE_AFTER = 1.0
+"""Seconds without a byte from the server while a call waits, before the io thread sends a ping."""
+PROBE_TIMEOUT = 1.5
+"""Seconds more without a byte after that ping: the link is dead (a silent cut) and is replaced."""
+RECONNECT_ATTEMPT_MAX = 1.5
+"""Bound of one reconnection attempt, so a fresh SYN goes out soon after a cut link comes back."""
 """Socket timeout: blocking reads and writes wake up at least this often (seconds)."""
 RECV_CHUNK = 1 << 20
 """Bytes read per ``recv``: a scope trace (about 350 kB per line) arrives in a few reads."""
@@ -123,6 +129,8 @@ class _Call:
         self.deadline = deadline
         self.sent_on: int | None = None
         """Generation of the link the request was (or is being) written to; None: waits for one."""
+        self.sent_at: float | None = None
+        """When the request was written (monotonic), for the liveness probe."""
         self.reply: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -184,15 +192,18 @@ class _Link:
         self._buffer = bytearray()
         self._scanned = 0
         self._chunk = bytearray(RECV_CHUNK)
+        self.last_received = time.monotonic()
+        self.probed_at: float | None = None
 
-    def read_message(self, deadline: float | None = None,
-                     stop: threading.Event | None = None) -> dict[str, Any]:
+    def read_message(self, deadline: float | None = None, stop: threading.Event | None = None,
+                     on_idle: Callable[[], None] | None = None) -> dict[str, Any]:
         """The next JSON object from the server.
 
         ``deadline`` (monotonic) bounds the wait: TimeoutError after it. A deadline changes the
         socket timeout, so it may only be given while no other thread uses the link (handshake).
         Raises _Broken (EOF, socket error, a line that is not a JSON object), _Stopped (``stop``
-        set, checked every SLICE).
+        set, checked every SLICE). ``on_idle`` is called after every SLICE without data; it may
+        raise _Broken.
         """
         while True:
             line = self._next_line()
@@ -207,7 +218,8 @@ class _Link:
                 if remaining <= 0:
                     raise TimeoutError("no reply in time")
                 self.sock.settimeout(min(SLICE, remaining))
-            self._receive()
+            if not self._receive() and on_idle is not None:
+                on_idle()
 
     def _next_line(self) -> bytes | None:
         end = self._buffer.find(b"\n", self._scanned)
@@ -219,22 +231,25 @@ class _Link:
         self._scanned = 0
         return line
 
-    def _receive(self) -> None:
+    def _receive(self) -> bool:
+        """Receive what has arrived within a SLICE; False if nothing did. Raises _Broken."""
         try:
             n = self.sock.recv_into(self._chunk)
         except TimeoutError as exc:
             if exc.errno is None:  # the socket's own timeout: a SLICE passed without data
-                return
+                return False
             raise _Broken(f"connection error: {exc}") from None  # ETIMEDOUT: keepalive failed
         except OSError as exc:
             raise _Broken(f"connection error: {exc}") from None
         if n == 0:
             raise _Broken("connection closed by the server"
                           + (" in the middle of a reply" if self._buffer else ""))
+        self.last_received = time.monotonic()
         data = memoryview(self._chunk)[:n]
         self._buffer += data if self.tls is None else self.tls.decrypt(data)
         if len(self._buffer) > MAX_REPLY_BYTES:
             raise _Broken(f"reply line longer than {MAX_REPLY_BYTES} bytes")
+        return True
 
     @staticmethod
     def _parse(line: bytes) -> dict[str, Any]:
@@ -658,6 +673,7 @@ class PyRPLClient:
         if not self._write_lock.acquire(timeout=max(0.0, call.deadline - time.monotonic())):
             return
         try:
+            call.sent_at = time.monotonic()
             link.write(call.line, call.deadline)
         except _WriteTimeout as exc:
             if exc.partial:
@@ -1002,13 +1018,43 @@ class PyRPLClient:
             while current is not None:
                 try:
                     while True:
-                        self._dispatch(current, current.read_message())
+                        link_ = current
+                        self._dispatch(current, current.read_message(
+                            on_idle=lambda: self._check_liveness(link_)))
                 except _Broken as exc:
                     current = self._after_loss(current, str(exc))
         except Exception as exc:
             logger.exception("the io thread of the PyRPL client of %s failed", self.address)
             self._fail(CommunicationError(f"internal error of the PyRPL client of {self.address}: "
                                           f"{type(exc).__name__}: {exc}"))
+
+    def _check_liveness(self, link: _Link) -> None:
+        """Detect a silent cut: a call waits and nothing came from the server for PROBE_AFTER s ->
+        send a ping; still nothing PROBE_TIMEOUT s later -> raise _Broken (then reconnect and
+        resume; idempotent calls are re-sent). A busy server still answers pings at once."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = [c.sent_at for c in self._calls.values()
+                       if c.sent_on == link.generation and c.sent_at is not None]
+        if not waiting:
+            link.probed_at = None
+            return
+        silent_since = max(link.last_received, min(waiting))
+        if link.probed_at is not None and link.probed_at < link.last_received:
+            link.probed_at = None  # answered
+        if link.probed_at is None:
+            if now - silent_since >= PROBE_AFTER:
+                link.probed_at = now
+                probe = protocol.dumps_line(protocol.request(next(self._ids), "ping"))
+                if self._write_lock.acquire(timeout=SLICE):
+                    try:
+                        link.write(probe, now + SLICE)
+                    except (_WriteTimeout, OSError):
+                        pass
+                    finally:
+                        self._write_lock.release()
+        elif now - link.probed_at >= PROBE_TIMEOUT:
+            raise _Broken(f"no answer from the server for {now - silent_since:.1f} s")
 
     def _dispatch(self, link: _Link, message: dict[str, Any]) -> None:
         if "id" not in message:
@@ -1077,7 +1123,8 @@ class PyRPLClient:
         attempts = 0
         while not self._stop.is_set():
             attempts += 1
-            timeout = min(self.timeout, ATTEMPT_TIMEOUT_MAX)
+            timeout = min(self.timeout, RECONNECT_ATTEMPT_MAX if attempts > 1 else
+                          ATTEMPT_TIMEOUT_MAX)
             try:
                 link, info = self._establish(time.monotonic() + timeout, timeout)
             except _Stopped:
