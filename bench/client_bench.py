@@ -36,10 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def startup_times(runs: int) -> list[float]:
+def startup_times(runs: int, hostname: str | None = None) -> list[float]:
+    """``ensure_server_running()`` to first reply, from no server; ``hostname`` as the manager's
+    (None: the simulated board, ``"_FAKE_"``: PyRPL's own fake board)."""
     times = []
     for _ in range(runs):
-        manager = TCPServerManager(port=free_port())
+        manager = TCPServerManager(port=free_port(), hostname=hostname)
         t0 = time.perf_counter()
         manager.ensure_server_running().ping()
         times.append(time.perf_counter() - t0)

@@ -1,0 +1,459 @@
+"""All performance figures of pymodaq_plugins_pyrpl in one run, one table (issue 6).
+
+Usage: ``python -m bench [--runs N] [--quick] [--json]`` from the repository root.
+
+Every figure is the median of several runs (or samples) with its min–max and its target; what each
+figure means is in docs/performance.md. The bench uses a private runtime folder and free ports, so it
+never touches a server of the user's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+
+os.environ["PYMODAQ_PYRPL_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pyrpl_bench_")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from bench import client_bench, plugin_bench, server_bench  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware import protocol, runtime  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager  # noqa: E402
+
+SHORTEST = server_bench.SHORTEST
+free_port = client_bench.free_port
+
+
+def summary(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    values = [v * scale for v in values]
+    return {"median": float(statistics.median(values)), "min": float(min(values)),
+            "max": float(max(values))}
+
+
+def p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+class Server:
+    """A ``--mock`` server auto-started by the server manager on a free port, and its process."""
+
+    def __init__(self) -> None:
+        self.manager = TCPServerManager(port=free_port())
+        self.client = self.manager.ensure_server_running()
+        self.state = runtime.read_state(self.manager.port)
+        self.process = psutil.Process(self.state.pid)
+
+    def new_client(self, name: str) -> PyRPLClient:
+        client = PyRPLClient("127.0.0.1", self.manager.port, self.state.token, name)
+        client.connect()
+        return client
+
+    def close(self) -> None:
+        self.manager.release_server()
+
+
+# --- (1) trace transport ---------------------------------------------------------------------------
+
+def trace_channels() -> tuple[np.ndarray, np.ndarray]:
+    from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
+
+    backend = SimulatorBackend(seed=1)
+    backend.open()
+    backend.set("scope", {"duration": SHORTEST})
+    time.sleep(backend.scope_arm())
+    while not backend.scope_ready():
+        time.sleep(0.0005)
+    trace = backend.scope_fetch()
+    return np.asarray(trace.ch1), np.asarray(trace.ch2)
+
+
+def client_trace_times(server: Server, n: int) -> list[float]:
+    client = server.client
+    client.set("scope", {"duration": SHORTEST})
+    client.acquire("scope")  # warm-up
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.acquire("scope")
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _pair_times(n: int, send, receive) -> list[float]:
+    """Times of ``send`` in a helper thread + ``receive`` here, over a fresh socketpair."""
+    a, b = socket.socketpair()
+    b.settimeout(30)  # a failing sender must not hang the bench
+    go: queue.Queue = queue.Queue()
+
+    def sender() -> None:
+        while go.get():
+            send(a)
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    times = []
+    try:
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            go.put(True)
+            receive(b)
+            if i:  # the first is a warm-up
+                times.append(time.perf_counter() - t0)
+    finally:
+        go.put(False)
+        thread.join(5)
+        a.close()
+        b.close()
+    return times
+
+
+def pymodaq_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
+    """A DataToExport (two DataFromPlugins channels + time axis) through PyMoDAQ's serializer."""
+    from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
+    from pymodaq_utils.serialize.mysocket import Socket
+    from pymodaq_utils.serialize.factory import SerializableFactory
+    from serializall.utils import bytes_to_int
+
+    axis = Axis("time", units="s", data=np.linspace(0, SHORTEST, ch1.size), index=0)
+    dte = DataToExport("Scope", data=[
+        DataFromPlugins("Scope", data=[ch1, ch2], labels=["in1", "in2"], dim="Data1D",
+                        axes=[axis])])
+    factory = SerializableFactory()
+    received = []
+
+    def send(sock: socket.socket) -> None:
+        Socket(sock).check_sended_with_serializer(dte)
+
+    def receive(sock: socket.socket) -> None:
+        s = Socket(sock)
+        length = bytes_to_int(s.check_received_length(4))
+        received.append(factory.get_apply_deserializer(s.check_received_length(length)))
+
+    times = _pair_times(n, send, receive)
+    assert np.array_equal(received[-1][0].data[0], ch1)
+    return times
+
+
+def json_list_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
+    """The same trace as JSON number lists, one line per message."""
+    out = []
+
+    def send(sock: socket.socket) -> None:
+        sock.sendall(json.dumps({"ch1": ch1.tolist(), "ch2": ch2.tolist()}).encode() + b"\n")
+
+    buffer = bytearray()
+
+    def receive(sock: socket.socket) -> None:
+        while b"\n" not in buffer:
+            buffer.extend(sock.recv(1 << 20))
+        end = buffer.index(b"\n")
+        message = json.loads(bytes(buffer[:end]))
+        del buffer[:end + 1]
+        out.append((np.array(message["ch1"]), np.array(message["ch2"])))
+
+    times = _pair_times(n, send, receive)
+    assert np.allclose(out[-1][0], ch1)
+    return times
+
+
+# --- (2) small calls -------------------------------------------------------------------------------
+
+def get_latencies_while_streaming(calls: int) -> tuple[list[float], int]:
+    server = Server()
+    streamer = server.new_client("bench streamer")
+    streamer.set("scope", {"duration": SHORTEST})
+    stop, traces = threading.Event(), [0]
+
+    def stream() -> None:
+        while not stop.is_set():
+            streamer.acquire("scope")
+            traces[0] += 1
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        time.sleep(0.1)
+        latencies = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            server.client.get("pid0", ["setpoint"])
+            latencies.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        thread.join(10)
+        streamer.close()
+        server.close()
+    return latencies, traces[0]
+
+
+# --- (5)/(6) scaling and server memory --------------------------------------------------------------
+
+def scaling(server: Server, clients: int, seconds: float) -> dict[str, float]:
+    members = [server.new_client(f"bench {i}") for i in range(clients)]
+    for c in members:
+        c.set("scope", {"duration": SHORTEST})
+    counts = [0] * clients
+    start = threading.Barrier(clients + 1)
+    end_at = [0.0]
+
+    def stream(i: int) -> None:
+        start.wait()
+        while time.perf_counter() < end_at[0]:
+            members[i].acquire("scope")
+            counts[i] += 1
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    server.process.cpu_percent(None)
+    end_at[0] = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start.wait()
+    rss = []
+    while time.perf_counter() < end_at[0]:
+        rss.append(server.process.memory_info().rss)
+        time.sleep(min(0.2, max(0.0, end_at[0] - time.perf_counter())))
+    cpu = server.process.cpu_percent(None)
+    for t in threads:
+        t.join(30)
+    elapsed = time.perf_counter() - t0
+    for c in members:
+        c.close()
+    rates = [c / elapsed for c in counts]
+    return {"aggregate": sum(rates), "client_min": min(rates), "client_max": max(rates),
+            "fairness": min(rates) / statistics.mean(rates) if sum(rates) else 0.0,
+            "server_cpu_percent": cpu, "server_rss_mb": max(rss) / 1e6}
+
+
+# --- (6) client overhead ---------------------------------------------------------------------------
+
+_BARE = "import numpy, sys; print('ready', flush=True); sys.stdin.readline()"
+_CLIENT = ("import numpy, sys\n"
+           "from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient\n"
+           "c = PyRPLClient('127.0.0.1', int(sys.argv[1]), sys.argv[2], 'bench rss'); c.connect()\n"
+           "print('ready', flush=True); sys.stdin.readline(); c.close()\n")
+
+
+def process_rss(code: str, *args: str) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("bench subprocess failed")
+        rss = psutil.Process(proc.pid).memory_info().rss
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rss / 1e6
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    versions = {}
+    for name in ("pymodaq_plugins_pyrpl", "pymodaq", "pymodaq_utils", "pymodaq_data", "pyrpl",
+                 "numpy", "psutil"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions}
+
+
+def run(runs: int, quick: bool) -> dict:
+    traces = 30 if quick else 200
+    calls = 300 if quick else 2000
+    seconds = 1.0 if quick else 3.0
+    startup_runs = min(runs, 2) if quick else runs
+    fig: dict[str, dict] = {}
+
+    def put(key: str, label: str, s: dict, unit: str, target: str = "", ok: bool | None = None):
+        fig[key] = {"label": label, **s, "unit": unit, "target": target, "ok": ok,
+                    "section": section(key)}
+
+    # (1) trace transport
+    a = server_bench.in_process_trace_times(traces)
+    server = Server()
+    b = client_trace_times(server, traces)
+    ch1, ch2 = trace_channels()
+    c = pymodaq_trace_times(ch1, ch2, traces)
+    d = json_list_trace_times(ch1, ch2, max(5, traces // 4))
+    a_med = statistics.median(a)
+    b_over = statistics.median(b) - a_med
+    c_over, d_over = statistics.median(c), statistics.median(d)
+    put("trace_a_in_process_ms", "trace (a) simulator in-process (limit)", summary(a, 1e3), "ms")
+    put("trace_b_client_ms", "trace (b) PyRPLClient over loopback", summary(b, 1e3), "ms")
+    put("trace_c_pymodaq_ms", "trace (c) = (a) + DataToExport serializer/socketpair",
+        summary([a_med + x for x in c], 1e3), "ms")
+    put("trace_d_json_lists_ms", "trace (d) = (a) + JSON number lists/socketpair",
+        summary([a_med + x for x in d], 1e3), "ms")
+    put("trace_b_overhead_ms", "  overhead (b) − (a)", summary([x - a_med for x in b], 1e3), "ms",
+        "≤ 1.5 ms", b_over * 1e3 <= 1.5)
+    put("trace_c_overhead_ms", "  overhead (c) − (a)", summary(c, 1e3), "ms")
+    put("trace_d_overhead_ms", "  overhead (d) − (a)", summary(d, 1e3), "ms")
+    for key, xs in (("b", b), ("c", [a_med + x for x in c]), ("d", [a_med + x for x in d])):
+        put(f"trace_ratio_{key}", f"  ratio ({key}) / (a)", summary([x / a_med for x in xs]), "×")
+    b_over = max(b_over, 1e-6)  # (b) can't beat (a) by more than noise
+    for key, xs, over in (("c", c, c_over), ("d", d, d_over)):
+        put(f"trace_overhead_{key}_over_b", f"  overhead ({key}) / overhead (b)",
+            summary([x / b_over for x in xs]), "×", "≥ 10", over / b_over >= 10)
+
+    # (6) server RSS idle (before any streaming client but the one above), then (5) scaling
+    idle = [server.process.memory_info().rss / 1e6]
+    scale = {}
+    for n in (1, 2, 4, 8, 16):
+        scale[n] = [scaling(server, n, seconds) for _ in range(1 if quick else max(1, runs // 2))]
+    server.close()
+    for n, results in scale.items():
+        for k, label, unit, target, good in (
+                ("aggregate", "traces/s aggregate", "/s", "", None),
+                ("client_min", "traces/s per client min", "/s", "", None),
+                ("client_max", "traces/s per client max", "/s", "", None),
+                ("fairness", "fairness min/mean", "%", "≥ 50 %", lambda v: v >= 50),
+                ("server_cpu_percent", "server CPU", "%", "", None),
+                ("server_rss_mb", "server RSS", "MB", "", None)):
+            s = summary([r[k] for r in results], 100 if k == "fairness" else 1)
+            put(f"scaling_{n}_{k}", f"{n:2d} clients: {label}", s, unit, target,
+                good(s["median"]) if good else None)
+    full = [r["server_rss_mb"] for r in scale[16]]
+    put("server_rss_idle_mb", "server RSS idle (mock)", summary(idle), "MB", "≤ 80 MB",
+        statistics.median(idle) <= 80)
+    put("server_rss_full_rate_mb", "server RSS at full rate, 16 clients (mock)", summary(full),
+        "MB", "≤ 80 MB", statistics.median(full) <= 80)
+
+    # (2) small calls
+    single_p99 = None
+    for n in (1, 8, 32):
+        per_run = [client_bench.call_latencies(n, max(calls // n, 20))
+                   for _ in range(max(1, runs // 2 if quick else runs))]
+        p50 = summary([p(v, 50) for v in per_run], 1e3)
+        p99 = summary([p(v, 99) for v in per_run], 1e3)
+        put(f"get_{n}_threads_p50_ms", f"get, {n} thread(s), p50", p50, "ms",
+            "≤ 0.3 ms" if n == 1 else "", p50["median"] <= 0.3 if n == 1 else None)
+        put(f"get_{n}_threads_p99_ms", f"get, {n} thread(s), p99", p99, "ms",
+            "≤ 2 ms" if n == 8 else "", p99["median"] <= 2 if n == 8 else None)
+        if n == 1:
+            single_p99 = p99["median"]
+    streaming = [get_latencies_while_streaming(calls)[0]
+                 for _ in range(max(1, runs // 2 if quick else runs))]
+    put("get_streaming_p50_ms", "get, 1 thread, another client streaming, p50",
+        summary([p(v, 50) for v in streaming], 1e3), "ms")
+    s99 = summary([p(v, 99) for v in streaming], 1e3)
+    put("get_streaming_p99_ms", "get, 1 thread, another client streaming, p99", s99, "ms")
+    added = {k: v - single_p99 for k, v in s99.items()}
+    put("get_streaming_added_p99_ms", "  streaming adds to p99", added, "ms", "≤ 1 ms",
+        added["median"] <= 1)
+
+    # (3) start-up
+    mock = client_bench.startup_times(startup_runs)
+    put("startup_mock_s", "ensure_server_running() to first reply, mock", summary(mock), "s",
+        "≤ 1.5 s", statistics.median(mock) <= 1.5)
+    fake = client_bench.startup_times(startup_runs, hostname="_FAKE_")
+    put("startup_pyrpl_fake_s", "ensure_server_running() to first reply, PyRPL _FAKE_",
+        summary(fake), "s", "≤ 3 s", statistics.median(fake) <= 3)
+
+    # (3)/(4) plugin, through DAQ_Viewer
+    from pymodaq_gui.qt_utils import mkQApp
+
+    app = mkQApp("bench")
+    duration = 1.048576e-3
+    first = plugin_bench.first_frame_times(startup_runs, duration)
+    put("plugin_first_frame_s", "plugin init to first frame (DAQ_Viewer)", summary(first), "s",
+        "≤ 2 s", statistics.median(first) <= 2)
+    raw, viewer = [], []
+    for _ in range(1 if quick else max(1, runs // 2)):
+        demo = plugin_bench.Demo(plugin_bench._free_port())
+        scope = demo.viewer("PyRPL_Scope_TCP", "Scope", "DAQ1D", duration=duration)
+        raw.append(plugin_bench.raw_rate(demo.port, seconds))
+        viewer.append(plugin_bench.plugin_rate(demo, scope, seconds))
+        demo.close()
+        app.processEvents()
+    put("plugin_rate_raw_per_s", "scope grab rate, raw client (1 ms traces)", summary(raw), "/s")
+    put("plugin_rate_viewer_per_s", "scope grab rate, DAQ_Viewer", summary(viewer), "/s")
+    ratio = summary([v / r for v, r in zip(viewer, raw)], 100)
+    put("plugin_rate_ratio", "  DAQ_Viewer / raw client", ratio, "%", "≥ 90 %",
+        ratio["median"] >= 90)
+
+    # (6) client overhead per plugin process
+    server = Server()
+    bare = [process_rss(_BARE) for _ in range(2)]
+    with_client = [process_rss(_CLIENT, str(server.manager.port), server.state.token)
+                   for _ in range(2)]
+    server.close()
+    put("client_overhead_rss_mb", "client overhead per plugin process (RSS)",
+        summary([w - statistics.median(bare) for w in with_client]), "MB")
+    fig = dict(sorted(fig.items(), key=lambda item: section(item[0])))  # stable: keeps the order
+    return {"machine": machine(), "runs": runs, "quick": quick, "figures": fig}
+
+
+SECTIONS = (("trace_", 1), ("get_", 2), ("startup_", 3), ("plugin_first", 3), ("plugin_rate", 4),
+            ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6))
+
+
+def section(key: str) -> int:
+    """The issue's section of a figure: 1 transport, 2 small calls, 3 start-up, 4 plugin rate,
+    5 scaling, 6 memory."""
+    return next(n for prefix, n in SECTIONS if key.startswith(prefix))
+
+
+def table(result: dict) -> str:
+    m = result["machine"]
+    pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    lines = [f"{m['cores']} cores | Python {m['python']} | {m['platform']}", pk,
+             f"runs: {result['runs']}{' (quick)' if result['quick'] else ''}", ""]
+    titles = {1: "(1) trace transport, 2×16384 samples", 2: "(2) small calls", 3: "(3) start-up",
+              4: "(4) plugin rate", 5: "(5) scaling, shortest traces", 6: "(6) memory"}
+    rows = [(f["section"], f["label"], f"{f['median']:.3f} {f['unit']}",
+             f"{f['min']:.3f}–{f['max']:.3f}", f["target"],
+             "" if f["ok"] is None else ("ok" if f["ok"] else "MISSED"))
+            for f in result["figures"].values()]
+    w = max(len(r[1]) for r in rows)
+    lines.append(f"{'figure':{w}s}  {'median':>14s}  {'min–max':>19s}  target")
+    current = None
+    for sec, name, med, rng, target, ok in rows:
+        if sec != current:
+            current = sec
+            lines.append(titles[sec])
+        lines.append(f"{name:{w}s}  {med:>14s}  {rng:>19s}  {target} {ok}".rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    parser.add_argument("--quick", action="store_true",
+                        help="under a minute: fewer runs and shorter durations, every figure")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    logging.basicConfig(level=logging.ERROR)
+    runs = min(args.runs, 2) if args.quick else args.runs
+    result = run(runs, args.quick)
+    bad = [k for k, f in result["figures"].items()
+           if not all(math.isfinite(f[x]) for x in ("median", "min", "max"))]
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
