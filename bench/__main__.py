@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from bench import client_bench, plugin_bench, server_bench  # noqa: E402
-from pymodaq_plugins_pyrpl.hardware import protocol, runtime  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware import runtime  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager  # noqa: E402
 
