@@ -43,7 +43,7 @@ from .. import __version__
 from . import protocol, runtime
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
-                     ServerError, ServerGone, ServerMismatch)
+                     PyrplPluginError, ServerError, ServerGone, ServerMismatch)
 from .runtime import ServerState
 
 logger = logging.getLogger(__name__)
@@ -408,18 +408,15 @@ def takeover_local_server(port: int, startup_timeout: float = 60.0, auto_stop: f
 
 def _terminate(state: ServerState, timeout: float) -> None:
     """Stop the server of ``state``: shutdown request, then SIGTERM, then SIGKILL."""
+    client = PyRPLClient("127.0.0.1", state.port, state.token, "pymodaq-pyrpl", timeout=2.0,
+                         reconnect=False)
     try:
-        with socket.create_connection(("127.0.0.1", state.port), timeout=2) as sock:
-            sock.settimeout(2)
-            for i, (method, params) in enumerate([
-                    ("hello", {"token": state.token, "client": "pymodaq-pyrpl", "protocol": 1}),
-                    ("shutdown", {"token": state.token})], 1):
-                sock.sendall(protocol.dumps_line(protocol.request(i, method, params)))
-            replies = sock.makefile("rb")
-            replies.readline()  # hello
-            replies.readline()  # shutdown: the server stops after replying
-    except OSError:
-        pass
+        client.connect()
+        client.call("shutdown", {"token": state.token})  # the server stops after replying
+    except PyrplPluginError as exc:
+        logger.info("shutdown request to port %d: %s", state.port, exc)
+    finally:
+        client.close()
     for sig, wait in ((None, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         if sig is not None and runtime.pid_alive(state.pid):
             logger.warning("sending %s to the PyRPL server (pid %d)", sig.name, state.pid)
