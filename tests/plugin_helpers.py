@@ -73,3 +73,24 @@ def quit_stops_server(qtbot, viewer, port: int) -> None:
     pid = runtime.read_state(port).pid
     viewer.quit_fun()
     qtbot.waitUntil(lambda: not runtime.pid_alive(pid), timeout=10000)
+
+
+def failed_init_messages(qtbot, name: str, dim: str, port: int, reason: str) -> list[str]:
+    """Initialize the viewer plugin ``name`` on ``port``, expecting it to fail and its last status
+    message to contain ``reason``; the status messages. The viewer is quit afterwards."""
+    from pymodaq.control_modules.daq_viewer import DAQ_Viewer
+
+    viewer = DAQ_Viewer(parent=None, title=f"{name} init failure")
+    messages: list[str] = []
+    try:
+        viewer.daq_type = dim
+        viewer.detector = name
+        viewer.settings.child("detector_settings", "pyrpl", "server_port").setValue(port)
+        viewer.status_sig.connect(messages.append)
+        with qtbot.waitSignal(viewer.init_signal, timeout=30000) as init:
+            viewer.init_hardware(True)
+        assert init.args[0] is False
+        qtbot.waitUntil(lambda: bool(messages) and reason in messages[-1], timeout=5000)
+    finally:
+        viewer.quit_fun()
+    return messages

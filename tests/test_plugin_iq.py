@@ -6,8 +6,8 @@ import math
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from plugin_helpers import (continuous_frames, quit_stops_server, server_client, set_setting,
-                            snap)
+from plugin_helpers import (continuous_frames, failed_init_messages, quit_stops_server,
+                            server_client, set_setting, snap)
 
 NAME = "PyRPL_IQ_TCP"
 IQ = catalogue.MODULES["iq0"].attributes
@@ -70,23 +70,10 @@ def test_continuous_grab_and_stop(qtbot, port, make_viewer):
 
 def test_module_leased_elsewhere_fails_init_with_a_message(qtbot, port, make_viewer):
     make_viewer("PyRPL_Sampler_TCP", port)  # starts the server
-    from pymodaq.control_modules.daq_viewer import DAQ_Viewer
-
     with server_client(port) as other:
         other.lease("iq0")
-        viewer = DAQ_Viewer(parent=None, title="iq leased")
-        try:
-            viewer.daq_type = "DAQ0D"
-            viewer.detector = NAME
-            viewer.settings.child("detector_settings", "pyrpl", "server_port").setValue(port)
-            messages = []
-            viewer.status_sig.connect(messages.append)
-            with qtbot.waitSignal(viewer.init_signal, timeout=30000) as init:
-                viewer.init_hardware(True)
-            assert init.args[0] is False
-            qtbot.waitUntil(lambda: "leased" in messages[-1], timeout=5000)
-        finally:
-            viewer.quit_fun()
+        messages = failed_init_messages(qtbot, NAME, "DAQ0D", port, "leased")
+    assert "leased" in messages[-1]
 
 
 def test_asg_amplitude_is_the_iq_amplitude(qtbot, port, make_viewer, make_actuator):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from plugin_helpers import (continuous_frames, plugin_of, quit_stops_server, server_client,
-                            set_setting, snap)
+from plugin_helpers import (continuous_frames, failed_init_messages, plugin_of,
+                            quit_stops_server, server_client, set_setting, snap)
 
 NAME = "PyRPL_Scope_TCP"
 
@@ -129,8 +129,6 @@ def test_initialization_failure_is_shown(qtbot, port):
     import socket
     import threading
 
-    from pymodaq.control_modules.daq_viewer import DAQ_Viewer
-
     listener = socket.socket()
     listener.bind(("127.0.0.1", port))
     listener.listen()
@@ -144,18 +142,8 @@ def test_initialization_failure_is_shown(qtbot, port):
             connection.close()
 
     threading.Thread(target=refuse, daemon=True).start()
-    viewer = DAQ_Viewer(parent=None, title="scope init failure")
     try:
-        viewer.daq_type = "DAQ1D"
-        viewer.detector = NAME
-        viewer.settings.child("detector_settings", "pyrpl", "server_port").setValue(port)
-        messages = []
-        viewer.status_sig.connect(messages.append)
-        with qtbot.waitSignal(viewer.init_signal, timeout=30000) as init:
-            viewer.init_hardware(True)
-        assert init.args[0] is False
-        qtbot.waitUntil(lambda: any("not a PyRPL server" in m for m in messages), timeout=5000)
+        messages = failed_init_messages(qtbot, NAME, "DAQ1D", port, "not a PyRPL server")
         assert "not a PyRPL server" in messages[-1]  # not hidden by "Viewer initialized: False"
     finally:
-        viewer.quit_fun()
         listener.close()
