@@ -226,7 +226,8 @@ class _Link:
         if end < 0:
             self._scanned = len(self._buffer)
             return None
-        line = bytes(self._buffer[:end])
+        with memoryview(self._buffer) as view:
+            line = bytes(view[:end])
         del self._buffer[:end + 1]
         self._scanned = 0
         return line
@@ -253,10 +254,15 @@ class _Link:
 
     @staticmethod
     def _parse(line: bytes) -> dict[str, Any]:
+        """The message on ``line`` with its arrays decoded; if an array is malformed, the message
+        as parsed (decoding it again then raises for the call it answers). Raises _Broken."""
         try:
-            message = protocol.loads(line)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise _Broken(f"garbled line from the server ({exc}): {line[:80]!r}") from None
+            message = protocol.decode_line(line)
+        except (ValueError, RecursionError):
+            try:
+                message = protocol.loads(line)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                raise _Broken(f"garbled line from the server ({exc}): {line[:80]!r}") from None
         if not isinstance(message, dict):
             raise _Broken(f"line from the server is not a JSON object: {line[:80]!r}")
         return message

@@ -77,10 +77,22 @@ def decode_value(value: Any) -> Any:
 
     Raises ValueError for a malformed array object.
     """
+    return _decode(value, None)
+
+
+def _decode(value: Any, raws: list[bytes] | None) -> Any:
+    """:func:`decode_value`; with ``raws``, an array object whose ``__ndarray__`` is ``""`` takes
+    its bytes from the front of ``raws`` instead (see :func:`decode_line`)."""
     if isinstance(value, dict):
         if "__ndarray__" in value:
             try:
-                raw = pybase64.b64decode(value["__ndarray__"], validate=True)
+                data = value["__ndarray__"]
+                if raws is not None and data == "":
+                    if not raws:
+                        raise _NotSpliced()
+                    raw = raws.pop(0)
+                else:
+                    raw = pybase64.b64decode(data, validate=True)
                 dtype = np.dtype(value["dtype"])
                 if dtype.hasobject:
                     raise ValueError("object arrays are not allowed")
@@ -88,9 +100,53 @@ def decode_value(value: Any) -> Any:
                 return np.frombuffer(raw, dtype=dtype).reshape(shape)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"malformed array object: {exc}") from None
-        return {k: decode_value(v) for k, v in value.items()}
+        return {k: _decode(v, raws) for k, v in value.items()}
     if isinstance(value, list):
-        return [decode_value(v) for v in value]
+        return [_decode(v, raws) for v in value]
+    return value
+
+
+class _NotSpliced(Exception):
+    """The fast path of :func:`decode_line` does not apply to this line."""
+
+
+_ARRAY_START = b'{"__ndarray__":"'
+
+
+def decode_line(line: bytes) -> Any:
+    """One line's value with its arrays decoded: ``decode_value(loads(line))``, faster.
+
+    The base64 text of each array as :func:`dumps_line` writes it (``{"__ndarray__":"...``) is cut
+    out and decoded before the JSON parser sees the rest: scanning a trace's 175 kB of base64
+    through ``json`` would cost more than all the rest of a reply. Any line this does not fit
+    (other spacing or key order, invalid base64, ...) is parsed the plain way, so the value and the
+    errors are always those of ``decode_value(loads(line))``. Raises ValueError.
+    """
+    if _ARRAY_START in line:
+        try:
+            return _decode_spliced(line)
+        except (_NotSpliced, ValueError, RecursionError):
+            pass
+    return decode_value(loads(line))
+
+
+def _decode_spliced(line: bytes) -> Any:
+    kept: list[bytes] = []
+    raws: list[bytes] = []
+    view = memoryview(line)
+    position = 0
+    while (start := line.find(_ARRAY_START, position)) >= 0:
+        begin = start + len(_ARRAY_START)
+        end = line.find(b'"', begin)
+        if end < 0:
+            raise _NotSpliced()
+        raws.append(pybase64.b64decode(view[begin:end], validate=True))
+        kept.append(view[position:begin])
+        position = end
+    kept.append(view[position:])
+    value = _decode(loads(b"".join(kept)), raws)
+    if raws:  # an array the parser did not see where it was cut (a duplicate key, ...)
+        raise _NotSpliced()
     return value
 
 
@@ -108,22 +164,29 @@ def loads(line: bytes | str) -> Any:
 def dumps_line(message: dict[str, Any]) -> bytes:
     """Serialize one message as a JSON line (non-finite floats outside arrays become ``null``).
 
-    Arrays are base64-encoded and spliced into the JSON text after ``json.dumps``: base64 needs no
-    escaping, and scanning a 350 kB trace through the JSON encoder would double the cost.
+    Arrays are base64-encoded and joined into the JSON text after ``json.dumps``: base64 needs no
+    escaping, and passing a 175 kB trace through the JSON encoder would double the cost.
     """
-    arrays: list[str] = []
-    nonce = ""
+    arrays: list[bytes] = []
+    marker = ""
 
     def placeholder(array: np.ndarray) -> str:
-        nonlocal nonce
-        nonce = nonce or secrets.token_hex(8)
-        arrays.append(_b64(array))
-        return f"@{nonce}:{len(arrays) - 1}@"
+        nonlocal marker
+        marker = marker or f"@{secrets.token_hex(8)}@"
+        arrays.append(pybase64.b64encode(np.ascontiguousarray(array).data))
+        return marker
 
     text = json.dumps(encode_value(message, placeholder), separators=(",", ":"), allow_nan=False)
-    for i, data in enumerate(arrays):
-        text = text.replace(f'"@{nonce}:{i}@"', f'"{data}"', 1)
-    return (text + "\n").encode()
+    if not arrays:
+        return (text + "\n").encode()
+    parts = text.encode().split(marker.encode())
+    if len(parts) != len(arrays) + 1:  # the marker occurs in a string of the message: 2**-64
+        raise ValueError("a string of the message contains the array marker")
+    pieces = [parts[0]]
+    for data, part in zip(arrays, parts[1:]):
+        pieces += (data, part)
+    pieces.append(b"\n")
+    return b"".join(pieces)
 
 
 def request(id_: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -55,6 +55,8 @@ FINISH_WINDOW = 0.003
 """The backend thread may wait this long for a trace to complete (seconds)."""
 FINISH_POLL = 0.0001
 """Interval of the backend thread's ``scope_ready`` polls within FINISH_WINDOW (seconds)."""
+LOOP_TIMER_SLACK = 0.002
+"""The event loop's timers can wake up this late (seconds; 1 ms on Linux, margin included)."""
 MAX_IN_FLIGHT = 64
 """Requests one connection may have pending at once; further lines wait for a slot."""
 AUTH_MAX_FAILURES = 20
@@ -74,11 +76,12 @@ class BackendThread:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._inline = not backend.needs_own_thread
+        self.inline = not backend.needs_own_thread
+        """Calls run directly on the event loop (no thread)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._inline:
+        if self.inline:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -590,8 +593,8 @@ class Server:
                            deadline: float) -> list[ScopeTrace] | None:
         """``count`` traces, or None if the scope settings changed meanwhile.
 
-        The wait for a trace happens on the event loop, except its last few milliseconds, which the
-        backend thread spends polling (the loop's timers are only millisecond-precise).
+        The wait for a trace happens on the event loop, so other requests are served meanwhile; a
+        backend with its own thread spends the last few milliseconds polling there instead.
         """
         loop = asyncio.get_running_loop()
         traces: list[ScopeTrace] = []
@@ -599,8 +602,7 @@ class Server:
             try:
                 wait, trace = await self._backend(self._arm_and_finish)
                 if trace is None:
-                    await asyncio.sleep(max(0.0, min(wait - FINISH_WINDOW,
-                                                     deadline - loop.time())))
+                    await self._wait_for_trace(min(wait, deadline - loop.time()))
                 while trace is None:
                     if self._scope_generation != generation:
                         return None
@@ -621,17 +623,36 @@ class Server:
             traces.append(trace)
         return traces
 
+    async def _wait_for_trace(self, wait: float) -> None:
+        """Let ``wait`` seconds pass on the event loop, serving other requests meanwhile.
+
+        With a backend thread, until FINISH_WINDOW before the end (the thread polls the rest). An
+        inline backend has no thread to poll, and the loop's timers wake up to 1 ms late: the last
+        LOOP_TIMER_SLACK seconds are spent yielding to the loop until the moment has come.
+        """
+        loop = asyncio.get_running_loop()
+        if not self.thread.inline:
+            await asyncio.sleep(max(0.0, wait - FINISH_WINDOW))
+            return
+        end = loop.time() + wait
+        if wait > LOOP_TIMER_SLACK:
+            await asyncio.sleep(wait - LOOP_TIMER_SLACK)
+        while loop.time() < end:
+            await asyncio.sleep(0)
+
     def _arm_and_finish(self) -> tuple[float, ScopeTrace | None]:
-        """On the backend thread: arm; a trace due within FINISH_WINDOW is also waited for."""
+        """On the backend thread: arm; a trace due within FINISH_WINDOW is also waited for there.
+        Inline: only arm."""
         wait = self.backend.scope_arm()
-        if wait > FINISH_WINDOW:
+        if wait > FINISH_WINDOW or self.thread.inline:
             return wait, None
         time.sleep(wait)
         return wait, self._finish_trace()
 
     def _finish_trace(self) -> ScopeTrace | None:
-        """On the backend thread: the trace if it completes within FINISH_WINDOW, else None."""
-        end = time.monotonic() + FINISH_WINDOW
+        """The trace if it is complete (on the backend thread: if it completes within
+        FINISH_WINDOW), else None."""
+        end = time.monotonic() + (0.0 if self.thread.inline else FINISH_WINDOW)
         while not self.backend.scope_ready():
             if time.monotonic() >= end:
                 return None
