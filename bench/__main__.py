@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import platform
-import queue
 import socket
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from bench import client_bench, plugin_bench, server_bench  # noqa: E402
-from pymodaq_plugins_pyrpl.hardware import runtime  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware import catalogue, protocol, runtime  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager  # noqa: E402
 
@@ -95,13 +94,14 @@ def client_trace_times(server: Server, n: int) -> list[float]:
 
 
 def _pair_times(n: int, send, receive) -> list[float]:
-    """Times of ``send`` in a helper thread + ``receive`` here, over a fresh socketpair."""
+    """Times of a request (one byte) to a helper thread that answers with ``send``, + ``receive``
+    here, over a fresh socketpair: the same request-reply pattern as (b), without a process hop."""
     a, b = socket.socketpair()
-    b.settimeout(30)  # a failing sender must not hang the bench
-    go: queue.Queue = queue.Queue()
+    a.settimeout(30)  # a failing side must not hang the bench
+    b.settimeout(30)
 
     def sender() -> None:
-        while go.get():
+        while a.recv(1) == b"r":
             send(a)
 
     thread = threading.Thread(target=sender, daemon=True)
@@ -110,29 +110,43 @@ def _pair_times(n: int, send, receive) -> list[float]:
     try:
         for i in range(n + 1):
             t0 = time.perf_counter()
-            go.put(True)
+            b.sendall(b"r")
             receive(b)
             if i:  # the first is a warm-up
                 times.append(time.perf_counter() - t0)
     finally:
-        go.put(False)
+        try:
+            b.sendall(b"q")
+        except OSError:
+            pass
         thread.join(5)
         a.close()
         b.close()
     return times
 
 
+def reply_message(ch1: np.ndarray, ch2: np.ndarray) -> dict:
+    """The reply to ``acquire("scope")`` as the server sends it (float32 samples)."""
+    settings = {name: "in1" for name in catalogue.MODULES["scope"].attributes}
+    return protocol.result(1, {"ch1": ch1.astype("<f4"), "ch2": ch2.astype("<f4"), "t0": 0.0,
+                               "dt": SHORTEST / ch1.size, "sequence": 1, "timestamp": time.time(),
+                               "settings": settings})
+
+
 def pymodaq_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
-    """A DataToExport (two DataFromPlugins channels + time axis) through PyMoDAQ's serializer."""
+    """The DataToExport the scope plugin emits (float32 channels, linear time axis) through
+    PyMoDAQ's serializer."""
     from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
     from pymodaq_utils.serialize.mysocket import Socket
     from pymodaq_utils.serialize.factory import SerializableFactory
     from serializall.utils import bytes_to_int
 
-    axis = Axis("time", units="s", data=np.linspace(0, SHORTEST, ch1.size), index=0)
-    dte = DataToExport("Scope", data=[
-        DataFromPlugins("Scope", data=[ch1, ch2], labels=["in1", "in2"], dim="Data1D",
-                        axes=[axis])])
+    ch1, ch2 = ch1.astype("<f4"), ch2.astype("<f4")
+    axis = Axis("Time", units="s", offset=0.0, scaling=SHORTEST / ch1.size, size=ch1.size,
+                index=0)
+    dte = DataToExport("PyRPL scope", data=[DataFromPlugins(
+        name="Scope", data=[ch1, ch2], dim="Data1D", labels=["in1", "in2"], units="V",
+        axes=[axis])])
     factory = SerializableFactory()
     received = []
 
@@ -149,25 +163,75 @@ def pymodaq_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]
     return times
 
 
+def _line_receiver(decode):
+    """``receive(sock)``: read one line, keep ``decode(line)``; its ``.out`` holds the last."""
+    buffer, chunk = bytearray(), bytearray(1 << 20)
+
+    def receive(sock: socket.socket) -> None:
+        while (end := buffer.find(b"\n")) < 0:
+            buffer.extend(memoryview(chunk)[:sock.recv_into(chunk)])
+        with memoryview(buffer) as view:
+            receive.out = decode(bytes(view[:end]))
+        del buffer[:end + 1]
+
+    return receive
+
+
 def json_list_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
     """The same trace as JSON number lists, one line per message."""
-    out = []
+    ch1, ch2 = ch1.astype("<f4"), ch2.astype("<f4")
 
     def send(sock: socket.socket) -> None:
         sock.sendall(json.dumps({"ch1": ch1.tolist(), "ch2": ch2.tolist()}).encode() + b"\n")
 
-    buffer = bytearray()
-
-    def receive(sock: socket.socket) -> None:
-        while b"\n" not in buffer:
-            buffer.extend(sock.recv(1 << 20))
-        end = buffer.index(b"\n")
-        message = json.loads(bytes(buffer[:end]))
-        del buffer[:end + 1]
-        out.append((np.array(message["ch1"]), np.array(message["ch2"])))
-
+    receive = _line_receiver(lambda line: {k: np.array(v) for k, v in json.loads(line).items()})
     times = _pair_times(n, send, receive)
-    assert np.allclose(out[-1][0], ch1)
+    assert np.array_equal(receive.out["ch1"], ch1)
+    return times
+
+
+def codec_pair_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
+    """Our codec (``dumps_line`` / ``decode_line``) on the socketpair of (c) and (d)."""
+    message = reply_message(ch1, ch2)
+
+    def send(sock: socket.socket) -> None:
+        sock.sendall(protocol.dumps_line(message))
+
+    receive = _line_receiver(protocol.decode_line)
+    times = _pair_times(n, send, receive)
+    assert np.array_equal(receive.out["result"]["ch1"], message["result"]["ch1"])
+    return times
+
+
+_FLOOR_SERVER = ("import socket, sys\n"
+                 "s = socket.create_server(('127.0.0.1', 0)); print(s.getsockname()[1], flush=True)\n"
+                 "c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+                 "reply = b'x' * int(sys.argv[1]) + b'\\n'\n"
+                 "while c.recv(65536):\n"
+                 "    c.sendall(reply)\n")
+
+
+def floor_times(size: int, n: int) -> list[float]:
+    """A request line and a ``size``-byte reply between two processes over loopback: blocking
+    raw sockets, no encoding, no event loop, no threads. No transport between processes is faster."""
+    proc = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER, str(size - 1)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        sock = socket.create_connection(("127.0.0.1", int(proc.stdout.readline())), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        chunk, times = bytearray(1 << 20), []
+        with sock:
+            for i in range(n + 1):
+                t0 = time.perf_counter()
+                sock.sendall(b"r\n")
+                got = 0
+                while got < size:
+                    got += sock.recv_into(chunk)
+                if i:
+                    times.append(time.perf_counter() - t0)
+    finally:
+        proc.kill()
+        proc.wait(5)
     return times
 
 
@@ -297,6 +361,8 @@ def run(runs: int, quick: bool) -> dict:
     ch1, ch2 = trace_channels()
     c = pymodaq_trace_times(ch1, ch2, traces)
     d = json_list_trace_times(ch1, ch2, max(5, traces // 4))
+    codec = codec_pair_times(ch1, ch2, traces)
+    floor = floor_times(len(protocol.dumps_line(reply_message(ch1, ch2))), traces)
     a_med = statistics.median(a)
     b_over = statistics.median(b) - a_med
     c_over, d_over = statistics.median(c), statistics.median(d)
@@ -316,6 +382,14 @@ def run(runs: int, quick: bool) -> dict:
     for key, xs, over in (("c", c, c_over), ("d", d, d_over)):
         put(f"trace_overhead_{key}_over_b", f"  overhead ({key}) / overhead (b)",
             summary([x / b_over for x in xs]), "×", "≥ 10", over / b_over >= 10)
+    put("trace_codec_pair_ms", "  our codec alone on the socketpair of (c), (d)",
+        summary(codec, 1e3), "ms")
+    put("trace_overhead_c_over_codec", "  overhead (c) / our codec alone",
+        summary([x / statistics.median(codec) for x in c]), "×")
+    put("trace_floor_ms", "  floor: same bytes, 2 processes, raw sockets", summary(floor, 1e3),
+        "ms")
+    put("trace_b_above_floor_ms", "  overhead (b) − floor", summary(
+        [x - a_med - statistics.median(floor) for x in b], 1e3), "ms")
 
     # (6) server RSS idle (before any streaming client but the one above), then (5) scaling
     idle = [server.process.memory_info().rss / 1e6]

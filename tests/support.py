@@ -48,8 +48,10 @@ class ServerProcess:
         self.log_lines: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout.put),
                          daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.log_lines.append),
-                         daemon=True).start()
+        self._log_pump = threading.Thread(target=self._pump,
+                                          args=(self.proc.stderr, self.log_lines.append),
+                                          daemon=True)
+        self._log_pump.start()
         self.ready_line = self._wait_ready(startup_timeout)
         info = json.loads(self.ready_line.split(" ", 1)[1]) if self.ready_line else {}
         self.port: int = info.get("port", 0)
@@ -98,6 +100,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._log_pump.join(5)  # the whole log, up to the end of stderr
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACE = ["trace_a_in_process_ms", "trace_b_client_ms", "trace_c_pymodaq_ms",
          "trace_d_json_lists_ms", "trace_b_overhead_ms", "trace_c_overhead_ms",
          "trace_d_overhead_ms", "trace_ratio_b", "trace_ratio_c", "trace_ratio_d",
-         "trace_overhead_c_over_b", "trace_overhead_d_over_b"]
+         "trace_overhead_c_over_b", "trace_overhead_d_over_b", "trace_codec_pair_ms",
+         "trace_overhead_c_over_codec", "trace_floor_ms", "trace_b_above_floor_ms"]
 CALLS = [f"get_{n}_threads_{q}_ms" for n in (1, 8, 32) for q in ("p50", "p99")] + [
     "get_streaming_p50_ms", "get_streaming_p99_ms", "get_streaming_added_p99_ms"]
 STARTUP = ["startup_mock_s", "startup_pyrpl_fake_s", "plugin_first_frame_s"]

@@ -171,6 +171,7 @@ def test_sigterm_with_clients_connected_exits_zero(mock_server: ServerProcess) -
     clients[0].call("subscribe", status=True)
     assert mock_server.stop(timeout=10) == 0
     assert "stopping: signal SIGTERM" in mock_server.log
+    assert "Traceback" not in mock_server.log and " ERROR " not in mock_server.log, mock_server.log
     for c in clients:
         c.close()
 

@@ -66,6 +66,10 @@ enough that the stale programs a takeover leaves behind (each fails once, then s
 not lock the new owner out of a local server; low enough to cut a brute force off at once."""
 
 
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
+"""Give the CPU to another runnable thread or process, if any."""
+
+
 class BackendThread:
     """Runs every call to the backend on one dedicated thread, in submission order.
 
@@ -628,7 +632,8 @@ class Server:
 
         With a backend thread, until FINISH_WINDOW before the end (the thread polls the rest). An
         inline backend has no thread to poll, and the loop's timers wake up to 1 ms late: the last
-        LOOP_TIMER_SLACK seconds are spent yielding to the loop until the moment has come.
+        LOOP_TIMER_SLACK seconds are a busy wait that yields to the loop (other requests) and to
+        other processes (a local client) until the moment has come.
         """
         loop = asyncio.get_running_loop()
         if not self.thread.inline:
@@ -638,6 +643,7 @@ class Server:
         if wait > LOOP_TIMER_SLACK:
             await asyncio.sleep(wait - LOOP_TIMER_SLACK)
         while loop.time() < end:
+            _yield_cpu()  # a busy wait, but other processes (the client's) run first
             await asyncio.sleep(0)
 
     def _arm_and_finish(self) -> tuple[float, ScopeTrace | None]:
@@ -797,6 +803,8 @@ async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.
         connection_tasks.add(task)
         try:
             await _serve_connection(server, reader, writer, hello_timeout)
+        except asyncio.CancelledError:
+            pass  # the server is stopping; a cancelled handler would be logged as an error
         finally:
             connection_tasks.discard(task)
 
