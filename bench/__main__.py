@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,244 +25,11 @@ from importlib import metadata
 os.environ["PYMODAQ_PYRPL_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pyrpl_bench_")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from bench import client_bench, plugin_bench, server_bench  # noqa: E402
-from pymodaq_plugins_pyrpl.hardware import catalogue, protocol, runtime  # noqa: E402
-from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient  # noqa: E402
-from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager  # noqa: E402
-
-SHORTEST = server_bench.SHORTEST
-free_port = client_bench.free_port
-
-
-def summary(values: list[float], scale: float = 1.0) -> dict[str, float]:
-    values = [v * scale for v in values]
-    return {"median": float(statistics.median(values)), "min": float(min(values)),
-            "max": float(max(values))}
-
-
-def p(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
-class Server:
-    """A ``--mock`` server auto-started by the server manager on a free port, and its process."""
-
-    def __init__(self) -> None:
-        self.manager = TCPServerManager(port=free_port())
-        self.client = self.manager.ensure_server_running()
-        self.state = runtime.read_state(self.manager.port)
-        self.process = psutil.Process(self.state.pid)
-
-    def new_client(self, name: str) -> PyRPLClient:
-        client = PyRPLClient("127.0.0.1", self.manager.port, self.state.token, name)
-        client.connect()
-        return client
-
-    def close(self) -> None:
-        self.manager.release_server()
-
-
-# --- (1) trace transport ---------------------------------------------------------------------------
-
-def trace_channels() -> tuple[np.ndarray, np.ndarray]:
-    from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
-
-    backend = SimulatorBackend(seed=1)
-    backend.open()
-    backend.set("scope", {"duration": SHORTEST})
-    time.sleep(backend.scope_arm())
-    while not backend.scope_ready():
-        time.sleep(0.0005)
-    trace = backend.scope_fetch()
-    return np.asarray(trace.ch1), np.asarray(trace.ch2)
-
-
-def client_trace_times(server: Server, n: int) -> list[float]:
-    client = server.client
-    client.set("scope", {"duration": SHORTEST})
-    client.acquire("scope")  # warm-up
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        client.acquire("scope")
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _pair_times(n: int, send, receive) -> list[float]:
-    """Times of a request (one byte) to a helper thread that answers with ``send``, + ``receive``
-    here, over a fresh socketpair: the same request-reply pattern as (b), without a process hop."""
-    a, b = socket.socketpair()
-    a.settimeout(30)  # a failing side must not hang the bench
-    b.settimeout(30)
-
-    def sender() -> None:
-        while a.recv(1) == b"r":
-            send(a)
-
-    thread = threading.Thread(target=sender, daemon=True)
-    thread.start()
-    times = []
-    try:
-        for i in range(n + 1):
-            t0 = time.perf_counter()
-            b.sendall(b"r")
-            receive(b)
-            if i:  # the first is a warm-up
-                times.append(time.perf_counter() - t0)
-    finally:
-        try:
-            b.sendall(b"q")
-        except OSError:
-            pass
-        thread.join(5)
-        a.close()
-        b.close()
-    return times
-
-
-def reply_message(ch1: np.ndarray, ch2: np.ndarray) -> dict:
-    """The reply to ``acquire("scope")`` as the server sends it (float32 samples)."""
-    settings = {name: "in1" for name in catalogue.MODULES["scope"].attributes}
-    return protocol.result(1, {"ch1": ch1.astype("<f4"), "ch2": ch2.astype("<f4"), "t0": 0.0,
-                               "dt": SHORTEST / ch1.size, "sequence": 1, "timestamp": time.time(),
-                               "settings": settings})
-
-
-def pymodaq_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
-    """The DataToExport the scope plugin emits (float32 channels, linear time axis) through
-    PyMoDAQ's serializer."""
-    from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
-    from pymodaq_utils.serialize.mysocket import Socket
-    from pymodaq_utils.serialize.factory import SerializableFactory
-    from serializall.utils import bytes_to_int
-
-    ch1, ch2 = ch1.astype("<f4"), ch2.astype("<f4")
-    axis = Axis("Time", units="s", offset=0.0, scaling=SHORTEST / ch1.size, size=ch1.size,
-                index=0)
-    dte = DataToExport("PyRPL scope", data=[DataFromPlugins(
-        name="Scope", data=[ch1, ch2], dim="Data1D", labels=["in1", "in2"], units="V",
-        axes=[axis])])
-    factory = SerializableFactory()
-    received = []
-
-    def send(sock: socket.socket) -> None:
-        Socket(sock).check_sended_with_serializer(dte)
-
-    def receive(sock: socket.socket) -> None:
-        s = Socket(sock)
-        length = bytes_to_int(s.check_received_length(4))
-        received.append(factory.get_apply_deserializer(s.check_received_length(length)))
-
-    times = _pair_times(n, send, receive)
-    assert np.array_equal(received[-1][0].data[0], ch1)
-    return times
-
-
-def _line_receiver(decode):
-    """``receive(sock)``: read one line, keep ``decode(line)``; its ``.out`` holds the last."""
-    buffer, chunk = bytearray(), bytearray(1 << 20)
-
-    def receive(sock: socket.socket) -> None:
-        while (end := buffer.find(b"\n")) < 0:
-            buffer.extend(memoryview(chunk)[:sock.recv_into(chunk)])
-        with memoryview(buffer) as view:
-            receive.out = decode(bytes(view[:end]))
-        del buffer[:end + 1]
-
-    return receive
-
-
-def json_list_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
-    """The same trace as JSON number lists, one line per message."""
-    ch1, ch2 = ch1.astype("<f4"), ch2.astype("<f4")
-
-    def send(sock: socket.socket) -> None:
-        sock.sendall(json.dumps({"ch1": ch1.tolist(), "ch2": ch2.tolist()}).encode() + b"\n")
-
-    receive = _line_receiver(lambda line: {k: np.array(v) for k, v in json.loads(line).items()})
-    times = _pair_times(n, send, receive)
-    assert np.array_equal(receive.out["ch1"], ch1)
-    return times
-
-
-def codec_pair_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]:
-    """Our codec (``dumps_line`` / ``decode_line``) on the socketpair of (c) and (d)."""
-    message = reply_message(ch1, ch2)
-
-    def send(sock: socket.socket) -> None:
-        sock.sendall(protocol.dumps_line(message))
-
-    receive = _line_receiver(protocol.decode_line)
-    times = _pair_times(n, send, receive)
-    assert np.array_equal(receive.out["result"]["ch1"], message["result"]["ch1"])
-    return times
-
-
-_FLOOR_SERVER = ("import socket, sys\n"
-                 "s = socket.create_server(('127.0.0.1', 0)); print(s.getsockname()[1], flush=True)\n"
-                 "c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
-                 "reply = b'x' * int(sys.argv[1]) + b'\\n'\n"
-                 "while c.recv(65536):\n"
-                 "    c.sendall(reply)\n")
-
-
-def floor_times(size: int, n: int) -> list[float]:
-    """A request line and a ``size``-byte reply between two processes over loopback: blocking
-    raw sockets, no encoding, no event loop, no threads. No transport between processes is faster."""
-    proc = subprocess.Popen([sys.executable, "-c", _FLOOR_SERVER, str(size - 1)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        sock = socket.create_connection(("127.0.0.1", int(proc.stdout.readline())), timeout=30)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        chunk, times = bytearray(1 << 20), []
-        with sock:
-            for i in range(n + 1):
-                t0 = time.perf_counter()
-                sock.sendall(b"r\n")
-                got = 0
-                while got < size:
-                    got += sock.recv_into(chunk)
-                if i:
-                    times.append(time.perf_counter() - t0)
-    finally:
-        proc.kill()
-        proc.wait(5)
-    return times
-
-
-# --- (2) small calls -------------------------------------------------------------------------------
-
-def get_latencies_while_streaming(calls: int) -> tuple[list[float], int]:
-    server = Server()
-    streamer = server.new_client("bench streamer")
-    streamer.set("scope", {"duration": SHORTEST})
-    stop, traces = threading.Event(), [0]
-
-    def stream() -> None:
-        while not stop.is_set():
-            streamer.acquire("scope")
-            traces[0] += 1
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    try:
-        time.sleep(0.1)
-        latencies = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            server.client.get("pid0", ["setpoint"])
-            latencies.append(time.perf_counter() - t0)
-    finally:
-        stop.set()
-        thread.join(10)
-        streamer.close()
-        server.close()
-    return latencies, traces[0]
-
+from bench import calls, transport, viewer  # noqa: E402
+from bench.common import SHORTEST, Server, percentile, summary  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware import protocol  # noqa: E402
 
 # --- (5)/(6) scaling and server memory --------------------------------------------------------------
 
@@ -345,7 +111,7 @@ def machine() -> dict:
 
 def run(runs: int, quick: bool) -> dict:
     traces = 30 if quick else 200
-    calls = 300 if quick else 2000
+    n_calls = 300 if quick else 2000
     seconds = 1.0 if quick else 3.0
     startup_runs = min(runs, 2) if quick else runs
     fig: dict[str, dict] = {}
@@ -355,14 +121,15 @@ def run(runs: int, quick: bool) -> dict:
                     "section": section(key)}
 
     # (1) trace transport
-    a = server_bench.in_process_trace_times(traces)
+    a = transport.in_process_trace_times(traces)
     server = Server()
-    b = client_trace_times(server, traces)
-    ch1, ch2 = trace_channels()
-    c = pymodaq_trace_times(ch1, ch2, traces)
-    d = json_list_trace_times(ch1, ch2, max(5, traces // 4))
-    codec = codec_pair_times(ch1, ch2, traces)
-    floor = floor_times(len(protocol.dumps_line(reply_message(ch1, ch2))), traces)
+    b = transport.client_trace_times(server, traces)
+    ch1, ch2 = transport.trace_channels()
+    c = transport.pymodaq_trace_times(ch1, ch2, traces)
+    d = transport.json_list_trace_times(ch1, ch2, max(5, traces // 4))
+    codec = transport.codec_pair_times(ch1, ch2, traces)
+    floor = transport.floor_times(
+        len(protocol.dumps_line(transport.reply_message(ch1, ch2))), traces)
     a_med = statistics.median(a)
     b_over = statistics.median(b) - a_med
     c_over, d_over = statistics.median(c), statistics.median(d)
@@ -415,55 +182,63 @@ def run(runs: int, quick: bool) -> dict:
         "MB", "≤ 80 MB", statistics.median(full) <= 80)
 
     # (2) small calls
+    pings = [calls.ping_latencies(n_calls) for _ in range(max(1, runs // 2 if quick else runs))]
+    put("get_ping_p50_ms", "ping, 1 thread, p50", summary([percentile(v, 50) for v in pings], 1e3),
+        "ms")
+    put("get_ping_p99_ms", "ping, 1 thread, p99", summary([percentile(v, 99) for v in pings], 1e3),
+        "ms")
     single_p99 = None
     for n in (1, 8, 32):
-        per_run = [client_bench.call_latencies(n, max(calls // n, 20))
+        per_run = [calls.call_latencies(n, max(n_calls // n, 20))
                    for _ in range(max(1, runs // 2 if quick else runs))]
-        p50 = summary([p(v, 50) for v in per_run], 1e3)
-        p99 = summary([p(v, 99) for v in per_run], 1e3)
+        p50 = summary([percentile(v, 50) for v in per_run], 1e3)
+        p99 = summary([percentile(v, 99) for v in per_run], 1e3)
         put(f"get_{n}_threads_p50_ms", f"get, {n} thread(s), p50", p50, "ms",
             "≤ 0.3 ms" if n == 1 else "", p50["median"] <= 0.3 if n == 1 else None)
         put(f"get_{n}_threads_p99_ms", f"get, {n} thread(s), p99", p99, "ms",
             "≤ 2 ms" if n == 8 else "", p99["median"] <= 2 if n == 8 else None)
         if n == 1:
             single_p99 = p99["median"]
-    streaming = [get_latencies_while_streaming(calls)[0]
+    streaming = [calls.get_latencies_while_streaming(n_calls)[0]
                  for _ in range(max(1, runs // 2 if quick else runs))]
     put("get_streaming_p50_ms", "get, 1 thread, another client streaming, p50",
-        summary([p(v, 50) for v in streaming], 1e3), "ms")
-    s99 = summary([p(v, 99) for v in streaming], 1e3)
+        summary([percentile(v, 50) for v in streaming], 1e3), "ms")
+    s99 = summary([percentile(v, 99) for v in streaming], 1e3)
     put("get_streaming_p99_ms", "get, 1 thread, another client streaming, p99", s99, "ms")
     added = {k: v - single_p99 for k, v in s99.items()}
     put("get_streaming_added_p99_ms", "  streaming adds to p99", added, "ms", "≤ 1 ms",
         added["median"] <= 1)
 
     # (3) start-up
-    mock = client_bench.startup_times(startup_runs)
+    mock = calls.startup_times(startup_runs)
     put("startup_mock_s", "ensure_server_running() to first reply, mock", summary(mock), "s",
         "≤ 1.5 s", statistics.median(mock) <= 1.5)
-    fake = client_bench.startup_times(startup_runs, hostname="_FAKE_")
+    fake = calls.startup_times(startup_runs, hostname="_FAKE_")
     put("startup_pyrpl_fake_s", "ensure_server_running() to first reply, PyRPL _FAKE_",
         summary(fake), "s", "≤ 3 s", statistics.median(fake) <= 3)
+    restart = calls.reconnect_times(startup_runs)
+    put("startup_restart_after_kill_s", "server SIGKILLed → next call answered (restarted)",
+        summary(restart), "s", "≤ 2 s", statistics.median(restart) <= 2)
 
     # (3)/(4) plugin, through DAQ_Viewer
     from pymodaq_gui.qt_utils import mkQApp
 
     app = mkQApp("bench")
     duration = 1.048576e-3
-    first = plugin_bench.first_frame_times(startup_runs, duration)
+    first = viewer.first_frame_times(startup_runs, duration)
     put("plugin_first_frame_s", "plugin init to first frame (DAQ_Viewer)", summary(first), "s",
         "≤ 2 s", statistics.median(first) <= 2)
-    raw, viewer = [], []
+    raw, through = [], []
     for _ in range(1 if quick else max(1, runs // 2)):
-        demo = plugin_bench.Demo(plugin_bench._free_port())
+        demo = viewer.Demo(viewer.free_port())
         scope = demo.viewer("PyRPL_Scope_TCP", "Scope", "DAQ1D", duration=duration)
-        raw.append(plugin_bench.raw_rate(demo.port, seconds))
-        viewer.append(plugin_bench.plugin_rate(demo, scope, seconds))
+        raw.append(viewer.raw_rate(demo.port, seconds))
+        through.append(viewer.plugin_rate(demo, scope, seconds))
         demo.close()
         app.processEvents()
     put("plugin_rate_raw_per_s", "scope grab rate, raw client (1 ms traces)", summary(raw), "/s")
-    put("plugin_rate_viewer_per_s", "scope grab rate, DAQ_Viewer", summary(viewer), "/s")
-    ratio = summary([v / r for v, r in zip(viewer, raw)], 100)
+    put("plugin_rate_viewer_per_s", "scope grab rate, DAQ_Viewer", summary(through), "/s")
+    ratio = summary([v / r for v, r in zip(through, raw)], 100)
     put("plugin_rate_ratio", "  DAQ_Viewer / raw client", ratio, "%", "≥ 90 %",
         ratio["median"] >= 90)
 

@@ -55,8 +55,8 @@ FINISH_WINDOW = 0.003
 """The backend thread may wait this long for a trace to complete (seconds)."""
 FINISH_POLL = 0.0001
 """Interval of the backend thread's ``scope_ready`` polls within FINISH_WINDOW (seconds)."""
-LOOP_TIMER_SLACK = 0.002
-"""The event loop's timers can wake up this late (seconds; 1 ms on Linux, margin included)."""
+LOOP_TIMER_SLACK = 0.001
+"""How late the event loop's timers can wake up (s): epoll rounds a timeout up to the next ms."""
 MAX_IN_FLIGHT = 64
 """Requests one connection may have pending at once; further lines wait for a slot."""
 AUTH_MAX_FAILURES = 20
@@ -631,8 +631,8 @@ class Server:
         """Let ``wait`` seconds pass on the event loop, serving other requests meanwhile.
 
         With a backend thread, until FINISH_WINDOW before the end (the thread polls the rest). An
-        inline backend has no thread to poll, and the loop's timers wake up to 1 ms late: the last
-        LOOP_TIMER_SLACK seconds are a busy wait that yields to the loop (other requests) and to
+        inline backend has no thread to poll, and the loop's timers wake up to LOOP_TIMER_SLACK
+        late: that last stretch is a busy wait that yields to the loop (other requests) and to
         other processes (a local client) until the moment has come.
         """
         loop = asyncio.get_running_loop()
