@@ -228,12 +228,14 @@ def run(runs: int, quick: bool) -> dict:
     first = viewer.first_frame_times(startup_runs, duration)
     put("plugin_first_frame_s", "plugin init to first frame (DAQ_Viewer)", summary(first), "s",
         "≤ 2 s", statistics.median(first) <= 2)
-    raw, through = [], []
+    raw, through, cpu = [], [], []
     for _ in range(1 if quick else max(1, runs // 2)):
         demo = viewer.Demo(viewer.free_port())
         scope = demo.viewer("PyRPL_Scope_TCP", "Scope", "DAQ1D", duration=duration)
         raw.append(viewer.raw_rate(demo.port, seconds))
-        through.append(viewer.plugin_rate(demo, scope, seconds))
+        rate, used = viewer.plugin_rate(demo, scope, seconds)
+        through.append(rate)
+        cpu.append(used)
         demo.close()
         app.processEvents()
     put("plugin_rate_raw_per_s", "scope grab rate, raw client (1 ms traces)", summary(raw), "/s")
@@ -241,6 +243,8 @@ def run(runs: int, quick: bool) -> dict:
     ratio = summary([v / r for v, r in zip(through, raw)], 100)
     put("plugin_rate_ratio", "  DAQ_Viewer / raw client", ratio, "%", "≥ 90 %",
         ratio["median"] >= 90)
+    put("plugin_rate_viewer_cpu_percent", "  CPU of the viewer's process meanwhile", summary(cpu),
+        "%")
 
     # (6) client overhead per plugin process
     server = Server()

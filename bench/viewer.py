@@ -21,18 +21,21 @@ def first_frame_times(runs: int, duration: float) -> list[float]:
     return times
 
 
-def plugin_rate(demo: Demo, scope, seconds: float) -> float:
+def plugin_rate(demo: Demo, scope, seconds: float) -> tuple[float, float]:
+    """Frames/s of a continuous grab through ``scope`` (a DAQ_Viewer), and the CPU this process
+    used meanwhile (% of one core: PyMoDAQ's threads, the plugin and its client)."""
     frames = []
     scope.grab_done_signal.connect(lambda dte: frames.append(time.perf_counter()))
     demo.wait(scope.grab_done_signal, lambda: scope.grab_data(grab_state=True))
-    start, first = time.perf_counter(), len(frames)
+    start, first, cpu = time.perf_counter(), len(frames), time.process_time()
     loop_until = start + seconds
     loop = demo.QtCore.QEventLoop()  # idle like an application's main loop, not spinning
     demo.QtCore.QTimer.singleShot(int(seconds * 1000), loop.quit)
     loop.exec()
+    cpu = (time.process_time() - cpu) / (time.perf_counter() - start) * 100
     scope.stop_grab()
     done = [t for t in frames[first:] if t <= loop_until]
-    return len(done) / seconds
+    return len(done) / seconds, cpu
 
 
 def raw_rate(port: int, seconds: float) -> float:

@@ -21,7 +21,8 @@ CALLS = ["get_ping_p50_ms", "get_ping_p99_ms"] + [
     "get_streaming_p50_ms", "get_streaming_p99_ms", "get_streaming_added_p99_ms"]
 STARTUP = ["startup_mock_s", "startup_pyrpl_fake_s", "startup_restart_after_kill_s",
            "plugin_first_frame_s"]
-RATE = ["plugin_rate_raw_per_s", "plugin_rate_viewer_per_s", "plugin_rate_ratio"]
+RATE = ["plugin_rate_raw_per_s", "plugin_rate_viewer_per_s", "plugin_rate_ratio",
+        "plugin_rate_viewer_cpu_percent"]
 SCALING = [f"scaling_{n}_{k}" for n in (1, 2, 4, 8, 16)
            for k in ("aggregate", "client_min", "client_max", "fairness", "server_cpu_percent",
                      "server_rss_mb")]

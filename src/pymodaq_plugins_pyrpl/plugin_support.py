@@ -270,6 +270,10 @@ def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
     return reason
 
 
+LIVE_WAIT_S = 0.1
+"""Live grabbing: how long ``grab`` waits for a frame not ready yet before it returns. PyMoDAQ's
+worker polls its event loop without pause until the frame comes (its "Wait time" is 0 by default),
+which costs a core; waiting here instead costs nothing, and at most this long for a Stop."""
 RETRY_DELAY_MS = 1000
 """Live grabbing: delay before a new attempt after an error (other than an acquisition timeout)."""
 
@@ -290,7 +294,9 @@ class BackgroundAcquisition(QObject):
     Live (continuous) grabs stream: PyMoDAQ's worker asks for the next frame only after it got one,
     so the next acquisition starts as soon as a frame is handed over, and the frame is ready (or on
     its way) when the worker asks; at most one frame is acquired ahead. A frame can therefore have
-    been taken up to one frame period before it was asked for; its settings travel with it.
+    been taken up to one frame period before it was asked for; its settings travel with it. A live
+    ``grab`` whose frame is on its way waits for it (at most LIVE_WAIT_S) and hands it over before
+    it returns, so the worker does not poll its event loop in the meantime.
 
     Errors go to the status bar (``describe_error`` words them); in live mode the acquisition is
     started again, at once after an acquisition timeout (still waiting for a trigger), after
@@ -315,6 +321,7 @@ class BackgroundAcquisition(QObject):
         self._streaming = -1  # the generation whose job repeats (live), or -1
         self._ready: tuple[int, Any] | None = None  # a live frame acquired ahead
         self._wanted = False  # the worker waits for the next frame
+        self._waiting = False  # ... inside grab(), for at most LIVE_WAIT_S
         self._running = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -330,15 +337,22 @@ class BackgroundAcquisition(QObject):
 
     def grab(self, naverage: int = 1, live: bool = False) -> None:
         naverage = max(1, int(naverage))
+        ready = None
         with self._cond:
+            generation = self._generation
             continuing = (live and self._live and naverage == self._naverage and not self._closed
-                          and self._streaming == self._generation)
-            ready, self._ready = (self._ready, None) if continuing else (None, self._ready)
-            if continuing and ready is None:
-                self._wanted = True
-            self._cond.notify_all()
+                          and self._streaming == generation)
+            if continuing and self._ready is None:
+                self._wanted = self._waiting = True
+                self._cond.wait_for(lambda: self._ready is not None or not self._wanted
+                                    or self._closed or self._generation != generation,
+                                    LIVE_WAIT_S)
+                self._waiting = False
+            if continuing and self._ready is not None:
+                ready, self._ready, self._wanted = self._ready, None, False
+                self._cond.notify_all()  # the acquisition thread goes on with the next frame
         if ready is not None:
-            self._finished.emit(ready[0], ready[1], None)
+            self._deliver(ready[0], ready[1], None)
         if continuing:
             return
         self._live, self._naverage = live, naverage
@@ -396,10 +410,13 @@ class BackgroundAcquisition(QObject):
                     continue
                 if error is not None and self._job is not None:
                     self._job = None  # a live grab restarts through _rearm
-                if error is None and self._streaming == generation and not self._wanted:
-                    self._ready = (generation, result)  # acquired ahead: kept for the next grab
+                if error is None and self._streaming == generation and (self._waiting
+                                                                        or not self._wanted):
+                    self._ready = (generation, result)  # for the grab waiting for it, or the next
+                    self._cond.notify_all()
                     continue
                 self._wanted = False
+                self._cond.notify_all()
             try:
                 self._finished.emit(generation, result, error)
             except RuntimeError:  # the plugin was deleted meanwhile
