@@ -322,6 +322,7 @@ class BackgroundAcquisition(QObject):
         self._ready: tuple[int, Any] | None = None  # a live frame acquired ahead
         self._wanted = False  # the worker waits for the next frame
         self._waiting = False  # ... inside grab(), for at most LIVE_WAIT_S
+        self._ready_claimed = False  # _ready is for a grab waiting for it
         self._running = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -390,7 +391,8 @@ class BackgroundAcquisition(QObject):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while (self._job is None or self._ready is not None) and not self._closed:
+                while (self._job is None or self._ready is not None and not self._ready_claimed
+                       ) and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
@@ -412,7 +414,13 @@ class BackgroundAcquisition(QObject):
                     self._job = None  # a live grab restarts through _rearm
                 if error is None and self._streaming == generation and (self._waiting
                                                                         or not self._wanted):
-                    self._ready = (generation, result)  # for the grab waiting for it, or the next
+                    while (self._ready is not None and generation == self._generation
+                           and not self._closed):
+                        self._cond.wait()  # the frame before is still being handed over
+                    if generation != self._generation or self._closed:
+                        continue
+                    # for the grab waiting for it (then go on at once), or kept for the next grab
+                    self._ready, self._ready_claimed = (generation, result), self._waiting
                     self._cond.notify_all()
                     continue
                 self._wanted = False
