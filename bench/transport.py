@@ -100,8 +100,8 @@ def pymodaq_trace_times(ch1: np.ndarray, ch2: np.ndarray, n: int) -> list[float]
     """The DataToExport the scope plugin emits (float32 channels, linear time axis) through
     PyMoDAQ's serializer."""
     from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
-    from pymodaq_utils.serialize.mysocket import Socket
     from pymodaq_utils.serialize.factory import SerializableFactory
+    from pymodaq_utils.serialize.mysocket import Socket
     from serializall.utils import bytes_to_int
 
     ch1, ch2 = ch1.astype("<f4"), ch2.astype("<f4")

@@ -107,12 +107,12 @@ def test_decode_line_is_decode_value_of_loads_for_our_lines() -> None:
 
 @pytest.mark.parametrize("line", [
     b'{"a":{"__ndarray__":"AAAAAA==","dtype":"<f4","shape":[1]}}',  # not a whole number of f4
-    b'{"a":{"__ndarray__":"AAAA","dtype":"<f4","shape":[1]},"a":{"__ndarray__":"AAAAAAAA",'
-    b'"dtype":"<f4","shape":[2]}}',  # duplicate key: the last one counts
-    b'{"a":{ "__ndarray__":"","dtype":"<f4","shape":[0]},"b":{"__ndarray__":"AAAA",'
-    b'"dtype":"<f4","shape":[1]}}',  # an empty array written differently before a cut one
-    b'{"a":{"dtype":"<f4","__ndarray__":"","shape":[0]},"b":{"__ndarray__":"AAAA",'
-    b'"dtype":"<f4","shape":[1]}}',
+    (b'{"a":{"__ndarray__":"AAAA","dtype":"<f4","shape":[1]},"a":{"__ndarray__":"AAAAAAAA",'
+    b'"dtype":"<f4","shape":[2]}}'),  # duplicate key: the last one counts
+    (b'{"a":{ "__ndarray__":"","dtype":"<f4","shape":[0]},"b":{"__ndarray__":"AAAA",'
+    b'"dtype":"<f4","shape":[1]}}'),  # an empty array written differently before a cut one
+    (b'{"a":{"dtype":"<f4","__ndarray__":"","shape":[0]},"b":{"__ndarray__":"AAAA",'
+    b'"dtype":"<f4","shape":[1]}}'),
     b'{"a":{"__ndarray__":"AA\\u0041A","dtype":"<f4","shape":[1]}}',  # an escape in the base64
     b'{"a":{"__ndarray__":"AA\\"AA","dtype":"<f4","shape":[1]}}',
     b'{"a":{"__ndarray__":"!!!!","dtype":"<f4","shape":[1]}}',
