@@ -175,6 +175,10 @@ def run(runs: int, quick: bool) -> dict:
             s = summary([r[k] for r in results], 100 if k == "fairness" else 1)
             put(f"scaling_{n}_{k}", f"{n:2d} clients: {label}", s, unit, target,
                 good(s["median"]) if good else None)
+    best = max(statistics.median(r["aggregate"] for r in results) for results in scale.values())
+    retained = summary([r["aggregate"] / best for r in scale[16]], 100)
+    put("scaling_16_retained", "16 clients: aggregate / best of 1–16", retained, "%", "≥ 90 %",
+        retained["median"] >= 90)
     full = [r["server_rss_mb"] for r in scale[16]]
     put("server_rss_idle_mb", "server RSS idle (mock)", summary(idle), "MB", "≤ 80 MB",
         statistics.median(idle) <= 80)
@@ -188,17 +192,18 @@ def run(runs: int, quick: bool) -> dict:
     put("get_ping_p99_ms", "ping, 1 thread, p99", summary([percentile(v, 99) for v in pings], 1e3),
         "ms")
     single_p99 = None
-    for n in (1, 8, 32):
-        per_run = [calls.call_latencies(n, max(n_calls // n, 20))
-                   for _ in range(max(1, runs // 2 if quick else runs))]
-        p50 = summary([percentile(v, 50) for v in per_run], 1e3)
-        p99 = summary([percentile(v, 99) for v in per_run], 1e3)
-        put(f"get_{n}_threads_p50_ms", f"get, {n} thread(s), p50", p50, "ms",
-            "≤ 0.3 ms" if n == 1 else "", p50["median"] <= 0.3 if n == 1 else None)
-        put(f"get_{n}_threads_p99_ms", f"get, {n} thread(s), p99", p99, "ms",
-            "≤ 2 ms" if n == 8 else "", p99["median"] <= 2 if n == 8 else None)
-        if n == 1:
-            single_p99 = p99["median"]
+    for method in ("get", "set"):
+        for n in (1, 8, 32):
+            per_run = [calls.call_latencies(n, max(n_calls // n, 20), method)
+                       for _ in range(max(1, runs // 2 if quick else runs))]
+            p50 = summary([percentile(v, 50) for v in per_run], 1e3)
+            p99 = summary([percentile(v, 99) for v in per_run], 1e3)
+            put(f"{method}_{n}_threads_p50_ms", f"{method}, {n} thread(s), p50", p50, "ms",
+                "≤ 0.3 ms" if n == 1 else "", p50["median"] <= 0.3 if n == 1 else None)
+            put(f"{method}_{n}_threads_p99_ms", f"{method}, {n} thread(s), p99", p99, "ms",
+                "≤ 2 ms" if n == 8 else "", p99["median"] <= 2 if n == 8 else None)
+            if (method, n) == ("get", 1):
+                single_p99 = p99["median"]
     streaming = [calls.get_latencies_while_streaming(n_calls)[0]
                  for _ in range(max(1, runs // 2 if quick else runs))]
     put("get_streaming_p50_ms", "get, 1 thread, another client streaming, p50",
@@ -258,8 +263,8 @@ def run(runs: int, quick: bool) -> dict:
     return {"machine": machine(), "runs": runs, "quick": quick, "figures": fig}
 
 
-SECTIONS = (("trace_", 1), ("get_", 2), ("startup_", 3), ("plugin_first", 3), ("plugin_rate", 4),
-            ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6))
+SECTIONS = (("trace_", 1), ("get_", 2), ("set_", 2), ("startup_", 3), ("plugin_first", 3),
+            ("plugin_rate", 4), ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6))
 
 
 def section(key: str) -> int:

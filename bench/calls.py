@@ -52,7 +52,9 @@ def ping_latencies(calls: int) -> list[float]:
     return latencies
 
 
-def call_latencies(threads: int, calls: int) -> list[float]:
+def call_latencies(threads: int, calls: int, method: str = "get") -> list[float]:
+    """Round trips of ``get`` (or ``set``) of ``pid0.setpoint``, ``threads`` threads sharing one
+    client, ``calls`` each."""
     manager = TCPServerManager(port=free_port())
     client = manager.ensure_server_running()
     latencies: list[float] = []
@@ -60,9 +62,12 @@ def call_latencies(threads: int, calls: int) -> list[float]:
 
     def work() -> None:
         mine = []
-        for _ in range(calls):
+        for i in range(calls):
             t0 = time.perf_counter()
-            client.get("pid0", ["setpoint"])
+            if method == "set":
+                client.set("pid0", {"setpoint": 0.1 if i % 2 else 0.2})
+            else:
+                client.get("pid0", ["setpoint"])
             mine.append(time.perf_counter() - t0)
         with lock:
             latencies.extend(mine)

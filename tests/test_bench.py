@@ -17,7 +17,8 @@ TRACE = ["trace_a_in_process_ms", "trace_b_client_ms", "trace_c_pymodaq_ms",
          "trace_overhead_c_over_b", "trace_overhead_d_over_b", "trace_codec_pair_ms",
          "trace_overhead_c_over_codec", "trace_floor_ms", "trace_b_above_floor_ms"]
 CALLS = ["get_ping_p50_ms", "get_ping_p99_ms"] + [
-    f"get_{n}_threads_{q}_ms" for n in (1, 8, 32) for q in ("p50", "p99")] + [
+    f"{m}_{n}_threads_{q}_ms" for m in ("get", "set") for n in (1, 8, 32)
+    for q in ("p50", "p99")] + [
     "get_streaming_p50_ms", "get_streaming_p99_ms", "get_streaming_added_p99_ms"]
 STARTUP = ["startup_mock_s", "startup_pyrpl_fake_s", "startup_restart_after_kill_s",
            "plugin_first_frame_s"]
@@ -25,7 +26,7 @@ RATE = ["plugin_rate_raw_per_s", "plugin_rate_viewer_per_s", "plugin_rate_ratio"
         "plugin_rate_viewer_cpu_percent"]
 SCALING = [f"scaling_{n}_{k}" for n in (1, 2, 4, 8, 16)
            for k in ("aggregate", "client_min", "client_max", "fairness", "server_cpu_percent",
-                     "server_rss_mb")]
+                     "server_rss_mb")] + ["scaling_16_retained"]
 MEMORY = ["server_rss_idle_mb", "server_rss_full_rate_mb", "client_overhead_rss_mb"]
 EVERY_FIGURE = TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY
 

@@ -474,7 +474,11 @@ class _Affine:
         b, u0 = np.zeros((n, n)), np.where(free, 0.0, held)
         if free.any():
             # (1 - p E)_FF u_F = p_F (E_FC u_C + c_F) + ival_F
-            inverse = np.linalg.pinv(np.eye(free.sum()) - m.p[free, None] * m.E[np.ix_(free, free)])
+            if m.p[free].any():
+                inverse = np.linalg.pinv(
+                    np.eye(free.sum()) - m.p[free, None] * m.E[np.ix_(free, free)])
+            else:  # no proportional gain: the identity
+                inverse = np.eye(free.sum())
             b[np.ix_(free, free)] = inverse
             u0[free] = inverse @ (m.p[free] * (m.E[:, ~free][free] @ held[~free] + m.c[free]))
         return cls(state, b, u0, m.k[:, None] * (m.E @ b), m.k * (m.E @ u0 + m.c))
@@ -540,6 +544,9 @@ class _PidLoops:
 
     def advance(self, t: float, recorder: _Recorder | None) -> None:
         """Integrate up to time ``t``, recording the outputs across a pending scope window."""
+        if recorder is None and not self.model.k.any():
+            self.t = max(self.t, t)  # no integrator moves and nothing to record
+            return
         for _ in range(MAX_STEPS):
             if self.t >= t:
                 return
@@ -819,6 +826,10 @@ class SimulatorBackend:
             values = self.sampler_read()
             return {n: values[n] for n in names}
         self._sync()
+        return self._read(module, names)
+
+    def _read(self, module: str, names: Sequence[str]) -> dict[str, Any]:
+        """The values of ``names`` of ``module`` (not the sampler) at the last sync."""
         state = self._values[module]
         result: dict[str, Any] = {}
         for n in names:
@@ -842,7 +853,7 @@ class SimulatorBackend:
         old = dict(state)
         state.update({k: list(v) if isinstance(v, list) else v for k, v in values.items()})
         self._apply(module, old, values, now)
-        return self.get(module, list(values))
+        return self._read(module, list(values))
 
     def scope_arm(self) -> float:
         """Find the trigger for the current settings; return the seconds until the trace is done."""
