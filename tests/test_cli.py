@@ -11,6 +11,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl import __version__
 from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.errors import ServerError
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
 
 
@@ -75,3 +76,62 @@ def test_takeover_without_server_exits_1(port: int) -> None:
 def test_server_subcommand_passes_its_flags() -> None:
     result = cli("server", "--help")
     assert result.returncode == 0 and "--auto-stop" in result.stdout and "--mock" in result.stdout
+
+
+def _foreign_state(port: int, pid: int, kind: str) -> dict:
+    """A state file's contents naming the live, unrelated process ``pid``: written by an older
+    version (no process start), or recording another start (the pid was reused), or recording
+    the right start but of a process that is not our server on that port."""
+    state = {"pid": pid, "port": port, "token": "t", "backend": "mock", "hostname": "",
+             "config": "", "version": "0", "started_at": "2026-01-01T00:00:00+00:00"}
+    start = runtime.process_start(pid)
+    if kind == "reused":
+        state["process_start"] = start - 100
+    elif kind == "other program":
+        state["process_start"] = start
+    return state
+
+
+@pytest.mark.parametrize("kind", ["older version", "reused", "other program"])
+def test_state_file_naming_an_unrelated_process_is_not_obeyed(port: int, kind: str) -> None:
+    sleeper = subprocess.Popen(["sleep", "120"])
+    path = runtime.state_path(port)
+    try:
+        for command in (["status", "--json"], ["stop", "--port", str(port)],
+                        ["takeover", "--port", str(port)]):
+            runtime.write_private(path, json.dumps(_foreign_state(port, sleeper.pid, kind)))
+            result = cli(*command)
+            if command[0] == "status":
+                assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout
+            else:
+                assert result.returncode == 1, result.stdout + result.stderr
+                assert "no local PyRPL server runs" in result.stdout + result.stderr
+            assert sleeper.poll() is None, f"{command} signalled an unrelated process"
+            assert not path.exists(), f"{command} left the stale state file"
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+
+
+@pytest.mark.parametrize("contents", [
+    ('{"pid": "123", "port": PORT, "token": "t", "backend": "mock", "hostname": "", "config": "", '
+     '"version": "0", "started_at": ""}'),
+    ('{"pid": 123, "port": PORT, "token": null, "backend": "mock", "hostname": "", "config": "", '
+     '"version": "0", "started_at": "", "process_start": 1.5}'),
+    '{"pid": 123, "port": PORT, "tok',
+    '[1, 2]',
+])
+def test_damaged_state_file_is_a_clear_error(port: int, contents: str) -> None:
+    contents = contents.replace("PORT", str(port))
+    path = runtime.state_path(port)
+    runtime.write_private(path, contents)
+    with pytest.raises(ServerError) as info:
+        TCPServerManager(port=port).ensure_server_running()
+    assert f"state file {path} is damaged" in str(info.value) and f"rm {path}" in str(info.value)
+    for command in (["status"], ["stop", "--port", str(port)]):
+        result = cli(*command)
+        assert result.returncode == 1 and f"rm {path}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert path.read_text() == contents  # nothing changed, nothing started
+    assert not any(p.name.startswith("server-") and p.suffix == ".log"
+                   for p in runtime.runtime_dir().iterdir())

@@ -159,7 +159,8 @@ def test_files_of_a_spawned_server_are_owner_only(port: int) -> None:
 
 def _state(port: int) -> runtime.ServerState:
     return runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
-                               config="", version="0", started_at="")
+                               config="", version="0", started_at="",
+                               process_start=runtime.process_start(os.getpid()))
 
 
 @pytest.mark.usefixtures("private_runtime")

@@ -1,7 +1,10 @@
 """TCPServerManager with real server subprocesses and real holder processes."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,12 +14,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 
+from support import RawClient, ServerProcess, free_port
+
 from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, PortInUse, ServerError,
                                                    ServerGone, ServerMismatch)
-from pymodaq_plugins_pyrpl.hardware.server_manager import (TCPServerManager, is_local,
+from pymodaq_plugins_pyrpl.hardware.server import AUTH_MAX_FAILURES
+from pymodaq_plugins_pyrpl.hardware.server_manager import (TCPServerManager, is_local, probe_port,
                                                            stop_local_server)
 
 HOLDER = Path(__file__).with_name("holder.py")
@@ -165,17 +173,27 @@ def test_foreign_program_on_the_port(port):
         assert time.monotonic() - t0 < 5
 
 
-def test_stale_state_file_is_replaced(port, cleanup_servers):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    runtime.write_state(runtime.ServerState(pid=dead.pid, port=port, token="old", backend="mock",
-                                            hostname="", config="", version="0",
-                                            started_at="2026-01-01T00:00:00+00:00"))
-    manager = TCPServerManager(port=port)
-    manager.ensure_server_running()
-    state = runtime.read_state(port)
-    assert state.pid != dead.pid and state.token != "old" and runtime.pid_alive(state.pid)
-    manager.release_server()
+@pytest.mark.parametrize("pid_now", ["dead", "reused by another process"])
+def test_stale_state_file_is_replaced(port, cleanup_servers, pid_now):
+    process = subprocess.Popen(["sleep", "120"])
+    start = runtime.process_start(process.pid)
+    if pid_now == "dead":
+        process.kill()
+        process.wait()
+    try:
+        runtime.write_state(runtime.ServerState(
+            pid=process.pid, port=port, token="old", backend="mock", hostname="", config="",
+            version="0", started_at="2026-01-01T00:00:00+00:00",
+            process_start=start - (pid_now != "dead") * 100))
+        manager = TCPServerManager(port=port)
+        manager.ensure_server_running()
+        state = runtime.read_state(port)
+        assert state.pid != process.pid and state.token != "old" and runtime.pid_alive(state.pid)
+        assert process.poll() is None or pid_now == "dead"
+        manager.release_server()
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_server_that_cannot_start_reports_its_log(port):
@@ -289,3 +307,212 @@ def test_remote_server_is_used_never_spawned(tmp_path, port, monkeypatch):
     with pytest.raises(ConnectionFailed, match="start it there"):
         TCPServerManager(host="127.0.0.1", port=port, token="x",
                          connect_timeout=2).ensure_server_running()
+
+
+# -- state files that do not describe a live server of ours (pid reuse) -----------------------------
+
+PID_REUSE = Path(__file__).with_name("pid_reuse.py")
+
+
+@pytest.fixture
+def sleeper():
+    """An unrelated live process (sleep), killed after the test."""
+    process = subprocess.Popen(["sleep", "120"])
+    yield process
+    process.kill()
+    process.wait(10)
+
+
+def test_held_server_killed_and_its_pid_reused_is_revived(port, sleeper, cleanup_servers):
+    manager = TCPServerManager(port=port)
+    client = manager.ensure_server_running()
+    restarted = threading.Event()
+    client.add_connection_callback(
+        lambda event, info: restarted.set() if event == "new_session" else None)
+    with runtime.port_lock(port):  # the client's restart waits until the state names the sleeper
+        old = runtime.read_state(port)
+        os.kill(old.pid, signal.SIGKILL)
+        # as if the kernel had given the dead server's pid to the sleeper
+        state = json.loads(runtime.state_path(port).read_text())
+        runtime.write_private(runtime.state_path(port), json.dumps({**state, "pid": sleeper.pid}))
+    assert restarted.wait(20), "the held server was not restarted"
+    new = runtime.read_state(port)
+    assert new.pid not in (old.pid, sleeper.pid) and new.token == old.token
+    assert client.get("asg0", ["frequency"]) == {"frequency": 0.0}
+    assert sleeper.poll() is None
+    manager.release_server()
+
+
+@pytest.mark.pidns
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare: a private pid namespace in which a pid is "
+                           "reused on purpose (CI runs as root)")
+def test_pid_reuse_in_a_pid_namespace():
+    result = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                             str(PID_REUSE)], check=False, capture_output=True, text=True,
+                            timeout=150)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+def test_server_removes_its_state_file_when_it_stops_by_itself(port):
+    manager = TCPServerManager(port=port)
+    manager.ensure_server_running()
+    pid = runtime.read_state(port).pid
+    manager.release_server()  # the last holder: the server stops (auto-stop)
+    wait_until(lambda: not runtime.pid_alive(pid), 10, "the server to stop")
+    assert not runtime.state_path(port).exists()
+
+
+def test_server_stopped_by_a_signal_removes_its_state_file_and_is_not_revived(port):
+    manager = TCPServerManager(port=port)
+    client = manager.ensure_server_running()
+    failed = threading.Event()
+    errors: list[BaseException] = []
+    client.add_connection_callback(
+        lambda event, info: (errors.append(info["error"]), failed.set()) if event == "failed"
+        else None)
+    pid = runtime.read_state(port).pid
+    os.kill(pid, signal.SIGTERM)
+    assert failed.wait(20)
+    assert isinstance(errors[0], ServerGone)
+    wait_until(lambda: not runtime.pid_alive(pid), 10, "the server to exit")
+    assert not runtime.state_path(port).exists()
+    manager.release_server()
+
+
+def test_a_server_removes_only_a_state_file_naming_itself(port):
+    state = runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
+                                config="", version="0", started_at="", process_start=0.0)
+    runtime.write_state(dataclasses.replace(state, pid=os.getpid() + 1))  # e.g. after a takeover
+    runtime.remove_own_state(port)
+    assert runtime.state_path(port).exists()
+    runtime.write_state(state)
+    runtime.remove_own_state(port)
+    assert not runtime.state_path(port).exists()
+    runtime.remove_own_state(port)  # none: nothing to do
+
+
+# -- a server shutting down ------------------------------------------------------------------------
+
+def test_init_right_after_the_last_release_starts_a_new_server(port, cleanup_servers):
+    """The released server closes its listener, then exits; an init in between waits for it."""
+    for _ in range(20):
+        manager = TCPServerManager(port=port, startup_timeout=30)
+        assert manager.ensure_server_running().ping() < 5
+        manager.release_server()  # the last holder: the server stops
+
+
+# -- locking per port ------------------------------------------------------------------------------
+
+SLOW_PYTHON = """#!/bin/sh
+# an interpreter that starts only once the test creates {go}
+touch "{started}"
+while [ ! -e "{go}" ]; do sleep 0.02; done
+exec "{python}" "$@"
+"""
+
+
+def test_a_slow_start_on_one_port_does_not_block_other_ports(port, tmp_path):
+    held_port, new_port = free_port(), free_port()
+    started, go = tmp_path / "started", tmp_path / "go"
+    slow_python = tmp_path / "slow-python"
+    slow_python.write_text(SLOW_PYTHON.format(started=started, go=go, python=sys.executable))
+    slow_python.chmod(0o755)
+    held = TCPServerManager(port=held_port)
+    held.ensure_server_running()
+    slow = TCPServerManager(port=port, python=str(slow_python))
+    slow_outcome: list[object] = []
+    slow_start = threading.Thread(target=lambda: slow_outcome.append(slow.ensure_server_running()),
+                                  daemon=True)
+    others_done = threading.Event()
+
+    def use_other_ports() -> None:
+        held.release_server()
+        newcomer = TCPServerManager(port=new_port)
+        newcomer.ensure_server_running().ping()
+        newcomer.release_server()
+        others_done.set()
+
+    slow_start.start()
+    try:
+        wait_until(started.exists, 30, "the slow start to begin")
+        threading.Thread(target=use_other_ports, daemon=True).start()
+        assert others_done.wait(30), "release and init on other ports waited for the slow start"
+        assert slow_start.is_alive() and not go.exists()  # the slow start was still in progress
+    finally:
+        go.touch()
+        slow_start.join(60)
+        for other in (held_port, new_port):
+            stop_local_server(other)
+    assert slow_outcome and slow_outcome[0].ping() < 5
+    slow.release_server()
+    stop_local_server(port)
+
+
+# -- probing a port --------------------------------------------------------------------------------
+
+def test_port_probe_never_counts_as_a_failed_authentication(tmp_path):
+    with ServerProcess(tmp_path, ["--mock"]) as server:
+        for _ in range(AUTH_MAX_FAILURES + 5):
+            assert probe_port(server.port, 5) == "pyrpl"
+        with RawClient(server.port) as raw:
+            reply = raw.request("hello", {"token": "wrong", "client": "test", "protocol": 1})
+        # a token checked (and refused), not an address cooling down after failures
+        assert reply["error"]["code"] == -32002
+        assert "retry_after" not in (reply["error"].get("data") or {})
+        assert PyRPLClient("127.0.0.1", server.port, server.token, timeout=5).connect()
+
+
+# -- runtime folder problems -----------------------------------------------------------------------
+
+def servers_on(port: int) -> list[psutil.Process]:
+    """Server processes running on ``port`` (zombies excluded)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        command = process.info["cmdline"] or []
+        if (runtime.SERVER_MODULE in command and str(port) in command
+                and process.info["status"] != psutil.STATUS_ZOMBIE):
+            found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("file", ["token", "state"])
+def test_full_disk_while_starting_a_server_leaves_nothing_behind(port, private_runtime, file):
+    """/dev/full: every write fails with ENOSPC, the token file's (before the server starts) or
+    the state file's (after it started)."""
+    name = {"token": f"token-{port}", "state": f"server-{port}.json"}[file]
+    (private_runtime / f"{name}.{os.getpid()}.tmp").symlink_to("/dev/full")
+    try:
+        with pytest.raises(ServerError) as info:
+            TCPServerManager(port=port).ensure_server_running()
+        assert str(private_runtime) in str(info.value) and "free some space" in str(info.value)
+        assert not list(private_runtime.glob("*.tmp")), "a half-written file was left"
+        assert not runtime.state_path(port).exists()
+        assert not servers_on(port), "a server was left running"
+    finally:
+        for process in servers_on(port):
+            process.kill()
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None,
+                    reason="root writes in any folder; dropping that privilege needs setpriv")
+def test_runtime_folder_without_write_permission(port, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o500)
+    # root writes in any folder: drop that privilege (CAP_DAC_OVERRIDE) for the plugin's process
+    unprivileged = (["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                     "--inh-caps=-dac_override,-dac_read_search"] if os.geteuid() == 0 else [])
+    plugin = ("import sys\n"
+              "from pymodaq_plugins_pyrpl.hardware.errors import ServerError\n"
+              "from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager\n"
+              "try:\n"
+              "    TCPServerManager(port=int(sys.argv[1])).ensure_server_running()\n"
+              "except ServerError as exc:\n"
+              "    print(f'ServerError: {exc}')\n")
+    result = subprocess.run([*unprivileged, sys.executable, "-c", plugin, str(port)],
+                            check=False, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYMODAQ_PYRPL_RUNTIME_DIR": str(folder)})
+    assert result.stdout.startswith("ServerError"), result.stdout + result.stderr
+    assert str(folder) in result.stdout and f"chmod 700 {folder}" in result.stdout
+    assert not list(folder.iterdir()) and not servers_on(port)

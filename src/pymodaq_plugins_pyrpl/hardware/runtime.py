@@ -2,18 +2,26 @@
 
 Layout (folder owner-only, every file owner-only):
 ``server-<port>.json`` the state of the server on that port (pid, port, token, backend, hostname,
-config, version, started_at), ``token-<port>`` the token file the server reads, ``server-<port>.log`` its
-log, ``server-<port>.lock`` the lock that serializes starting, stopping and taking over that server.
+config, version, started_at, process_start), ``token-<port>`` the token file the server reads,
+``server-<port>.log`` its log, ``server-<port>.lock`` the lock that serializes starting, stopping and
+taking over that server.
 
 The folder is ``$PYMODAQ_PYRPL_RUNTIME_DIR`` if set, else ``$XDG_RUNTIME_DIR/pymodaq_plugins_pyrpl``, else
 ``<temp dir>/pymodaq_plugins_pyrpl-<uid>``. A folder or file that another user owns, or that others can
-read, is refused.
+read, is refused; so is a damaged state file. Every failure to use the folder (full disk, no write
+permission) is a ServerError naming the folder and the fix.
+
+A state file is trusted only while it describes a live server of ours (:func:`server_process`): a pid
+alone is not enough, since the kernel reuses the pid of an exited process.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import fcntl
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -26,10 +34,25 @@ import psutil
 
 from .errors import ServerError
 
+logger = logging.getLogger(__name__)
+
+SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
+"""The module a local server runs (``python -m``); part of what identifies its process."""
+
+START_TOLERANCE = 1.0
+"""Seconds by which a process's start may differ from the one a state file records and still be
+the same process (clock resolution and platform jitter; a reused pid also fails the command-line
+check)."""
+
 
 @dataclass(frozen=True)
 class ServerState:
-    """What a state file records about a local server."""
+    """What a state file records about a local server.
+
+    ``process_start`` (seconds from the machine's boot to the start of the server process, see
+    :func:`process_start`) tells that process from a later one given the same pid; None in a state
+    file written by an older version, which is therefore never trusted.
+    """
 
     pid: int
     port: int
@@ -39,6 +62,7 @@ class ServerState:
     config: str
     version: str
     started_at: str
+    process_start: float | None
 
     def describes(self) -> str:
         """The board in words, for error messages."""
@@ -50,18 +74,41 @@ def describe_board(backend: str, hostname: str, config: str = "") -> str:
     return board + (f" with PyRPL config {config!r}" if config else "")
 
 
-def runtime_dir() -> Path:
-    """The runtime folder, created owner-only if missing. Raises ServerError if it is not private."""
+def _folder() -> Path:
+    """The runtime folder's path (nothing created, nothing checked)."""
     override = os.environ.get("PYMODAQ_PYRPL_RUNTIME_DIR")
     if override:
-        folder = Path(override)
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        folder = Path(os.environ["XDG_RUNTIME_DIR"]) / "pymodaq_plugins_pyrpl"
-    else:
-        folder = Path(tempfile.gettempdir()) / f"pymodaq_plugins_pyrpl-{os.getuid()}"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return Path(override)
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "pymodaq_plugins_pyrpl"
+    return Path(tempfile.gettempdir()) / f"pymodaq_plugins_pyrpl-{os.getuid()}"
+
+
+def runtime_dir() -> Path:
+    """The runtime folder, created owner-only if missing. Raises ServerError if it is not private
+    or cannot be created."""
+    folder = _folder()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise folder_error(folder, exc) from None
     check_private(folder)
     return folder
+
+
+def folder_error(folder: Path, exc: OSError) -> ServerError:
+    """The ServerError for ``exc``, raised while using the runtime folder ``folder``: it names the
+    folder and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free some space on its disk (df -h {folder})"
+    elif exc.errno == errno.EROFS:
+        fix = "it is on a read-only file system"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = f"make it writable for you (chmod 700 {folder})"
+    else:
+        fix = "check it"
+    return ServerError(f"cannot use the runtime folder {folder} ({exc.strerror or exc}): {fix}, "
+                       "or set PYMODAQ_PYRPL_RUNTIME_DIR to another folder of your own")
 
 
 def check_private(path: Path) -> None:
@@ -78,8 +125,12 @@ def check_private(path: Path) -> None:
                           f"make it private with: chmod go-rwx {path}")
 
 
+def _state_name(port: int) -> str:
+    return f"server-{port}.json"
+
+
 def state_path(port: int) -> Path:
-    return runtime_dir() / f"server-{port}.json"
+    return runtime_dir() / _state_name(port)
 
 
 def token_path(port: int) -> Path:
@@ -91,57 +142,179 @@ def log_path(port: int) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie, exited but not yet reaped, counts as dead)."""
+    """True if ``pid`` runs (a zombie, exited but not yet reaped, counts as dead). It says nothing
+    about which program runs there: whether a state file is to be trusted is
+    :func:`server_process`'s decision."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
 
 
+def process_start(pid: int) -> float:
+    """Seconds from the machine's boot to the start of process ``pid``: with the pid, what tells
+    that process from a later one given the same pid. Unlike a start time on the wall clock, it
+    does not move when the system clock is set. Raises psutil.NoSuchProcess, psutil.AccessDenied."""
+    return psutil.Process(pid).create_time() - psutil.boot_time()
+
+
+def _running(process: psutil.Process) -> bool:
+    """True while ``process`` (the very process, not its pid) runs and is not a zombie."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _runs_server_on(command: list[str], port: int) -> bool:
+    return SERVER_MODULE in command and ["--port", str(port)] in (
+        command[i:i + 2] for i in range(len(command) - 1))
+
+
+def server_process(state: ServerState) -> psutil.Process | None:
+    """The running server process ``state`` describes, or None: the one check that decides whether
+    a state file is trusted (listed, connected to, signalled, left alone by a restart).
+
+    The process must run (a zombie does not), have started when ``state`` records (within
+    START_TOLERANCE; a reused pid started later) and run this package's server on the state's
+    port. A state without a recorded start (an older version's) is never trusted.
+    """
+    if state.process_start is None:
+        return None
+    try:
+        process = psutil.Process(state.pid)
+        if abs(process.create_time() - psutil.boot_time() - state.process_start) > START_TOLERANCE:
+            return None
+        if not (_running(process) and _runs_server_on(process.cmdline(), state.port)):
+            return None
+    except (psutil.Error, ValueError):  # ValueError: a negative pid
+        return None
+    return process
+
+
+def wait_gone(state: ServerState, timeout: float) -> bool:
+    """Wait until the server process of ``state`` has exited (at once if none runs); False if it
+    still runs after ``timeout`` seconds."""
+    process = server_process(state)
+    deadline = time.monotonic() + timeout
+    while process is not None and _running(process):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,),
+                                             "float | None": (int, float, type(None))}
+"""The JSON values each annotation of ServerState accepts (never a boolean, which Python counts as
+an int)."""
+
+
+def _parse_state(path: Path, port: int, text: str) -> ServerState:
+    """The state in ``text`` (the contents of ``path``). Raises ServerError if it is damaged: not a
+    JSON object, a field missing or of the wrong type (``process_start`` may be missing), or another
+    port. Unknown fields are ignored."""
+    def damaged(what: str) -> ServerError:
+        return ServerError(f"the state file {path} is damaged ({what}). Delete it (rm {path}); if a "
+                           f"PyRPL server still runs on port {port}, stop it by hand (its command "
+                           f"line has '{SERVER_MODULE}' and '--port {port}')")
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise damaged("not JSON") from None
+    if not isinstance(data, dict):
+        raise damaged("not a JSON object")
+    values = {}
+    for field in dataclasses.fields(ServerState):
+        if field.name not in data and field.name != "process_start":
+            raise damaged(f"no {field.name!r}")
+        value = data.get(field.name)
+        if isinstance(value, bool) or not isinstance(value, _JSON_TYPES[str(field.type)]):
+            raise damaged(f"{field.name!r} is {json.dumps(value)[:40]}")
+        values[field.name] = value
+    if values["port"] != port:
+        raise damaged(f"it names port {values['port']}")
+    return ServerState(**values)
+
+
 def read_state(port: int) -> ServerState | None:
-    """The state file of ``port``, or None if there is none (a malformed one counts as none)."""
+    """The state file of ``port`` as written, or None if there is none. Use :func:`read_live_state`
+    to act on a server. Raises ServerError if the file is not private, cannot be read or is damaged."""
     path = state_path(port)
     try:
         check_private(path)
-        return ServerState(**json.loads(path.read_text()))
+        text = path.read_text()
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError):
-        return None
+    except OSError as exc:
+        raise folder_error(path.parent, exc) from None
+    return _parse_state(path, port, text)
 
 
 def read_live_state(port: int) -> ServerState | None:
-    """The state of a server that is running; a stale state file (dead pid) is removed."""
+    """The state of the server of ours running on ``port``, or None. A state file that describes no
+    running server of ours (it exited, its pid now belongs to another process, or the file is an
+    older version's) is removed. Raises ServerError as :func:`read_state`."""
     state = read_state(port)
-    if state is not None and not pid_alive(state.pid):
-        remove_state(port, state.pid)
-        return None
-    return state
+    if state is None or server_process(state) is not None:
+        return state
+    logger.info("removing the stale state file of port %d: pid %d is not the server it describes",
+                port, state.pid)
+    remove_state(port, state)
+    return None
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, owner-only."""
+    """Write ``text`` to ``path`` atomically, owner-only. Raises ServerError (naming the folder and
+    the fix) if it cannot; nothing is left half-written."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise folder_error(path.parent, exc) from None
 
 
 def write_state(state: ServerState) -> None:
     write_private(state_path(state.port), json.dumps(asdict(state), indent=1))
 
 
-def remove_state(port: int, pid: int | None = None) -> None:
-    """Remove the state file of ``port`` (only if it still names ``pid``, when given)."""
-    state = read_state(port)
-    if state is None or pid is None or state.pid == pid:
-        with contextlib.suppress(FileNotFoundError):
-            state_path(port).unlink()
+def remove_state(port: int, only: ServerState | None = None) -> None:
+    """Remove the state file of ``port`` (only if it still holds ``only``, when given). Raises
+    ServerError as :func:`read_state`, or if the file cannot be removed."""
+    if only is not None and read_state(port) != only:
+        return
+    path = state_path(port)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise folder_error(path.parent, exc) from None
+
+
+def remove_own_state(port: int) -> None:
+    """Remove the state file of ``port`` if it names this process: a server calls this as it exits
+    (a takeover may have replaced the file meanwhile). Creates nothing and never raises: a file it
+    cannot read or remove is left (a warning is logged), for the readers to judge."""
+    path = _folder() / _state_name(port)
+    try:
+        if _parse_state(path, port, path.read_text()).pid == os.getpid():
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except (OSError, ServerError) as exc:
+        logger.warning("state file %s left in place: %s", path, exc)
 
 
 def live_states() -> list[ServerState]:
-    """States of every running local server, by port; stale state files are removed."""
+    """States of every running local server, by port; stale state files are removed. Raises
+    ServerError as :func:`read_state`."""
     states = []
     for path in sorted(runtime_dir().glob("server-*.json")):
         try:
@@ -158,10 +331,14 @@ def live_states() -> list[ServerState]:
 def port_lock(port: int, timeout: float = 60.0) -> Iterator[None]:
     """Exclusive, cross-process lock for starting, stopping or taking over the server on ``port``.
 
-    Raises ServerError if another process holds it for longer than ``timeout`` seconds.
+    Raises ServerError if another process holds it for longer than ``timeout`` seconds, or if the
+    lock file cannot be created.
     """
-    path = runtime_dir() / f"server-{port}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    folder = runtime_dir()
+    try:
+        fd = os.open(folder / f"server-{port}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise folder_error(folder, exc) from None
     try:
         deadline = time.monotonic() + timeout
         while True:

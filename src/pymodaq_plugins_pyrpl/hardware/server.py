@@ -981,9 +981,14 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the server; however it ends (stop, auto-stop, signal, error), the state file a server
+    manager wrote for it is removed if it still names this process."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
-    return asyncio.run(_main(args))
+    try:
+        return asyncio.run(_main(args))
+    finally:
+        runtime.remove_own_state(args.port)
 
 
 if __name__ == "__main__":

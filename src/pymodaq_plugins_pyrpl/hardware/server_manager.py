@@ -12,18 +12,29 @@ state file (:mod:`.runtime`); a compatible running server is reused, a server fo
 error naming both. The server counts holding sessions (``hold: true``); a server this module started
 (``--auto-stop``) stops when the last holder says goodbye, or soon after the last holder vanished.
 
+Every state file is judged by :func:`runtime.server_process` (the pid must still be that server:
+a pid the kernel gave to another process is not); a stale one is removed, never obeyed, and no
+signal goes to a process that fails the check. A server removes its own state file when it exits by
+itself or is stopped, so a missing state file means "stopped".
+
 Crash recovery and takeover: if the held local server dies, the shared client's reconnect loop calls
 :meth:`TCPServerManager._revive`, which restarts it on the same port with the same token, under the
-port lock, only if the state file still names this token and a dead pid. A state file with another
-token means the server was taken over (``pymodaq-pyrpl takeover``): the client stops for good with
-AuthenticationFailed. No state file means it was stopped on purpose: ServerGone. So two programs can
-never restart each other's servers in a loop.
+port lock, only if the state file still names this token and its server no longer runs. A state file
+with another token means the server was taken over (``pymodaq-pyrpl takeover``): the client stops for
+good with AuthenticationFailed. No state file means it was stopped (or stopped by itself): ServerGone.
+So two programs can never restart each other's servers in a loop.
+
+Locking: starting or connecting to the server of one port holds that port's lock only (a
+``threading.Lock`` per host and port within a process, :func:`runtime.port_lock` across processes),
+so a slow start on one port never delays another port.
 
 A remote host (anything but localhost / 127.x / ::1) is never spawned: the manager connects with the
 token it was given.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -39,16 +50,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import psutil
+
 from .. import __version__
 from . import protocol, runtime
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
-                     PyrplPluginError, ServerError, ServerGone, ServerMismatch)
+                     PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerShuttingDown)
 from .runtime import ServerState
 
 logger = logging.getLogger(__name__)
-
-SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
 
 
 @dataclass
@@ -64,7 +75,15 @@ class _Shared:
 
 _shared: dict[tuple[str, int], _Shared] = {}
 _shared_lock = threading.Lock()
+"""Guards ``_shared``, the reference counts and ``_key_locks``; never held while connecting."""
+_key_locks: dict[tuple[str, int], threading.Lock] = {}
+"""One lock per host and port: connecting to (or starting) that server, one thread at a time."""
 _children: list[subprocess.Popen] = []
+
+
+def _key_lock(key: tuple[str, int]) -> threading.Lock:
+    with _shared_lock:
+        return _key_locks.setdefault(key, threading.Lock())
 
 
 def is_local(host: str) -> bool:
@@ -136,20 +155,27 @@ class TCPServerManager:
         something else), ServerError (the server could not start; the message has the end of its
         log), ConnectionFailed (a remote server cannot be reached), AuthenticationFailed (wrong token),
         CertificateMismatch (a remote TLS server's certificate fails the checks).
+        Only this host and port's lock is held meanwhile: other ports are not delayed.
         """
-        with _shared_lock:
-            if self._shared is not None:
-                return self._shared.client
-            shared = _shared.get(self.key)
-            if shared is not None and shared.client.failure is None:
-                self._check_compatible(shared.backend, shared.hostname, shared.config)
-            else:
-                client = self._connect_remote() if not is_local(self.host) else self._connect_local()
+        with _key_lock(self.key):
+            with _shared_lock:
+                if self._shared is not None:
+                    return self._shared.client
+                shared = _shared.get(self.key)
+                if shared is not None and shared.client.failure is None:
+                    self._check_compatible(shared.backend, shared.hostname, shared.config)
+                    return self._hold(shared)
+            client = self._connect_remote() if not is_local(self.host) else self._connect_local()
+            with _shared_lock:
                 shared = _shared[self.key] = _Shared(client, self.backend, self.hostname,
                                                      self.config)
-            shared.references += 1
-            self._shared = shared
-            return shared.client
+                return self._hold(shared)
+
+    def _hold(self, shared: _Shared) -> PyRPLClient:
+        """Count this manager's reference to ``shared`` (caller holds ``_shared_lock``)."""
+        shared.references += 1
+        self._shared = shared
+        return shared.client
 
     def release_server(self) -> None:
         """Drop this manager's reference; the last one closes the connection (goodbye).
@@ -188,18 +214,47 @@ class TCPServerManager:
     # -- local -------------------------------------------------------------------------------------
 
     def _connect_local(self) -> PyRPLClient:
+        """Connect to the running server of the port, or to one started now. A server found shutting
+        down is waited for, then replaced; ``startup_timeout`` bounds the whole."""
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            state = self._running_or_new_server()
+            client = PyRPLClient("127.0.0.1", self.port, state.token, self.client_name, hold=True,
+                                 timeout=self.connect_timeout,
+                                 revive=functools.partial(self._revive, state.token))
+            try:
+                info = client.connect(self.startup_timeout)
+            except (ConnectionFailed, ServerShuttingDown) as exc:
+                client.close()
+                if not self._outlived_shutdown(state, exc, deadline):
+                    raise
+                continue
+            self._check_hello(client, info)
+            return client
+
+    def _running_or_new_server(self) -> ServerState:
+        """The state of the compatible server running on the port, or of one started now."""
         with runtime.port_lock(self.port, self.startup_timeout):
             state = runtime.read_live_state(self.port)
             if state is None:
                 self._check_port_free()
-                state = self._spawn(secrets.token_hex(32))
-            else:
-                self._check_compatible(state.backend, state.hostname, state.config)
-        client = PyRPLClient("127.0.0.1", self.port, state.token, self.client_name, hold=True,
-                             timeout=self.connect_timeout, revive=lambda: self._revive(state.token))
-        info = client.connect(self.startup_timeout)
-        self._check_hello(client, info)
-        return client
+                return self._spawn(secrets.token_hex(32))
+            self._check_compatible(state.backend, state.hostname, state.config)
+            return state
+
+    def _outlived_shutdown(self, state: ServerState, error: Exception, deadline: float) -> bool:
+        """Whether ``error`` (connecting to the server of ``state``) came from a server shutting
+        down (it answered -32008, or no longer listens) that has now exited. Raises ServerError if
+        it still runs at ``deadline``."""
+        if not isinstance(error, ServerShuttingDown) and probe_port(self.port, 1.0) != "free":
+            return False
+        logger.info("the PyRPL server on port %d (pid %d) is shutting down; waiting for it to exit",
+                    self.port, state.pid)
+        if runtime.wait_gone(state, deadline - time.monotonic()):
+            return True
+        raise ServerError(f"the PyRPL server on port {self.port} (pid {state.pid}) is shutting down "
+                          f"and has not exited within {self.startup_timeout:g} s; try again later, "
+                          f"or stop it: pymodaq-pyrpl stop --port {self.port}")
 
     def _check_hello(self, client: PyRPLClient, info: dict) -> None:
         try:
@@ -230,7 +285,7 @@ class TCPServerManager:
 
     def _server_command(self, token_file: str) -> list[str]:
         board = ["--mock"] if self.backend == "mock" else ["--hostname", self.hostname]
-        command = [self.python, "-m", SERVER_MODULE, *board, "--port", str(self.port),
+        command = [self.python, "-m", runtime.SERVER_MODULE, *board, "--port", str(self.port),
                    "--bind", "127.0.0.1", "--token-file", token_file,
                    "--auto-stop", str(self.auto_stop), "--session-grace", str(self.session_grace),
                    "--log-file", str(runtime.log_path(self.port))]
@@ -247,19 +302,21 @@ class TCPServerManager:
         """Reconnect hook of the shared client: restart the server if it crashed.
 
         Raises AuthenticationFailed if it was taken over (another token in the state file), ServerGone
-        if it was stopped on purpose (no state file). Does nothing while the server process lives.
+        if it was stopped (no state file), ServerError (a damaged state file, a server that cannot
+        start). Does nothing while the server process runs.
         """
         with runtime.port_lock(self.port, self.startup_timeout):
             state = runtime.read_state(self.port)
             if state is None:
-                raise ServerGone(f"the PyRPL server on port {self.port} was stopped "
-                                 "(pymodaq-pyrpl stop); re-initialize the plugin to start a new one")
+                raise ServerGone(f"the PyRPL server on port {self.port} was stopped (pymodaq-pyrpl "
+                                 "stop, a signal, or it stopped by itself); re-initialize the plugin "
+                                 "to start a new one")
             if not secrets.compare_digest(state.token, token):
                 raise AuthenticationFailed(
                     f"the PyRPL server on port {self.port} was taken over by another program "
                     f"(noticed at {datetime.now().strftime('%H:%M:%S')}); this program stops using "
                     "it. Re-initialize the plugin to connect to the new server.")
-            if runtime.pid_alive(state.pid):
+            if runtime.server_process(state) is not None:
                 return
             logger.warning("the PyRPL server on port %d (pid %d) died; restarting it", self.port,
                            state.pid)
@@ -274,19 +331,28 @@ def spawn_server(command: list[str], port: int, token: str, backend: str, hostna
                  config: str, startup_timeout: float) -> ServerState:
     """Write the token file, start ``command``, wait for its ready line, write the state file.
 
-    The caller holds the port lock. Raises ServerError (with the end of the server's log) if the
-    server exits or is not ready within ``startup_timeout``.
+    The caller holds the port lock. Raises ServerError if the server exits or is not ready within
+    ``startup_timeout`` (with the end of its log), or if the runtime folder cannot be written (full
+    disk, no permission: the message names the folder and the fix); then no server is left running.
     """
     token_file = runtime.token_path(port)
     runtime.write_private(token_file, token + "\n")
     log = runtime.log_path(port)
-    with open(log, "ab") as log_file:
-        os.chmod(log, 0o600)
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=log_file, start_new_session=True)
+    try:
+        with open(log, "ab") as log_file:
+            os.chmod(log, 0o600)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=log_file, start_new_session=True)
+    except OSError as exc:
+        raise runtime.folder_error(log.parent, exc) from None
     _children.append(process)
     try:
         ready = _wait_ready_line(process, startup_timeout)
+        state = ServerState(pid=ready["pid"], port=port, token=token, backend=backend,
+                            hostname=hostname, config=config, version=__version__,
+                            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            process_start=_process_start(process, ready["pid"]))
+        runtime.write_state(state)
     except ServerError:
         if process.poll() is None:
             process.kill()
@@ -295,13 +361,20 @@ def spawn_server(command: list[str], port: int, token: str, backend: str, hostna
     finally:
         assert process.stdout is not None
         process.stdout.close()
-    state = ServerState(pid=ready["pid"], port=port, token=token, backend=backend,
-                        hostname=hostname, config=config, version=__version__,
-                        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    runtime.write_state(state)
     logger.info("started the PyRPL server for %s on port %d (pid %d)", state.describes(), port,
                 state.pid)
     return state
+
+
+def _process_start(process: subprocess.Popen, pid: int) -> float:
+    """:func:`runtime.process_start` of the server ``process`` announced as ``pid``. Raises
+    ServerError if it has already exited."""
+    try:
+        return runtime.process_start(pid)
+    except psutil.Error:
+        raise ServerError(f"the PyRPL server (pid {pid}) exited as soon as it was ready. End of its "
+                          f"log ({runtime.log_path(_port_of(process))}):\n{_log_tail(process)}"
+                          ) from None
 
 
 def _wait_ready_line(process: subprocess.Popen, timeout: float) -> dict:
@@ -356,7 +429,11 @@ def _reap_children() -> None:
 
 def probe_port(port: int, timeout: float) -> str:
     """What listens on localhost:``port``: ``"free"``, ``"pyrpl"`` (speaks this protocol) or
-    ``"other"`` (accepts but does not answer a hello within ``timeout`` with JSON-RPC)."""
+    ``"other"`` (accepts but does not answer within ``timeout`` with JSON-RPC).
+
+    The probe is a ``ping`` without ``hello``: a PyRPL server answers it -32001 (not authenticated)
+    without checking any token, so probing never counts as a failed authentication.
+    """
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     except (ConnectionRefusedError, socket.timeout, OSError):
@@ -364,8 +441,7 @@ def probe_port(port: int, timeout: float) -> str:
     with sock:
         try:
             sock.settimeout(timeout)
-            sock.sendall(protocol.dumps_line(protocol.request(
-                1, "hello", {"token": "", "client": "port probe", "protocol": 1})))
+            sock.sendall(protocol.dumps_line(protocol.request(1, protocol.Method.PING.value)))
             line = sock.makefile("rb").readline(1 << 16)
             reply = json.loads(line)
             return "pyrpl" if reply.get("jsonrpc") == "2.0" else "other"
@@ -381,7 +457,7 @@ def stop_local_server(port: int, timeout: float = 10.0) -> ServerState | None:
         if state is None:
             return None
         _terminate(state, timeout)
-        runtime.remove_state(port)
+        runtime.remove_state(port, state)
         return state
 
 
@@ -398,7 +474,7 @@ def takeover_local_server(port: int, startup_timeout: float = 60.0, auto_stop: f
         if old is None:
             raise ServerError(f"no local PyRPL server runs on port {port}; nothing to take over")
         token = secrets.token_hex(32)
-        runtime.write_state(ServerState(**{**old.__dict__, "token": token}))
+        runtime.write_state(dataclasses.replace(old, token=token))
         _terminate(old, 10.0)
         manager = TCPServerManager(port=port, hostname=old.hostname if old.backend != "mock"
                                    else None, config=old.config, python=python,
@@ -407,7 +483,8 @@ def takeover_local_server(port: int, startup_timeout: float = 60.0, auto_stop: f
 
 
 def _terminate(state: ServerState, timeout: float) -> None:
-    """Stop the server of ``state``: shutdown request, then SIGTERM, then SIGKILL."""
+    """Stop the server of ``state``: shutdown request, then SIGTERM, then SIGKILL, each signal only
+    to a process that passes :func:`runtime.server_process`. Raises ServerError if it survives."""
     client = PyRPLClient("127.0.0.1", state.port, state.token, "pymodaq-pyrpl", timeout=2.0,
                          reconnect=False)
     try:
@@ -418,13 +495,17 @@ def _terminate(state: ServerState, timeout: float) -> None:
     finally:
         client.close()
     for sig, wait in ((None, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if sig is not None and runtime.pid_alive(state.pid):
+        process = runtime.server_process(state)
+        if process is None:
+            break
+        if sig is not None:
             logger.warning("sending %s to the PyRPL server (pid %d)", sig.name, state.pid)
-            os.kill(state.pid, sig)
-        deadline = time.monotonic() + wait
-        while runtime.pid_alive(state.pid) and time.monotonic() < deadline:
-            _reap_children()
-            time.sleep(0.02)
-        if not runtime.pid_alive(state.pid):
-            return
-    raise ServerError(f"the PyRPL server (pid {state.pid}) does not stop")
+            try:
+                process.send_signal(sig)  # psutil checks again that the pid was not reused
+            except psutil.NoSuchProcess:
+                break
+        if runtime.wait_gone(state, wait):
+            break
+    else:
+        raise ServerError(f"the PyRPL server (pid {state.pid}) does not stop")
+    _reap_children()
