@@ -191,3 +191,31 @@ class RawClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def acquire_while_scope_settings_change(server: ServerProcess, timeout: float,
+                                        period: float = 0.02, limit: float = 8.0
+                                        ) -> tuple[dict[str, Any], float, int]:
+    """``acquire(scope, timeout)`` by one client while another changes a scope setting every
+    ``period`` s (for at most ``limit`` s): (the reply, seconds until it came, changes made)."""
+    answered = threading.Event()
+    changes = [0]
+
+    def change() -> None:
+        with server.client("changer") as changer:
+            end = time.monotonic() + limit
+            while not answered.wait(period) and time.monotonic() < end:
+                delay = 1e-6 * (changes[0] % 2)
+                assert "error" not in changer.request(
+                    "set", {"module": "scope", "values": {"trigger_delay": delay}})
+                changes[0] += 1
+
+    with server.client("acquirer") as acquirer:
+        changer = threading.Thread(target=change)
+        changer.start()
+        t0 = time.monotonic()
+        reply = acquirer.request("acquire", {"module": "scope", "timeout": timeout})
+        elapsed = time.monotonic() - t0
+        answered.set()
+        changer.join(limit + 10)
+    return reply, elapsed, changes[0]

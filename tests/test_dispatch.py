@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import protocol
+from pymodaq_plugins_pyrpl.hardware import server as server_module
 from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
 from pymodaq_plugins_pyrpl.hardware.server import Connection, Server
 
@@ -190,6 +191,34 @@ def test_acquire_shapes_and_timeout() -> None:
     assert set(iq["result"]) >= {"i", "q"}
     assert set(sampler["result"]) >= {"in1", "in2", "out1", "out2"}
     assert code(timeout) == -32005
+
+
+def test_default_acquire_timeout_follows_a_change_to_longer_traces(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default timeout: trace_average × duration + margin of the current settings, from the
+    request's arrival. A trace that never comes (trigger off) is replaced mid-acquisition by
+    0.54 s traces, which end after the old settings' deadline but before the new one."""
+    monkeypatch.setattr(server_module, "SCOPE_TIMEOUT_MARGIN", 0.5)
+
+    async def body(h: Harness):
+        waiting, changer = Pipe(), Pipe()
+        await h.hello(waiting, "waiting")
+        await h.hello(changer, "changer")
+        await h.call(changer, "set", {"module": "scope", "values": {
+            "duration": 131.072e-6, "trigger_source": "off"}})
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        acquire = asyncio.ensure_future(h.call(waiting, "acquire", {"module": "scope"}))
+        while not h.server._scope_lock.locked():
+            await asyncio.sleep(0.001)
+        await h.call(changer, "set", {"module": "scope", "values": {
+            "duration": 0.536870912, "trigger_source": "immediately"}})
+        reply = await acquire
+        return reply, loop.time() - t0
+    reply, elapsed = run(body)
+    assert "result" in reply, reply
+    assert protocol.decode_value(reply["result"])["settings"]["duration"] == 0.536870912
+    assert elapsed > 0.5  # past the deadline of the settings at the request's arrival
 
 
 def test_device_not_ready_and_shutting_down() -> None:

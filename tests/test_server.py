@@ -10,8 +10,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from support import RawClient, ServerProcess
+from support import RawClient, ServerProcess, acquire_while_scope_settings_change
 
 from pymodaq_plugins_pyrpl.hardware import protocol
 
@@ -137,6 +138,60 @@ def test_long_acquisition_does_not_block_others(mock_server: ServerProcess) -> N
         assert result["ch1"].shape == (16384,)
         assert elapsed >= 1.0  # the trace takes its duration in real time
         assert latencies and max(latencies) < 0.05 * 2  # ping + get, each well under 50 ms
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux ``VmHWM``), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+def test_trace_average_memory_does_not_grow_with_the_count(mock_server: ServerProcess) -> None:
+    """600 traces averaged at the shortest duration: the server's peak memory grows by far less
+    than the 150 MiB that keeping them would take, and the average is the mean of the traces."""
+    with mock_server.client() as c:
+        c.call("set", module="asg0", values={"waveform": "dc", "offset": 0.25,
+                                             "trigger_source": "immediately",
+                                             "output_direct": "out1"})
+        c.call("set", module="scope", values={"duration": 131.072e-6, "trace_average": 600,
+                                              "input1": "in1"})
+        before = _peak_rss_mib(mock_server.pid)
+        trace = c.call("acquire", module="scope", timeout=60)
+        grown = _peak_rss_mib(mock_server.pid) - before
+        assert grown < 30, f"peak RSS grew by {grown:.0f} MiB"
+        assert trace["settings"]["trace_average"] == 600
+        assert np.mean(trace["ch1"]) == pytest.approx(0.25, abs=2e-4)
+        assert np.std(trace["ch1"]) < 2e-4  # 1 mV of noise averaged over 600 traces: 41 µV
+
+
+def test_acquire_timeout_counts_the_wait_behind_another_acquisition(
+        mock_server: ServerProcess) -> None:
+    """B's timeout runs from its request's arrival, also while A's 2 s acquisition holds the
+    scope."""
+    with mock_server.client("a") as a, mock_server.client("b") as b:
+        a.call("set", module="scope", values={"duration": 1.073741824, "trace_average": 2})
+        a.send_raw(protocol.dumps_line(protocol.request("long", "acquire",
+                                                        {"module": "scope", "timeout": 30})))
+        assert a.call("ping")  # answered after the server started A's acquisition
+        t0 = time.monotonic()
+        reply = b.request("acquire", {"module": "scope", "timeout": 0.5})
+        elapsed = time.monotonic() - t0
+        assert reply["error"]["code"] == -32005, reply
+        assert "another client" in reply["error"]["message"]
+        assert elapsed < 0.5 + 1.0, f"answered after {elapsed:.2f} s"
+
+
+def test_acquire_timeout_holds_while_settings_keep_changing(mock_server: ServerProcess) -> None:
+    """An acquisition that settings changes keep restarting ends at its timeout, saying why."""
+    with mock_server.client() as c:
+        c.call("set", module="scope", values={"duration": 131.072e-6, "trace_average": 200})
+    reply, elapsed, changes = acquire_while_scope_settings_change(mock_server, timeout=1.0)
+    assert changes > 10
+    assert reply["error"]["code"] == -32005, reply
+    assert "settings changed" in reply["error"]["message"]
+    assert elapsed < 1.0 + 1.0, f"answered after {elapsed:.2f} s"
 
 
 def test_oversize_request_and_malformed_lines(mock_server: ServerProcess) -> None:

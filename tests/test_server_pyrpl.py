@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import ServerProcess
+from support import ServerProcess, acquire_while_scope_settings_change
 
 pytestmark = pytest.mark.pyrpl
 
@@ -58,6 +58,22 @@ def test_unreachable_board_exits_non_zero(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, ["--hostname", ""], startup_timeout=60)
     assert server.ready_line == ""
     assert server.proc.wait(30) == 2
+
+
+def test_acquire_timeout_holds_while_settings_keep_changing(fake_server: ServerProcess) -> None:
+    """Short traces (no wait on the event loop) restarted by settings changes every 60 ms: the
+    acquisition still ends at its timeout."""
+    with fake_server.client() as c:
+        c.call("set", module="scope", values={"duration": 0.001, "trace_average": 50,
+                                              "trigger_source": "immediately"})
+    reply, elapsed, changes = acquire_while_scope_settings_change(fake_server, timeout=2.0,
+                                                                  period=0.06)
+    with fake_server.client() as c:
+        c.call("set", module="scope", values={"trace_average": 1})
+    assert changes > 5
+    assert reply["error"]["code"] == -32005, reply
+    assert "settings changed" in reply["error"]["message"]
+    assert elapsed < 2.0 + 1.5, f"answered after {elapsed:.2f} s"
 
 
 def test_sigterm_stops_cleanly(fake_server: ServerProcess) -> None:

@@ -51,6 +51,8 @@ STATUS_PERIOD = 2.0
 """Subscribers get a status push on every change and at least this often (seconds)."""
 SCOPE_POLL = 0.002
 """Interval between two attempts to finish a trace that is late (no trigger yet), in seconds."""
+SCOPE_TIMEOUT_MARGIN = 10.0
+"""A scope acquisition's default timeout is its ``trace_average × duration`` plus this (seconds)."""
 FINISH_WINDOW = 0.003
 """The backend thread may wait this long for a trace to complete (seconds)."""
 FINISH_POLL = 0.0001
@@ -563,27 +565,55 @@ class Server:
         """One (averaged) trace taken entirely with the current settings.
 
         A settings change during the acquisition restarts it, so a trace never mixes settings.
-        Raises AcquisitionTimeout if no complete trace arrives within ``timeout`` (default: the
-        traces' own duration plus 10 s).
+        ``timeout`` is a deadline counted from the request's arrival (now): it covers waiting for
+        another client's acquisition to end, the restarts and the traces. Default: the current
+        settings' ``trace_average × duration`` plus SCOPE_TIMEOUT_MARGIN, still from the arrival
+        (a change to longer traces moves it). Raises AcquisitionTimeout when it passes without a
+        complete (averaged) trace.
         """
         loop = asyncio.get_running_loop()
-        async with self._scope_lock:
-            started = loop.time()
-            deadline: float | None = None if timeout is None else started + timeout
+        arrival = loop.time()
+
+        def deadline(settings: dict[str, Any]) -> float:
+            if timeout is not None:
+                return arrival + timeout
+            return (arrival + settings["trace_average"] * settings["duration"]
+                    + SCOPE_TIMEOUT_MARGIN)
+
+        await self._scope_turn(deadline)
+        try:
+            restarts = 0
             while True:
                 generation = self._scope_generation
                 settings = await self._scope_settings(generation)
-                if deadline is None:
-                    deadline = started + settings["trace_average"] * settings["duration"] + 10.0
-                traces = await self._take_traces(settings["trace_average"], generation, deadline)
-                if traces is not None:
+                trace = await self._take_traces(settings["trace_average"], generation,
+                                                deadline(settings), restarts)
+                if trace is not None:
                     break
+                restarts += 1
             self._scope_sequence += 1
-            ch1 = np.mean([t.ch1 for t in traces], axis=0) if len(traces) > 1 else traces[0].ch1
-            ch2 = np.mean([t.ch2 for t in traces], axis=0) if len(traces) > 1 else traces[0].ch2
-            return {"ch1": np.asarray(ch1, dtype="<f4"), "ch2": np.asarray(ch2, dtype="<f4"),
-                    "t0": traces[0].t0, "dt": traces[0].dt, "sequence": self._scope_sequence,
-                    "timestamp": time.time(), "settings": settings, **traces[0].extra}
+        finally:
+            self._scope_lock.release()
+        return {"ch1": np.asarray(trace.ch1, dtype="<f4"), "ch2": np.asarray(trace.ch2, dtype="<f4"),
+                "t0": trace.t0, "dt": trace.dt, "sequence": self._scope_sequence,
+                "timestamp": time.time(), "settings": settings, **trace.extra}
+
+    async def _scope_turn(self, deadline: Callable[[dict[str, Any]], float]) -> None:
+        """Take the scope (wait while another acquisition holds it) before ``deadline(settings)``
+        of the current settings passes. Raises AcquisitionTimeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            settings = await self._scope_settings(self._scope_generation)
+            remaining = deadline(settings) - loop.time()
+            if remaining <= 0:
+                raise AcquisitionTimeout(
+                    "no trace within the timeout: the scope was busy with another client's "
+                    "acquisition all that time; give a longer 'timeout'")
+            try:
+                await asyncio.wait_for(self._scope_lock.acquire(), remaining)
+                return
+            except asyncio.TimeoutError:
+                continue  # the deadline of settings changed meanwhile may be later
 
     async def _scope_settings(self, generation: int) -> dict[str, Any]:
         """The scope settings, read from the board once per settings generation."""
@@ -593,16 +623,21 @@ class Server:
             self._scope_settings_cache = (generation, settings)
         return dict(self._scope_settings_cache[1])
 
-    async def _take_traces(self, count: int, generation: int,
-                           deadline: float) -> list[ScopeTrace] | None:
-        """``count`` traces, or None if the scope settings changed meanwhile.
+    async def _take_traces(self, count: int, generation: int, deadline: float,
+                           restarts: int) -> ScopeTrace | None:
+        """The average of ``count`` traces, or None if the scope settings changed meanwhile.
 
-        The wait for a trace happens on the event loop, so other requests are served meanwhile; a
-        backend with its own thread spends the last few milliseconds polling there instead.
+        The traces are summed as they come: the memory does not depend on ``count``. The wait for
+        a trace happens on the event loop, so other requests are served meanwhile; a backend with
+        its own thread spends the last few milliseconds polling there instead. Raises
+        AcquisitionTimeout once the event loop's clock passes ``deadline`` (``restarts``: how
+        many settings changes restarted the acquisition before, for the message).
         """
         loop = asyncio.get_running_loop()
-        traces: list[ScopeTrace] = []
-        while len(traces) < count:
+        total: ScopeTrace | None = None
+        for _ in range(count):
+            if loop.time() >= deadline:
+                raise _scope_timeout(restarts)
             try:
                 wait, trace = await self._backend(self._arm_and_finish)
                 if trace is None:
@@ -614,9 +649,7 @@ class Server:
                     if trace is not None:
                         break
                     if loop.time() >= deadline:
-                        raise AcquisitionTimeout(
-                            "no trace within the timeout: check the trigger source and threshold, "
-                            "or give a longer 'timeout'")
+                        raise _scope_timeout(restarts)
                     await asyncio.sleep(SCOPE_POLL)
             except BaseException:
                 if self.device_state == "ready":
@@ -624,8 +657,18 @@ class Server:
                 raise
             if self._scope_generation != generation:
                 return None
-            traces.append(trace)
-        return traces
+            if total is None:
+                total = ScopeTrace(np.array(trace.ch1, dtype=np.float64),
+                                   np.array(trace.ch2, dtype=np.float64), trace.t0, trace.dt,
+                                   trace.extra)
+            else:
+                total.ch1 += trace.ch1
+                total.ch2 += trace.ch2
+        assert total is not None  # count >= 1 (catalogue)
+        if count > 1:
+            total.ch1 /= count
+            total.ch2 /= count
+        return total
 
     async def _wait_for_trace(self, wait: float) -> None:
         """Let ``wait`` seconds pass on the event loop, serving other requests meanwhile.
@@ -711,6 +754,14 @@ class Server:
         if targets:
             message = protocol.notification(protocol.NOTIFICATION_STATUS, self.status())
             await asyncio.gather(*(c.send(message) for c in targets))
+
+
+def _scope_timeout(restarts: int) -> AcquisitionTimeout:
+    """The timeout error of a scope acquisition that settings changes restarted ``restarts`` times."""
+    changed = (f" (the scope settings changed {restarts} time{'s' * (restarts != 1)} meanwhile; "
+               "each change restarts the acquisition)") if restarts else ""
+    return AcquisitionTimeout(f"no trace within the timeout{changed}: check the trigger source and "
+                              "threshold, or give a longer 'timeout'")
 
 
 # ------------------------------------------------------------------------------------------------
