@@ -519,3 +519,66 @@ def test_plant_parameters_are_used(clock):
     assert math.hypot(*sim.iq_read("iq0").values()) == pytest.approx(0.01 * 0.5 * 100, rel=1e-3)
     quiet = SimulatorBackend(seed=0, plant="loopback:noise=0,delay=0", clock=clock)
     assert quiet.sampler_read()["in1"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# PID loops: noise and bounded work
+
+
+def test_unstable_loop_at_its_setpoint_drifts_away(sim, clock):
+    """Positive feedback through the loopback, exactly at the setpoint: the input noise tips it."""
+    close_loop(sim, setpoint=0.0, p=0.0, i=1000.0)
+    settle(sim, clock, 20e-3)
+    assert abs(sim.get("pid0", ["ival"])["ival"]) == pytest.approx(4.0, abs=LSB)
+    assert abs(sim.sampler_read()["in1"]) == pytest.approx(1.0, abs=3e-3)
+
+
+def test_open_loop_integrator_random_walks_with_the_input_noise(sim, clock):
+    """Open loop on in1 (1 mV rms at 125 MS/s): increments over 10 ms have an rms of
+    2 pi i 1e-3 sqrt(10 ms / 125 MHz)."""
+    i = 30_000.0
+    configure(sim, "pid0", input="in1", output_direct="off", p=0.0, i=i)
+    values = []
+    for _ in range(401):
+        clock.advance(10e-3)
+        values.append(sim.get("pid0", ["ival"])["ival"])
+    expected = 2 * math.pi * i * 1e-3 * math.sqrt(10e-3 / catalogue.FPGA_CLOCK)
+    assert np.std(np.diff(values)) == pytest.approx(expected, rel=0.15)
+    assert abs(np.mean(np.diff(values))) < 4 * expected / math.sqrt(400)  # no drift
+
+
+OSCILLATING_LOOPS = {  # pid1 integrates fast between inverted limits: a relaxation oscillation
+    "pid0": {"input": "pid0", "output_direct": "out1", "p": 0.00176, "i": 1.06,
+             "min_voltage": 0.529, "max_voltage": -0.821, "setpoint": -0.594},
+    "pid1": {"input": "pid0", "output_direct": "out1", "p": -598.4, "i": -22962.5,
+             "min_voltage": 0.222, "max_voltage": -0.0526, "setpoint": 0.197},
+    "pid2": {"input": "pid0", "output_direct": "out2", "p": -0.267, "i": -781.7,
+             "min_voltage": -0.341, "max_voltage": -0.524, "setpoint": -0.948},
+}
+
+
+def test_pid_work_per_call_is_bounded(sim, clock, monkeypatch):
+    """Oscillating loops an hour later: one call takes at most MAX_STEPS integration steps (it
+    took 10 000, 9-14 s), and the loops go on oscillating within their limits."""
+    from pymodaq_plugins_pyrpl.hardware.backends import simulator
+
+    steps = []
+    propagate = simulator._PidLoops._propagate
+
+    def counted(self, region, h):
+        steps.append(h)
+        return propagate(self, region, h)
+
+    monkeypatch.setattr(simulator._PidLoops, "_propagate", counted)
+    for module, values in OSCILLATING_LOOPS.items():
+        configure(sim, module, **values)
+    for elapsed in (1e-3, 10.0, 3600.0, 3600.0):
+        clock.advance(elapsed)
+        steps.clear()
+        sim.get("pid1", ["ival"])
+        assert len(steps) <= simulator.MAX_STEPS <= 64
+    seen = set()
+    for _ in range(40):
+        clock.advance(5e-3)
+        seen.add(sim.get("pid1", ["ival"])["ival"])
+    assert min(seen) == -4.0 and max(seen) == 4.0 - LSB  # still swinging between its saturations

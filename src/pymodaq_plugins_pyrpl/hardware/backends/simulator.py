@@ -36,10 +36,13 @@ TRIGGER_HORIZON = 10.0
 IVAL_RANGE = (-4.0, 4.0 - LSB)
 """Saturation of the PID integrators (V)."""
 MIN_STEP = 1e-9
-MAX_STEPS = 10_000
-"""Bound on the PID integration steps of one advance (a safety net; advances take 1 to 3)."""
 RECORD_POINTS = 64
 """PID output samples recorded across a scope window while an integrator moves."""
+MAX_STEPS = 32
+"""PID integration steps of one advance (most take 1 to 3; loops that oscillate or keep switching
+limits take one or two per switch): beyond, the loops skip the rest of the time in their state."""
+MAX_RECORD_STEPS = 4 * RECORD_POINTS
+"""Further steps allowed in one advance that crosses a pending scope window (its trace's detail)."""
 HARMONICS_AROUND = 4
 """Harmonics of non-sinusoidal ASG waveforms kept on each side of a demodulation frequency."""
 PERIOD_TABLE_MAX = 2**16
@@ -424,23 +427,66 @@ def parse_plant(spec: str) -> _Loopback | _Resonator:
 # PID dynamics
 
 
-def _expm(m: np.ndarray) -> np.ndarray:
-    """Matrix exponential by scaling and squaring of a 12th-order Taylor series (small matrices)."""
+def _squarings(m: np.ndarray) -> int:
+    """Halvings that bring ``m``'s 1-norm to at most 0.5 (where the Taylor series is exact)."""
     norm = float(np.abs(m).sum(axis=0).max())
-    squarings = max(0, math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0
-    a = m / 2.0**squarings
-    result = term = np.eye(len(m))
+    return max(0, math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0
+
+
+def _taylor_expm(a: np.ndarray) -> np.ndarray:
+    """``expm(a)`` by a 12th-order Taylor series, for a 1-norm up to about 1."""
+    result = term = np.eye(len(a))
     for k in range(1, 13):
         term = term @ a / k
         result = result + term
+    return result
+
+
+def _expm(m: np.ndarray) -> np.ndarray:
+    """Matrix exponential by scaling and squaring of a 12th-order Taylor series (small matrices)."""
+    squarings = _squarings(m)
+    result = _taylor_expm(m / 2.0**squarings)
     for _ in range(squarings):
         result = result @ result
     return result
 
 
+def _noisy_step(a: np.ndarray, g: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One step of ``dx = (A x + c) dt + B dW`` given ``a = A h``, ``g = c h``, ``q = B B.T h``:
+    ``[Phi, d]`` (``x -> Phi x + d``) and the covariance of the noise integrated over the step.
+
+    Van Loan's block exponential on ``h / 2**s`` (small enough not to overflow), then ``s``
+    doublings: ``Q <- Q + Phi Q Phi.T``, ``d <- Phi d + d``, ``Phi <- Phi Phi``.
+    """
+    n = len(a)
+    squarings = max(_squarings(a), _squarings(g[:, None]), _squarings(q))
+    scale = 2.0**-squarings
+    block = np.zeros((2 * n + 1, 2 * n + 1))
+    block[:n, :n], block[:n, n:2 * n] = -a * scale, q * scale
+    block[n:2 * n, n:2 * n], block[2 * n, n:2 * n] = a.T * scale, g * scale
+    e = _taylor_expm(block)
+    phi, d = e[n:2 * n, n:2 * n].T, e[2 * n, n:2 * n]
+    covariance = phi @ e[:n, n:2 * n]
+    for _ in range(squarings):
+        covariance = covariance + phi @ covariance @ phi.T
+        d = phi @ d + d
+        phi = phi @ phi
+    return np.hstack([phi, d[:, None]]), covariance
+
+
+def _square_root(covariance: np.ndarray) -> np.ndarray:
+    """``S`` with ``S @ S.T = covariance`` (symmetric, positive semi-definite, maybe singular);
+    NaN if the covariance is not finite (an overflowing step, to be halved)."""
+    if not np.all(np.isfinite(covariance)):
+        return np.full_like(covariance, np.nan)
+    values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
+    return vectors * np.sqrt(np.clip(values, 0.0, None))
+
+
 @dataclass(frozen=True)
 class _LoopModel:
-    """Quasi-static PID loops: ``error = E @ u + c`` and ``u = clamp(p * error + ival, lo, hi)``.
+    """Quasi-static PID loops: ``error = E @ u + c + D @ w`` and
+    ``u = clamp(p * error + ival, lo, hi)``, ``w`` the ADC inputs' white noise (unit intensity).
 
     ``k`` holds the integrator rates ``2 pi i`` (0 when frozen by ``paused``).
     """
@@ -451,13 +497,17 @@ class _LoopModel:
     k: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    D: np.ndarray
+    """White noise of each error, per ADC input (in1, in2), in V·√s: ``noise / sqrt(FPGA_CLOCK)``."""
 
 
 @dataclass(frozen=True)
 class _Affine:
     """The loops for one clamp ``state`` (per PID 0: free, +1: at ``hi``, -1: at ``lo``).
 
-    Outputs ``u = b @ ival + u0`` and integrator dynamics ``d ival / dt = G @ ival + g``.
+    Outputs ``u = b @ ival + u0`` (noise aside) and integrator dynamics
+    ``d ival / dt = G @ ival + g + N @ w``: the noise enters the error directly and through the
+    proportional outputs of the free PIDs.
     """
 
     state: tuple[int, ...]
@@ -465,6 +515,7 @@ class _Affine:
     u0: np.ndarray
     G: np.ndarray
     g: np.ndarray
+    N: np.ndarray
 
     @classmethod
     def build(cls, m: _LoopModel, state: tuple[int, ...]) -> _Affine:
@@ -481,7 +532,8 @@ class _Affine:
                 inverse = np.eye(free.sum())
             b[np.ix_(free, free)] = inverse
             u0[free] = inverse @ (m.p[free] * (m.E[:, ~free][free] @ held[~free] + m.c[free]))
-        return cls(state, b, u0, m.k[:, None] * (m.E @ b), m.k * (m.E @ u0 + m.c))
+        noise = m.k[:, None] * ((np.eye(n) + m.E @ b * m.p) @ m.D)
+        return cls(state, b, u0, m.k[:, None] * (m.E @ b), m.k * (m.E @ u0 + m.c), noise)
 
 
 @dataclass(frozen=True)
@@ -505,12 +557,21 @@ class _PidLoops:
     The analog path is orders of magnitude faster than the PIDs, so the loops are quasi-static: at
     each instant the outputs solve the algebraic loop ``u = clamp(p (E u + c) + ival)`` and only the
     integrators carry dynamics, linear between output clamps and solved exactly (matrix exponential),
-    so any time step is stable and accurate. The linear algebra is cached per clamp state and step
-    size: steps through a scope window cost a few matrix-vector products.
+    so any time step is stable and accurate. The ADC noise of the inputs drives the integrators
+    too: each step adds the exact Gaussian spread of the integrated noise over the step (drawn from
+    ``rng``), so an unstable loop does not stay at its setpoint. The linear algebra is cached per
+    clamp state and step size: steps through a scope window cost a few matrix-vector products.
+
+    Work per advance is bounded (MAX_STEPS, plus MAX_RECORD_STEPS across a scope window): loops
+    that oscillate or switch limits faster than that skip the rest of the time in their current
+    state, i.e. at another phase of their motion, once per advance (logged once per settings).
     """
 
-    def __init__(self, build: Callable[[], _LoopModel], n: int, t: float) -> None:
+    def __init__(self, build: Callable[[], _LoopModel], n: int, t: float,
+                 rng: np.random.Generator) -> None:
         self._build = build
+        self._rng = rng
+        self._skip_logged = False
         self._model: _LoopModel | None = None
         self._outputs: np.ndarray | None = None
         self._affines: dict[tuple[int, ...], _Affine] = {}
@@ -525,6 +586,7 @@ class _PidLoops:
         self._outputs = None
         self._affines.clear()
         self._propagators.clear()
+        self._skip_logged = False
 
     def preset(self, k: int, value: float) -> None:
         """Write integrator ``k`` (PyRPL's ``ival``)."""
@@ -547,7 +609,10 @@ class _PidLoops:
         if recorder is None and not self.model.k.any():
             self.t = max(self.t, t)  # no integrator moves and nothing to record
             return
-        for _ in range(MAX_STEPS):
+        start, budget = self.t, MAX_STEPS
+        if recorder is not None and self.t < recorder.stop and t > recorder.start:
+            budget += MAX_RECORD_STEPS
+        for _ in range(budget):
             if self.t >= t:
                 return
             region = self._region()
@@ -558,9 +623,12 @@ class _PidLoops:
             self.t = t if h >= t - self.t else self.t + h
             if recorder is not None:
                 recorder.add(self.t, self.outputs())
-        logger.warning("PID integration did not reach t=%.6f s in %d steps; skipping ahead", t,
-                       MAX_STEPS)
-        self.t = t
+        if self.t < t and not self._skip_logged:
+            self._skip_logged = True
+            logger.info("the PID loops switch limits or oscillate faster than the simulator "
+                        "follows (%d steps covered %.3g of %.3g s): the rest of a call's time is "
+                        "skipped in their current state", budget, self.t - start, t - start)
+        self.t = max(self.t, t)
 
     def _affine(self, state: tuple[int, ...]) -> _Affine:
         if state not in self._affines:
@@ -608,31 +676,42 @@ class _PidLoops:
         return min(times) * (1 + 1e-6) + 1e-12
 
     def _propagate(self, region: _Region, h: float) -> float:
-        """Exact step of ``h`` seconds (halved while it overflows); return the step taken."""
-        if not region.rate.any():
+        """Exact step of ``h`` seconds (halved while it overflows), noise included; return the
+        step taken."""
+        if not region.rate.any() and not region.affine.N.any():
             return h
         while True:
-            phi = self._propagator(region, h)
+            phi, spread = self._propagator(region, h)
             with np.errstate(over="ignore", invalid="ignore"):
                 new = phi[:, :-1] @ self.ival + phi[:, -1]
+                if spread is not None:
+                    new = new + spread @ self._rng.standard_normal(len(new))
             if np.all(np.isfinite(new)) or h <= MIN_STEP:
                 self.ival, self._outputs = np.clip(np.nan_to_num(new), *IVAL_RANGE), None
                 return h
             h /= 2.0
 
-    def _propagator(self, region: _Region, h: float) -> np.ndarray:
-        """``expm([[G h, g h], [0, 0]])[:n]`` with the frozen integrators' rows zeroed (cached)."""
+    def _propagator(self, region: _Region, h: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """``expm([[G h, g h], [0, 0]])[:n]`` and a square root of the covariance of the noise
+        integrated over ``h`` (Van Loan's method; None without noise), with the frozen
+        integrators' rows zeroed (cached)."""
         key = (region.affine.state, region.frozen, h)
         if key not in self._propagators:
             n = len(self.ival)
             keep = ~np.array(region.frozen)
-            aug = np.zeros((n + 1, n + 1))
-            aug[:n, :n] = region.affine.G * keep[:, None] * h
-            aug[:n, n] = region.affine.g * keep * h
+            a = region.affine.G * keep[:, None] * h
+            g = region.affine.g * keep * h
+            noise = region.affine.N * keep[:, None]
             if len(self._propagators) > 256:
                 self._propagators.clear()
             with np.errstate(over="ignore", invalid="ignore"):
-                self._propagators[key] = _expm(aug)[:n]
+                if noise.any():
+                    phi, covariance = _noisy_step(a, g, noise @ noise.T * h)
+                    self._propagators[key] = (phi, _square_root(covariance))
+                else:
+                    aug = np.zeros((n + 1, n + 1))
+                    aug[:n, :n], aug[:n, n] = a, g
+                    self._propagators[key] = (_expm(aug)[:n], None)
         return self._propagators[key]
 
 
@@ -773,8 +852,15 @@ class SimulatorBackend:
       excitations count with their mean, so the proportional term does not copy AC signals); the
       proportional loop through the analog path is solved algebraically (a loop gain
       ``|p H(0)| >= 1``, which would oscillate or latch on a board, only logs a warning); the loop
-      algebra ignores the ±1 V clipping of outputs and inputs (the PID's own limits hold). PID
-      outputs carry no noise.
+      algebra ignores the ±1 V clipping of outputs and inputs (the PID's own limits hold). The
+      ADC noise of in1/in2 (the plant's ``noise``, white at 125 MS/s) drives the integrators of
+      the PIDs that read them, directly or through other PIDs' proportional outputs, exactly
+      (its integrated spread over each step): an unstable loop left at its setpoint drifts away,
+      an open-loop integrator random-walks by ``2 pi i noise sqrt(t / 125 MHz)``. The
+      proportional term does not copy that noise onto the outputs (they show the integrators'
+      motion only). Loops that oscillate or switch limits faster than the simulator follows
+      within one call (MAX_STEPS integration steps, more across a scope window) skip the rest
+      of that call's time in their current state: the oscillation goes on at another phase.
     - ``iq_read`` is computed analytically from the tones of the input (ASG sin/cos, the harmonics
       of the other ASG waveforms near the demodulation frequency, IQ excitations, DC levels)
       through the plant's H(f): clipping is ignored, the sum-frequency (2f) ripple is left out (it
@@ -807,7 +893,8 @@ class SimulatorBackend:
             for name, spec in catalogue.MODULES.items()}
         self._asgs = [_Asg(self._values[f"asg{n}"]) for n in range(2)]
         self._iq_phases = [_Phase() for _ in range(3)]
-        self._pids = _PidLoops(self._loop_model, 3, 0.0)
+        self._pids = _PidLoops(self._loop_model, 3, 0.0, np.random.default_rng(
+            np.random.SeedSequence(seed).spawn(1)[0]))
         self._acquisition: _Acquisition | None = None
 
     # -- Backend interface ----------------------------------------------------------------------
@@ -1115,17 +1202,22 @@ class SimulatorBackend:
         hi = np.array([min(c["max_voltage"], 1.0 - LSB) for c in cfg])
         inputs = np.zeros((n, n))  # d input / d u
         offset = np.zeros(n)  # error at u = 0
+        noise = np.zeros((n, len(_CHANNEL)))  # white noise of each error per ADC input
         if p.any() or k.any():
             x0 = np.array([self._dc(c["input"], np.zeros(n)) for c in cfg])
             for j in range(n):
                 inputs[:, j] = np.array([self._dc(c["input"], np.eye(n)[j]) for c in cfg]) - x0
             error, offset = inputs.copy(), x0 - np.array([c["setpoint"] for c in cfg])
+            adc = self._plant.noise / math.sqrt(catalogue.FPGA_CLOCK)
+            direct = np.array([[adc * (c["input"] == ch) for ch in _CHANNEL] for c in cfg])
+            noise = direct.copy()
             for a in (0, 1):
                 if cfg[a]["differential_mode_enabled"]:
                     error[a], offset[a] = inputs[a] - inputs[1 - a], x0[a] - x0[1 - a]
+                    noise[a] = direct[a] - direct[1 - a]
             inputs = error
             self._warn_loop_gain(p, inputs)
-        return _LoopModel(inputs, offset, p, k, lo, hi)
+        return _LoopModel(inputs, offset, p, k, lo, hi, noise)
 
     @staticmethod
     def _warn_loop_gain(p: np.ndarray, E: np.ndarray) -> None:
