@@ -292,6 +292,19 @@ def test_unknown_plant_exits_non_zero(tmp_path: Path) -> None:
     assert server.ready_line == "" and server.proc.wait(10) == 2
 
 
+@pytest.mark.parametrize("args", [
+    ["--port", "70000"], ["--port", "-1"], ["--hello-timeout", "0"], ["--hello-timeout", "nan"],
+    ["--auth-cooldown", "nan"], ["--session-grace", "-1"], ["--auto-stop", "inf"],
+    ["--seed", "-3"],
+])
+def test_invalid_options_exit_2_with_a_usage_message(tmp_path: Path, args: list[str]) -> None:
+    server = ServerProcess(tmp_path, ["--mock", *args])
+    assert server.ready_line == "" and server.proc.wait(10) == 2
+    server.stop()
+    assert "usage:" in server.log and f"argument {args[0]}" in server.log, server.log
+    assert "Traceback" not in server.log
+
+
 def test_mock_server_imports_neither_pymodaq_nor_qt(tmp_path: Path) -> None:
     import subprocess
     import sys

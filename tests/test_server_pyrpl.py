@@ -1,9 +1,11 @@
 """The server with the PyRPL backend, against PyRPL's own fake board, as a subprocess."""
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from support import ServerProcess, acquire_while_scope_settings_change
 
 pytestmark = pytest.mark.pyrpl
@@ -74,6 +76,45 @@ def test_acquire_timeout_holds_while_settings_keep_changing(fake_server: ServerP
     assert reply["error"]["code"] == -32005, reply
     assert "settings changed" in reply["error"]["message"]
     assert elapsed < 2.0 + 1.5, f"answered after {elapsed:.2f} s"
+
+
+def test_named_config_has_every_change_on_disk_owner_only(tmp_path: Path) -> None:
+    """Two changes 0 s apart (PyRPL defers the second to a Qt timer the server never runs), then
+    SIGKILL: both are in the YAML, which is 0600 in 0700 folders (it holds the ssh password)."""
+    cache = tmp_path / "cache"
+    server = ServerProcess(tmp_path, ["--hostname", "_FAKE_", "--config", "kept"],
+                           startup_timeout=60,
+                           env={"PYRPL_USER_DIR": "", "XDG_CACHE_HOME": str(cache)})
+    with server:
+        assert server.ready_line, server.log
+        with server.client() as c:
+            c.call("set", module="asg0", values={"frequency": 1000.0})
+            c.call("set", module="asg0", values={"frequency": 2000.0})
+            c.call("set", module="pid1", values={"setpoint": 0.25})
+        server.proc.kill()
+        server.proc.wait(10)
+    user_dir = cache / "pymodaq_plugins_pyrpl" / "pyrpl_user_dir"
+    config = user_dir / "config" / "kept.yml"
+    saved = yaml.safe_load(config.read_text())
+    assert saved["asg0"]["frequency"] == pytest.approx(2000.0, abs=0.1)
+    assert saved["pid1"]["setpoint"] == pytest.approx(0.25, abs=1e-3)
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(user_dir.stat().st_mode) == 0o700
+
+
+def test_corrupt_config_file_is_named(tmp_path: Path) -> None:
+    user_dir = tmp_path / "pyrpl"
+    (user_dir / "config").mkdir(parents=True)
+    broken = user_dir / "config" / "broken.yml"
+    broken.write_text("pyrpl: [unclosed\n  name: : :\n")
+    server = ServerProcess(tmp_path, ["--hostname", "_FAKE_", "--config", "broken"],
+                           startup_timeout=60, env={"PYRPL_USER_DIR": str(user_dir)})
+    assert server.ready_line == ""
+    assert server.proc.wait(30) == 2
+    server.stop()
+    assert f"the PyRPL config file {broken}" in server.log and "is corrupt" in server.log
+    assert "cannot connect" not in server.log
 
 
 def test_sigterm_stops_cleanly(fake_server: ServerProcess) -> None:

@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -913,6 +914,43 @@ def make_backend(args: argparse.Namespace) -> Backend:
     return PyrplBackend(hostname=args.hostname, config=args.config)
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a random seed, an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seconds(positive: bool) -> Callable[[str], float]:
+    """argparse type: a finite number of seconds, > 0 (``positive``) or >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a {'positive' if positive else 'non-negative'} finite number of "
+                "seconds")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pymodaq_plugins_pyrpl.hardware.server",
@@ -920,25 +958,29 @@ def build_parser() -> argparse.ArgumentParser:
     board = parser.add_mutually_exclusive_group(required=True)
     board.add_argument("--mock", action="store_true", help="serve the simulated Red Pitaya")
     board.add_argument("--hostname", help="Red Pitaya hostname or IP ('_FAKE_': PyRPL's fake board)")
-    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+    parser.add_argument("--port", type=_port, default=protocol.DEFAULT_PORT,
                         help="TCP port (0: pick a free one); default %(default)s")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
     parser.add_argument("--token-file", type=Path,
                         help="file holding the token clients must present (created owner-only with a "
                              "random token if missing); without it, any token is accepted")
     parser.add_argument("--config", default="", help="PyRPL config name (default: in-memory config)")
-    parser.add_argument("--auto-stop", type=float, metavar="SECONDS",
+    parser.add_argument("--auto-stop", type=_seconds(positive=False), metavar="SECONDS",
                         help="stop when no holding client is left: at once when the last one says "
                              "goodbye or its session expires, or after SECONDS without any")
-    parser.add_argument("--session-grace", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--session-grace", type=_seconds(positive=False), default=10.0,
+                        metavar="SECONDS",
                         help="how long a dropped client's session (and its leases) waits for it to "
                              "resume; default %(default)s")
-    parser.add_argument("--hello-timeout", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--hello-timeout", type=_seconds(positive=True), default=10.0,
+                        metavar="SECONDS",
                         help="close connections that have not said hello by then; default %(default)s")
-    parser.add_argument("--auth-cooldown", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--auth-cooldown", type=_seconds(positive=False), default=60.0,
+                        metavar="SECONDS",
                         help=f"after {AUTH_MAX_FAILURES} wrong tokens within {AUTH_WINDOW:g} s from "
                              "one IP address, refuse its hellos for SECONDS; default %(default)s")
-    parser.add_argument("--seed", type=int, help="simulator: random seed (deterministic noise)")
+    parser.add_argument("--seed", type=_seed,
+                        help="simulator: random seed, >= 0 (deterministic noise)")
     parser.add_argument("--plant", default="loopback",
                         help="simulator: what connects the outputs to the inputs, 'loopback' (cable "
                              "out1->in1, out2->in2) or 'resonator[:f0=HZ,q=Q,gain=G]'; "

@@ -35,7 +35,12 @@ Behaviour worth knowing:
   FPGA filter stage. In fake mode the stage counts and cutoffs are garbage (PyRPL's ``DummyClient``).
 * **Named PyRPL configs** (``--config NAME``) keep PyRPL's semantics: ``<user dir>/config/NAME.yml``
   is created if missing, stored settings are re-applied to the FPGA at start-up and every change is
-  saved there. ``config=""`` (the default) keeps PyRPL's settings in memory only.
+  saved there. PyRPL defers a save that follows another within 3 s to a Qt timer, which never runs
+  here: :meth:`PyrplBackend.set` writes such a pending save before it returns, so every accepted
+  change is on disk (a write costs a YAML dump and an fsync). The file holds the board's ssh
+  password: it is kept owner-only (0600), in an owner-only config folder (0700), and the default
+  user dir is created 0700. A file that is not valid YAML (or not a mapping) is refused at ``open()``
+  naming the file. ``config=""`` (the default) keeps PyRPL's settings in memory only.
 * **Fake board** (``_FAKE_``): scope traces are random noise, ``curve_ready`` is always true, the
   sampler and IQ accumulators return constants, filter cutoffs are garbage. They are not hidden.
 
@@ -236,6 +241,10 @@ class PyrplBackend:
                     "for the simulator")
         # No network analyzer / spectrum analyzer / lockbox: they would own iq2 and pid2.
         pyrpl_main.default_pyrpl_config["modules"] = []
+        if self.config:
+            failure = _check_config_file(self.config)
+            if failure is not None:
+                return failure
         try:
             p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error")
         except Exception as exc:
@@ -246,6 +255,8 @@ class PyrplBackend:
                     "defaults root/root, or the redpitaya section of the PyRPL config); only one "
                     "PyRPL client may use a board at a time")
         self._pyrpl, self._rp = p, p.rp
+        if p.c._filename is not None:
+            _make_private(p.c._filename)
         modules = list(getattr(p.c.pyrpl, "modules", []) or [])
         if modules:
             logger.warning("PyRPL config %r loads software modules %s: they may own iq2/pid2",
@@ -306,6 +317,10 @@ class PyrplBackend:
             return {name: self._read(m, spec, name) for name in names}
 
     def set(self, module: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply ``values``; with a named config, they are in its file when this returns.
+
+        Raises InternalError (the values applied nonetheless) if the config file cannot be written.
+        """
         spec = catalogue.module(module)
         with self._board() as rp:
             m = getattr(rp, module)
@@ -313,7 +328,9 @@ class PyrplBackend:
                 self._check_writable(m, spec, name, value)
             for name in self._write_order(spec, values):
                 self._write(m, spec, name, values[name])
-            return {name: self._read(m, spec, name) for name in values}
+            applied = {name: self._read(m, spec, name) for name in values}
+        self._write_pending_config()
+        return applied
 
     # -------------------------------------------------------------------------------------------------
     # scope
@@ -420,6 +437,22 @@ class PyrplBackend:
     # -------------------------------------------------------------------------------------------------
     # internals
 
+    def _write_pending_config(self) -> None:
+        """Write the named config now if PyRPL left the save to its Qt timer (never run here).
+
+        Raises InternalError naming the file if it cannot be written."""
+        tree = self._pyrpl.c if self._pyrpl is not None else None
+        if tree is None or tree._filename is None or not tree._savetimer.isActive():
+            return
+        try:
+            tree._write_to_file()
+        except OSError as exc:
+            logger.error("PyRPL config file %s not written: %s", tree._filename, exc)
+            raise errors.InternalError(
+                f"the values were applied, but the PyRPL config file {tree._filename} could not "
+                f"be written ({_one_line(exc)})") from None
+        _make_private(tree._filename)
+
     @contextlib.contextmanager
     def _board(self) -> Iterator[Any]:
         """The RedPitaya object; turns a communication failure into the sticky error state."""
@@ -441,7 +474,8 @@ class PyrplBackend:
                 "and the network, then restart the server") from exc
 
     def _prepare_environment(self) -> None:
-        """Environment PyRPL reads at import: Qt platform, user dir, XDG runtime dir."""
+        """Environment PyRPL reads at import: Qt platform, user dir (the default one owner-only),
+        XDG runtime dir."""
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # else import aborts without a display
         if "pyrpl" in sys.modules:
             if self.user_dir is not None:
@@ -449,7 +483,7 @@ class PyrplBackend:
                                os.environ.get("PYRPL_USER_DIR"))
             return
         user_dir = Path(self.user_dir or os.environ.get("PYRPL_USER_DIR") or default_user_dir())
-        user_dir.mkdir(parents=True, exist_ok=True)
+        user_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.environ["PYRPL_USER_DIR"] = str(user_dir)
         if os.name == "posix" and not os.environ.get("XDG_RUNTIME_DIR"):
             os.environ["XDG_RUNTIME_DIR"] = _private_runtime_dir()
@@ -520,6 +554,41 @@ class PyrplBackend:
                     setattr(m, name, value)
             return
         setattr(m, name, value)
+
+
+def _check_config_file(name: str) -> str | None:
+    """Why PyRPL's config file ``name`` cannot be used (not YAML, not a mapping), or None.
+
+    PyRPL's own lookup: ``<user dir>/config/NAME.yml``, created empty if missing."""
+    import yaml
+    from pyrpl.memory import get_config_file, load
+
+    path = get_config_file(name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = _one_line(exc)
+    else:
+        if data is None or isinstance(data, dict):
+            return None
+        reason = f"it holds a {type(data).__name__}, not a mapping of settings"
+    return (f"the PyRPL config file {path} (--config {name}) is corrupt: {reason}. Fix it, or "
+            "move it away to start from an empty config")
+
+
+def _make_private(config_file: str) -> None:
+    """Owner-only config file, its backup and its folder (the file holds the ssh password)."""
+    path = Path(config_file)
+    for target, mode in ((path.parent, 0o700), (path, 0o600),
+                         (path.with_name(path.name + ".bak"), 0o600)):
+        try:
+            if target.stat().st_mode & 0o777 != mode:
+                target.chmod(mode)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("cannot make %s owner-only: %s", target, exc)
 
 
 def _select_registers(cls: type) -> list[tuple[str, Any]]:
