@@ -24,6 +24,7 @@ from importlib import metadata
 
 os.environ["PYMODAQ_PYRPL_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pyrpl_bench_")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="pyrpl_bench_xdg_"))  # Qt's
 
 import psutil  # noqa: E402
 
@@ -295,6 +296,17 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def configure_logging() -> None:
+    """The bench's output is its table: on stderr only its own warnings and anyone's errors (not
+    PyMoDAQ's INFO/DEBUG records nor its warnings about optional packages)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(lambda record: record.levelno >= logging.ERROR
+                      or record.name == "bench" or record.name.startswith("bench."))
+    logging.getLogger().addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
@@ -304,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    logging.basicConfig(level=logging.ERROR)
+    configure_logging()
     runs = min(args.runs, 2) if args.quick else args.runs
     result = run(runs, args.quick)
     bad = [k for k, f in result["figures"].items()

@@ -36,6 +36,9 @@ def test_quick_bench_produces_every_figure():
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json"], cwd=ROOT,
                           env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    chatter = [line for line in done.stderr.splitlines() if line.startswith(("INFO", "DEBUG"))
+               or line.startswith("WARNING") and not line.startswith("WARNING bench")]
+    assert not chatter, chatter[:10]  # the table (here JSON) and the bench's own warnings only
     result = json.loads(done.stdout)
     machine = result["machine"]
     assert machine["cores"] and machine["python"] and machine["packages"]["pymodaq_plugins_pyrpl"]
