@@ -298,9 +298,8 @@ def test_unknown_plant_exits_non_zero(tmp_path: Path) -> None:
     ["--seed", "-3"],
 ])
 def test_invalid_options_exit_2_with_a_usage_message(tmp_path: Path, args: list[str]) -> None:
-    server = ServerProcess(tmp_path, ["--mock", *args])
-    assert server.ready_line == "" and server.proc.wait(10) == 2
-    server.stop()
+    with ServerProcess(tmp_path, ["--mock", *args]) as server:
+        assert server.ready_line == "" and server.proc.wait(10) == 2
     assert "usage:" in server.log and f"argument {args[0]}" in server.log, server.log
     assert "Traceback" not in server.log
 

@@ -108,11 +108,10 @@ def test_corrupt_config_file_is_named(tmp_path: Path) -> None:
     (user_dir / "config").mkdir(parents=True)
     broken = user_dir / "config" / "broken.yml"
     broken.write_text("pyrpl: [unclosed\n  name: : :\n")
-    server = ServerProcess(tmp_path, ["--hostname", "_FAKE_", "--config", "broken"],
-                           startup_timeout=60, env={"PYRPL_USER_DIR": str(user_dir)})
-    assert server.ready_line == ""
-    assert server.proc.wait(30) == 2
-    server.stop()
+    with ServerProcess(tmp_path, ["--hostname", "_FAKE_", "--config", "broken"],
+                       startup_timeout=60, env={"PYRPL_USER_DIR": str(user_dir)}) as server:
+        assert server.ready_line == ""
+        assert server.proc.wait(30) == 2
     assert f"the PyRPL config file {broken}" in server.log and "is corrupt" in server.log
     assert "cannot connect" not in server.log
 
