@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pymodaq_plugins_pyrpl.hardware import protocol
 
@@ -35,7 +35,8 @@ class ServerProcess:
     """
 
     def __init__(self, tmp_path: Path, args: list[str], startup_timeout: float = 30.0,
-                 token_file: bool = True, env: dict[str, str] | None = None) -> None:
+                 token_file: bool = True, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.token_path = tmp_path / "token"
         cmd = [sys.executable, "-m", SERVER_MODULE, *args]
         if "--port" not in args:
@@ -43,7 +44,8 @@ class ServerProcess:
         if token_file:
             cmd += ["--token-file", str(self.token_path)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                                     stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                     preexec_fn=preexec_fn)
         self._stdout: queue.Queue[str] = queue.Queue()
         self.log_lines: list[str] = []
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout.put),

@@ -31,7 +31,7 @@ from pymodaq_plugins_pyrpl.hardware import catalogue, protocol
 
 HELLO_TIMEOUT = 1.0
 CODES = {-32700, -32600, -32601, -32602, -32603, -32001, -32002, -32003, -32004, -32005, -32006,
-         -32007, -32008}
+         -32007, -32008, -32009}
 METHODS = [m.value for m in protocol.Method]
 MISSING = object()
 
@@ -381,11 +381,15 @@ def test_before_hello(server: ServerProcess, watchdog: RawClient) -> None:
         check_reply(c.request("hello", {"token": server.token, "client": "x", "protocol": 1}),
                     None, c._id)
         check_reply(c.request("goodbye"), None, c._id)
-    for token in [None, 5, [], {}, "", "x" * 10_000, server.token + " ", server.token.upper()]:
+    for token in [None, 5, [], {}, "", "x" * 4000, server.token + " ", server.token.upper()]:
         with stranger(server) as c:
             check_reply(c.request("hello", {"token": token, "client": "x", "protocol": 1}),
                         -32002, c._id)
             assert_closed(c)  # -32002 is final: the server closes the connection
+    with stranger(server) as c:  # a line over 4 KiB before hello
+        c.send_raw(protocol.dumps_line(protocol.request(1, "hello", {"token": "x" * 10_000})))
+        check_reply(c.read_message(), -32006, None)
+        assert_closed(c)
     assert_healthy(server, watchdog)
 
 
@@ -775,8 +779,10 @@ def _wait_fds(server: ServerProcess, at_most: int, timeout: float) -> int:
 
 
 def test_1000_abandoned_connections(server: ServerProcess, watchdog: RawClient) -> None:
-    """1,000 connections that never say hello (silent, mid-line, garbage then silent): the hello
-    timeout closes them all, others are served meanwhile, and the descriptors come back."""
+    """1,000 connections that never say hello (silent, mid-line, garbage then silent): those
+    beyond the cap of connections waiting for their hello are refused at once (one -32009 line),
+    the hello timeout closes the others, others are served meanwhile, and the descriptors come
+    back."""
     baseline = _server_fds(server)
     sockets: list[socket.socket] = []
     try:
@@ -811,10 +817,13 @@ def test_1000_abandoned_connections(server: ServerProcess, watchdog: RawClient) 
                         del pending[s.fileno()]
                         selector.unregister(s)
         assert not pending, f"{len(pending)} connections still open after the hello timeout"
-        for fileno, data in received.items():  # only the garbage lines got (parse error) replies
+        refused = 0
+        for fileno, data in received.items():  # refusals, and parse errors for garbage lines
+            codes = [json.loads(line)["error"]["code"] for line in data.splitlines()]
+            refused += codes == [-32009]
             for line in data.splitlines():
-                check_reply(json.loads(line), -32700, None)
-        assert len(received) == len([i for i in range(1000) if i % 3 == 2])
+                check_reply(json.loads(line), -32009 if codes == [-32009] else -32700, None)
+        assert refused > 0  # one address may have 16 connections waiting for their hello
         assert_healthy(server, watchdog)
     finally:
         for s in sockets:

@@ -42,8 +42,9 @@ def hello(port: int, token: str) -> dict[str, Any]:
 
 
 def cooling_down(reply: dict[str, Any]) -> bool:
-    """A -32002 refusal without checking the token (the address is cooling down)."""
-    return "retry_after" in (reply.get("error", {}).get("data") or {})
+    """A retryable refusal of a wrong token: the address is cooling down."""
+    error = reply.get("error", {})
+    return error.get("code") == -32009 and "retry_after" in (error.get("data") or {})
 
 
 # -- rate limit of failed hellos ------------------------------------------------------------------
@@ -68,36 +69,60 @@ def test_limiter_counts_failures_per_ip_within_the_window() -> None:
     assert limiter.refused_for("10.0.0.1") == 0
 
 
+def test_limiter_memory_is_bounded_whatever_the_addresses() -> None:
+    """Rotating source addresses (each fails once) cannot make the limiter grow without bound,
+    and the addresses whose window is over are forgotten as new failures come."""
+    now = [0.0]
+    limiter = AuthLimiter(cooldown=30, max_failures=5, window=10, max_tracked=100,
+                          clock=lambda: now[0])
+    for _ in range(5):
+        limiter.failed("10.0.0.1")  # cooling down
+    for i in range(10_000):
+        limiter.failed(f"127.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    assert len(limiter) == 100  # the least recently failed were forgotten, 10.0.0.1 first
+    now[0] = 10.5  # every window is over
+    limiter.failed("10.0.0.3")
+    assert len(limiter) == 1
+
+
 def test_brute_force_is_cut_off_and_logged_once(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, ["--mock", "--auth-cooldown", "600"]) as server:
         replies = [hello(server.port, f"guess-{i:04d}") for i in range(1000)]
-        assert all(r["error"]["code"] == -32002 for r in replies)
-        checked = [r for r in replies if not cooling_down(r)]
-        assert len(checked) == AUTH_MAX_FAILURES  # the other tokens were never compared
+        checked = replies[:AUTH_MAX_FAILURES]
+        assert all(r["error"]["code"] == -32002 and not cooling_down(r) for r in checked)
         assert all(cooling_down(r) for r in replies[AUTH_MAX_FAILURES:])
         assert "too many failed authentications from 127.0.0.1" in replies[-1]["error"]["message"]
-        refused = hello(server.port, server.token)  # even the right token, during the cool-down
-        assert cooling_down(refused) and refused["error"]["data"]["retry_after"] > 500
-        client = PyRPLClient("127.0.0.1", server.port, server.token, timeout=5)
-        with pytest.raises(AuthenticationFailed, match="too many wrong tokens"):
-            client.connect()
-        client.close()
+        assert replies[-1]["error"]["data"]["retry_after"] > 500
         wait_for(lambda: "refused for 600 s" in server.log, what="the cool-down warning")
         server.stop()
         assert server.log.count("authentication failed from 127.0.0.1") == AUTH_MAX_FAILURES
-        assert server.log.count("its hellos are refused") == 1
+        assert server.log.count("its wrong tokens are refused") == 1
         assert "WARNING" in next(line for line in server.log_lines if "refused for" in line)
         assert "guess-" not in server.log and server.token not in server.log
 
 
-def test_right_token_works_after_the_cooldown(tmp_path: Path) -> None:
+def test_right_token_is_accepted_during_a_cooldown(tmp_path: Path) -> None:
+    """Someone without the token cannot lock out the programs that have it."""
+    with ServerProcess(tmp_path, ["--mock", "--auth-cooldown", "600"]) as server:
+        for i in range(AUTH_MAX_FAILURES + 5):
+            hello(server.port, f"wrong-{i}")
+        assert cooling_down(hello(server.port, "wrong-again"))
+        assert hello(server.port, server.token)["result"]["backend"] == "mock"
+        client = PyRPLClient("127.0.0.1", server.port, server.token, timeout=5)
+        try:
+            assert client.connect()["session"] and client.call("ping")
+        finally:
+            client.close()
+
+
+def test_a_wrong_token_is_final_again_after_the_cooldown(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, ["--mock", "--auth-cooldown", "0.5"]) as server:
         for i in range(AUTH_MAX_FAILURES):
             assert not cooling_down(hello(server.port, f"wrong-{i}"))
-        assert cooling_down(hello(server.port, server.token))
-        reply = wait_for(lambda: (r := hello(server.port, server.token)) and "result" in r and r,
-                         what="the end of the cool-down")
-        assert reply["result"]["backend"] == "mock"
+        assert cooling_down(hello(server.port, "wrong-during"))
+        reply = wait_for(lambda: (r := hello(server.port, "wrong-after")) and not cooling_down(r)
+                         and r, what="the end of the cool-down")
+        assert reply["error"]["code"] == -32002
 
 
 # -- the token never shows ------------------------------------------------------------------------

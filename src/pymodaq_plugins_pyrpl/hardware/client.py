@@ -19,7 +19,8 @@ Retry policy (docs/protocol.md, *Client behaviour*): ``ping``, ``status``, ``des
 ``acquire``, ``lease``, ``release``, ``subscribe`` in flight when the connection drops are re-sent
 after reconnecting, within their original deadline; a ``set`` (and ``hello``, ``goodbye``,
 ``shutdown``) in flight raises ConnectionLost: its outcome is unknown. AuthenticationFailed (-32002)
-and UnsupportedProtocol (-32007) from ``hello`` are final.
+and UnsupportedProtocol (-32007) from ``hello`` are final; RetryLater (-32009) is not: the client
+tries again after its ``retry_after`` (``connect()`` within its timeout).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ from typing import Any, Callable
 from . import protocol
 from .errors import (AuthenticationFailed, CallTimeout, CertificateMismatch, ClientClosed,
                      CommunicationError, ConnectionFailed, ConnectionLost, ModuleLeased,
-                     RemoteError, RequestTooLarge, UnsupportedProtocol, error_from_wire)
+                     RemoteError, RequestTooLarge, RetryLater, UnsupportedProtocol,
+                     error_from_wire)
 from .tls import client_context, fingerprint, normalize_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -430,9 +432,12 @@ class PyRPLClient:
         ``timeout`` (default: the client's) covers the TCP connection *and* the hello reply (and the
         restoring of leases after a reconnection). If the client is already connected, return the
         current hello result; if it is reconnecting in the background, wait for that.
+        A RetryLater refusal (the server admits no more connections or sessions for now) is tried
+        again after its ``retry_after``, within ``timeout``.
         Raises ConnectionFailed (refused, unreachable, no hello reply in time), AuthenticationFailed
-        (wrong token: final), UnsupportedProtocol (final), ClientClosed, or another RemoteError from
-        ``hello`` (e.g. ServerShuttingDown).
+        (wrong token: final), UnsupportedProtocol (final), RetryLater (not admitted within
+        ``timeout``; not final), ClientClosed, or another RemoteError from ``hello`` (e.g.
+        ServerShuttingDown).
         """
         timeout = self._resolve(timeout)
         deadline = time.monotonic() + timeout
@@ -453,7 +458,7 @@ class PyRPLClient:
     def _connect_now(self, deadline: float, timeout: float) -> dict[str, Any]:
         self._start_events_thread()
         try:
-            link, info = self._establish(deadline, timeout)
+            link, info = self._establish_admitted(deadline, timeout)
         except FINAL as exc:
             self._fail(exc)
             raise
@@ -762,13 +767,7 @@ class PyRPLClient:
                 "port are right")
 
     def _taken_over(self, exc: AuthenticationFailed) -> AuthenticationFailed:
-        """The final error for a refused ``hello``: the token changed (taken over), or this
-        computer's address is cooling down after too many wrong tokens (``data.retry_after``)."""
-        if isinstance(exc.data, dict) and "retry_after" in exc.data:
-            return AuthenticationFailed(
-                f"the PyRPL server at {self.address} refuses this computer for now (noticed at "
-                f"{_now_local()}): too many wrong tokens came from its address. Check the token, "
-                f"wait, then re-initialize. Server: {exc.message}", exc.data)
+        """The final error for a refused token: the server was restarted with another one."""
         return AuthenticationFailed(
             f"the PyRPL server at {self.address} refused this client's token (noticed at "
             f"{_now_local()}): it was restarted with a new token, i.e. taken over by another "
@@ -808,6 +807,22 @@ class PyRPLClient:
             link.close()
             raise
         return link, info
+
+    def _establish_admitted(self, deadline: float,
+                            timeout: float) -> tuple[_Link, dict[str, Any]]:
+        """:meth:`_establish`, tried again after each RetryLater whose ``retry_after`` ends before
+        ``deadline``. Raises what _establish raises (RetryLater when waiting would pass the
+        deadline)."""
+        while True:
+            try:
+                return self._establish(deadline, timeout)
+            except RetryLater as exc:
+                if time.monotonic() + exc.retry_after >= deadline:
+                    raise
+                logger.info("the PyRPL server at %s asks to retry in %g s: %s", self.address,
+                            exc.retry_after, exc.message)
+                if self._stop.wait(exc.retry_after):
+                    raise _Stopped() from None
 
     def _hello_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"token": self._token, "client": self.name,
@@ -948,8 +963,8 @@ class PyRPLClient:
             raise _Broken(f"connection error: {exc}") from None
         while True:
             message = link.read_message(deadline, self._stop)
-            if message.get("id") == call.id:
-                break
+            if message.get("id") == call.id or message.get("id", 0) is None and "error" in message:
+                break  # its reply, or the server's refusal of the connection (RetryLater, ...)
             self._dispatch_push(message)
         link.sock.settimeout(SLICE)
         if "error" in message:
@@ -1131,6 +1146,7 @@ class PyRPLClient:
             attempts += 1
             timeout = min(self.timeout, RECONNECT_ATTEMPT_MAX if attempts > 1 else
                           ATTEMPT_TIMEOUT_MAX)
+            pause = delay
             try:
                 link, info = self._establish(time.monotonic() + timeout, timeout)
             except _Stopped:
@@ -1138,6 +1154,10 @@ class PyRPLClient:
             except FINAL as exc:
                 self._fail(exc)
                 return None
+            except RetryLater as exc:
+                logger.info("reconnect attempt %d to %s refused for now, next in %g s: %s",
+                            attempts, self.address, exc.retry_after, exc)
+                pause = max(delay, exc.retry_after)
             except ConnectionFailed as exc:
                 logger.debug("reconnect attempt %d to %s failed: %s", attempts, self.address, exc)
                 if not self._call_revive():
@@ -1150,7 +1170,7 @@ class PyRPLClient:
                     return None
                 self._emit_restored(info)
                 return link
-            if self._stop.wait(delay):
+            if self._stop.wait(pause):
                 return None
             delay = min(2 * delay, BACKOFF_MAX)
         return None

@@ -5,6 +5,7 @@ one, via :func:`error_from_wire`. Messages say what to do next.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -107,12 +108,31 @@ class ServerShuttingDown(RemoteError):
     code = -32008
 
 
+class RetryLater(RemoteError):
+    """The server does not admit this connection or session now (too many connections that have
+    not said hello, too many sessions, or wrong tokens from this address during a cool-down): not
+    final, retry after ``data["retry_after"]`` seconds."""
+
+    code = -32009
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds to wait before the next attempt: the server's ``data.retry_after`` (1.0 if it
+        gave no finite, non-negative number)."""
+        value = self.data.get("retry_after") if isinstance(self.data, dict) else None
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0):
+            return float(value)
+        return 1.0
+
+
 _BY_CODE: dict[int, type[RemoteError]] = {
     cls.code: cls
     for cls in (
         ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError,
         NotAuthenticated, AuthenticationFailed, ModuleLeased, DeviceNotReady,
         AcquisitionTimeout, RequestTooLarge, UnsupportedProtocol, ServerShuttingDown,
+        RetryLater,
     )
 }
 

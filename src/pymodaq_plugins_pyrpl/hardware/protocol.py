@@ -2,6 +2,7 @@
 
 =========  ===========================================================================
 framing    one UTF-8 JSON object per line, terminated by ``\\n``; at most 1 MiB per request line
+           (4 KiB before ``hello``)
 request    ``{"jsonrpc": "2.0", "id": 7, "method": "get", "params": {...}}``
 reply      ``{"jsonrpc": "2.0", "id": 7, "result": ...}`` or ``... "error": {"code", "message", "data"}``
 push       ``{"jsonrpc": "2.0", "method": "status", "params": {...}}`` (no id)
@@ -23,6 +24,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_PORT = 6341
 MAX_REQUEST_BYTES = 1 << 20
 """Longest request line the server accepts (replies, which carry traces, are not limited)."""
+MAX_LINE_BEFORE_HELLO = 4 << 10
+"""Longest line the server reads from a connection that has not said hello yet. The longest hello
+this package's client sends (64-character token, session id, a 200-character client name written
+as escaped surrogate pairs) is 2.6 kB."""
 READY_PREFIX = "PYRPL_SERVER_READY"
 """The server prints ``PYRPL_SERVER_READY {"port": N, "pid": P}`` once, when it serves."""
 

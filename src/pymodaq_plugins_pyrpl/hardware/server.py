@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
+import logging.handlers
 import math
 import os
 import secrets
@@ -30,6 +32,7 @@ import ssl
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,8 +46,8 @@ from . import catalogue, protocol, runtime, tls
 from .backends.base import Backend, ScopeTrace
 from .errors import (AcquisitionTimeout, AuthenticationFailed, BackendUnavailable, DeviceNotReady,
                      InternalError, InvalidParams, InvalidRequest, MethodNotFound, ModuleLeased,
-                     NotAuthenticated, ParseError, RemoteError, RequestTooLarge, ServerError,
-                     ServerShuttingDown, UnsupportedProtocol)
+                     NotAuthenticated, ParseError, RemoteError, RequestTooLarge, RetryLater,
+                     ServerError, ServerShuttingDown, UnsupportedProtocol)
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +67,33 @@ MAX_IN_FLIGHT = 64
 """Requests one connection may have pending at once; further lines wait for a slot."""
 AUTH_MAX_FAILURES = 20
 AUTH_WINDOW = 10.0
-"""AUTH_MAX_FAILURES failed hellos within AUTH_WINDOW seconds from one IP start a cool-down. High
-enough that the stale programs a takeover leaves behind (each fails once, then stops for good) do
-not lock the new owner out of a local server; low enough to cut a brute force off at once."""
+"""AUTH_MAX_FAILURES failed hellos within AUTH_WINDOW seconds from one IP start a cool-down: the
+stale programs a takeover leaves behind each fail once, then stop for good."""
+AUTH_MAX_TRACKED = 4096
+"""IP addresses the rate limit of failed hellos remembers at most."""
+MAX_PENDING = 128
+MAX_PENDING_PER_ADDRESS = 16
+"""Connections that have not said hello yet, in all and per peer IP address (fewer in all if the
+file-descriptor limit is low: see :func:`pending_limit`). A client needs one for a few
+milliseconds; a connection beyond either cap is refused at once, before any byte is read."""
+MAX_SESSIONS = 256
+"""Sessions at once, connected or waiting to be resumed; a hello that would open one more is
+refused with RetryLater until one ends. Bounds the memory they hold and the size of a status."""
+FD_RESERVE = 64
+"""File descriptors kept for everything but client connections (backend, log, listeners)."""
+ACCEPT_RETRY = 0.1
+"""After a failed accept (out of file descriptors or memory), the next one waits this long (s)."""
+LOG_BURST_PERIOD = 60.0
+"""A warning that comes in bursts (failed accepts, refused connections) is logged at most once per
+this many seconds, with a count of the ones left out."""
+LISTEN_BACKLOG = 128
+"""Connections the kernel queues before the server accepts them."""
+OPEN_FILES_WANTED = 10240
+"""The soft limit of open files the server asks for where the hard limit is unlimited (macOS
+allows at most 10240)."""
+LOG_MAX_BYTES = 1 << 20
+LOG_BACKUPS = 2
+"""``--log-file`` is rotated at LOG_MAX_BYTES, keeping LOG_BACKUPS older files (FILE.1, FILE.2)."""
 
 
 _yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
@@ -96,60 +123,149 @@ class BackendThread:
         self._executor.shutdown(wait=True)
 
 
+@dataclass
+class _Failures:
+    """An IP's failed authentications in its current window, and the end of its cool-down."""
+
+    window_start: float
+    count: int = 0
+    blocked_until: float = 0.0
+    """0.0: not cooling down (nor since the window started)."""
+
+
 class AuthLimiter:
     """Rate limit of failed ``hello``s, per peer IP address.
 
-    Contract: after ``max_failures`` wrong tokens within ``window`` seconds from one IP, every
-    ``hello`` from that IP is refused without checking its token for ``cooldown`` seconds; then
-    the IP starts afresh. The start of each cool-down is logged once (WARNING, naming the IP),
-    the refusals during it are not. Only failures are recorded (a success does not reset them);
-    the memory held is bounded by the IPs that failed within the last ``window`` seconds or are
-    cooling down.
+    Contract: the ``max_failures``-th wrong token from one IP within ``window`` seconds of its first
+    counted one starts a cool-down of ``cooldown`` seconds for that IP, logged once (WARNING, naming
+    the IP); then the IP starts afresh. While :meth:`refused_for` is positive the server refuses
+    that IP's wrong tokens with a retryable error and does not count them; a right token is always
+    accepted. Only failures are recorded (a success does not reset them). Each call is O(1); at most
+    ``max_tracked`` IPs are remembered (beyond, the one whose last failure is the oldest is
+    forgotten), and an IP whose window and cool-down are over is forgotten at the next failure.
     """
 
     def __init__(self, cooldown: float, max_failures: int = AUTH_MAX_FAILURES,
-                 window: float = AUTH_WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
+                 window: float = AUTH_WINDOW, max_tracked: int = AUTH_MAX_TRACKED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cooldown = cooldown
         self.max_failures = max_failures
         self.window = window
+        self.max_tracked = max_tracked
         self._clock = clock
-        self._failures: dict[str, list[float]] = {}
-        self._blocked_until: dict[str, float] = {}
+        self._records: OrderedDict[str, _Failures] = OrderedDict()
+        """Per IP, the least recently failed first."""
+
+    def __len__(self) -> int:
+        """The number of IPs remembered."""
+        return len(self._records)
 
     def refused_for(self, ip: str) -> float:
-        """Seconds ``ip`` is still refused (0.0: its hello may be checked)."""
-        until = self._blocked_until.get(ip)
-        if until is None:
-            return 0.0
-        remaining = until - self._clock()
-        if remaining > 0:
-            return remaining
-        del self._blocked_until[ip]
-        return 0.0
+        """Seconds ``ip`` is still cooling down (0.0: it is not)."""
+        record = self._records.get(ip)
+        return 0.0 if record is None else max(0.0, record.blocked_until - self._clock())
 
     def failed(self, ip: str) -> None:
-        """Record a wrong token from ``ip``; the failure that reaches the limit starts a cool-down."""
+        """Record a wrong token from ``ip`` (ignored while it cools down); the failure that reaches
+        the limit starts a cool-down."""
         now = self._clock()
         self._forget(now)
-        recent = self._failures.setdefault(ip, [])
-        recent.append(now)
-        if len(recent) >= self.max_failures:
-            del self._failures[ip]
-            self._blocked_until[ip] = now + self.cooldown
-            logger.warning("%d failed authentications from %s within %g s: its hellos are refused "
-                           "for %g s", len(recent), ip, self.window, self.cooldown)
+        record = self._records.pop(ip, None)
+        if record is not None and record.blocked_until > now:
+            self._records[ip] = record
+            return
+        if record is None or record.blocked_until or now - record.window_start > self.window:
+            record = _Failures(window_start=now)
+        record.count += 1
+        if record.count >= self.max_failures:
+            record.blocked_until = now + self.cooldown
+            logger.warning("%d failed authentications from %s within %g s: its wrong tokens are "
+                           "refused for %g s", record.count, ip, self.window, self.cooldown)
+        self._records[ip] = record
+        if len(self._records) > self.max_tracked:
+            self._records.popitem(last=False)
 
     def _forget(self, now: float) -> None:
-        """Drop failures older than the window and cool-downs that are over."""
-        for ip in list(self._failures):
-            recent = [t for t in self._failures[ip] if t >= now - self.window]
-            if recent:
-                self._failures[ip] = recent
-            else:
-                del self._failures[ip]
-        for ip, until in list(self._blocked_until.items()):
-            if until <= now:
-                del self._blocked_until[ip]
+        """Drop, least recently failed first, the IPs whose window and cool-down are over."""
+        while self._records:
+            ip, record = next(iter(self._records.items()))
+            if record.blocked_until > now or now - record.window_start <= self.window:
+                return
+            del self._records[ip]
+
+
+class Admission:
+    """The connections that have not said hello yet, in all and per peer IP address: each counts
+    from its acceptance until it says hello or closes. O(1) per call; holds one entry per such
+    connection, so at most ``total``."""
+
+    def __init__(self, total: int, per_address: int, hello_timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.per_address = per_address
+        self._hello_timeout = hello_timeout
+        self._clock = clock
+        self._pending: dict[object, tuple[str, float]] = {}
+        """Ticket -> (IP, hello deadline), oldest first."""
+        self._by_address: dict[str, dict[object, float]] = {}
+        """IP -> {ticket: hello deadline}, oldest first."""
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def wait_for(self, ip: str) -> float | None:
+        """None if a connection from ``ip`` may enter now; else the seconds until a place is sure
+        to be free (the hello deadline of the oldest connection in the way)."""
+        mine = self._by_address.get(ip, {})
+        if len(mine) >= self.per_address:
+            oldest = next(iter(mine.values()))
+        elif len(self._pending) >= self.total:
+            oldest = next(iter(self._pending.values()))[1]
+        else:
+            return None
+        return max(0.0, oldest - self._clock())
+
+    def enter(self, ip: str) -> object:
+        """Count a new connection from ``ip``; the ticket to give to :meth:`leave`."""
+        ticket = object()
+        deadline = self._clock() + self._hello_timeout
+        self._pending[ticket] = (ip, deadline)
+        self._by_address.setdefault(ip, {})[ticket] = deadline
+        return ticket
+
+    def leave(self, ticket: object) -> None:
+        """The connection said hello or closed (idempotent)."""
+        entry = self._pending.pop(ticket, None)
+        if entry is None:
+            return
+        mine = self._by_address[entry[0]]
+        del mine[ticket]
+        if not mine:
+            del self._by_address[entry[0]]
+
+
+class _Throttled:
+    """A warning that can come in bursts: logged at most once per ``period`` seconds, with the
+    number of occurrences left out since the previous one."""
+
+    def __init__(self, message: str, period: float = LOG_BURST_PERIOD,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._message = message
+        self._period = period
+        self._clock = clock
+        self._next = -math.inf
+        self._left_out = 0
+
+    def __call__(self, *args: Any) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._left_out += 1
+            return
+        logger.warning(self._message + "%s", *args,
+                       f" ({self._left_out} more like it not logged since the last)"
+                       if self._left_out else "")
+        self._left_out = 0
+        self._next = now + self._period
 
 
 @dataclass
@@ -414,6 +530,7 @@ class Server:
         session = self.sessions.get(resume) if resume else None
         resumed = session is not None
         if session is None:
+            self._check_session_room(connection)
             session = Session(id=uuid.uuid4().hex, client=client, hold=hold)
             self.sessions[session.id] = session
         else:
@@ -434,25 +551,36 @@ class Server:
                 "device": self._device_status()}
 
     def _authenticate(self, connection: Connection, token: Any) -> None:
-        """Check a hello's token (constant-time), unless its IP is cooling down after too many
-        failures. Raises AuthenticationFailed (never quoting a token) and marks the connection to be
-        closed after the reply."""
-        if self._token is None:
+        """Check a hello's token (constant-time); the right one is always accepted. A wrong one is
+        refused, the connection closed after the reply and the token never quoted: RetryLater
+        while the IP cools down after too many failures (neither counted nor logged), else
+        AuthenticationFailed (logged, counted by the rate limit)."""
+        if self._token is None or self._token_matches(token):
             return
+        connection.close_after_reply = True
         refused_for = self._auth_limiter.refused_for(connection.ip)
         if refused_for > 0:
-            connection.close_after_reply = True
-            raise AuthenticationFailed(
-                f"too many failed authentications from {connection.ip}: its hellos are refused "
-                f"for {refused_for:.0f} s more", {"retry_after": round(refused_for, 1)})
-        if self._token_matches(token):
-            return
+            raise RetryLater(
+                f"too many failed authentications from {connection.ip}: hellos from there with a "
+                f"wrong token are refused for {refused_for:.0f} s more; check the token",
+                {"retry_after": round(refused_for, 1)})
         logger.warning("authentication failed from %s", connection.peer)
         self._auth_limiter.failed(connection.ip)
-        connection.close_after_reply = True
         raise AuthenticationFailed(
             "wrong token: this server was restarted with a new token (taken over by another "
             f"program at {self._started_iso()}); do not retry, re-initialize to get the new token")
+
+    def _check_session_room(self, connection: Connection) -> None:
+        """Raise RetryLater (and close the connection after the reply) if MAX_SESSIONS are open;
+        its ``retry_after`` is the time until the first waiting session expires."""
+        if len(self.sessions) < MAX_SESSIONS:
+            return
+        connection.close_after_reply = True
+        loop = asyncio.get_running_loop()
+        expiries = [s.expiry.when() for s in self.sessions.values() if s.expiry is not None]
+        wait = min(expiries) - loop.time() if expiries else self.session_grace
+        raise RetryLater(f"the server has {len(self.sessions)} sessions, its limit: retry when one "
+                         "ends", {"retry_after": round(max(0.1, wait), 1)})
 
     def _token_matches(self, token: Any) -> bool:
         """Constant-time comparison with the server token (any string, even with lone surrogates)."""
@@ -779,8 +907,33 @@ def _enable_keepalive(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """The next line, ``\\n`` included, of at most ``limit`` bytes; what the reader holds meanwhile
+    stays within its own limit (plus one receive). Raises asyncio.LimitOverrunError (the line is
+    longer: the stream cannot be read further), asyncio.IncompleteReadError (end of stream)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            part = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            if size + exc.consumed > limit:
+                raise
+            parts.append(await reader.readexactly(exc.consumed))
+            size += exc.consumed
+            continue
+        if size + len(part) > limit:
+            raise asyncio.LimitOverrunError(f"line longer than {limit} bytes", size + len(part))
+        parts.append(part)
+        return b"".join(parts) if len(parts) > 1 else part
+
+
 async def _serve_connection(server: Server, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter, hello_timeout: float) -> None:
+                            writer: asyncio.StreamWriter, hello_timeout: float,
+                            accepted_at: float, said_hello: Callable[[], None]) -> None:
+    """Serve one connection until it closes. It must say hello within ``hello_timeout`` of
+    ``accepted_at`` (loop time); until then its lines are read one at a time, each of at most
+    MAX_LINE_BEFORE_HELLO bytes, and ``said_hello`` is called once when it has."""
     ip, port = writer.get_extra_info("peername")[:2]
     peer = f"{ip}:{port}"
     _enable_keepalive(writer.get_extra_info("socket"))
@@ -794,7 +947,7 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
-    hello_deadline = loop.time() + hello_timeout
+    hello_deadline = accepted_at + hello_timeout
 
     async def answer(line: bytes) -> None:
         try:
@@ -812,13 +965,16 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
             if timeout is not None and timeout <= 0:
                 logger.info("closing %s: no hello within %g s", peer, hello_timeout)
                 break
+            limit = (protocol.MAX_LINE_BEFORE_HELLO if connection.session is None
+                     else protocol.MAX_REQUEST_BYTES)
             try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
+                line = await asyncio.wait_for(_read_line(reader, limit), timeout)
             except asyncio.TimeoutError:
                 continue
             except asyncio.LimitOverrunError:
                 await connection.send(protocol.error(None, RequestTooLarge(
-                    f"request line exceeds {protocol.MAX_REQUEST_BYTES} bytes; connection closed"
+                    f"request line exceeds {limit} bytes"
+                    f"{' before hello' if connection.session is None else ''}; connection closed"
                 ).to_wire()))
                 break
             except asyncio.IncompleteReadError:
@@ -829,6 +985,11 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
             task = asyncio.ensure_future(answer(line))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            # before hello, one line at a time: the next line's limit and deadline depend on it
+            if connection.session is None:
+                await asyncio.wait([task])
+                if connection.session is not None:
+                    said_hello()
     except (ConnectionError, OSError):
         pass
     finally:
@@ -841,42 +1002,160 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
 async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.0,
                 ready: Callable[[int], None] | None = None,
                 tls_context: ssl.SSLContext | None = None) -> None:
-    """Open the backend, listen on ``bind:port`` (TLS with ``tls_context``; its handshake must end
-    within ``hello_timeout``) and serve until ``server.stop()``.
+    """Open the backend, listen on ``bind:port`` (TLS with ``tls_context``) and serve until
+    ``server.stop()``.
 
-    Raises BackendUnavailable (before listening) if the board cannot be reached.
+    A connection must end its TLS handshake and say hello within ``hello_timeout`` of its
+    acceptance. Connections that have not said hello yet are capped (:class:`Admission`): one more
+    is refused at once, with a RetryLater line on plain TCP, closed before the handshake with TLS.
+    Raises BackendUnavailable (before listening) if the board cannot be reached, OSError if the
+    port cannot be opened.
     """
     await server.open_backend()
+    try:
+        listeners = _listen(bind, port)
+    except OSError:
+        await server.close_backend()
+        raise
+    loop = asyncio.get_running_loop()
+    admission = Admission(pending_limit(open_files_limit()), MAX_PENDING_PER_ADDRESS,
+                          hello_timeout)
+    refused = _Throttled("refusing connections: %d have not said hello yet (at most %d, %d per "
+                         "address); the latest refused came from %s")
+    accept_failed = _Throttled("cannot accept connections: %s; retrying every %g s")
     connection_tasks: set[asyncio.Task[None]] = set()
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connection_tasks.add(task)
+    async def handle(sock: socket.socket, ip: str, ticket: object, accepted_at: float) -> None:
         try:
-            await _serve_connection(server, reader, writer, hello_timeout)
+            reader = asyncio.StreamReader(limit=protocol.MAX_LINE_BEFORE_HELLO)
+            stream = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: stream, sock, ssl=tls_context,
+                    ssl_handshake_timeout=(max(0.001, accepted_at + hello_timeout - loop.time())
+                                           if tls_context else None))
+            except OSError as exc:  # the TLS handshake failed or did not end in time
+                sock.close()
+                logger.info("closing %s: no TLS handshake within the hello timeout (%g s): %s",
+                            ip, hello_timeout, exc)
+                return
+            writer = asyncio.StreamWriter(transport, stream, reader, loop)
+            await _serve_connection(server, reader, writer, hello_timeout, accepted_at,
+                                    lambda: admission.leave(ticket))
         except asyncio.CancelledError:
             pass  # the server is stopping; a cancelled handler would be logged as an error
         finally:
-            connection_tasks.discard(task)
+            admission.leave(ticket)
 
-    tcp = await asyncio.start_server(
-        on_connect, bind, port, limit=protocol.MAX_REQUEST_BYTES + 1, reuse_address=True,
-        ssl=tls_context, ssl_handshake_timeout=hello_timeout if tls_context else None)
-    server.port = tcp.sockets[0].getsockname()[1]
+    async def accept(listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # out of file descriptors or memory: wait, do not spin
+                accept_failed(exc, ACCEPT_RETRY)
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            ip = address[0]
+            wait = admission.wait_for(ip)
+            if wait is not None:
+                refused(len(admission), admission.total, admission.per_address, ip)
+                _refuse(sock, wait, plain=tls_context is None)
+                continue
+            task = asyncio.ensure_future(handle(sock, ip, admission.enter(ip), loop.time()))
+            connection_tasks.add(task)
+            task.add_done_callback(connection_tasks.discard)
+
+    accepting = [asyncio.ensure_future(accept(listener)) for listener in listeners]
+    server.port = listeners[0].getsockname()[1]
     if ready is not None:
         ready(server.port)
     watcher = asyncio.ensure_future(server.watch())
     try:
         await server.stopping.wait()
     finally:
-        tcp.close()
+        for task in accepting:
+            task.cancel()
+        await asyncio.gather(*accepting, return_exceptions=True)
+        for listener in listeners:
+            listener.close()
         for task in list(connection_tasks):
             task.cancel()
         await asyncio.gather(*connection_tasks, return_exceptions=True)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await server.close_backend()
+
+
+def _listen(bind: str, port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address of ``bind``, all on one port (``port``, or
+    the free one the first got for 0). Raises OSError."""
+    listeners: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys(socket.getaddrinfo(
+                bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)):
+            if listeners:
+                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+            listener = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+            listener.setblocking(False)
+            listeners.append(listener)
+    except OSError:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+def _refuse(sock: socket.socket, wait: float, plain: bool) -> None:
+    """Close a connection that is not admitted; on plain TCP, after one RetryLater line (id null)
+    saying when to come back. What the peer has sent already (its hello) is read and dropped
+    first: closing with unread input would reset the connection and could lose that line."""
+    with sock, contextlib.suppress(OSError):
+        if plain:
+            sock.send(protocol.dumps_line(protocol.error(None, RetryLater(
+                "too many connections have not said hello yet; retry later",
+                {"retry_after": round(max(0.1, wait), 1)}).to_wire())))
+        sock.recv(protocol.MAX_LINE_BEFORE_HELLO)
+        sock.shutdown(socket.SHUT_WR)
+
+
+def open_files_limit() -> int:
+    """The soft limit of open file descriptors of this process (sys.maxsize where there is none)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return sys.maxsize
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit of open file descriptors to the hard limit, where the system allows
+    (logged); keep it otherwise."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else OPEN_FILES_WANTED
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.info("open files limit kept at %d (%s)", soft, exc)
+            return
+        logger.info("open files limit raised from %d to %d", soft, target)
+
+
+def pending_limit(open_files: int) -> int:
+    """How many connections may wait for their hello at once: MAX_PENDING, or fewer so that they
+    take at most half of the file descriptors left after FD_RESERVE (logged)."""
+    limit = max(1, min(MAX_PENDING, (open_files - FD_RESERVE) // 2))
+    if limit < MAX_PENDING:
+        logger.warning("the open files limit (%d) allows only %d connections waiting for their "
+                       "hello at once (instead of %d)", open_files, limit, MAX_PENDING)
+    return limit
 
 
 # ------------------------------------------------------------------------------------------------
@@ -996,8 +1275,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """``--log-file``: owner-only, rotated at LOG_MAX_BYTES with LOG_BACKUPS older files kept, and
+    the process's stderr (file descriptor 2) always writes to the current file, so what bypasses
+    logging (a crash's traceback, a library's print) lands there and counts toward its size."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)  # stderr
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
-    handler: logging.Handler = (logging.FileHandler(args.log_file) if args.log_file
+    handler: logging.Handler = (_LogFile(args.log_file) if args.log_file
                                 else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -1060,6 +1353,7 @@ async def _main(args: argparse.Namespace) -> int:
                     f" {backend.hostname}" if backend.hostname else "", args.bind, port,
                     os.getpid(), protocol.PROTOCOL_VERSION, __version__)
 
+    raise_open_files_limit()
     try:
         await serve(server, args.bind, args.port, args.hello_timeout, ready, tls_context)
     except BackendUnavailable as exc:
