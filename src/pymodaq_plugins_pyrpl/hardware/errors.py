@@ -91,7 +91,7 @@ class AcquisitionTimeout(RemoteError):
 
 
 class RequestTooLarge(RemoteError):
-    """A request line longer than the server's limit (1 MiB)."""
+    """A request line longer than the server's limit (1 MiB; 4 KiB before ``hello``)."""
 
     code = -32006
 

@@ -1253,11 +1253,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "resume; default %(default)s")
     parser.add_argument("--hello-timeout", type=_seconds(positive=True), default=10.0,
                         metavar="SECONDS",
-                        help="close connections that have not said hello by then; default %(default)s")
+                        help="close connections that have not said hello by then, counted from "
+                             "their acceptance (the TLS handshake included); default %(default)s")
     parser.add_argument("--auth-cooldown", type=_seconds(positive=False), default=60.0,
                         metavar="SECONDS",
                         help=f"after {AUTH_MAX_FAILURES} wrong tokens within {AUTH_WINDOW:g} s from "
-                             "one IP address, refuse its hellos for SECONDS; default %(default)s")
+                             "one IP address, refuse its wrong tokens with a retryable error for "
+                             "SECONDS (the right token is always accepted); default %(default)s")
     parser.add_argument("--seed", type=_seed,
                         help="simulator: random seed, >= 0 (deterministic noise)")
     parser.add_argument("--plant", default="loopback",
@@ -1269,7 +1271,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "its SHA-256 fingerprint, for clients to pin")
     parser.add_argument("--tls-key", type=Path, metavar="PATH",
                         help="private key of --tls-cert (PEM, owner-only)")
-    parser.add_argument("--log-file", type=Path, help="log to this file instead of stderr")
+    parser.add_argument("--log-file", type=Path,
+                        help="log to this file instead of stderr, and send stderr there too; "
+                             f"rotated at {LOG_MAX_BYTES >> 20} MiB, {LOG_BACKUPS} older files kept")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     return parser
