@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import select
 import socket
 import ssl
@@ -83,12 +82,16 @@ def hello_line(token: str, client: str = "admission test", id_: int = 1) -> byte
 
 def limit_files(soft: int, hard: int) -> Callable[[], None]:
     """A preexec_fn: the child starts with these limits of open files."""
+    import resource
+
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.fixture
 def many_files() -> None:
     """This test process may open a few thousand sockets."""
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
     if wanted < 1500:
