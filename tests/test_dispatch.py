@@ -322,3 +322,43 @@ def test_status_never_contains_the_token() -> None:
         await h.hello(p)
         return json.dumps((await h.call(p, "status"))["result"])
     assert TOKEN not in run(body)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": 1}\n',
+    b'{"jsonrpc": "2.0", "method": 5}\n',
+    b'{"jsonrpc": "2.0", "method": null}\n',
+    b'{"jsonrpc": "1.0", "method": "ping"}\n',
+    b'{"method": "ping"}\n',
+    b'{"jsonrpc": "2.0", "method": "ping", "params": [1]}\n',
+    b'{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}\n',
+])
+def test_an_invalid_request_without_id_is_answered_with_id_null(raw: bytes) -> None:
+    """JSON-RPC 2.0: only a valid request object without id is a notification."""
+    async def body(h: Harness):
+        p = Pipe()
+        await h.hello(p)
+        return await h.server.process_line(p.connection, raw)
+    reply = run(body)
+    assert reply is not None and code(reply) == -32600 and reply["id"] is None, reply
+
+
+def test_echoes_of_request_text_in_errors_are_truncated() -> None:
+    long = "é" * 100_000
+
+    async def body(h: Harness):
+        p = Pipe()
+        await h.hello(p)
+        return [await h.call(p, m, prm) for m, prm in [
+            ("get", {"module": "asg0", "names": [long]}),
+            ("get", {"module": long}),
+            ("set", {"module": "asg0", "values": {long: 1}}),
+            ("set", {"module": "asg0", "values": {"waveform": long}}),
+            ("set", {"module": "asg0", "values": {"frequency": [long]}}),
+            ("set", {"module": "asg0", "values": {"output_direct": {"x": [long[:5000]] * 10}}}),
+            ("set", {"module": "pid0", "values": {"paused": long}}),
+            (long, {}),
+        ]] + [await h.call(Pipe(), "hello", {"token": TOKEN, "client": "x", "protocol": long})]
+    for reply in run(body):
+        assert code(reply) in (-32602, -32601, -32007), reply
+        assert len(protocol.dumps_line(reply)) < 2000, reply["error"]["message"][:200]

@@ -178,13 +178,13 @@ def expected(message: Any) -> tuple[int, int | None, Any]:
     if not isinstance(message, dict):
         return 1, -32600, None
     id_ = message.get("id")
-    replies = 0 if "id" not in message else 1
     if not (id_ is None or isinstance(id_, (str, int)) and not isinstance(id_, bool)):
-        return replies, -32600, None
+        return 1, -32600, None
     if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
-        return replies, -32600, id_
+        return 1, -32600, id_  # an invalid request object is answered, with or without an id
     if not isinstance(message.get("params", {}), dict):
-        return replies, -32600, id_
+        return 1, -32600, id_
+    replies = 0 if "id" not in message else 1  # only a valid request without id is a notification
     if message["method"] not in METHODS:
         return replies, -32601, id_
     if message["method"] == "hello":

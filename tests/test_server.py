@@ -316,3 +316,40 @@ def test_mock_server_imports_neither_pymodaq_nor_qt(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_expiry_of_a_non_holding_session_does_not_stop_an_auto_stop_server(
+        tmp_path: Path) -> None:
+    """Only a holding session's end stops the server at once; a script's does not."""
+    with ServerProcess(tmp_path, ["--mock", "--auto-stop", "60", "--session-grace", "0.2"]) as srv:
+        script = srv.client("script")
+        script.close()  # dropped without goodbye: its session expires after the grace
+        with srv.client("watcher") as watcher:
+            deadline = time.monotonic() + 10
+            while any(c["client"] == "script" for c in watcher.call("status")["clients"]):
+                assert time.monotonic() < deadline, "the script's session did not expire"
+                time.sleep(0.05)
+            status = watcher.call("status")
+        assert not status["server"]["stopping"] and srv.proc.poll() is None
+        assert "auto-stop" not in srv.log
+
+
+def test_half_close_answers_the_requests_already_sent(mock_server: ServerProcess) -> None:
+    """hello + set + get, then shutdown(SHUT_WR) (as ``nc -N`` does): all three are answered and
+    the set is applied before the server closes."""
+    requests = [protocol.request(1, "hello", {"token": mock_server.token, "client": "one-shot",
+                                              "protocol": 1}),
+                protocol.request(2, "set", {"module": "asg1", "values": {"offset": 0.25}}),
+                protocol.request(3, "get", {"module": "asg1", "names": ["offset"]})]
+    with socket.create_connection(("127.0.0.1", mock_server.port), timeout=10) as sock:
+        sock.sendall(b"".join(protocol.dumps_line(r) for r in requests))
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(1 << 16):  # until the server closes
+            received += chunk
+    replies = {m["id"]: m for m in map(json.loads, received.splitlines()) if "id" in m}
+    assert sorted(replies) == [1, 2, 3], replies
+    assert replies[2]["result"] == {"offset": 0.25}
+    assert replies[3]["result"] == {"offset": 0.25}
+    with mock_server.client() as c:
+        assert c.call("get", module="asg1", names=["offset"]) == {"offset": 0.25}

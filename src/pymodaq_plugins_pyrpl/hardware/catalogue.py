@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import InvalidParams
+from .errors import InvalidParams, echoed
 
 FPGA_CLOCK = 125e6
 
@@ -341,11 +341,12 @@ class Attribute:
             raise self._error("is read-only")
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise self._error(f"must be true or false, not {value!r}")
+                raise self._error(f"must be true or false, not {echoed(repr(value))}")
             return value
         if self.kind == "select":
             if not isinstance(value, str) or value not in self.options:
-                raise self._error(f"must be one of {list(self.options)}, not {value!r}")
+                raise self._error(f"must be one of {list(self.options)}, "
+                                  f"not {echoed(repr(value))}")
             return value
         if self.kind == "filter":
             return self._validate_filter(value)
@@ -373,16 +374,16 @@ class Attribute:
         try:
             return self.normalize(value)
         except OverflowError:
-            raise self._error(f"is too large: {value!r}") from None
+            raise self._error(f"is too large: {echoed(repr(value))}") from None
 
     def _number(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._error(f"must be a number, not {value!r}")
+            raise self._error(f"must be a number, not {echoed(repr(value))}")
         if isinstance(value, int) and abs(value) > 2**63:
-            raise self._error(f"is out of range: {value!r}")
+            raise self._error(f"is out of range: {echoed(repr(value))}")
         number = float(value)
         if not math.isfinite(number):
-            raise self._error(f"must be a finite number, not {value!r}")
+            raise self._error(f"must be a finite number, not {echoed(repr(value))}")
         return number
 
     def _in_range(self, number: float, minimum: Any, maximum: Any) -> float:
@@ -675,7 +676,7 @@ def module(name: Any) -> Module:
         raise InvalidParams(f"'module' must be a module name, one of {list(MODULES)}",
                             {"allowed": list(MODULES)})
     if name not in MODULES:
-        shown = name if len(name) <= 64 else name[:61] + "..."
+        shown = echoed(name)
         raise InvalidParams(f"unknown module {shown!r}; modules are {list(MODULES)}",
                             {"module": shown, "allowed": list(MODULES)})
     return MODULES[name]
@@ -691,9 +692,10 @@ def attribute_names(module_name: str, names: Any = None) -> list[str]:
                             {"allowed": list(spec.attributes)})
     for n in names:
         if n not in spec.attributes:
-            raise InvalidParams(f"module '{module_name}' has no attribute {n!r}; attributes are "
-                                f"{list(spec.attributes)}", {"attribute": n,
-                                                            "allowed": list(spec.attributes)})
+            shown = echoed(n)
+            raise InvalidParams(f"module '{module_name}' has no attribute {shown!r}; attributes "
+                                f"are {list(spec.attributes)}", {"attribute": shown,
+                                                                "allowed": list(spec.attributes)})
     return names
 
 

@@ -8,6 +8,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+ECHO_LIMIT = 64
+"""Longest piece of a request (a name, a value's repr) an error message or its data quotes."""
+
+
+def echoed(text: str) -> str:
+    """``text`` from a request as an error quotes it: at most ECHO_LIMIT characters (cut with
+    "..."), so that an error reply stays small whatever the request sent."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT - 3] + "..."
+
 
 class PyrplPluginError(Exception):
     """Base class of every error this package raises on purpose."""

@@ -14,20 +14,27 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
 import pybase64
 
+from .errors import InvalidRequest, ParseError, RemoteError
+
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 6341
 MAX_REQUEST_BYTES = 1 << 20
-"""Longest request line the server accepts (replies, which carry traces, are not limited)."""
+"""Longest request line the server accepts (a single reply is not limited: a trace is 350 kB)."""
 MAX_LINE_BEFORE_HELLO = 4 << 10
 """Longest line the server reads from a connection that has not said hello yet. The longest hello
 this package's client sends (64-character token, session id, a 200-character client name written
 as escaped surrogate pairs) is 2.6 kB."""
+MAX_OUTPUT_BYTES = 8 << 20
+"""Most bytes of replies and pushes the server keeps queued for one connection: a client that does
+not read its replies while sending requests is disconnected when its backlog would pass this (its
+session stays for resume). Room for 20 scope traces."""
 READY_PREFIX = "PYRPL_SERVER_READY"
 """The server prints ``PYRPL_SERVER_READY {"port": N, "pid": P}`` once, when it serves."""
 
@@ -153,6 +160,50 @@ def _decode_spliced(line: bytes) -> Any:
     if raws:  # an array the parser did not see where it was cut (a duplicate key, ...)
         raise _NotSpliced()
     return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """A valid JSON-RPC 2.0 request object."""
+
+    id: str | int | None
+    method: str
+    params: dict[str, Any]
+    notification: bool
+    """No ``id`` member: executed, never answered (not even with an error)."""
+
+
+class BadRequest(Exception):
+    """A line that is not a valid request: the error to answer, and the id to answer it with (the
+    request's if it could be read, else None). Always answered, with or without an id."""
+
+    def __init__(self, id_: str | int | None, error: RemoteError) -> None:
+        super().__init__(error.message)
+        self.id = id_
+        self.error = error
+
+
+def parse_request(line: bytes) -> Request:
+    """The request on one line. Raises BadRequest: -32700 (not strict UTF-8 JSON) or -32600 (not a
+    JSON-RPC 2.0 request object: not an object, ``id`` neither a string nor an integer, ``jsonrpc``
+    not ``"2.0"``, ``method`` not a string, ``params`` not an object)."""
+    try:
+        message = loads(line)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(None, ParseError(f"not a JSON line: {exc}")) from None
+    if not isinstance(message, dict):
+        raise BadRequest(None, InvalidRequest("a request must be a JSON object"))
+    id_ = message.get("id")
+    if not (id_ is None or isinstance(id_, (str, int)) and not isinstance(id_, bool)):
+        raise BadRequest(None, InvalidRequest("'id' must be a string or an integer"))
+    method = message.get("method")
+    params = message.get("params", {})
+    if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
+        raise BadRequest(id_, InvalidRequest(
+            "expected {\"jsonrpc\": \"2.0\", \"id\": ..., \"method\": str}"))
+    if not isinstance(params, dict):
+        raise BadRequest(id_, InvalidRequest("'params' must be an object"))
+    return Request(id_, method, params, notification="id" not in message)
 
 
 def _reject_constant(name: str) -> float:

@@ -32,7 +32,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,8 +46,8 @@ from . import catalogue, protocol, runtime, tls
 from .backends.base import Backend, ScopeTrace
 from .errors import (AcquisitionTimeout, AuthenticationFailed, BackendUnavailable, DeviceNotReady,
                      InternalError, InvalidParams, InvalidRequest, MethodNotFound, ModuleLeased,
-                     NotAuthenticated, ParseError, RemoteError, RequestTooLarge, RetryLater,
-                     ServerError, ServerShuttingDown, UnsupportedProtocol)
+                     NotAuthenticated, RemoteError, RequestTooLarge, RetryLater,
+                     ServerError, ServerShuttingDown, UnsupportedProtocol, echoed)
 
 logger = logging.getLogger(__name__)
 
@@ -280,14 +280,39 @@ class Session:
     expiry: asyncio.TimerHandle | None = None
 
 
+class _Output:
+    """One encoded message waiting in a connection's output queue."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class Connection:
-    """One TCP connection (or a test double): serialized writes, subscription flag, its session."""
+    """One TCP connection (or a test double): its output queue, subscription flag and session.
+
+    Output never makes its caller wait for the peer: :meth:`send` and :meth:`push_status` queue the
+    encoded message, and a writer task of the connection hands the queue to ``send`` in order. The
+    backlog (bytes queued, or handed to ``send`` that has not returned yet) is bounded by
+    ``max_output``: a message that would pass it aborts the connection instead (nothing more is
+    written; the session stays for resume, as after any dropped connection). An unsent status push
+    is replaced by a newer one, so a subscriber that does not read holds at most one.
+    """
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]], peer: str = "local",
-                 close: Callable[[], None] | None = None, ip: str = "local") -> None:
+                 close: Callable[[], None] | None = None, ip: str = "local",
+                 abort: Callable[[], None] | None = None,
+                 max_output: int = protocol.MAX_OUTPUT_BYTES) -> None:
         self._send = send
         self._close = close
-        self._lock = asyncio.Lock()
+        self._abort = abort or close
+        self.max_output = max_output
+        self._output: deque[_Output] = deque()
+        self._unsent_status: _Output | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.backlog = 0
+        """Bytes of output queued or being written (see the class docstring)."""
         self.peer = peer
         """``ip:port`` of the client, for the log."""
         self.ip = ip
@@ -295,10 +320,11 @@ class Connection:
         self.session: Session | None = None
         self.subscribed = False
         self.closed = False
+        """No more output is queued: closing, closed, aborted or broken."""
         self.close_after_reply = False
 
-    async def send(self, message: dict[str, Any]) -> None:
-        """Send one message; a reply that cannot be encoded becomes a -32603 error reply."""
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue one message; a reply that cannot be encoded becomes a -32603 error reply."""
         if self.closed:
             return
         try:
@@ -309,17 +335,70 @@ class Connection:
             logger.error("reply %r could not be encoded: %s", message.get("id"), exc)
             data = protocol.dumps_line(protocol.error(message["id"], InternalError(
                 f"the reply could not be encoded ({type(exc).__name__})").to_wire()))
-        async with self._lock:
-            try:
-                await self._send(data)
-            except (ConnectionError, OSError):
-                self.closed = True
+        self._queue(_Output(data))
+
+    def push_status(self, data: bytes) -> None:
+        """Queue an encoded status push; it replaces the previous one if that is still unsent."""
+        if self.closed:
+            return
+        unsent = self._unsent_status
+        if unsent is None:
+            self._unsent_status = self._queue(_Output(data))
+        elif self._fits(len(data) - len(unsent.data)):
+            self.backlog += len(data) - len(unsent.data)
+            unsent.data = data
+
+    def _queue(self, output: _Output) -> _Output | None:
+        """Queue ``output`` (None if that aborted the connection) and start the writer if idle."""
+        if not self._fits(len(output.data)):
+            return None
+        self._output.append(output)
+        self.backlog += len(output.data)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+        return output
+
+    def _fits(self, more: int) -> bool:
+        """Whether the backlog stays within its bound with ``more`` bytes; if not, abort."""
+        if self.backlog + more <= self.max_output:
+            return True
+        logger.warning("closing %s: it does not read its replies (%d bytes unread would pass the "
+                       "limit of %d)%s", self.peer, self.backlog + more, self.max_output,
+                       "; its session is kept for resume" if self.session else "")
+        self.closed = True
+        self._output.clear()
+        self._unsent_status = None
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._abort is not None:
+            self._abort()
+        return False
+
+    async def _write(self) -> None:
+        """Hand the queue to ``send`` until it is empty; then close if :meth:`close` was called."""
+        try:
+            while self._output:
+                output = self._output.popleft()
+                if output is self._unsent_status:
+                    self._unsent_status = None
+                try:
+                    await self._send(output.data)
+                finally:
+                    self.backlog -= len(output.data)
+        except (ConnectionError, OSError):
+            self.closed = True
+            self._output.clear()
+            self._unsent_status = None
+        if self.closed and self._close is not None:
+            self._close()
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self._close is not None:
-                self._close()
+        """Close once the queued output is written (at once if there is none); queue no more."""
+        if self.closed:
+            return
+        self.closed = True
+        if (self._writer is None or self._writer.done()) and self._close is not None:
+            self._close()
 
 
 class Server:
@@ -401,7 +480,7 @@ class Server:
             self._check_auto_stop()
             now = time.monotonic()
             if now - self._last_push >= STATUS_PERIOD:
-                await self.broadcast_status()
+                self.broadcast_status()
 
     def _check_auto_stop(self) -> None:
         if self.auto_stop is None or self.stopping.is_set():
@@ -429,9 +508,10 @@ class Server:
         self.connections.add(connection)
 
     def connection_lost(self, connection: Connection) -> None:
-        """Detach the session; it ends (leases released) after the resume grace period."""
+        """The connection ended: close it once its queued output is written, detach its session,
+        which ends (leases released) after the resume grace period."""
         self.connections.discard(connection)
-        connection.closed = True
+        connection.close()
         session = connection.session
         if session is None or session.connection is not connection:
             return
@@ -449,7 +529,8 @@ class Server:
         self._end_session(session)
         logger.info("session of %r (%s) expired; leases released: %s", session.client,
                     session_id[:8], sorted(session.leases) or "none")
-        self._holders_changed(ended_by_client=False)
+        if session.hold:
+            self._holders_changed(ended_by_client=False)
 
     def _end_session(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -460,7 +541,8 @@ class Server:
     # -- dispatch ----------------------------------------------------------------------------------
 
     async def process_line(self, connection: Connection, line: bytes) -> dict[str, Any] | None:
-        """One request line in, one reply message out (None for a notification without id)."""
+        """One request line in, one reply message out (None for a valid notification: a request
+        object without id; an invalid one is answered with ``"id": null``)."""
         id_: Any = None
         notification = False
         try:
@@ -469,25 +551,15 @@ class Server:
                 raise RequestTooLarge(f"request of {len(line)} bytes exceeds the limit of "
                                       f"{protocol.MAX_REQUEST_BYTES} bytes")
             try:
-                message = protocol.loads(line)
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                raise ParseError(f"not a JSON line: {exc}") from None
-            if not isinstance(message, dict):
-                raise InvalidRequest("a request must be a JSON object")
-            id_ = message.get("id")
-            notification = "id" not in message
-            if not (id_ is None or isinstance(id_, (str, int)) and not isinstance(id_, bool)):
-                id_ = None
-                raise InvalidRequest("'id' must be a string or an integer")
-            method = message.get("method")
-            params = message.get("params", {})
-            if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
-                raise InvalidRequest("expected {\"jsonrpc\": \"2.0\", \"id\": ..., \"method\": str}")
-            if not isinstance(params, dict):
-                raise InvalidRequest("'params' must be an object")
+                request = protocol.parse_request(line)
+            except protocol.BadRequest as exc:
+                id_ = exc.id
+                raise exc.error from None
+            id_, method, params = request.id, request.method, request.params
+            notification = request.notification
             handler = self._handlers.get(method)
             if handler is None:
-                raise MethodNotFound(f"unknown method {method!r}; methods are "
+                raise MethodNotFound(f"unknown method {echoed(method)!r}; methods are "
                                      f"{[m.value for m in protocol.Method]}")
             if method != protocol.Method.HELLO and connection.session is None:
                 raise NotAuthenticated("say 'hello' with the server token first")
@@ -514,7 +586,7 @@ class Server:
         version = params.get("protocol")
         if version != protocol.PROTOCOL_VERSION:
             raise UnsupportedProtocol(
-                f"protocol {version!r} is not supported; this server (version {__version__}) "
+                f"protocol {echoed(repr(version))} is not supported; this server (version {__version__}) "
                 f"speaks protocol {protocol.PROTOCOL_VERSION}: update the plugin package",
                 {"supported": [protocol.PROTOCOL_VERSION]})
         self._authenticate(connection, params.get("token", ""))
@@ -874,15 +946,18 @@ class Server:
             return
         if not self._push_pending:
             self._push_pending = True
-            loop.call_soon(lambda: asyncio.ensure_future(self.broadcast_status()))
+            loop.call_soon(self.broadcast_status)
 
-    async def broadcast_status(self) -> None:
+    def broadcast_status(self) -> None:
+        """Queue the current status, encoded once, to every subscriber (never waits for one)."""
         self._push_pending = False
         self._last_push = time.monotonic()
         targets = [c for c in self.connections if c.subscribed and not c.closed]
         if targets:
-            message = protocol.notification(protocol.NOTIFICATION_STATUS, self.status())
-            await asyncio.gather(*(c.send(message) for c in targets))
+            data = protocol.dumps_line(
+                protocol.notification(protocol.NOTIFICATION_STATUS, self.status()))
+            for connection in targets:
+                connection.push_status(data)
 
 
 def _scope_timeout(restarts: int) -> AcquisitionTimeout:
@@ -942,7 +1017,7 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
         writer.write(data)
         await writer.drain()
 
-    connection = Connection(send, peer, close=writer.close, ip=ip)
+    connection = Connection(send, peer, close=writer.close, ip=ip, abort=writer.transport.abort)
     server.connection_made(connection)
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
@@ -953,12 +1028,13 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
         try:
             reply = await server.process_line(connection, line)
             if reply is not None:
-                await connection.send(reply)
+                connection.send(reply)
             if connection.close_after_reply:
                 connection.close()
         finally:
             slots.release()
 
+    end_of_stream = False
     try:
         while not connection.closed:
             timeout = None if connection.session else hello_deadline - loop.time()
@@ -972,12 +1048,13 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
             except asyncio.TimeoutError:
                 continue
             except asyncio.LimitOverrunError:
-                await connection.send(protocol.error(None, RequestTooLarge(
+                connection.send(protocol.error(None, RequestTooLarge(
                     f"request line exceeds {limit} bytes"
                     f"{' before hello' if connection.session is None else ''}; connection closed"
                 ).to_wire()))
                 break
             except asyncio.IncompleteReadError:
+                end_of_stream = True
                 break
             if not line.strip():
                 continue
@@ -993,10 +1070,14 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
     except (ConnectionError, OSError):
         pass
     finally:
-        server.connection_lost(connection)
-        for task in tasks:
-            task.cancel()
-        writer.close()
+        try:
+            while end_of_stream and tasks and not connection.closed:
+                # the client closed its sending side (a half-close): answer what it sent first
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            server.connection_lost(connection)  # closes once the queued replies are written
 
 
 async def serve(server: Server, bind: str, port: int, hello_timeout: float = 10.0,
