@@ -7,10 +7,12 @@ PyMoDAQ's folders are redirected by tests/conftest.py: the experiments folder is
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pwd
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -244,3 +246,31 @@ def test_dashboard_loads_the_experiment_and_drives_every_module(qtbot, dashboard
         QtWidgets.QApplication.processEvents()
     # the last module gone, the auto-started server stops
     qtbot.waitUntil(lambda: not runtime.pid_alive(server_pid), timeout=10000)
+
+
+QUIT_SCENARIOS = (["Scope"], ["IQ"], ["Sampler"], ["Scope", "IQ", "Sampler"])
+"""Viewers of pyrpl_demo grabbing continuously when the Dashboard quits, one Dashboard each."""
+
+
+def test_quitting_the_dashboard_while_viewers_grab():
+    """Quitting a headless Dashboard while our viewers grab continuously (each viewer alone, then
+    all three): every worker thread ends by itself (PyMoDAQ terminates a worker still busy after
+    5 s, and a terminated worker can freeze the process for good), and the auto-started server
+    stops. Run in a subprocess (tests/dashboard_quit.py), so a freeze fails the test instead of
+    hanging the suite. How long each quit took is printed (a figure, not asserted)."""
+    from support import free_port
+
+    args = [str(Path(__file__).parent / "dashboard_quit.py")]
+    for detectors in QUIT_SCENARIOS:
+        args += [str(free_port()), ",".join(detectors)]
+    run = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert [r["detectors"] for r in results] == list(QUIT_SCENARIOS)
+    for result in results:
+        print(f"quit with {result['detectors']} grabbing: {result['quit_s']:.2f} s")
+        assert result["terminated"] == [], result
+        deadline = time.monotonic() + 10
+        while runtime.pid_alive(result["server_pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not runtime.pid_alive(result["server_pid"]), f"the server did not stop: {result}"

@@ -10,7 +10,9 @@ from typing import Any
 
 from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
                                                           DataActuatorType)
+from pymodaq.control_modules.thread_commands import ControlToHardwareViewer
 from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base
+from pymodaq_utils.utils import ThreadCommand
 from pymodaq_gui.parameter import Parameter
 
 from .hardware import catalogue
@@ -167,9 +169,20 @@ class PyRPLViewer(DAQ_Viewer_base):
         return ""
 
     def close(self) -> None:
+        """Stop acquiring, release the module and the server; end PyMoDAQ's grab loop.
+
+        PyMoDAQ 5.3's worker runs a continuous grab as a loop that handles CLOSE inside it and goes
+        on waiting for the frame asked for before: closed, the plugin sends none, so the loop (and
+        the worker's thread) would never end, and quitting would wait 5 s and then terminate the
+        thread (which can freeze the whole program). Closing therefore stops the grab as PyMoDAQ's
+        own Stop does.
+        """
         if self.acquisition is not None:
             self.acquisition.close()
             self.acquisition = None
         if self.link is not None:
             self.link.close()
             self.link = None
+        worker = self.parent
+        if worker is not None and getattr(worker, "grab_state", False):
+            worker.queue_command(ThreadCommand(ControlToHardwareViewer.STOP_GRAB))

@@ -275,6 +275,8 @@ LIVE_WAIT_S = 0.1
 worker polls its event loop without pause until the frame comes (its "Wait time" is 0 by default),
 which costs a core; waiting here instead costs nothing, and at most this long for a Stop."""
 RETRY_DELAY_MS = 1000
+GUI_BACKLOG = 3
+"""Live grabbing: at most this many frames handed over and not yet taken in by the GUI thread."""
 """Live grabbing: delay before a new attempt after an error (other than an acquisition timeout)."""
 
 Job = Callable[[Callable[[], bool]], Any]
@@ -298,12 +300,20 @@ class BackgroundAcquisition(QObject):
     ``grab`` whose frame is on its way waits for it (at most LIVE_WAIT_S) and hands it over before
     it returns, so the worker does not poll its event loop in the meantime.
 
+    Live frames are also paced by the GUI thread, when the plugin runs in a worker thread: no new
+    acquisition starts while GUI_BACKLOG frames handed over have not been taken in by an idle GUI
+    thread (PyMoDAQ processes and displays them there). PyMoDAQ's worker asks for frames without a
+    pause, so without this the frames of fast modules (sampler, IQ, short traces) pile up in the
+    GUI thread's queue faster than it handles them: the Dashboard lags, and at quit it works
+    through that backlog (tens of seconds, or for ever while other modules still grab).
+
     Errors go to the status bar (``describe_error`` words them); in live mode the acquisition is
     started again, at once after an acquisition timeout (still waiting for a trigger), after
     RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or a reconnection.
     """
 
     _finished = Signal(int, object, object)
+    _handed = Signal()  # a live frame was handed over: the GUI thread acknowledges it
 
     def __init__(self, plugin: Any, make_job: Callable[[int], Job],
                  on_data: Callable[[Any], None],
@@ -324,12 +334,17 @@ class BackgroundAcquisition(QObject):
         self._waiting = False  # ... inside grab(), for at most LIVE_WAIT_S
         self._ready_claimed = False  # _ready is for a grab waiting for it
         self._running = False
+        self._unshown = 0  # live frames handed over, not yet taken in by an idle GUI thread
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._finished.connect(self._deliver, Qt.QueuedConnection)
+        self._gui_ack: _GuiAck | None = None
         thread, app = QThread.currentThread(), QCoreApplication.instance()
         if app is not None and thread is not app.thread():  # as PyRPLLink: the worker may end
             thread.finished.connect(self.close, Qt.DirectConnection)  # without close()
+            self._gui_ack = _GuiAck(self._on_gui_caught_up)
+            self._gui_ack.moveToThread(app.thread())
+            self._handed.connect(self._gui_ack.acknowledge, Qt.QueuedConnection)
 
     @property
     def busy(self) -> bool:
@@ -381,7 +396,7 @@ class BackgroundAcquisition(QObject):
             self._generation += 1
             self._job = (self._generation, job)
             self._streaming = self._generation if self._live else -1
-            self._ready, self._wanted = None, True
+            self._ready, self._wanted, self._unshown = None, True, 0
             self._cond.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
@@ -392,6 +407,7 @@ class BackgroundAcquisition(QObject):
         while True:
             with self._cond:
                 while (self._job is None or self._ready is not None and not self._ready_claimed
+                       or self._unshown >= GUI_BACKLOG and self._streaming == self._job[0]
                        ) and not self._closed:
                     self._cond.wait()
                 if self._closed:
@@ -435,11 +451,18 @@ class BackgroundAcquisition(QObject):
         if generation != self._generation or self._closed:
             return  # stopped or superseded meanwhile
         if error is None:
+            paced = self._gui_ack is not None and generation == self._streaming
+            if paced:
+                with self._cond:
+                    self._unshown += 1
             try:
                 self._on_data(result)
                 return
             except Exception as exc:
                 error = exc
+            finally:
+                if paced:  # queued after what _on_data queued to the GUI thread
+                    self._handed.emit()
         if isinstance(error, PyrplPluginError):
             message = self._describe_error(error)
         else:
@@ -453,3 +476,22 @@ class BackgroundAcquisition(QObject):
     def _rearm(self, generation: int) -> None:
         if generation == self._generation and self._live:
             self._submit()
+
+    def _on_gui_caught_up(self) -> None:
+        with self._cond:
+            self._unshown = max(0, self._unshown - 1)
+            self._cond.notify_all()
+
+
+class _GuiAck(QObject):
+    """Lives in the GUI thread; calls ``on_ack`` once the GUI thread has handled what was queued to
+    it before ``acknowledge`` (a live frame PyMoDAQ is to display) and has nothing else pending:
+    a zero timer fires when the event loop is idle (Qt's glib event dispatcher, Linux's default)."""
+
+    def __init__(self, on_ack: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_ack = on_ack
+
+    @Slot()
+    def acknowledge(self) -> None:
+        QTimer.singleShot(0, self._on_ack)
