@@ -76,8 +76,9 @@ def quit_stops_server(qtbot, viewer, port: int) -> None:
 
 
 def failed_init_messages(qtbot, name: str, dim: str, port: int, reason: str) -> list[str]:
-    """Initialize the viewer plugin ``name`` on ``port``, expecting it to fail and its last status
-    message to contain ``reason``; the status messages. The viewer is quit afterwards."""
+    """Initialize the viewer plugin ``name`` on ``port``, expecting it to fail with ``reason`` as
+    the last status message and in its 'Problem' setting; the status messages until then (the
+    viewer is quit afterwards: quitting adds PyMoDAQ's own messages, not returned)."""
     from pymodaq.control_modules.daq_viewer import DAQ_Viewer
 
     viewer = DAQ_Viewer(parent=None, title=f"{name} init failure")
@@ -91,6 +92,8 @@ def failed_init_messages(qtbot, name: str, dim: str, port: int, reason: str) -> 
             viewer.init_hardware(True)
         assert init.args[0] is False
         qtbot.waitUntil(lambda: bool(messages) and reason in messages[-1], timeout=5000)
+        qtbot.waitUntil(lambda: reason in viewer.settings["detector_settings", "problem"],
+                        timeout=5000)
+        return list(messages)
     finally:
         viewer.quit_fun()
-    return messages

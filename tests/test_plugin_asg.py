@@ -106,7 +106,12 @@ def test_asg_invalid_value_shows_an_error_and_changes_nothing(qtbot, port, make_
         qtbot.waitUntil(lambda: any("refused" in m and "amplitude" in m for m in messages),
                         timeout=5000)
         assert observer.get("asg0") == before
+        # the problem stays shown (not only PyMoDAQ's 1 s status message) ...
+        assert "move refused" in actuator.settings["actuator_settings", "problem"]
         assert move(qtbot, actuator, 0.5) == 0.5  # and the actuator works on
+        # ... until it no longer holds
+        qtbot.waitUntil(lambda: actuator.settings["actuator_settings", "problem"] == "",
+                        timeout=5000)
 
 
 def test_asg_quit_stops_the_auto_started_server(qtbot, port):

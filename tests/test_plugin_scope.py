@@ -90,17 +90,30 @@ def test_no_trigger_shows_a_status_message(qtbot, port, make_viewer):
 
 
 def test_continuous_grab_keeps_waiting_for_a_trigger(qtbot, port, make_viewer):
-    """Live: a missing trigger is reported and the scope re-arms; frames come once it triggers."""
+    """Live: a missing trigger is reported once (not at every attempt) and stays shown as the
+    module's problem while the scope re-arms; frames come once it triggers, and the problem is
+    cleared."""
     viewer = make_viewer(NAME, port, dim="DAQ1D", duration=catalogue.SCOPE_DURATIONS[0],
                          trigger_source="ch1_positive_edge", threshold=0.9, trigger_wait=0.2)
-    messages, frames = [], []
+    plugin = plugin_of(viewer)
+    messages, frames, failed = [], [], []
     viewer.status_sig.connect(messages.append)
     viewer.grab_done_signal.connect(frames.append)
     viewer.grab_data(grab_state=True)
-    qtbot.waitUntil(lambda: sum("no trace within" in m for m in messages) >= 2, timeout=10000)
+    qtbot.waitUntil(lambda: plugin.acquisition is not None, timeout=5000)
+    describe = plugin.acquisition._describe_error
+
+    def counted(exc):  # counts the failed attempts (white-box)
+        failed.append(exc)
+        return describe(exc)
+    plugin.acquisition._describe_error = counted
+    qtbot.waitUntil(lambda: len(failed) >= 3, timeout=10000)
     assert not frames
+    assert sum("no trace within" in m for m in messages) == 1, messages
+    assert "no trace within" in viewer.settings["detector_settings", "problem"]
     viewer.settings.child("detector_settings", "trigger_source").setValue("immediately")
     qtbot.waitUntil(lambda: len(frames) >= 3, timeout=10000)
+    assert viewer.settings["detector_settings", "problem"] == ""
     with qtbot.waitSignal(viewer.grab_status, timeout=5000):
         viewer.stop_grab()
 

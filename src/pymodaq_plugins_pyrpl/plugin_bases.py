@@ -12,8 +12,8 @@ from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataAct
                                                           DataActuatorType)
 from pymodaq.control_modules.thread_commands import ControlToHardwareViewer
 from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base
-from pymodaq_utils.utils import ThreadCommand
 from pymodaq_gui.parameter import Parameter
+from pymodaq_utils.utils import ThreadCommand
 
 from .hardware import catalogue
 from .hardware.client import PyRPLClient
@@ -82,8 +82,9 @@ class PyRPLActuator(DAQ_Move_base):
         try:
             applied = self._apply({attribute: value.value(unit)})
         except PyrplPluginError as exc:  # nothing changed: poll_moving reports the board's value
-            self.link.status(f"{self.link.module}: move refused: {exc}")
+            self.link.problem(f"{self.link.module}: move refused: {exc}")
             return
+        self.link.solved()
         self._targets[attribute] = applied[attribute]
 
     def move_home(self) -> None:
@@ -106,9 +107,11 @@ class PyRPLActuator(DAQ_Move_base):
         elif name in self.SETTINGS:
             try:
                 write_back(self, self._apply({name: self._settings_values()[name]}))
-            except PyrplPluginError:  # refused: show the board's value again (and the error)
+            except PyrplPluginError as exc:  # refused: show the board's value again
+                self.link.problem(f"{self.link.module}: {name} not changed: {exc}")
                 write_back(self, self.controller.get(self.link.module, [name]))
-                raise
+                return
+            self.link.solved()
 
     def close(self) -> None:
         if self.link is not None:

@@ -31,8 +31,14 @@ UPDATE_STATUS = "update_status"
 here would run PyMoDAQ's plugin discovery while this module is half imported, and PyMoDAQ would then
 silently miss every plugin of this package."""
 
+UPDATE_UI = "update_ui"
+"""``ThreadStatus.UPDATE_UI`` as a plain string (see UPDATE_STATUS): calls a method of the module's
+user interface, here its status bar's ``update_status(message, wait_time)``."""
+
 GROUP = "pyrpl"
 """Name of the settings group holding the connection settings."""
+PROBLEM = "problem"
+"""Name of the read-only setting showing the module's current problem (empty: none)."""
 
 
 def _config(*keys: str, default: Any) -> Any:
@@ -45,8 +51,12 @@ def _config(*keys: str, default: Any) -> Any:
 
 
 def connection_params() -> list[dict[str, Any]]:
-    """The 'PyRPL server' settings group; defaults come from the plugin config (config_pyrpl.toml)."""
+    """The 'Problem' field (see :func:`report_problem`) and the 'PyRPL server' settings group;
+    defaults come from the plugin config (config_pyrpl.toml)."""
     return [{
+        "title": "Problem:", "name": PROBLEM, "type": "str", "value": "", "readonly": True,
+        "tip": "what keeps this module from working, shown until it no longer holds "
+               "(also in the status bar and in PyMoDAQ's log); empty: none"}, {
         "title": "PyRPL server", "name": GROUP, "type": "group", "expanded": False, "children": [
             {"title": "Server IP:", "name": "server_ip", "type": "str",
              "value": _config("server", "ip", default="localhost"),
@@ -180,6 +190,12 @@ class PyRPLLink:
     def status(self, message: str) -> None:
         self.plugin.emit_status(ThreadCommand(UPDATE_STATUS, message))
 
+    def problem(self, message: str) -> None:
+        report_problem(self.plugin, message)
+
+    def solved(self) -> None:
+        clear_problem(self.plugin)
+
     def _show_state(self, hello: dict[str, Any]) -> None:
         device = hello.get("device", {})
         state = device.get("state", "unknown")
@@ -190,21 +206,23 @@ class PyRPLLink:
     def _on_connection_event(self, event: str, info: dict[str, Any]) -> None:
         if event == "lost":
             self.plugin.settings.child(GROUP, "state").setValue("connection lost, reconnecting")
-            self.status(f"PyRPL server connection lost ({info.get('reason')}); reconnecting…")
+            self.problem(f"PyRPL server connection lost ({info.get('reason')}); reconnecting…")
         elif event == "resumed":
             self._show_state(info)
+            self.solved()
             self.status("PyRPL server connection restored")
         elif event == "new_session":
             self._show_state(info)
+            self.solved()
             self.status("PyRPL server restarted: settings applied again")
             if self.reapply is not None:
                 try:
                     self.reapply()
                 except PyrplPluginError as exc:
-                    self.status(f"could not re-apply the settings of {self.module}: {exc}")
+                    self.problem(f"could not re-apply the settings of {self.module}: {exc}")
         elif event == "failed":
             self.plugin.settings.child(GROUP, "state").setValue("stopped")
-            self.status(f"PyRPL server unusable: {info.get('error')}")
+            self.problem(f"PyRPL server unusable: {info.get('error')}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,12 +269,42 @@ def write_back(plugin: Any, applied: dict[str, Any]) -> None:
             param.setValue(value)
 
 
+def report_problem(plugin: Any, message: str) -> None:
+    """Show a problem until it no longer holds (then :func:`clear_problem`), as PyMoDAQ shows a
+    module's state: in the read-only 'Problem' setting, and as a status message (PyMoDAQ logs every
+    status message, so it is in its log too) that stays in the module's status bar until the next
+    message instead of PyMoDAQ's 1 s. The same problem again (a live grab still without trigger)
+    is not repeated."""
+    param = _problem_param(plugin)
+    if param is not None:
+        if param.value() == message:
+            return
+        param.setValue(message)
+    plugin.emit_status(ThreadCommand(UPDATE_STATUS, message))
+    plugin.emit_status(ThreadCommand(UPDATE_UI, "update_status", args=[message, 0]))
+
+
+def clear_problem(plugin: Any) -> None:
+    """The problem shown by :func:`report_problem` no longer holds."""
+    param = _problem_param(plugin)
+    if param is not None and param.value():
+        param.setValue("")
+
+
+def _problem_param(plugin: Any) -> Any:
+    try:
+        return plugin.settings.child(PROBLEM)
+    except (KeyError, AttributeError):  # a plugin without the field (tests' stand-ins)
+        return None
+
+
 def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
     """The reason ``ini_detector`` returns (as ``reason, False``) when it cannot initialize.
 
     DAQ_Viewer only shows "Viewer initialized: False" (not the reason) in its status bar, so the
-    reason is also sent as a status message, queued just after PyMoDAQ's own. The server reference
-    and any lease are released: PyMoDAQ does not call close() after a failed initialization.
+    reason is also reported as a problem (:func:`report_problem`), queued in the worker's event loop
+    after PyMoDAQ's initialization status: the reason is the last word. The server reference and
+    any lease are released: PyMoDAQ does not call close() after a failed initialization.
     """
     reason = f"{getattr(link, 'module', 'PyRPL')}: initialization failed: {exc}"
     if isinstance(exc, PyrplPluginError):
@@ -265,8 +313,8 @@ def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
         logger.exception(reason)
     if link is not None:
         link.close()
-    QTimer.singleShot(0, lambda: plugin.emit_status(
-        ThreadCommand(UPDATE_STATUS, reason)))
+    clear_problem(plugin)  # a setting restored from an earlier failure: this one is reported
+    QTimer.singleShot(0, lambda: report_problem(plugin, reason))
     return reason
 
 
@@ -307,9 +355,10 @@ class BackgroundAcquisition(QObject):
     GUI thread's queue faster than it handles them: the Dashboard lags, and at quit it works
     through that backlog (tens of seconds, or for ever while other modules still grab).
 
-    Errors go to the status bar (``describe_error`` words them); in live mode the acquisition is
-    started again, at once after an acquisition timeout (still waiting for a trigger), after
-    RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or a reconnection.
+    Errors are reported as the module's problem (:func:`report_problem`; ``describe_error`` words
+    them) until a frame comes again; in live mode the acquisition is started again, at once after
+    an acquisition timeout (still waiting for a trigger), after RETRY_DELAY_MS otherwise, so a
+    continuous grab survives a missing trigger or a reconnection.
     """
 
     _finished = Signal(int, object, object)
@@ -456,6 +505,7 @@ class BackgroundAcquisition(QObject):
                 with self._cond:
                     self._unshown += 1
             try:
+                clear_problem(self._plugin)
                 self._on_data(result)
                 return
             except Exception as exc:
@@ -468,7 +518,7 @@ class BackgroundAcquisition(QObject):
         else:
             logger.error("acquisition failed", exc_info=error)
             message = f"acquisition failed: {error!r}"
-        self._plugin.emit_status(ThreadCommand(UPDATE_STATUS, message))
+        report_problem(self._plugin, message)
         if self._live:
             delay = 0 if isinstance(error, AcquisitionTimeout) else RETRY_DELAY_MS
             QTimer.singleShot(delay, lambda: self._rearm(generation))

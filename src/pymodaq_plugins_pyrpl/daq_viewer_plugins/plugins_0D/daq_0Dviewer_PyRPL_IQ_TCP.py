@@ -73,8 +73,11 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
                 self._apply_all()
             elif name in SETTINGS:
                 write_back(self, self._apply({name: param.value()}))
+            else:
+                return
+            self.link.solved()
         except PyrplPluginError as exc:
-            self.link.status(f"{self.link.module}: {name} not changed: {exc}")
+            self.link.problem(f"{self.link.module}: {name} not changed: {exc}")
             if name == "module":
                 param.setValue(self.link.module)
             elif name in SETTINGS:

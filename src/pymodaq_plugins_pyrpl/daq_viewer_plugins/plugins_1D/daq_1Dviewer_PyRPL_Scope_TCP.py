@@ -69,8 +69,9 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(PyRPLViewer):
             return
         try:
             write_back(self, self._apply({param.name(): param.value()}))
+            self.link.solved()
         except PyrplPluginError as exc:
-            self.link.status(f"scope: {param.name()} not changed: {exc}")
+            self.link.problem(f"scope: {param.name()} not changed: {exc}")
             write_back(self, self.controller.get("scope", [param.name()]))
 
     def _timeout(self) -> float:
