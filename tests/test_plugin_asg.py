@@ -163,3 +163,24 @@ def test_master_asg_and_slave_pid_share_one_controller(qtbot, port, make_actuato
     with server_client(port) as observer:
         assert leases(observer) == [["asg0"]]
         assert move(qtbot, master, 0.5) == 0.5
+
+
+def test_changing_the_hostname_connects_again(qtbot, port, make_actuator):
+    """A connection setting changed on an initialized actuator applies: a board the running
+    server does not serve is refused, reported as the module's problem, and changes nothing (the
+    actuator stays connected); back to the simulated board, it works as before."""
+    actuator = make_actuator("PyRPL_ASG_TCP", port, axis="Amplitude")
+    assert move(qtbot, actuator, 0.25) == 0.25
+    group = actuator.settings.child("actuator_settings", "pyrpl")
+    group.child("hostname").setValue("_FAKE_")  # another board: the running server refuses
+    qtbot.waitUntil(lambda: "not connected" in actuator.settings["actuator_settings", "problem"],
+                    timeout=30000)
+    with server_client(port) as observer:
+        assert ["asg0"] in [c["leases"] for c in observer.status()["clients"]]  # still there
+    group.child("hostname").setValue("")
+    qtbot.waitUntil(lambda: actuator.settings["actuator_settings", "problem"] == "",
+                    timeout=30000)
+    with server_client(port) as observer:
+        assert observer.get("asg0", ["amplitude"]) == {"amplitude": 0.25}
+        assert ["asg0"] in [c["leases"] for c in observer.status()["clients"]]
+    assert move(qtbot, actuator, 0.5) == 0.5

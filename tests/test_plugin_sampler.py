@@ -56,3 +56,24 @@ def test_asg_offset_is_read_on_out1_and_in1(qtbot, port, make_viewer, make_actua
     values = dict(zip(dwa.labels, (float(a[0]) for a in dwa.data)))
     assert values["out1"] == pytest.approx(offset, abs=2e-3)
     assert values["in1"] == pytest.approx(offset, abs=1e-2)  # through the loopback, with noise
+
+
+def test_changing_the_server_port_connects_again(qtbot, port, make_viewer):
+    """A connection setting changed on an initialized module applies: the plugin connects to
+    (here: starts) the server on the new port and leaves the old one, which stops."""
+    from support import free_port
+
+    from pymodaq_plugins_pyrpl.hardware import runtime
+
+    viewer = make_viewer(NAME, port)
+    snap(qtbot, viewer)
+    old_pid = runtime.read_state(port).pid
+    new_port = free_port()
+    viewer.settings.child("detector_settings", "pyrpl", "server_port").setValue(new_port)
+    qtbot.waitUntil(lambda: runtime.read_live_state(new_port) is not None, timeout=30000)
+    qtbot.waitUntil(lambda: not runtime.pid_alive(old_pid), timeout=10000)
+    [dwa] = snap(qtbot, viewer).get_data_from_dim("Data0D")
+    assert dwa.labels == ["in1", "in2", "out1", "out2"]
+    with server_client(new_port) as observer:
+        assert any(c["client"].startswith("PyMoDAQ") for c in observer.status()["clients"])
+    quit_stops_server(qtbot, viewer, new_port)

@@ -18,7 +18,14 @@ from pymodaq_utils.utils import ThreadCommand
 from .hardware import catalogue
 from .hardware.client import PyRPLClient
 from .hardware.errors import PyrplPluginError
-from .plugin_support import BackgroundAcquisition, PyRPLLink, init_failed, write_back
+from .plugin_support import (CONNECTION_SETTINGS, GROUP, BackgroundAcquisition, PyRPLLink,
+                             init_failed, write_back)
+
+
+def is_connection_setting(param: Parameter) -> bool:
+    """A setting choosing the server or the board (changing it connects again)."""
+    parent = param.parent()
+    return param.name() in CONNECTION_SETTINGS and parent is not None and parent.name() == GROUP
 
 
 class PyRPLActuator(DAQ_Move_base):
@@ -100,7 +107,17 @@ class PyRPLActuator(DAQ_Move_base):
         if self.link is None:
             return
         name = param.name()
-        if name == "module":
+        if is_connection_setting(param):
+            try:
+                self.link = self.link.reconnected()
+                self.controller = self.link.client
+                self._reapply()
+            except PyrplPluginError as exc:
+                self.link.problem(f"{self.link.module}: not connected: {exc}")
+                return
+            self.link.solved()
+            self.link.status(f"connected again: {self.link.info()}")
+        elif name == "module":
             self.link.switch(param.value())
             self._targets.clear()
             self._apply_settings()
@@ -158,6 +175,25 @@ class PyRPLViewer(DAQ_Viewer_base):
 
     def _reapply(self) -> None:
         self._apply_all()
+
+    def commit_settings(self, param: Parameter) -> None:
+        """A connection setting changed: connect again (a grab goes on with the new connection);
+        other settings: :meth:`_commit_setting`."""
+        if self.link is None or not is_connection_setting(param):
+            self._commit_setting(param)
+            return
+        try:
+            self.link = self.link.reconnected()
+            self.controller = self.link.client
+            self._apply_all()
+        except PyrplPluginError as exc:
+            self.link.problem(f"{self.link.module}: not connected: {exc}")
+            return
+        self.link.solved()
+        self.link.status(f"connected again: {self.link.info()}")
+
+    def _commit_setting(self, param: Parameter) -> None:
+        """A plugin setting changed (not a connection setting)."""
 
     def _describe(self, exc: BaseException) -> str:
         return f"{self.link.module}: {exc}"

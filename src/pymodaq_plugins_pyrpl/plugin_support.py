@@ -37,6 +37,10 @@ user interface, here its status bar's ``update_status(message, wait_time)``."""
 
 GROUP = "pyrpl"
 """Name of the settings group holding the connection settings."""
+CONNECTION_SETTINGS = ("server_ip", "server_port", "timeout", "hostname", "pyrpl_config", "token",
+                       "tls_ca", "tls_fingerprint")
+"""The settings of the group that choose the server and the board: changing one while initialized
+connects again (:meth:`PyRPLLink.reconnect`)."""
 PROBLEM = "problem"
 """Name of the read-only setting showing the module's current problem (empty: none)."""
 
@@ -130,6 +134,26 @@ class PyRPLLink:
             self.client.lease(self.module)
         self._show_state(self.client.hello_info or {})
         return self.client
+
+    def reconnected(self) -> PyRPLLink:
+        """A new link to the same module, opened with the current connection settings (after one of
+        them changed); this one is closed once the new one works. Raises as :meth:`open`, and then
+        this link is unchanged (still connected where it was). A slave uses its master's
+        connection: raises PyrplPluginError (change the master's settings)."""
+        if self.client is not None and self._manager is None:
+            raise PyrplPluginError("this module uses its master's connection: change the "
+                                   "master's PyRPL server settings")
+        new = PyRPLLink(self.plugin, self.module, lease=self.lease, reapply=self.reapply)
+        try:
+            client = new.open(None)
+        except Exception:
+            new.close()
+            raise
+        old_client = self.client
+        self.close()
+        if self.lease and client is old_client:  # one client, one session: the lease is shared
+            client.lease(self.module)
+        return new
 
     def _watch_thread(self) -> None:
         """Close when the plugin's worker thread ends, in case PyMoDAQ did not call close().

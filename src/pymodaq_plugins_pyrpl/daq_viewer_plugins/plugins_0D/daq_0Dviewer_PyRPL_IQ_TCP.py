@@ -63,7 +63,7 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
     def _apply_all(self) -> None:
         write_back(self, self._apply({**FIXED, **{name: self.settings[name] for name in SETTINGS}}))
 
-    def commit_settings(self, param: Parameter) -> None:
+    def _commit_setting(self, param: Parameter) -> None:
         if self.link is None:
             return
         name = param.name()

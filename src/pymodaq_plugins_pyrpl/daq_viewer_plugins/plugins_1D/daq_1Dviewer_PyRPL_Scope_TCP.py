@@ -64,7 +64,7 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(PyRPLViewer):
     def _apply_all(self) -> None:
         write_back(self, self._apply({name: self.settings[name] for name in SETTINGS}))
 
-    def commit_settings(self, param: Parameter) -> None:
+    def _commit_setting(self, param: Parameter) -> None:
         if self.link is None or param.name() not in SETTINGS:
             return
         try:
