@@ -9,10 +9,13 @@ from pathlib import Path
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     png = tmp_path / "demo.png"
+    # no desktop session (a root shell, ssh): Qt would warn about XDG_RUNTIME_DIR
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
     result = subprocess.run([sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "demo",
                              "--png", str(png)], capture_output=True, text=True, timeout=180,
-                            cwd=tmp_path)
+                            cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "XDG_RUNTIME_DIR" not in result.stdout + result.stderr
     rows = dict(line.split("  ", 1) for line in result.stdout.splitlines() if "  " in line)
     rows = {key.strip(): value.strip() for key, value in rows.items()}
     assert rows["server stopped at the end"] == "yes"

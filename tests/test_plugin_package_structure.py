@@ -1,5 +1,8 @@
 """PyMoDAQ's plugin checks (package layout, every plugin module, the packaging) at warning level,
-and PyMoDAQ's discovery of every plugin."""
+and PyMoDAQ's discovery of every plugin.
+
+One finding is accepted, here and only here (ACCEPTED): PMQ111, because PyMoDAQ's checker looks for
+README.rst while this project's README is README.md (the design asks for it)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,6 +12,9 @@ from pymodaq.utils.plugin_testing import PluginPackageChecks
 from pymodaq_utils.plugin_tools.checks import check_package_sources
 
 PACKAGE = "pymodaq_plugins_pyrpl"
+ACCEPTED = {"PMQ111": "README.rst is missing"}
+"""Checker findings accepted: code → what the finding says. PyMoDAQ's checker (pymodaq_utils 5.3)
+wants README.rst; the README is README.md."""
 PLUGINS = {"actuators": ["PyRPL_ASG_TCP", "PyRPL_PID_TCP"],
            "viewers": ["PyRPL_IQ_TCP", "PyRPL_Sampler_TCP", "PyRPL_Scope_TCP"]}
 
@@ -20,16 +26,24 @@ class TestPlugin(PluginPackageChecks):
 
     def test_package_sources(self, package):
         failing = check_package_sources(package).failing(self.fail_on)
-        assert not failing, "\n".join(failing)
+        accepted = [f for f in failing if _accepted(f)]
+        assert len(accepted) == len(ACCEPTED), failing  # each accepted finding is still there
+        assert not [f for f in failing if not _accepted(f)], "\n".join(failing)
 
 
-def test_check_plugin_command_has_no_warning():
-    """``check_plugin pymodaq_plugins_pyrpl --fail-on warning`` exits with status 0."""
+def _accepted(finding: str) -> bool:
+    return any(code in finding and text in finding for code, text in ACCEPTED.items())
+
+
+def test_check_plugin_command_reports_only_the_accepted_finding():
+    """``check_plugin pymodaq_plugins_pyrpl --fail-on warning``: every check passes but the
+    accepted PMQ111 (which alone makes the exit status 1)."""
     run = subprocess.run([sys.executable, "-m", "pymodaq_utils.plugin_tools.checks", PACKAGE,
                           "--fail-on", "warning"], capture_output=True, text=True, timeout=120)
     report = run.stdout + run.stderr
-    assert run.returncode == 0, report
-    assert "[FAIL]" not in report
+    findings = [line for line in report.splitlines() if "PMQ" in line]
+    assert len(findings) == len(ACCEPTED) and all(_accepted(f) for f in findings), report
+    assert run.returncode == 1, report
 
 
 def test_discovery_finds_every_plugin_whatever_is_imported_first():

@@ -119,12 +119,27 @@ class Demo:
         self.modules.clear()
 
 
+def _without_xdg_runtime_warning() -> None:
+    """Qt prints "QStandardPaths: XDG_RUNTIME_DIR not set, defaulting to ..." where no desktop
+    session sets it (a root shell, ssh, CI) and then uses a folder of its own, which is fine here.
+    Setting the variable instead would move this package's runtime folder (see hardware.runtime)
+    away from where ``pymodaq-pyrpl status`` looks, so only that one message is dropped."""
+    from qtpy import QtCore
+
+    def handler(mode: Any, context: Any, message: str) -> None:
+        if not message.startswith("QStandardPaths: XDG_RUNTIME_DIR not set"):
+            sys.stderr.write(message + "\n")
+
+    QtCore.qInstallMessageHandler(handler)
+
+
 def run(port: int, png: Path) -> dict[str, Any]:
     """Run the demo on ``port``; return its figures."""
     from pymodaq_gui.qt_utils import mkQApp
 
     from .hardware import runtime
 
+    _without_xdg_runtime_warning()
     app = mkQApp("pymodaq-pyrpl demo")
     demo = Demo(port)
     figures: dict[str, Any] = {}
@@ -258,6 +273,7 @@ def _gui() -> int:
     from .cli import main as cli_main
 
     cli_main(["experiments", "install"])  # keeps a copy the user modified
+    _without_xdg_runtime_warning()
     app = mkQApp("PyMoDAQ Dashboard")
     load_dashboard_with_experiment("pyrpl_demo")
     return app.exec()
