@@ -37,7 +37,8 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
 def default_port(port: int) -> None:
     """Every plugin class of the experiment defaults to ``port`` and the simulated board (an
     experiment stores no plugin settings)."""
-    from pymodaq_plugins_pyrpl.daq_move_plugins import daq_move_PyRPL_ASG_TCP, daq_move_PyRPL_PID_TCP
+    from pymodaq_plugins_pyrpl.daq_move_plugins import (daq_move_PyRPL_ASG_TCP,
+                                                        daq_move_PyRPL_PID_TCP)
     from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_0D import (daq_0Dviewer_PyRPL_IQ_TCP,
                                                                      daq_0Dviewer_PyRPL_Sampler_TCP)
     from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_1D import daq_1Dviewer_PyRPL_Scope_TCP

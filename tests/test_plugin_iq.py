@@ -18,7 +18,7 @@ def test_snap_settings_and_quit(qtbot, port, make_viewer):
     viewer = make_viewer(NAME, port)
     dte = snap(qtbot, viewer)
     [iq, phase] = dte.get_data_from_dim("Data0D")
-    assert iq.name == "IQ" and iq.labels == ["I", "Q", "Amplitude"] and iq.units == "V"
+    assert iq.name == "Lock-in" and iq.labels == ["I", "Q", "Amplitude"] and iq.units == "V"
     assert [a.shape for a in iq.data] == [(1,)] * 3
     i, q, amplitude = (float(a[0]) for a in iq.data)
     assert amplitude == pytest.approx(math.hypot(i, q))
@@ -87,5 +87,5 @@ def test_asg_amplitude_is_the_iq_amplitude(qtbot, port, make_viewer, make_actuat
     for target in (0.2, 0.6):
         with qtbot.waitSignal(asg.move_done_signal, timeout=10000) as done:
             asg.move_abs(target)
-        amplitude = float(snap(qtbot, viewer).get_data_from_name("IQ").data[2][0])
+        amplitude = float(snap(qtbot, viewer).get_data_from_name("Lock-in").data[2][0])
         assert amplitude == pytest.approx(done.args[0].value(), rel=0.03)

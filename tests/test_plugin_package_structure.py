@@ -57,3 +57,29 @@ def test_discovery_finds_every_plugin_whatever_is_imported_first():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = run.stdout.strip().splitlines()
     assert lines[-2:] == [str(PLUGINS["actuators"]), str(PLUGINS["viewers"])], run.stderr
+
+
+def test_every_setting_of_ours_has_a_tooltip():
+    """Each setting a plugin of this package adds (not PyMoDAQ's common ones) explains itself."""
+    import importlib
+
+    from pymodaq.control_modules.move_utility_classes import comon_parameters_fun
+    from pymodaq.control_modules.viewer_utility_classes import comon_parameters
+
+    common = {p["name"] for p in comon_parameters + comon_parameters_fun()}
+    classes = [getattr(importlib.import_module(f"{PACKAGE}.daq_move_plugins.daq_move_{name}"),
+                       f"DAQ_Move_{name}") for name in PLUGINS["actuators"]]
+    for name in PLUGINS["viewers"]:
+        dim = "1D" if "Scope" in name else "0D"
+        module = importlib.import_module(
+            f"{PACKAGE}.daq_viewer_plugins.plugins_{dim}.daq_{dim}viewer_{name}")
+        classes.append(getattr(module, f"DAQ_{dim}Viewer_{name}"))
+
+    def without_tip(params, path=()):
+        for p in params:
+            if path or p["name"] not in common:
+                if not p.get("tip"):
+                    yield "/".join((*path, p["name"]))
+                yield from without_tip(p.get("children", []), (*path, p["name"]))
+    missing = {cls.__name__: list(without_tip(cls.params)) for cls in classes}
+    assert not any(missing.values()), missing

@@ -61,14 +61,17 @@ def connection_params() -> list[dict[str, Any]]:
         "title": "Problem:", "name": PROBLEM, "type": "str", "value": "", "readonly": True,
         "tip": "what keeps this module from working, shown until it no longer holds "
                "(also in the status bar and in PyMoDAQ's log); empty: none"}, {
-        "title": "PyRPL server", "name": GROUP, "type": "group", "expanded": False, "children": [
+        "title": "PyRPL server", "name": GROUP, "type": "group", "expanded": False,
+        "tip": "which server and board this module uses; a change reconnects", "children": [
             {"title": "Server IP:", "name": "server_ip", "type": "str",
              "value": _config("server", "ip", default="localhost"),
              "tip": "localhost: a server is started on this computer when needed"},
             {"title": "Server Port:", "name": "server_port", "type": "int",
-             "value": _config("server", "port", default=6341), "min": 1, "max": 65535},
+             "value": _config("server", "port", default=6341), "min": 1, "max": 65535,
+             "tip": "TCP port of the server: one server (and port) per board"},
             {"title": "Connection Timeout (s):", "name": "timeout", "type": "float",
-             "value": _config("server", "timeout", default=10.0), "min": 0.1},
+             "value": _config("server", "timeout", default=10.0), "min": 0.1,
+             "tip": "how long connecting (or starting a local server) may take"},
             {"title": "Red Pitaya hostname:", "name": "hostname", "type": "str",
              "value": _config("board", "hostname", default=""),
              "tip": "hostname or IP address of the board; empty: the simulated board"},
@@ -87,7 +90,8 @@ def connection_params() -> list[dict[str, Any]]:
              "tip": "server on another computer with TLS: SHA-256 fingerprint of its certificate "
                     "(its log shows it); empty (and no CA file): plain TCP"},
             {"title": "Board state:", "name": "state", "type": "str", "value": "not connected",
-             "readonly": True},
+             "readonly": True, "tip": "the board's state as the server reports it (ready, lost, "
+                                     "taken, error) or the connection's"},
         ]}]
 
 

@@ -31,11 +31,12 @@ class DAQ_Move_PyRPL_ASG_TCP(PyRPLActuator):
 
     params = [
         {"title": "ASG:", "name": "module", "type": "list", "limits": ["asg0", "asg1"],
-         "value": "asg0"},
+         "value": "asg0", "tip": "which of the two signal generators (leased while initialized)"},
         {"title": "Waveform:", "name": "waveform", "type": "list",
-         "limits": list(catalogue.ASG_WAVEFORMS), "value": "sin"},
+         "limits": list(catalogue.ASG_WAVEFORMS), "value": "sin", "tip": "shape of the signal"},
         {"title": "Output:", "name": "output_direct", "type": "list",
-         "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "out1"},
+         "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "out1",
+         "tip": "analog output the signal is added to (off: none)"},
         {"title": "Trigger:", "name": "trigger_source", "type": "list",
          "limits": list(catalogue.ASG_TRIGGER_SOURCES), "value": "immediately",
          "tip": "'immediately': output runs; 'off': output stopped"},

@@ -53,7 +53,7 @@ class DAQ_Move_PyRPL_PID_TCP(PyRPLActuator):
 
     params = [
         {"title": "PID:", "name": "module", "type": "list", "limits": ["pid0", "pid1", "pid2"],
-         "value": "pid0"},
+         "value": "pid0", "tip": "which of the three PID controllers (leased while initialized)"},
         {"title": "Input:", "name": "input", "type": "list", "limits": list(catalogue.DSP_SIGNALS),
          "value": "in1", "tip": "error signal = input - setpoint"},
         {"title": "Output:", "name": "output_direct", "type": "list",
@@ -63,14 +63,16 @@ class DAQ_Move_PyRPL_PID_TCP(PyRPLActuator):
          "value": 0.0, "tip": "first stage of the input filter"},
         {"title": "Min. output (V):", "name": "min_voltage", "type": "float",
          "value": _PID["min_voltage"].default, "min": _PID["min_voltage"].minimum,
-         "max": _PID["min_voltage"].maximum},
+         "max": _PID["min_voltage"].maximum, "tip": "lower limit of the PID's output"},
         {"title": "Max. output (V):", "name": "max_voltage", "type": "float",
          "value": _PID["max_voltage"].default, "min": _PID["max_voltage"].minimum,
-         "max": _PID["max_voltage"].maximum},
+         "max": _PID["max_voltage"].maximum, "tip": "upper limit of the PID's output"},
         {"title": "Pause:", "name": "paused", "type": "bool", "value": False,
          "tip": "freeze the gains chosen in 'Paused gains'"},
         {"title": "Paused gains:", "name": "pause_gains", "type": "list",
-         "limits": list(catalogue.PID_PAUSE_GAINS), "value": "pi"},
+         "limits": list(catalogue.PID_PAUSE_GAINS), "value": "pi",
+         "tip": "which gains 'Pause' freezes: p (proportional), i (integrator holds its value), "
+                "d, or combinations; off: none"},
         {"title": "Reset integrator:", "name": "reset_ival", "type": "bool_push", "value": False,
          "label": "Reset", "tip": "set the integrator value (ival) to 0 V"},
     ] + connection_params() + comon_parameters_fun(axis_names=_axis_names, epsilon=_epsilons)

@@ -37,24 +37,30 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "IQ module:", "name": "module", "type": "list", "limits": ["iq0", "iq1", "iq2"],
-         "value": "iq0"},
+         "value": "iq0", "tip": "which of the board's three IQ modules (leased while initialized)"},
         {"title": "Input:", "name": "input", "type": "list", "limits": list(catalogue.DSP_SIGNALS),
-         "value": "in1"},
+         "value": "in1", "tip": "the signal demodulated"},
         {"title": "Frequency (Hz):", "name": "frequency", "type": "float", "value": 1000.0,
-         "min": 0.0, "max": _IQ["frequency"].maximum, "suffix": "Hz", "siPrefix": True},
+         "min": 0.0, "max": _IQ["frequency"].maximum, "suffix": "Hz", "siPrefix": True,
+         "tip": "demodulation (and excitation) frequency"},
         {"title": "Bandwidth:", "name": "bandwidth", "type": "list",
          "limits": labelled([f for f in _IQ["bandwidth"].options if f >= 0], "Hz"),
          "value": 151.7825605610939, "tip": "low-pass cutoff of the quadratures (first stage)"},
         {"title": "AC bandwidth:", "name": "acbandwidth", "type": "list",
          "limits": labelled(_IQ["acbandwidth"].options, "Hz"), "value": 0.0,
          "tip": "high-pass cutoff at the input (off: DC-coupled)"},
-        {"title": "Phase (°):", "name": "phase", "type": "float", "value": 0.0, "step": 1.0},
+        {"title": "Phase (°):", "name": "phase", "type": "float", "value": 0.0, "step": 1.0,
+         "tip": "phase of the demodulation reference"},
         {"title": "Gain:", "name": "gain", "type": "float", "value": 0.0,
-         "min": _IQ["gain"].minimum, "max": _IQ["gain"].maximum},
+         "min": _IQ["gain"].minimum, "max": _IQ["gain"].maximum,
+         "tip": "gain of the IQ module's own output signal (PyRPL's 'gain'; unused for a plain "
+                "lock-in reading: 0)"},
         {"title": "Excitation amplitude (V):", "name": "amplitude", "type": "float", "value": 0.0,
-         "min": 0.0, "max": _IQ["amplitude"].maximum, "step": 0.01},
+         "min": 0.0, "max": _IQ["amplitude"].maximum, "step": 0.01,
+         "tip": "amplitude of the sine the module puts out at its frequency (0: none)"},
         {"title": "Excitation output:", "name": "output_direct", "type": "list",
-         "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "off"},
+         "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "off",
+         "tip": "analog output the excitation is added to (off: none)"},
     ] + connection_params()
 
     def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +101,7 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
     def _emit(self, iq: tuple[float, float]) -> None:
         i, q = iq
         self.dte_signal.emit(DataToExport("PyRPL IQ", data=[
-            DataFromPlugins(name="IQ", data=[np.array([i]), np.array([q]),
+            DataFromPlugins(name="Lock-in", data=[np.array([i]), np.array([q]),
                                              np.array([math.hypot(i, q)])],
                             dim="Data0D", labels=["I", "Q", "Amplitude"], units="V"),
             DataFromPlugins(name="Phase", data=[np.array([math.degrees(math.atan2(q, i))])],

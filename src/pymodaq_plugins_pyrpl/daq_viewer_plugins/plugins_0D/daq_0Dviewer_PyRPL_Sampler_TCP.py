@@ -26,9 +26,11 @@ class DAQ_0DViewer_PyRPL_Sampler_TCP(PyRPLViewer):
     LEASE = False  # read-only
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
-        {"title": "Signals:", "name": "signals", "type": "group", "children": [
+        {"title": "Signals:", "name": "signals", "type": "group",
+         "tip": "the signals read, one channel each", "children": [
             {"title": f"{signal}:", "name": signal, "type": "bool",
-             "value": signal in DEFAULT_SIGNALS} for signal in catalogue.SAMPLER_SIGNALS]},
+             "value": signal in DEFAULT_SIGNALS, "tip": f"read {signal} (V)"}
+            for signal in catalogue.SAMPLER_SIGNALS]},
     ] + connection_params()
 
     def _module(self) -> str:
