@@ -1,8 +1,9 @@
 """A program that holds a local server through TCPServerManager, driven line by line on stdin.
 
 ``python holder.py PORT [HOSTNAME] [--auto-stop S] [--session-grace S]``; prints ``HELD <server pid>``
-once it holds the server, then obeys ``release`` (prints ``RELEASED``), ``get`` (prints ``GOT``) and
-``events`` (prints ``EVENTS <json list of connection events>``).
+once it holds the server, then obeys ``release`` (prints ``RELEASED``), ``get`` (prints ``GOT``),
+``lease MODULE`` (prints ``LEASED``) and ``events`` (prints ``EVENTS <json list of connection
+events>``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def main() -> None:
         elif command == "get":
             client.get("asg0", ["frequency"])
             print("GOT", flush=True)
+        elif command.startswith("lease "):
+            client.lease(command.split()[1])
+            print("LEASED", flush=True)
         elif command == "events":
             print("EVENTS", json.dumps(events), flush=True)
 

@@ -135,3 +135,32 @@ def test_damaged_state_file_is_a_clear_error(port: int, contents: str) -> None:
     assert path.read_text() == contents  # nothing changed, nothing started
     assert not any(p.name.startswith("server-") and p.suffix == ".log"
                    for p in runtime.runtime_dir().iterdir())
+
+
+@pytest.mark.parametrize("entry", [["pymodaq-pyrpl"], ["-m", "pymodaq_plugins_pyrpl.cli"],
+                                   ["-m", "pymodaq_plugins_pyrpl.hardware.server"]])
+def test_status_and_stop_see_a_server_started_by_hand(port: int, entry: list[str]) -> None:
+    """A server started by hand registers like an auto-started one: listed with its plant, and
+    stopped, by the CLI."""
+    if entry[0] == "pymodaq-pyrpl":
+        command = [str(Path(sys.executable).with_name("pymodaq-pyrpl")), "server"]
+    else:
+        command = [sys.executable, *entry] + (["server"] if entry[1].endswith("cli") else [])
+    server = subprocess.Popen([*command, "--mock", "--plant", "resonator:q=50", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout.readline().startswith("PYRPL_SERVER_READY")
+        rows = json.loads(cli("status", "--json").stdout)
+        plant = "resonator:f0=100000,q=50,gain=1,noise=0.001"
+        assert [(r["port"], r["pid"], r["plant"], r["device"]) for r in rows] == [
+            (port, server.pid, plant, "ready")]
+        assert plant in cli("status").stdout
+        stopped = cli("stop", "--port", str(port))
+        assert stopped.returncode == 0 and f"pid {server.pid}" in stopped.stdout, stopped.stdout
+        assert server.wait(10) == 0
+        assert runtime.read_state(port) is None
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)

@@ -184,7 +184,7 @@ def test_files_of_a_spawned_server_are_owner_only(port: int) -> None:
 
 def _state(port: int) -> runtime.ServerState:
     return runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
-                               config="", version="0", started_at="",
+                               config="", plant="", version="0", started_at="",
                                process_start=runtime.process_start(os.getpid()))
 
 
@@ -431,13 +431,10 @@ def test_manager_passes_tls_settings_to_a_remote_server(tls_server, monkeypatch)
                          tls_fingerprint="ab" * 32).ensure_server_running()
 
 
-def test_plugin_uses_the_tls_settings_of_a_remote_server(qtbot, tls_server, monkeypatch) -> None:
+def test_plugin_uses_the_tls_settings_of_a_remote_server(qtbot, tls_server) -> None:
     from pymodaq.control_modules.daq_move import DAQ_Move
 
-    from pymodaq_plugins_pyrpl.hardware import server_manager
-
-    server, _, fingerprint = tls_server
-    monkeypatch.setattr(server_manager, "is_local", lambda host: False)  # 127.0.0.1 plays remote
+    server, _, fingerprint = tls_server  # on 127.0.0.1: a plugin given a token uses it as it is
     actuator = DAQ_Move(parent=None, title="TLS test")
     actuator.actuator = "PyRPL_ASG_TCP"
     for name, value in (("server_ip", "127.0.0.1"), ("server_port", server.port),
@@ -452,4 +449,4 @@ def test_plugin_uses_the_tls_settings_of_a_remote_server(qtbot, tls_server, monk
         assert done.args[0].value() == pytest.approx(1000.00761449337)
     finally:
         actuator.quit_fun()
-    assert runtime.read_state(server.port) is None  # nothing spawned
+    assert runtime.read_state(server.port).pid == server.pid  # nothing spawned

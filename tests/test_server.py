@@ -28,7 +28,8 @@ def test_ready_line_token_file_and_hello(mock_server: ServerProcess) -> None:
         status = c.call("status")
         assert status["server"]["port"] == mock_server.port
         assert status["device"] == {"state": "ready", "reason": None, "backend": "mock",
-                                    "hostname": "", "session": status["device"]["session"]}
+                                    "hostname": "", "session": status["device"]["session"],
+                                    "plant": "loopback:delay=1.6e-08,bandwidth=60000000,noise=0.001"}
     assert mock_server.stdout_lines() == []  # exactly one line on stdout
 
 
@@ -69,6 +70,30 @@ def test_leases_between_two_clients_end_with_session(tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         assert reply["result"] == {"amplitude": pytest.approx(0.3, abs=1e-4)}
+        bob.close()
+
+
+def test_lease_refusal_says_the_holder_vanished_and_when_the_module_frees(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, ["--mock", "--session-grace", "3"]) as server:
+        alice, bob = server.client("alice"), server.client("bob")
+        assert alice.call("lease", module="asg0")["leased"]
+        error = bob.request("lease", {"module": "asg0"})["error"]
+        assert error["code"] == -32003 and "vanished" not in error["message"]
+        assert error["data"] == {"module": "asg0", "holder": "alice", "holder_connected": True,
+                                 "frees_in": None}
+        alice.close()
+        deadline = time.monotonic() + 5
+        while error["data"]["holder_connected"] and time.monotonic() < deadline:
+            error = bob.request("set", {"module": "asg0", "values": {"amplitude": 0.3}})["error"]
+        closed = time.monotonic()
+        assert error["code"] == -32003 and error["data"]["holder_connected"] is False
+        assert 2 < error["data"]["frees_in"] <= 3
+        assert "'alice', which vanished" in error["message"] and "frees in" in error["message"]
+        while "error" in (reply := bob.request("lease", {"module": "asg0"})):
+            assert 0 < reply["error"]["data"]["frees_in"] <= 3 - (time.monotonic() - closed) + 0.2
+            assert time.monotonic() < closed + 5, "the lease did not end with the grace"
+            time.sleep(0.05)
+        assert reply["result"]["leased"]
         bob.close()
 
 

@@ -183,7 +183,7 @@ def test_stale_state_file_is_replaced(port, cleanup_servers, pid_now):
     try:
         runtime.write_state(runtime.ServerState(
             pid=process.pid, port=port, token="old", backend="mock", hostname="", config="",
-            version="0", started_at="2026-01-01T00:00:00+00:00",
+            plant="loopback", version="0", started_at="2026-01-01T00:00:00+00:00",
             process_start=start - (pid_now != "dead") * 100))
         manager = TCPServerManager(port=port)
         manager.ensure_server_running()
@@ -289,24 +289,42 @@ def test_a_taken_over_connection_is_replaced_for_newcomers(port, cleanup_servers
 
 
 def test_remote_server_is_used_never_spawned(tmp_path, port, monkeypatch):
-    from support import ServerProcess
-
     from pymodaq_plugins_pyrpl.hardware import server_manager
     from pymodaq_plugins_pyrpl.hardware.errors import ConnectionFailed
 
     # 127.0.0.1 stands in for another computer: no traffic leaves this machine
     monkeypatch.setattr(server_manager, "is_local", lambda host: False)
-    with ServerProcess(tmp_path, ["--mock"]) as server:
-        manager = TCPServerManager(host="127.0.0.1", port=server.port, token=server.token)
-        assert manager.ensure_server_running().ping() < 1
-        assert runtime.read_state(server.port) is None  # nothing spawned, no state written
-        manager.release_server()
-        with pytest.raises(AuthenticationFailed):
-            TCPServerManager(host="127.0.0.1", port=server.port,
-                             token="wrong").ensure_server_running()
     with pytest.raises(ConnectionFailed, match="start it there"):
         TCPServerManager(host="127.0.0.1", port=port, token="x",
                          connect_timeout=2).ensure_server_running()
+    assert runtime.read_state(port) is None  # nothing spawned
+
+
+def test_a_token_connects_to_the_server_at_any_address_loopback_included(tmp_path, port):
+    """A server with no state file in this runtime folder (another user's, a container's, one of
+    another runtime folder): a manager given its token uses it, on localhost too, and starts none."""
+    from pymodaq_plugins_pyrpl.hardware.errors import ConnectionFailed
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    with ServerProcess(tmp_path, ["--mock"],
+                       env={"PYMODAQ_PYRPL_RUNTIME_DIR": str(elsewhere)}) as server:
+        assert runtime.read_state(server.port) is None
+        with pytest.raises(PortInUse, match="Give its token"):
+            TCPServerManager(port=server.port).ensure_server_running()
+        for host in ("localhost", "127.0.0.1", "::1"):
+            manager = TCPServerManager(host=host, port=server.port, token=server.token)
+            if host == "::1":  # the server listens on 127.0.0.1 only
+                with pytest.raises(ConnectionFailed, match="starts none"):
+                    manager.ensure_server_running()
+                continue
+            assert manager.ensure_server_running().ping() < 1, host
+            manager.release_server()
+        with pytest.raises(AuthenticationFailed):
+            TCPServerManager(host="127.0.0.1", port=server.port,
+                             token="wrong").ensure_server_running()
+        assert runtime.read_state(server.port) is None  # nothing spawned, nothing written here
+        assert server.proc.poll() is None
 
 
 # -- state files that do not describe a live server of ours (pid reuse) -----------------------------
@@ -382,7 +400,8 @@ def test_server_stopped_by_a_signal_removes_its_state_file_and_is_not_revived(po
 
 def test_a_server_removes_only_a_state_file_naming_itself(port):
     state = runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
-                                config="", version="0", started_at="", process_start=0.0)
+                                config="", plant="", version="0", started_at="",
+                                process_start=0.0)
     runtime.write_state(dataclasses.replace(state, pid=os.getpid() + 1))  # e.g. after a takeover
     runtime.remove_own_state(port)
     assert runtime.state_path(port).exists()
@@ -476,15 +495,29 @@ def servers_on(port: int) -> list[psutil.Process]:
     return found
 
 
+FULL_DISK_PYTHON = """#!/bin/sh
+# the interpreter of a server whose state file lands on /dev/full (exec keeps the pid, $$)
+ln -s /dev/full "{folder}/server-{port}.json.$$.tmp"
+exec "{python}" "$@"
+"""
+
+
 @pytest.mark.parametrize("file", ["token", "state"])
-def test_full_disk_while_starting_a_server_leaves_nothing_behind(port, private_runtime, file):
-    """/dev/full: every write fails with ENOSPC, the token file's (before the server starts) or
-    the state file's (after it started)."""
-    name = {"token": f"token-{port}", "state": f"server-{port}.json"}[file]
-    (private_runtime / f"{name}.{os.getpid()}.tmp").symlink_to("/dev/full")
+def test_full_disk_while_starting_a_server_leaves_nothing_behind(port, private_runtime, tmp_path,
+                                                                 file):
+    """/dev/full: every write fails with ENOSPC, the token file's (the manager writes it before the
+    server starts) or the state file's (the server writes it once it listens)."""
+    python = None
+    if file == "token":
+        (private_runtime / f"token-{port}.{os.getpid()}.tmp").symlink_to("/dev/full")
+    else:
+        python = tmp_path / "full-disk-python"
+        python.write_text(FULL_DISK_PYTHON.format(folder=private_runtime, port=port,
+                                                  python=sys.executable))
+        python.chmod(0o755)
     try:
         with pytest.raises(ServerError) as info:
-            TCPServerManager(port=port).ensure_server_running()
+            TCPServerManager(port=port, python=python and str(python)).ensure_server_running()
         assert str(private_runtime) in str(info.value) and "free some space" in str(info.value)
         assert not list(private_runtime.glob("*.tmp")), "a half-written file was left"
         assert not runtime.state_path(port).exists()

@@ -24,8 +24,8 @@ def _status_rows(timeout: float) -> list[dict[str, Any]]:
     rows = []
     for state in runtime.live_states():
         row: dict[str, Any] = {"port": state.port, "pid": state.pid, "backend": state.backend,
-                               "board": state.hostname or "(simulated)", "config": state.config,
-                               "started_at": state.started_at}
+                               "board": state.hostname or "(simulated)", "plant": state.plant,
+                               "config": state.config, "started_at": state.started_at}
         client = PyRPLClient("127.0.0.1", state.port, state.token, "pymodaq-pyrpl status",
                              timeout=timeout, reconnect=False)
         try:
@@ -46,14 +46,14 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print(f"no local PyRPL server is running (runtime folder {runtime.runtime_dir()})")
         return
-    header = ("PORT", "PID", "BACKEND", "BOARD", "DEVICE", "CLIENTS", "LEASES", "UPTIME")
+    header = ("PORT", "PID", "BACKEND", "BOARD", "PLANT", "DEVICE", "CLIENTS", "LEASES", "UPTIME")
     table = [header]
     for r in rows:
         names = ", ".join(c["client"] + ("*" if c["hold"] else "") for c in r["clients"]) or "-"
         leases = ", ".join(f"{m}:{c['client']}" for c in r["clients"] for m in c["leases"]) or "-"
         uptime = "-" if r["uptime"] is None else _duration(r["uptime"])
-        table.append((str(r["port"]), str(r["pid"]), r["backend"], r["board"], r["device"], names,
-                      leases, uptime))
+        table.append((str(r["port"]), str(r["pid"]), r["backend"], r["board"], r["plant"] or "-",
+                      r["device"], names, leases, uptime))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -15,13 +15,14 @@ import logging
 import math
 import os
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from .hardware.client import PyRPLClient
-from .hardware.errors import AcquisitionTimeout, PyrplPluginError
+from .hardware.errors import AcquisitionTimeout, ModuleLeased, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ def connection_params() -> list[dict[str, Any]]:
             {"title": "Red Pitaya hostname:", "name": "hostname", "type": "str",
              "value": _config("board", "hostname", default=""),
              "tip": "hostname or IP address of the board; empty: the simulated board"},
+            {"title": "Simulated plant:", "name": "plant", "type": "str",
+             "value": _config("board", "plant", default="loopback"),
+             "tip": "simulated board only (empty hostname): what connects its outputs to its "
+                    "inputs, 'loopback' (cables out1→in1, out2→in2) or "
+                    "'resonator[:f0=HZ,q=Q,gain=G]' (e.g. resonator:f0=100e3,q=30)"},
             {"title": "PyRPL config:", "name": "pyrpl_config", "type": "str",
              "value": _config("board", "config", default=""),
              "tip": "PyRPL config file name on the server side; empty: settings kept in memory"},
@@ -93,6 +99,38 @@ def connection_params() -> list[dict[str, Any]]:
              "readonly": True, "tip": "the board's state as the server reports it (ready, lost, "
                                      "taken, error) or the connection's"},
         ]}]
+
+
+VANISHED_HOLDER_WAIT = 60.0
+"""At most this long (s) an initialization waits for a module leased by a client that vanished."""
+VANISHED_HOLDER_MARGIN = 0.5
+"""Seconds added to a vanished holder's remaining resume grace before leasing again."""
+
+
+def lease_when_free(take: Callable[[], Any], status: Callable[[str], None]) -> None:
+    """Lease a module by calling ``take``; if the module is leased by a client that vanished (its
+    connection is gone, its session waits out its resume grace), say so with ``status`` and call
+    ``take`` again once the server said the module frees (plus VANISHED_HOLDER_MARGIN).
+
+    Raises ModuleLeased at once if the holder is connected, or if the module would free later
+    than VANISHED_HOLDER_WAIT after the first attempt (the holder came back meanwhile, or its
+    grace is longer); whatever else ``take`` raises.
+    """
+    deadline = time.monotonic() + VANISHED_HOLDER_WAIT
+    while True:
+        try:
+            take()
+            return
+        except ModuleLeased as exc:
+            data = exc.data if isinstance(exc.data, dict) else {}
+            frees_in = data.get("frees_in")
+            if data.get("holder_connected", True) or not isinstance(frees_in, (int, float)):
+                raise
+            wait = frees_in + VANISHED_HOLDER_MARGIN
+            if time.monotonic() + wait > deadline:
+                raise
+            status(f"{exc}; waiting {wait:.1f} s for it")
+            time.sleep(wait)
 
 
 class PyRPLLink:
@@ -122,7 +160,8 @@ class PyRPLLink:
             self._manager = TCPServerManager(
                 host=self.setting("server_ip"), port=self.setting("server_port"),
                 hostname=self.setting("hostname").strip() or None,
-                config=self.setting("pyrpl_config").strip(), token=self.setting("token").strip(),
+                config=self.setting("pyrpl_config").strip(), plant=self.setting("plant").strip(),
+                token=self.setting("token").strip(),
                 tls_ca=self.setting("tls_ca").strip() or None,
                 tls_fingerprint=self.setting("tls_fingerprint").strip() or None,
                 connect_timeout=self.setting("timeout"),
@@ -135,7 +174,8 @@ class PyRPLLink:
         self.client.add_connection_callback(self._on_connection_event)
         self._watch_thread()
         if self.lease:
-            self.client.lease(self.module)
+            client = self.client
+            lease_when_free(lambda: client.lease(self.module), self.status)
         self._show_state(self.client.hello_info or {})
         return self.client
 

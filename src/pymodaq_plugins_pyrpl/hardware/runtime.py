@@ -2,7 +2,8 @@
 
 Layout (folder owner-only, every file owner-only):
 ``server-<port>.json`` the state of the server on that port (pid, port, token, backend, hostname,
-config, version, started_at, process_start), ``token-<port>`` the token file the server reads,
+config, plant, version, started_at, process_start), written by the server itself once it listens,
+whoever started it; ``token-<port>`` the token file of a server started without ``--token-file``,
 ``server-<port>.log`` its log, ``server-<port>.lock`` the lock that serializes starting, stopping and
 taking over that server.
 
@@ -20,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -33,11 +35,15 @@ from typing import Iterator
 import psutil
 
 from .errors import ServerError
+from .protocol import DEFAULT_PORT
 
 logger = logging.getLogger(__name__)
 
 SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
 """The module a local server runs (``python -m``); part of what identifies its process."""
+
+CLI = ("pymodaq-pyrpl", "pymodaq_plugins_pyrpl.cli")
+"""The console script and its module (``python -m``), whose ``server`` command runs a server too."""
 
 START_TOLERANCE = 1.0
 """Seconds by which a process's start may differ from the one a state file records and still be
@@ -50,8 +56,8 @@ class ServerState:
     """What a state file records about a local server.
 
     ``process_start`` (seconds from the machine's boot to the start of the server process, see
-    :func:`process_start`) tells that process from a later one given the same pid; None in a state
-    file written by an older version, which is therefore never trusted.
+    :func:`process_start`) tells that process from a later one given the same pid. It or ``plant``
+    None: a state file written by an older version, which is therefore never trusted.
     """
 
     pid: int
@@ -60,17 +66,21 @@ class ServerState:
     backend: str
     hostname: str
     config: str
+    plant: str | None
+    """The simulated board's plant (canonical spec, see ``backends.simulator.plant_spec``); ""
+    for a real board; None in a state file written by an older version."""
     version: str
     started_at: str
     process_start: float | None
 
     def describes(self) -> str:
         """The board in words, for error messages."""
-        return describe_board(self.backend, self.hostname, self.config)
+        return describe_board(self.backend, self.hostname, self.config, self.plant)
 
 
-def describe_board(backend: str, hostname: str, config: str = "") -> str:
-    board = "the simulated board" if backend == "mock" else f"Red Pitaya {hostname!r}"
+def describe_board(backend: str, hostname: str, config: str = "", plant: str = "") -> str:
+    board = (f"the simulated board with plant {plant!r}" if backend == "mock"
+             else f"Red Pitaya {hostname!r}")
     return board + (f" with PyRPL config {config!r}" if config else "")
 
 
@@ -167,8 +177,22 @@ def _running(process: psutil.Process) -> bool:
 
 
 def _runs_server_on(command: list[str], port: int) -> bool:
-    return SERVER_MODULE in command and ["--port", str(port)] in (
-        command[i:i + 2] for i in range(len(command) - 1))
+    """Whether ``command`` runs this package's server (``python -m SERVER_MODULE``, or the CLI's
+    ``server`` command) on ``port``: its ``--port`` names that port, or 0 (a free port, picked at
+    start), or is left out and ``port`` is the default port."""
+    if SERVER_MODULE in command:
+        args = command[command.index(SERVER_MODULE) + 1:]
+    else:
+        scripts = [i for i, arg in enumerate(command[:-1])
+                   if os.path.basename(arg) in CLI and command[i + 1] == "server"]
+        if not scripts:
+            return False
+        args = command[scripts[0] + 2:]
+    given = [value for option, value in itertools.pairwise(args) if option == "--port"]
+    given += [arg.split("=", 1)[1] for arg in args if arg.startswith("--port=")]
+    if not given:
+        return port == DEFAULT_PORT
+    return given[-1].strip() in (str(port), "0")
 
 
 def server_process(state: ServerState) -> psutil.Process | None:
@@ -177,9 +201,10 @@ def server_process(state: ServerState) -> psutil.Process | None:
 
     The process must run (a zombie does not), have started when ``state`` records (within
     START_TOLERANCE; a reused pid started later) and run this package's server on the state's
-    port. A state without a recorded start (an older version's) is never trusted.
+    port (:func:`_runs_server_on`: started by a plugin or by hand). A state without a recorded
+    start or plant (an older version's) is never trusted.
     """
-    if state.process_start is None:
+    if state.process_start is None or state.plant is None:
         return None
     try:
         process = psutil.Process(state.pid)
@@ -205,6 +230,7 @@ def wait_gone(state: ServerState, timeout: float) -> bool:
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,),
+                                             "str | None": (str, type(None)),
                                              "float | None": (int, float, type(None))}
 """The JSON values each annotation of ServerState accepts (never a boolean, which Python counts as
 an int)."""
@@ -212,8 +238,8 @@ an int)."""
 
 def _parse_state(path: Path, port: int, text: str) -> ServerState:
     """The state in ``text`` (the contents of ``path``). Raises ServerError if it is damaged: not a
-    JSON object, a field missing or of the wrong type (``process_start`` may be missing), or another
-    port. Unknown fields are ignored."""
+    JSON object, a field missing or of the wrong type (``process_start`` and ``plant`` may be
+    missing: an older version's file), or another port. Unknown fields are ignored."""
     def damaged(what: str) -> ServerError:
         return ServerError(f"the state file {path} is damaged ({what}). Delete it (rm {path}); if a "
                            f"PyRPL server still runs on port {port}, stop it by hand (its command "
@@ -227,7 +253,7 @@ def _parse_state(path: Path, port: int, text: str) -> ServerState:
         raise damaged("not a JSON object")
     values = {}
     for field in dataclasses.fields(ServerState):
-        if field.name not in data and field.name != "process_start":
+        if field.name not in data and field.name not in ("process_start", "plant"):
             raise damaged(f"no {field.name!r}")
         value = data.get(field.name)
         if isinstance(value, bool) or not isinstance(value, _JSON_TYPES[str(field.type)]):

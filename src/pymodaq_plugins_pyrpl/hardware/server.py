@@ -35,7 +35,7 @@ import uuid
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -620,7 +620,7 @@ class Server:
         return {"server_version": __version__, "protocol": protocol.PROTOCOL_VERSION,
                 "session": session.id, "resumed": resumed, "leases": sorted(session.leases),
                 "backend": self.backend.name, "hostname": self.backend.hostname,
-                "device": self._device_status()}
+                "plant": self.backend.plant, "device": self._device_status()}
 
     def _authenticate(self, connection: Connection, token: Any) -> None:
         """Check a hello's token (constant-time); the right one is always accepted. A wrong one is
@@ -744,11 +744,32 @@ class Server:
     # -- helpers -----------------------------------------------------------------------------------
 
     def _check_lease(self, connection: Connection, module: str) -> None:
+        """Raise ModuleLeased if another session leases ``module``. Its data: ``module``,
+        ``holder`` (the client's name), ``holder_connected`` and ``frees_in`` (seconds until a
+        vanished holder's session ends with its resume grace, releasing the lease; None while the
+        holder is connected)."""
         for session in self.sessions.values():
             if session is not connection.session and module in session.leases:
-                raise ModuleLeased(f"module '{module}' is leased by client {session.client!r}; "
-                                   "it can be read but not changed until that client releases it",
-                                   {"module": module, "holder": session.client})
+                frees_in = self._frees_in(session)
+                if frees_in is None:
+                    message = (f"module '{module}' is leased by client {session.client!r}; it can "
+                               "be read but not changed until that client releases it")
+                else:
+                    frees_at = datetime.now() + timedelta(seconds=frees_in)
+                    message = (f"module '{module}' is leased by client {session.client!r}, which "
+                               f"vanished (its connection is gone; its session waits for it to "
+                               f"come back): the module frees in {frees_in:.1f} s (at "
+                               f"{frees_at.strftime('%H:%M:%S')}) unless that client returns")
+                raise ModuleLeased(message, {"module": module, "holder": session.client,
+                                             "holder_connected": frees_in is None,
+                                             "frees_in": frees_in})
+
+    @staticmethod
+    def _frees_in(session: Session) -> float | None:
+        """Seconds until ``session`` ends with its resume grace; None while it is connected."""
+        if session.connection is not None or session.expiry is None:
+            return None
+        return round(max(0.0, session.expiry.when() - asyncio.get_running_loop().time()), 3)
 
     async def _backend(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.device_state != "ready":
@@ -921,7 +942,7 @@ class Server:
     def _device_status(self) -> dict[str, Any]:
         return {"state": self.device_state, "reason": self.device_reason,
                 "session": self.device_session, "backend": self.backend.name,
-                "hostname": self.backend.hostname}
+                "hostname": self.backend.hostname, "plant": self.backend.plant}
 
     def _started_iso(self) -> str:
         return datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds")
@@ -1323,7 +1344,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
     parser.add_argument("--token-file", type=Path,
                         help="file holding the token clients must present (created owner-only with a "
-                             "random token if missing); without it, any token is accepted")
+                             "random token if missing); without it, a new random token is written "
+                             "to the runtime folder (token-PORT), where local plugins find it")
     parser.add_argument("--config", default="", help="PyRPL config name (default: in-memory config)")
     parser.add_argument("--auto-stop", type=_seconds(positive=False), metavar="SECONDS",
                         help="stop when no holding client is left: at once when the last one says "
@@ -1406,12 +1428,12 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 async def _main(args: argparse.Namespace) -> int:
     if args.token_file is None and not _is_loopback(args.bind):
-        logger.error("refusing to listen on %s without a token: anyone on the network could drive "
-                     "the board. Add --token-file PATH (created with a random token if missing) "
-                     "and give that token to the clients.", args.bind)
+        logger.error("refusing to listen on %s without --token-file: clients on other computers "
+                     "need the token. Add --token-file PATH (created with a random token if "
+                     "missing) and give that token to the clients.", args.bind)
         return 2
     try:
-        token = read_or_create_token(args.token_file) if args.token_file else None
+        token = read_or_create_token(args.token_file) if args.token_file else secrets.token_hex(32)
     except ServerError as exc:
         logger.error("token file refused: %s", exc)
         return 2
@@ -1431,7 +1453,16 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")
 
+    registered: list[int] = []
+
     def ready(port: int) -> None:
+        try:
+            register(server, args, token, port)
+        except ServerError as exc:
+            logger.error("cannot register in the runtime folder: %s", exc)
+            server.stop("not registered")
+            return
+        registered.append(port)
         print(f"{protocol.READY_PREFIX} {json.dumps({'port': port, 'pid': os.getpid()})}",
               flush=True)
         logger.info("serving %s board%s on %s:%d (pid %d, protocol %d, version %s)", backend.name,
@@ -1448,19 +1479,36 @@ async def _main(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", args.bind, args.port, exc)
         return 3
+    finally:
+        for port in registered:
+            runtime.remove_own_state(port)
+    if not registered:
+        return 2
     logger.info("stopped")
     return 0
 
 
+def register(server: Server, args: argparse.Namespace, token: str, port: int) -> None:
+    """Write the state file of this server, listening on ``port``, in the runtime folder (and,
+    without ``--token-file``, its token file there): so plugins, ``pymodaq-pyrpl status`` and
+    ``stop`` find it, whoever started it. Raises ServerError (naming the folder and the fix) if
+    the folder cannot be used."""
+    if args.token_file is None:
+        runtime.write_private(runtime.token_path(port), token + "\n")
+    runtime.write_state(runtime.ServerState(
+        pid=os.getpid(), port=port, token=token, backend=server.backend.name,
+        hostname=server.backend.hostname, config=args.config, plant=server.backend.plant,
+        version=__version__, started_at=server._started_iso(),
+        process_start=runtime.process_start(os.getpid())))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the server; however it ends (stop, auto-stop, signal, error), the state file a server
-    manager wrote for it is removed if it still names this process."""
+    """Run the server. It registers in the runtime folder once it listens (:func:`register`);
+    however it ends (stop, auto-stop, signal, error), its state file is removed if it still names
+    this process."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
-    try:
-        return asyncio.run(_main(args))
-    finally:
-        runtime.remove_own_state(args.port)
+    return asyncio.run(_main(args))
 
 
 if __name__ == "__main__":

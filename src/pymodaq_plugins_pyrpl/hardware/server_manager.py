@@ -8,8 +8,9 @@ Pinned API (plugins rely on it)::
 
 Sharing, within a process: every manager for the same host and port shares ONE :class:`PyRPLClient`
 (one connection, a reference count of managers). Across processes: a local server is described by its
-state file (:mod:`.runtime`); a compatible running server is reused, a server for another board is an
-error naming both. The server counts holding sessions (``hold: true``); a server this module started
+state file (:mod:`.runtime`), which every server writes once it listens, whether a manager or a
+user started it; a compatible running server is reused, a server for another board (or, simulated,
+another plant) is an error naming both. The server counts holding sessions (``hold: true``); a server this module started
 (``--auto-stop``) stops when the last holder says goodbye, or soon after the last holder vanished.
 
 Every state file is judged by :func:`runtime.server_process` (the pid must still be that server:
@@ -28,8 +29,9 @@ Locking: starting or connecting to the server of one port holds that port's lock
 ``threading.Lock`` per host and port within a process, :func:`runtime.port_lock` across processes),
 so a slow start on one port never delays another port.
 
-A remote host (anything but localhost / 127.x / ::1) is never spawned: the manager connects with the
-token it was given.
+A manager given a token, and any manager of a remote host (anything but localhost / 127.x / ::1),
+never spawns: it connects with that token to the server running at that address, loopback included
+(e.g. a server of another runtime folder or user).
 """
 from __future__ import annotations
 
@@ -48,12 +50,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import psutil
 
-from .. import __version__
 from . import protocol, runtime
+from .backends.simulator import plant_spec
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
                      PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerShuttingDown)
@@ -70,6 +72,7 @@ class _Shared:
     backend: str
     hostname: str
     config: str
+    plant: str
     references: int = 0
 
 
@@ -100,12 +103,27 @@ def requested_backend(hostname: str | None) -> tuple[str, str]:
     return ("pyrpl", hostname) if hostname else ("mock", "")
 
 
+def requested_plant(backend: str, plant: str) -> str:
+    """The canonical spec of the simulated ``plant`` (:func:`simulator.plant_spec`) for the
+    simulator backend, "" for a real board (which has no simulated plant). Raises ServerError if
+    the spec is not a plant."""
+    if backend != "mock":
+        return ""
+    try:
+        return plant_spec(plant)
+    except ValueError as exc:
+        raise ServerError(f"simulated plant: {exc}") from None
+
+
 class TCPServerManager:
     """Start, share and release the PyRPL server a plugin needs.
 
-    ``hostname`` selects the board (None or "": the simulated board). ``python`` is the interpreter
-    that runs a spawned server (default: this one), so PyRPL may live in an environment of its own.
-    ``token`` is needed for a remote server only. ``startup_timeout`` bounds spawning a server (PyRPL
+    ``hostname`` selects the board (None or "": the simulated board); ``plant`` what connects the
+    simulated board's outputs to its inputs (``name[:key=value,...]``, see the server's
+    ``--plant``; ignored for a real board). ``python`` is the interpreter that runs a spawned server
+    (default: this one), so PyRPL may live in an environment of its own. ``token``: connect to the
+    server running at ``host`` with this token, never start one (needed for a remote server; a
+    local server started here, or by hand, is found through its state file without it). ``startup_timeout`` bounds spawning a server (PyRPL
     loading its FPGA bitfile on a real board takes ~10 s), ``connect_timeout`` connecting to a running
     one. ``auto_stop`` and ``session_grace`` are passed to a spawned server (see its ``--help``).
     ``tls``, ``tls_ca`` and ``tls_fingerprint`` are given to the client of a remote server (see
@@ -113,7 +131,8 @@ class TCPServerManager:
     """
 
     def __init__(self, host: str = "localhost", port: int = protocol.DEFAULT_PORT,
-                 hostname: str | None = None, *, config: str = "", token: str = "",
+                 hostname: str | None = None, *, config: str = "", plant: str = "loopback",
+                 token: str = "",
                  python: str | None = None, startup_timeout: float = 60.0,
                  connect_timeout: float = 10.0, auto_stop: float = 10.0,
                  session_grace: float = 5.0, client_name: str | None = None,
@@ -123,6 +142,7 @@ class TCPServerManager:
         self.port = port
         self.backend, self.hostname = requested_backend(hostname)
         self.config = config or ""
+        self.plant = requested_plant(self.backend, plant)
         self.token = token
         self.python = python or sys.executable
         self.startup_timeout = startup_timeout
@@ -151,8 +171,8 @@ class TCPServerManager:
         Reuses this process's connection, or a running local server (state file + handshake), or
         spawns one. Calling it again on a holding manager changes nothing. A shared connection that
         failed for good (taken over, server stopped) is not handed out again: a new one is made.
-        Raises ServerMismatch (the server serves another board), PortInUse (the port is held by
-        something else), ServerError (the server could not start; the message has the end of its
+        Raises ServerMismatch (the server serves another board, or another plant), PortInUse (the
+        port is held by something else), ServerError (the server could not start; the message has the end of its
         log), ConnectionFailed (a remote server cannot be reached), AuthenticationFailed (wrong token),
         CertificateMismatch (a remote TLS server's certificate fails the checks).
         Only this host and port's lock is held meanwhile: other ports are not delayed.
@@ -163,12 +183,14 @@ class TCPServerManager:
                     return self._shared.client
                 shared = _shared.get(self.key)
                 if shared is not None and shared.client.failure is None:
-                    self._check_compatible(shared.backend, shared.hostname, shared.config)
+                    self._check_compatible(shared.backend, shared.hostname, shared.config,
+                                           shared.plant)
                     return self._hold(shared)
-            client = self._connect_remote() if not is_local(self.host) else self._connect_local()
+            client = (self._connect_given() if self.token or not is_local(self.host)
+                      else self._connect_local())
             with _shared_lock:
                 shared = _shared[self.key] = _Shared(client, self.backend, self.hostname,
-                                                     self.config)
+                                                     self.config, self.plant)
                 return self._hold(shared)
 
     def _hold(self, shared: _Shared) -> PyRPLClient:
@@ -194,9 +216,9 @@ class TCPServerManager:
         shared.client.close()
         _reap_children()
 
-    # -- remote ------------------------------------------------------------------------------------
+    # -- a running server, given its token (remote, or local but not ours to start) ---------------
 
-    def _connect_remote(self) -> PyRPLClient:
+    def _connect_given(self) -> PyRPLClient:
         client = PyRPLClient(self.host, self.port, self.token, self.client_name,
                              timeout=self.connect_timeout, **self.tls)
         try:
@@ -204,10 +226,15 @@ class TCPServerManager:
         except CertificateMismatch:
             raise
         except ConnectionFailed as exc:
-            raise ConnectionFailed(
-                f"{exc} — a server on another computer is not started from here: start it there "
-                f"with `pymodaq-pyrpl server --hostname RP --bind 0.0.0.0 --token-file FILE` and "
-                "put the token of FILE in the plugin's settings") from None
+            if is_local(self.host):
+                advice = ("a plugin given a token connects to a running server and starts none: "
+                          f"start it (pymodaq-pyrpl server --mock --port {self.port}), or clear "
+                          "the token to let the plugins start one")
+            else:
+                advice = ("a server on another computer is not started from here: start it there "
+                          "with `pymodaq-pyrpl server --hostname RP --bind 0.0.0.0 --token-file "
+                          "FILE` and put the token of FILE in the plugin's settings")
+            raise ConnectionFailed(f"{exc} — {advice}") from None
         self._check_hello(client, info)
         return client
 
@@ -239,7 +266,7 @@ class TCPServerManager:
             if state is None:
                 self._check_port_free()
                 return self._spawn(secrets.token_hex(32))
-            self._check_compatible(state.backend, state.hostname, state.config)
+            self._check_compatible(state.backend, state.hostname, state.config, state.plant)
             return state
 
     def _outlived_shutdown(self, state: ServerState, error: Exception, deadline: float) -> bool:
@@ -258,18 +285,21 @@ class TCPServerManager:
 
     def _check_hello(self, client: PyRPLClient, info: dict) -> None:
         try:
-            self._check_compatible(info["backend"], info["hostname"], self.config)
+            self._check_compatible(info["backend"], info["hostname"], self.config,
+                                   info.get("plant", ""))
         except ServerMismatch:
             client.close()
             raise
 
-    def _check_compatible(self, backend: str, hostname: str, config: str) -> None:
-        if (backend, hostname, config) != (self.backend, self.hostname, self.config):
+    def _check_compatible(self, backend: str, hostname: str, config: str, plant: str) -> None:
+        if (backend, hostname, config, plant) != (self.backend, self.hostname, self.config,
+                                                  self.plant):
             raise ServerMismatch(
                 f"the PyRPL server on port {self.port} serves "
-                f"{runtime.describe_board(backend, hostname, config)}, but this plugin asks for "
-                f"{runtime.describe_board(self.backend, self.hostname, self.config)}. Use another "
-                f"port for this board, or stop that server (pymodaq-pyrpl stop --port {self.port}).")
+                f"{runtime.describe_board(backend, hostname, config, plant)}, but this plugin asks "
+                f"for {runtime.describe_board(self.backend, self.hostname, self.config, self.plant)}"
+                f". Use another port for this board, or stop that server (pymodaq-pyrpl stop "
+                f"--port {self.port}).")
 
     def _check_port_free(self) -> None:
         """Raise PortInUse if something listens on the port without a state file of ours."""
@@ -277,14 +307,17 @@ class TCPServerManager:
         if kind == "free":
             return
         if kind == "pyrpl":
-            raise PortInUse(f"a PyRPL server that was not started by the plugins runs on port "
-                            f"{self.port}; stop it, or give its token in the plugin settings and "
-                            "connect to it as a remote server, or use another port")
+            raise PortInUse(f"a PyRPL server runs on port {self.port} without a state file in "
+                            f"this user's runtime folder ({runtime.runtime_dir()}): another user's, "
+                            "one using another runtime folder, or an older version's. Give its "
+                            "token in the plugin settings to use it, or stop it, or use another "
+                            "port")
         raise PortInUse(f"port {self.port} is used by another program that is not a PyRPL server; "
                         "choose another port in the plugin settings")
 
     def _server_command(self, token_file: str) -> list[str]:
-        board = ["--mock"] if self.backend == "mock" else ["--hostname", self.hostname]
+        board = (["--mock", "--plant", self.plant] if self.backend == "mock"
+                 else ["--hostname", self.hostname])
         command = [self.python, "-m", runtime.SERVER_MODULE, *board, "--port", str(self.port),
                    "--bind", "127.0.0.1", "--token-file", token_file,
                    "--auto-stop", str(self.auto_stop), "--session-grace", str(self.session_grace),
@@ -294,9 +327,9 @@ class TCPServerManager:
         return command + list(self.server_args)
 
     def _spawn(self, token: str) -> ServerState:
-        """Start a server with ``token`` (caller holds the port lock); write and return its state."""
+        """Start a server with ``token`` (caller holds the port lock); return the state it wrote."""
         return spawn_server(self._server_command(str(runtime.token_path(self.port))), self.port,
-                            token, self.backend, self.hostname, self.config, self.startup_timeout)
+                            token, self.startup_timeout)
 
     def _revive(self, token: str) -> None:
         """Reconnect hook of the shared client: restart the server if it crashed.
@@ -327,13 +360,14 @@ class TCPServerManager:
 # spawning, probing, stopping (also used by the CLI)
 
 
-def spawn_server(command: list[str], port: int, token: str, backend: str, hostname: str,
-                 config: str, startup_timeout: float) -> ServerState:
-    """Write the token file, start ``command``, wait for its ready line, write the state file.
+def spawn_server(command: list[str], port: int, token: str, startup_timeout: float) -> ServerState:
+    """Write the token file, start ``command``, wait for its ready line; return the state file the
+    server wrote before that line.
 
     The caller holds the port lock. Raises ServerError if the server exits or is not ready within
-    ``startup_timeout`` (with the end of its log), or if the runtime folder cannot be written (full
-    disk, no permission: the message names the folder and the fix); then no server is left running.
+    ``startup_timeout`` (with the end of its log; a server that cannot write its state file exits
+    saying why), or if the runtime folder cannot be written (full disk, no permission: the message
+    names the folder and the fix); then no server is left running.
     """
     token_file = runtime.token_path(port)
     runtime.write_private(token_file, token + "\n")
@@ -348,11 +382,7 @@ def spawn_server(command: list[str], port: int, token: str, backend: str, hostna
     _children.append(process)
     try:
         ready = _wait_ready_line(process, startup_timeout)
-        state = ServerState(pid=ready["pid"], port=port, token=token, backend=backend,
-                            hostname=hostname, config=config, version=__version__,
-                            started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                            process_start=_process_start(process, ready["pid"]))
-        runtime.write_state(state)
+        state = _registered_state(process, port, ready["pid"], token)
     except ServerError:
         if process.poll() is None:
             process.kill()
@@ -366,15 +396,17 @@ def spawn_server(command: list[str], port: int, token: str, backend: str, hostna
     return state
 
 
-def _process_start(process: subprocess.Popen, pid: int) -> float:
-    """:func:`runtime.process_start` of the server ``process`` announced as ``pid``. Raises
-    ServerError if it has already exited."""
-    try:
-        return runtime.process_start(pid)
-    except psutil.Error:
+def _registered_state(process: subprocess.Popen, port: int, pid: int, token: str) -> ServerState:
+    """The state file the server ``process``, announced ready as ``pid``, wrote for ``port``.
+    Raises ServerError if it names another server or token, or the server has already exited."""
+    state = runtime.read_state(port)
+    if state is None or state.pid != pid or state.token != token:
+        raise ServerError(f"the PyRPL server (pid {pid}) is ready but its state file "
+                          f"{runtime.state_path(port)} does not describe it")
+    if runtime.server_process(state) is None:
         raise ServerError(f"the PyRPL server (pid {pid}) exited as soon as it was ready. End of its "
-                          f"log ({runtime.log_path(_port_of(process))}):\n{_log_tail(process)}"
-                          ) from None
+                          f"log ({runtime.log_path(_port_of(process))}):\n{_log_tail(process)}")
+    return state
 
 
 def _wait_ready_line(process: subprocess.Popen, timeout: float) -> dict:
@@ -477,7 +509,7 @@ def takeover_local_server(port: int, startup_timeout: float = 60.0, auto_stop: f
         runtime.write_state(dataclasses.replace(old, token=token))
         _terminate(old, 10.0)
         manager = TCPServerManager(port=port, hostname=old.hostname if old.backend != "mock"
-                                   else None, config=old.config, python=python,
+                                   else None, config=old.config, plant=old.plant, python=python,
                                    startup_timeout=startup_timeout, auto_stop=auto_stop)
         return manager._spawn(token)
 

@@ -181,6 +181,7 @@ class PyrplBackend:
     """A Red Pitaya through PyRPL. See the module docstring for the threading rules and caveats."""
 
     name = "pyrpl"
+    plant = ""
     needs_own_thread = True
 
     def __init__(self, hostname: str, config: str = "", user_dir: str | os.PathLike[str] | None = None

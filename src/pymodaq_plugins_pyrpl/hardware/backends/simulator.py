@@ -423,6 +423,21 @@ def parse_plant(spec: str) -> _Loopback | _Resonator:
     return cls(**kwargs)
 
 
+def plant_spec(spec: str) -> str:
+    """The canonical spec of the plant ``spec`` describes: its name and every parameter, defaults
+    included, in a fixed order (``"resonator"`` → ``"resonator:f0=100000,q=30,gain=1,noise=0.001"``).
+    Two specs describe the same plant if and only if their canonical specs are equal. Raises
+    ValueError as :func:`parse_plant`."""
+    plant = parse_plant(spec)
+    name = next(key for key, cls in _PLANTS.items() if isinstance(plant, cls))
+
+    def number(value: float) -> str:
+        return repr(float(value)).removesuffix(".0")
+
+    return name + ":" + ",".join(f"{field.name}={number(getattr(plant, field.name))}"
+                                 for field in dataclasses.fields(plant) if field.init)
+
+
 # ------------------------------------------------------------------------------------------------
 # PID dynamics
 
@@ -884,7 +899,8 @@ class SimulatorBackend:
     def __init__(self, seed: int | None = None, plant: str = "loopback",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._plant = parse_plant(plant)
-        self._plant_spec = plant
+        self.plant = plant_spec(plant)
+        """The plant's canonical spec (:func:`plant_spec`)."""
         self._clock = clock
         self._epoch = clock()
         self._rng = np.random.default_rng(seed)
@@ -901,7 +917,7 @@ class SimulatorBackend:
 
     def open(self) -> None:
         """Nothing to connect."""
-        logger.info("virtual Red Pitaya ready (plant %r)", self._plant_spec)
+        logger.info("virtual Red Pitaya ready (plant %r)", self.plant)
 
     def close(self) -> None:
         """Nothing to disconnect."""

@@ -1,0 +1,142 @@
+"""Which server a plugin uses: the simulated plant it asks for, a server started by hand, and a
+module still leased by a plugin of a process that crashed. Through PyMoDAQ's real DAQ_Move and
+DAQ_Viewer, headless, against real server subprocesses."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugin_helpers import move, select_axis, server_client
+from support import ServerProcess
+
+from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.backends.simulator import plant_spec
+from pymodaq_plugins_pyrpl.hardware.server_manager import stop_local_server
+
+HOLDER = Path(__file__).with_name("holder.py")
+
+
+def init_actuator(qtbot, port: int, plant: str, messages: list[str] | None = None):
+    """A DAQ_Move with the ASG plugin on ``port`` asking for the simulated ``plant``; the
+    initialization's result (True/False). The caller quits it."""
+    from pymodaq.control_modules.daq_move import DAQ_Move
+
+    actuator = DAQ_Move(parent=None, title=f"ASG {plant}")
+    actuator.actuator = "PyRPL_ASG_TCP"
+    for name, value in (("server_port", port), ("plant", plant)):
+        actuator.settings.child("actuator_settings", "pyrpl", name).setValue(value)
+    if messages is not None:
+        actuator.status_sig.connect(messages.append)
+    with qtbot.waitSignal(actuator.init_signal, timeout=30000) as init:
+        actuator.init_hardware(True)
+    return actuator, init.args[0]
+
+
+def test_the_plant_setting_starts_that_plant_and_another_plant_is_a_clear_error(qtbot, port):
+    resonator = plant_spec("resonator:gain=0.5")
+    first, ok = init_actuator(qtbot, port, "resonator: gain=0.5")
+    messages: list[str] = []
+    second = None
+    try:
+        assert ok is True
+        assert runtime.read_state(port).plant == resonator
+        with server_client(port) as observer:
+            assert observer.status()["device"]["plant"] == resonator
+            assert observer.hello_info["plant"] == resonator
+            select_axis(qtbot, first, "Offset", "V")
+            move(qtbot, first, 0.2)  # DC through the resonator: its gain
+            assert observer.acquire("sampler")["in1"] == pytest.approx(0.1, abs=0.01)
+        second, ok = init_actuator(qtbot, port, "loopback", messages)
+        assert ok is False
+        qtbot.waitUntil(lambda: any(resonator in m for m in messages), timeout=5000)
+        refusal = next(m for m in messages if resonator in m)
+        assert plant_spec("loopback") in refusal and f"stop --port {port}" in refusal
+    finally:
+        if second is not None:
+            second.quit_fun()
+        first.quit_fun()
+
+
+def test_a_bad_plant_setting_is_a_clear_error_and_starts_nothing(qtbot, port):
+    messages: list[str] = []
+    actuator, ok = init_actuator(qtbot, port, "resonator:q=banana", messages)
+    try:
+        assert ok is False
+        qtbot.waitUntil(lambda: any("simulated plant" in m and "banana" in m for m in messages),
+                        timeout=5000)
+        assert runtime.read_state(port) is None
+    finally:
+        actuator.quit_fun()
+
+
+@pytest.mark.parametrize("command", ["console script", "python -m"])
+def test_a_server_started_by_hand_is_used_by_the_plugins(qtbot, tmp_path, port, command):
+    """``pymodaq-pyrpl server --mock --plant resonator --port P`` (no token file, no auto-stop):
+    it registers like an auto-started server, the plugins use it (same plant) or name both plants
+    (another one), and it outlives them."""
+    args = ["--mock", "--plant", "resonator", "--port", str(port)]
+    if command == "console script":
+        script = Path(sys.executable).with_name("pymodaq-pyrpl")
+        server = subprocess.Popen([str(script), "server", *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        assert server.stdout.readline().startswith("PYRPL_SERVER_READY")
+        pid = server.pid
+    else:
+        server = ServerProcess(tmp_path, args, token_file=False)
+        pid = server.pid
+    try:
+        state = runtime.read_state(port)
+        assert (state.pid, state.backend, state.plant) == (pid, "mock", plant_spec("resonator"))
+        assert runtime.token_path(port).read_text().strip() == state.token
+        assert runtime.server_process(state) is not None
+        actuator, ok = init_actuator(qtbot, port, "resonator")
+        try:
+            assert ok is True
+            assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)
+        finally:
+            actuator.quit_fun()
+        messages: list[str] = []
+        other, ok = init_actuator(qtbot, port, "loopback", messages)
+        other.quit_fun()
+        assert ok is False
+        qtbot.waitUntil(lambda: any(plant_spec("resonator") in m and plant_spec("loopback") in m
+                                    for m in messages), timeout=5000)
+        assert runtime.server_process(state) is not None  # no auto-stop: it runs on
+        assert stop_local_server(port) == state
+        assert runtime.read_state(port) is None
+    finally:
+        if command == "console script":
+            server.kill()
+            server.wait(10)
+        else:
+            server.stop()
+
+
+def test_init_right_after_a_crash_waits_for_the_vanished_lease(qtbot, port):
+    """A process holding asg0 is killed; a new ASG plugin is told that the holder vanished and
+    when the module frees, and initializes once it has."""
+    holder = subprocess.Popen([sys.executable, str(HOLDER), str(port), "--session-grace", "3"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    actuator = None
+    try:
+        assert holder.stdout.readline().startswith("HELD")
+        holder.stdin.write("lease asg0\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "LEASED"
+        holder.kill()
+        holder.wait(10)
+        messages: list[str] = []
+        actuator, ok = init_actuator(qtbot, port, "loopback", messages)
+        assert ok is True, messages
+        waited = [m for m in messages if "vanished" in m]
+        assert waited and "'holder'" in waited[0] and "frees in" in waited[0], messages
+        assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)  # leased
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        if actuator is not None:
+            actuator.quit_fun()
+        stop_local_server(port)
