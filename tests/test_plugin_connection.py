@@ -13,30 +13,44 @@ from plugin_helpers import move, select_axis, server_client
 from support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import runtime
-from pymodaq_plugins_pyrpl.hardware.backends.simulator import plant_spec
 from pymodaq_plugins_pyrpl.hardware.server_manager import stop_local_server
 
 HOLDER = Path(__file__).with_name("holder.py")
+LOOPBACK = "loopback:delay=1.6e-08,bandwidth=60000000,noise=0.001"
+RESONATOR = "resonator:f0=100000,q=30,gain=1,noise=0.001"
+"""The plants' canonical specs (every parameter, defaults included)."""
 
 
-def init_actuator(qtbot, port: int, plant: str, messages: list[str] | None = None):
-    """A DAQ_Move with the ASG plugin on ``port`` asking for the simulated ``plant``; the
-    initialization's result (True/False). The caller quits it."""
+def asg_actuator(port: int, plant: str | None, messages: list[str] | None = None):
+    """A DAQ_Move with the ASG plugin on ``port`` asking for the simulated ``plant`` (None: the
+    setting's default), not initialized; ``messages`` collects its status messages."""
     from pymodaq.control_modules.daq_move import DAQ_Move
 
     actuator = DAQ_Move(parent=None, title=f"ASG {plant}")
     actuator.actuator = "PyRPL_ASG_TCP"
-    for name, value in (("server_port", port), ("plant", plant)):
-        actuator.settings.child("actuator_settings", "pyrpl", name).setValue(value)
+    actuator.settings.child("actuator_settings", "pyrpl", "server_port").setValue(port)
+    if plant is not None:
+        actuator.settings.child("actuator_settings", "pyrpl", "plant").setValue(plant)
     if messages is not None:
         actuator.status_sig.connect(messages.append)
+    return actuator
+
+
+def initialized(qtbot, actuator) -> bool:
     with qtbot.waitSignal(actuator.init_signal, timeout=30000) as init:
         actuator.init_hardware(True)
-    return actuator, init.args[0]
+    return init.args[0]
+
+
+def init_actuator(qtbot, port: int, plant: str | None, messages: list[str] | None = None):
+    """:func:`asg_actuator`, initialized; and the initialization's result (True/False). The
+    caller quits it."""
+    actuator = asg_actuator(port, plant, messages)
+    return actuator, initialized(qtbot, actuator)
 
 
 def test_the_plant_setting_starts_that_plant_and_another_plant_is_a_clear_error(qtbot, port):
-    resonator = plant_spec("resonator:gain=0.5")
+    resonator = "resonator:f0=100000,q=30,gain=0.5,noise=0.001"
     first, ok = init_actuator(qtbot, port, "resonator: gain=0.5")
     messages: list[str] = []
     second = None
@@ -53,7 +67,7 @@ def test_the_plant_setting_starts_that_plant_and_another_plant_is_a_clear_error(
         assert ok is False
         qtbot.waitUntil(lambda: any(resonator in m for m in messages), timeout=5000)
         refusal = next(m for m in messages if resonator in m)
-        assert plant_spec("loopback") in refusal and f"stop --port {port}" in refusal
+        assert LOOPBACK in refusal and f"stop --port {port}" in refusal
     finally:
         if second is not None:
             second.quit_fun()
@@ -89,7 +103,7 @@ def test_a_server_started_by_hand_is_used_by_the_plugins(qtbot, tmp_path, port, 
         pid = server.pid
     try:
         state = runtime.read_state(port)
-        assert (state.pid, state.backend, state.plant) == (pid, "mock", plant_spec("resonator"))
+        assert (state.pid, state.backend, state.plant) == (pid, "mock", RESONATOR)
         assert runtime.token_path(port).read_text().strip() == state.token
         assert runtime.server_process(state) is not None
         actuator, ok = init_actuator(qtbot, port, "resonator")
@@ -102,7 +116,7 @@ def test_a_server_started_by_hand_is_used_by_the_plugins(qtbot, tmp_path, port, 
         other, ok = init_actuator(qtbot, port, "loopback", messages)
         other.quit_fun()
         assert ok is False
-        qtbot.waitUntil(lambda: any(plant_spec("resonator") in m and plant_spec("loopback") in m
+        qtbot.waitUntil(lambda: any(RESONATOR in m and LOOPBACK in m
                                     for m in messages), timeout=5000)
         assert runtime.server_process(state) is not None  # no auto-stop: it runs on
         assert stop_local_server(port) == state
@@ -118,9 +132,10 @@ def test_a_server_started_by_hand_is_used_by_the_plugins(qtbot, tmp_path, port, 
 def test_init_right_after_a_crash_waits_for_the_vanished_lease(qtbot, port):
     """A process holding asg0 is killed; a new ASG plugin is told that the holder vanished and
     when the module frees, and initializes once it has."""
-    holder = subprocess.Popen([sys.executable, str(HOLDER), str(port), "--session-grace", "3"],
+    holder = subprocess.Popen([sys.executable, str(HOLDER), str(port), "--session-grace", "4"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    actuator = None
+    messages: list[str] = []
+    actuator = asg_actuator(port, None, messages)  # PyMoDAQ imported before the crash
     try:
         assert holder.stdout.readline().startswith("HELD")
         holder.stdin.write("lease asg0\n")
@@ -128,15 +143,12 @@ def test_init_right_after_a_crash_waits_for_the_vanished_lease(qtbot, port):
         assert holder.stdout.readline().strip() == "LEASED"
         holder.kill()
         holder.wait(10)
-        messages: list[str] = []
-        actuator, ok = init_actuator(qtbot, port, "loopback", messages)
-        assert ok is True, messages
+        assert initialized(qtbot, actuator) is True, messages
         waited = [m for m in messages if "vanished" in m]
         assert waited and "'holder'" in waited[0] and "frees in" in waited[0], messages
         assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)  # leased
     finally:
         if holder.poll() is None:
             holder.kill()
-        if actuator is not None:
-            actuator.quit_fun()
+        actuator.quit_fun()
         stop_local_server(port)
