@@ -1,6 +1,6 @@
 """Which server a plugin uses: the simulated plant it asks for, a server started by hand, and a
-module still leased by a plugin of a process that crashed. Through PyMoDAQ's real DAQ_Move and
-DAQ_Viewer, headless, against real server subprocesses."""
+module still leased by a plugin of a process that crashed. Through PyMoDAQ's real DAQ_Move, headless,
+against real server subprocesses."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from plugin_helpers import move, select_axis, server_client
 from support import ServerProcess
 

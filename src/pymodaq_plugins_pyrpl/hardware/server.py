@@ -2,8 +2,9 @@
 
 Run ``python -m pymodaq_plugins_pyrpl.hardware.server (--mock | --hostname HOST) [--port 6341]
 [--bind 127.0.0.1] [--token-file PATH] [--config NAME] [--auto-stop SECONDS]
-[--tls-cert PATH --tls-key PATH]`` (``--help`` lists every option). Once it serves it prints
-exactly one line to stdout, ``PYRPL_SERVER_READY {"port": N, "pid": P}``, and logs to stderr (or
+[--tls-cert PATH --tls-key PATH]`` (``--help`` lists every option). Once it listens it registers in
+the runtime folder (:func:`register`), then prints exactly one line to stdout,
+``PYRPL_SERVER_READY {"port": N, "pid": P}``, and logs to stderr (or
 ``--log-file``). SIGTERM/SIGINT stop it cleanly with exit status 0; the board's outputs are left as they
 are. If the backend cannot reach its board (PyRPL missing, board unreachable) it exits with status 2
 before the ready line.
