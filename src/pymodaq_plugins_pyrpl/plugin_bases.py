@@ -63,7 +63,9 @@ class PyRPLActuator(DAQ_Move_base):
         return {name: self.settings[name] for name in self.SETTINGS}
 
     def _apply_settings(self, extra: dict[str, Any] | None = None) -> None:
-        write_back(self, self._apply({**self._settings_values(), **(extra or {})}))
+        values = {**self._settings_values(), **(extra or {})}
+        if values:  # an actuator without settings (IQ) sends nothing at initialization
+            write_back(self, self._apply(values))
 
     def _reapply(self) -> None:
         self._apply_settings(self._targets)

@@ -4,6 +4,8 @@ module lease, messages in PyMoDAQ's status bar, and settings re-applied after a 
 A plugin builds its ``params`` with :func:`connection_params` and keeps a :class:`PyRPLLink` for its
 module. Its ``controller`` is the shared :class:`~.hardware.client.PyRPLClient`, so PyMoDAQ's
 master/slave sharing hands the master's client to the slaves (who then start no server of their own).
+Plugins of one process sharing a client also share its leases (:class:`SharedLeases`): an actuator
+and a viewer may use the same module, which stays leased until the last of them lets it go.
 
 Viewers also use :class:`BackgroundAcquisition` (non-blocking grab and stop), :func:`write_back`
 (settings show the values the board applied), :func:`labelled` (readable option lists) and
@@ -16,6 +18,8 @@ import math
 import os
 import threading
 import time
+import weakref
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
@@ -133,6 +137,49 @@ def lease_when_free(take: Callable[[], Any], status: Callable[[str], None]) -> N
             time.sleep(wait)
 
 
+class SharedLeases:
+    """The leases of one process's plugins, counted per client and module.
+
+    All plugins of a process using one server share one client, hence one session, and a lease
+    belongs to the session: without counting, the first plugin to let a module go would release it
+    for the others too. :meth:`take` leases the module on the server only for its first holder,
+    :meth:`give_back` releases it only for its last. A client of another session (another process)
+    still gets ModuleLeased. The server calls are made with the lock held, so a take and a give back
+    of the same module never cross; each is bounded by the client's call timeout.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders: weakref.WeakKeyDictionary[PyRPLClient, Counter[str]] = (
+            weakref.WeakKeyDictionary())
+
+    def take(self, client: PyRPLClient, module: str) -> None:
+        """Hold ``module``; raises what ``client.lease`` raises (nothing held then)."""
+        with self._lock:
+            holders = self._holders.setdefault(client, Counter())
+            if holders[module] == 0:
+                client.lease(module)
+            holders[module] += 1
+
+    def give_back(self, client: PyRPLClient, module: str, timeout: float | None = None) -> None:
+        """Stop holding ``module``; the last holder releases it (raises what ``client.release``
+        raises; the hold is dropped anyway)."""
+        with self._lock:
+            holders = self._holders.get(client)
+            if holders is None or holders[module] == 0:
+                return
+            holders[module] -= 1
+            if holders[module] > 0:
+                return
+            del holders[module]
+            if client.failure is None:
+                client.release(module, timeout=timeout)
+
+
+LEASES = SharedLeases()
+"""The leases of this process's plugins."""
+
+
 class PyRPLLink:
     """One plugin's use of one PyRPL module (``asg0``, ``scope``, ...) through the shared client.
 
@@ -148,6 +195,7 @@ class PyRPLLink:
         self.lease = lease
         self.reapply = reapply
         self.client: PyRPLClient | None = None
+        self._held = False  # this link holds its module's lease (LEASES)
         self._manager: TCPServerManager | None = None
         self._thread: QThread | None = None
 
@@ -175,7 +223,8 @@ class PyRPLLink:
         self._watch_thread()
         if self.lease:
             client = self.client
-            lease_when_free(lambda: client.lease(self.module), self.status)
+            lease_when_free(lambda: LEASES.take(client, self.module), self.status)
+            self._held = True
         self._show_state(self.client.hello_info or {})
         return self.client
 
@@ -224,10 +273,11 @@ class PyRPLLink:
         if module == self.module or self.client is None:
             self.module = module
             return
-        if self.lease:
-            self.client.lease(module)
-            self.client.release(self.module)
-        self.module = module
+        if self._held:
+            LEASES.take(self.client, module)  # raises: nothing changed
+        old, self.module = self.module, module
+        if self._held:
+            LEASES.give_back(self.client, old)
 
     def info(self) -> str:
         hello = (self.client.hello_info if self.client else None) or {}
@@ -246,9 +296,10 @@ class PyRPLLink:
         if client is None:
             return
         client.remove_connection_callback(self._on_connection_event)
-        if self.lease and client.failure is None:
+        if self._held:
+            self._held = False
             try:
-                client.release(self.module, timeout=2.0)
+                LEASES.give_back(client, self.module, timeout=2.0)
             except PyrplPluginError as exc:
                 logger.info("releasing %s: %s", self.module, exc)
         if self._manager is not None:

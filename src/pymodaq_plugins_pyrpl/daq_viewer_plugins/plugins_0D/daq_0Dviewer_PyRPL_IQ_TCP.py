@@ -17,6 +17,9 @@ SETTINGS = ("input", "frequency", "bandwidth", "acbandwidth", "phase", "gain", "
             "output_direct")
 """IQ attributes that are plugin settings of the same name (sent at initialization and when
 changed; the applied values are written back)."""
+SHARED = ("frequency", "phase", "amplitude")
+"""Settings an IQ actuator (DAQ_Move_PyRPL_IQ_TCP) on the same module may change: read back with
+every reading, so the settings show them and a re-application after a server restart keeps them."""
 FIXED = {"output_signal": "quadrature"}
 """Sent at initialization: the module works as a lock-in."""
 _IQ = catalogue.MODULES["iq0"].attributes
@@ -31,7 +34,10 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
     quadratures (the others are off), ``acbandwidth`` the input high-pass (off: DC-coupled). Setting
     changes show the value the board applied. Readings are taken in a background thread (grab_data
     returns at once); Naverage > 1 averages I and Q there (hardware_averaging). The module is leased:
-    other programs can read it but not change it.
+    other programs can read it but not change it. An IQ actuator of the same process may share the
+    module (to scan the frequency): frequency, phase and amplitude are read back with every reading.
+    After a change of the module's settings, a reading waits until the quadrature filter has settled
+    (docs/protocol.md, ``acquire``).
     """
 
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
@@ -89,17 +95,18 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
             elif name in SETTINGS:
                 write_back(self, self.controller.get(self.link.module, [name]))
 
-    def _job(self, naverage: int) -> Callable[[Callable[[], bool]], tuple[float, float]]:
+    def _job(self, naverage: int) -> Callable[[Callable[[], bool]], tuple[float, float, dict]]:
         client, module = self.controller, self.link.module
 
-        def acquire(wanted: Callable[[], bool]) -> tuple[float, float]:
+        def acquire(wanted: Callable[[], bool]) -> tuple[float, float, dict]:
             readings = [client.acquire(module) for _ in range(naverage)]
             return (float(np.mean([r["i"] for r in readings])),
-                    float(np.mean([r["q"] for r in readings])))
+                    float(np.mean([r["q"] for r in readings])), client.get(module, list(SHARED)))
         return acquire
 
-    def _emit(self, iq: tuple[float, float]) -> None:
-        i, q = iq
+    def _emit(self, reading: tuple[float, float, dict]) -> None:
+        i, q, shared = reading
+        write_back(self, shared)
         self.dte_signal.emit(DataToExport("PyRPL IQ", data=[
             DataFromPlugins(name="Lock-in", data=[np.array([i]), np.array([q]),
                                              np.array([math.hypot(i, q)])],
