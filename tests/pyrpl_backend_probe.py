@@ -138,6 +138,11 @@ def full() -> dict[str, Any]:
         iq[name]["na_registers_restored"] = run(_na_registers, backend, name) == na_before
     iq["asg0"] = outcome(backend.iq_read, "asg0")
     result["iq"] = iq
+    settle: dict[str, Any] = {"applied": run(backend.set, "iq1", catalogue.validate(
+        "iq1", {"frequency": 2000.0, "bandwidth": [50.0, 0.0]}))}
+    settle["remaining"] = run(backend.iq_settle_remaining, "iq1")
+    settle["other_module"] = outcome(backend.iq_settle_remaining, "asg0")
+    result["iq_settle"] = settle
     result["sampler"] = run(backend.sampler_read)
 
     # the board stops answering: a real MonitorClient whose server accepts, then goes silent

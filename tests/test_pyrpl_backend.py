@@ -171,6 +171,13 @@ def test_iq_read_refuses_other_modules(full: dict[str, Any]) -> None:
     assert full["iq"]["asg0"]["error"] == "InvalidParams"
 
 
+def test_iq_settle_remaining_after_a_set(full: dict[str, Any]) -> None:
+    settle = full["iq_settle"]
+    settle_time = catalogue.filter_settle_time(settle["applied"]["bandwidth"])
+    assert 0.0 < settle["remaining"] <= settle_time
+    assert settle["other_module"]["error"] == "InvalidParams"
+
+
 def test_sampler_read(full: dict[str, Any]) -> None:
     assert list(full["sampler"]) == list(catalogue.SAMPLER_SIGNALS)
     assert all(isinstance(v, float) and -1.01 <= v <= 1.01 for v in full["sampler"].values())

@@ -54,6 +54,13 @@ def run_asg(sim: SimulatorBackend, n: int = 0, **values: Any) -> dict[str, Any]:
     return configure(sim, f"asg{n}", **{**settings, **values})
 
 
+def settled_iq(sim: SimulatorBackend, clock: FakeClock, module: str = "iq0") -> dict[str, float]:
+    """``iq_read`` once the module's quadrature filter has settled after its last change, as the
+    server waits (the fake clock is advanced by ``iq_settle_remaining``)."""
+    clock.advance(sim.iq_settle_remaining(module))
+    return sim.iq_read(module)
+
+
 def acquire(sim: SimulatorBackend, clock: FakeClock, **scope: Any) -> ScopeTrace:
     """One trace: arm, wait (on the fake clock) for as long as the backend says, fetch."""
     if scope:
@@ -346,19 +353,19 @@ def test_differential_mode_uses_the_other_pid_input(sim, clock):
 def test_iq_on_loopback_returns_the_excitation(sim, clock):
     configure(sim, "iq0", input="in1", output_direct="out1", amplitude=0.3, frequency=1e6,
               bandwidth=[1000.0, 1000.0])
-    reading = sim.iq_read("iq0")
+    reading = settled_iq(sim, clock, "iq0")
     z = reading["i"] + 1j * reading["q"]
     assert abs(z) == pytest.approx(0.3, abs=1e-3)
     delay_and_lowpass = -360 * 1e6 * 16e-9 - math.degrees(math.atan(1e6 / 60e6))
     assert math.degrees(np.angle(z)) == pytest.approx(delay_and_lowpass, abs=0.2)
 
     phase = configure(sim, "iq0", phase=30.0)["phase"]
-    reading = sim.iq_read("iq0")
+    reading = settled_iq(sim, clock, "iq0")
     rotated = math.degrees(np.angle(reading["i"] + 1j * reading["q"]))
     assert rotated == pytest.approx(delay_and_lowpass + phase, abs=0.2)  # as PyRPL on a board
 
     configure(sim, "iq0", input="out1", phase=0.0)  # no cable: no delay, no noise
-    assert sim.iq_read("iq0") == pytest.approx({"i": 0.3, "q": 0.0}, abs=1e-4)
+    assert settled_iq(sim, clock, "iq0") == pytest.approx({"i": 0.3, "q": 0.0}, abs=1e-4)
 
 
 def test_iq_follows_the_resonator(resonator, clock):
@@ -383,17 +390,92 @@ def test_iq_follows_the_resonator(resonator, clock):
     assert phase[np.argmax(power)] == pytest.approx(-90, abs=10)
 
 
+def iq(sim: SimulatorBackend, module: str = "iq0") -> complex:
+    reading = sim.iq_read(module)
+    return reading["i"] + 1j * reading["q"]
+
+
+def test_iq_filter_settles_exponentially_after_a_change(sim, clock):
+    cutoff = catalogue.MODULES["iq0"].attributes["bandwidth"].validate([500.0])[0]
+    amplitude = configure(sim, "iq0", input="out1", output_direct="out1", amplitude=0.3,
+                          frequency=1e5, bandwidth=[cutoff, 0.0])["amplitude"]
+    assert sim.iq_settle_remaining("iq0") == pytest.approx(
+        catalogue.filter_settle_time([cutoff, 0.0]))
+    settled_iq(sim, clock)
+    before = iq(sim)
+    assert before == pytest.approx(0.3, abs=0.3 * catalogue.SETTLE_FRACTION)  # out1: no noise
+    phase = configure(sim, "iq0", phase=90.0)["phase"]
+    changed = clock.t
+    after = amplitude * np.exp(1j * math.radians(phase))
+    assert iq(sim) == pytest.approx(before, abs=1e-9)  # the filter's output is continuous
+    tau = 1.0 / (2 * math.pi * cutoff)
+    for elapsed in (0.5 * tau, tau, 3 * tau):  # a first-order low-pass: exp(-t / tau)
+        clock.t = changed + elapsed
+        expected = after + (before - after) * math.exp(-elapsed / tau)
+        assert iq(sim) == pytest.approx(expected, abs=1e-9)
+    clock.advance(sim.iq_settle_remaining("iq0"))
+    assert sim.iq_settle_remaining("iq0") == 0.0
+    assert abs(iq(sim) - after) <= abs(after - before) * catalogue.SETTLE_FRACTION
+    configure(sim, "asg0", frequency=1000.0)  # another module's change: no wait for iq0
+    assert sim.iq_settle_remaining("iq0") == 0.0
+    with pytest.raises(InvalidParams):
+        sim.iq_settle_remaining("pid0")
+
+
+def test_resonator_rings_up_with_time_constant_q_over_pi_f0(clock):
+    resonator = SimulatorBackend(seed=1, plant="resonator:noise=0", clock=clock)
+    amplitude = configure(resonator, "iq0", input="in1", output_direct="out1", amplitude=0.02,
+                          frequency=97e3, bandwidth=[0.0, 0.0])["amplitude"]  # no filter
+    clock.advance(0.01)
+    start, in1 = iq(resonator), resonator.sampler_read()["in1"]
+    f = configure(resonator, "iq0", frequency=100e3)["frequency"]
+    changed = clock.t
+    # the free oscillation is on in1 (scope, sampler): the input does not jump
+    assert resonator.sampler_read()["in1"] == pytest.approx(in1, abs=2 * LSB)
+    assert iq(resonator) == pytest.approx(start, abs=1e-5)  # the resonator's output: continuous
+    tau = 30 / (math.pi * 100e3)
+    readings = []
+    for elapsed in (tau, 3 * tau, 100 * tau):
+        clock.t = changed + elapsed
+        readings.append(iq(resonator))
+    steady = readings[-1]
+    assert f == pytest.approx(100e3, abs=0.03)
+    assert steady == pytest.approx(-30j * amplitude, abs=1e-5)  # at f0: gain q, -90°
+    ratio = abs(readings[1] - steady) / abs(readings[0] - steady)
+    assert ratio == pytest.approx(math.exp(-2), rel=1e-3)
+
+
+def test_a_sweep_that_does_not_wait_shows_the_filter_lag(clock):
+    """Reading 0.5 ms after each frequency step (a scan that does not wait) moves the resonance
+    peak one step up and lowers it; waiting iq_settle_remaining gives the resonator's curve."""
+    frequencies = np.linspace(90e3, 110e3, 81)  # steps of 250 Hz, linewidth 3.3 kHz
+    peaks = {}
+    for wait in (False, True):
+        resonator = SimulatorBackend(seed=1, plant="resonator", clock=clock)
+        configure(resonator, "iq0", input="in1", output_direct="out1", amplitude=0.02,
+                  frequency=frequencies[0], bandwidth=[151.8, 0.0])
+        amplitudes = []
+        for f in frequencies:
+            configure(resonator, "iq0", frequency=float(f))
+            clock.advance(resonator.iq_settle_remaining("iq0") if wait else 0.5e-3)
+            amplitudes.append(abs(iq(resonator)))
+        peaks[wait] = (frequencies[np.argmax(amplitudes)], max(amplitudes))
+    assert peaks[True] == pytest.approx((100e3, 0.6), rel=1e-3)
+    assert peaks[False][0] > 100e3 and peaks[False][1] < 0.95 * 0.6
+
+
 def test_iq_demodulates_an_asg_harmonic(sim, clock):
     f = run_asg(sim, waveform="square", frequency=1e4, amplitude=0.3)["frequency"]
     configure(sim, "iq1", input="out1", frequency=3 * f, bandwidth=[100.0, 100.0])
-    reading = sim.iq_read("iq1")
-    assert math.hypot(reading["i"], reading["q"]) == pytest.approx(0.3 * 4 / (3 * math.pi), rel=1e-3)
+    reading = settled_iq(sim, clock, "iq1")
+    assert math.hypot(reading["i"], reading["q"]) == pytest.approx(0.3 * 4 / (3 * math.pi),
+                                                                   rel=1e-3)
 
 
 def test_iq_quadratures_on_the_bus(sim, clock):
     configure(sim, "iq2", input="in1", output_direct="out1", amplitude=0.4, frequency=2e5,
               bandwidth=[1000.0] * 4, phase=40.0)
-    reading = sim.iq_read("iq2")
+    reading = settled_iq(sim, clock, "iq2")
     trace = acquire(sim, clock, input1="iq2", input2="iq2_2", duration=DURATIONS[2])
     assert trace.ch1.mean() == pytest.approx(reading["i"], abs=1e-3)
     assert trace.ch2.mean() == pytest.approx(reading["q"], abs=1e-3)
@@ -405,9 +487,9 @@ def test_iq_modulation_and_demodulation_at_2f(sim, clock):
     f = configure(sim, "iq0", input="out1", output_direct="out1", amplitude=0.25, frequency=1e5,
                   modulation_at_2f="on", demodulation_at_2f="on",
                   bandwidth=[1000.0, 1000.0])["frequency"]
-    assert math.hypot(*sim.iq_read("iq0").values()) == pytest.approx(0.25, abs=1e-4)
+    assert math.hypot(*settled_iq(sim, clock, "iq0").values()) == pytest.approx(0.25, abs=1e-4)
     configure(sim, "iq0", demodulation_at_2f="off")
-    assert math.hypot(*sim.iq_read("iq0").values()) < 1e-3
+    assert math.hypot(*settled_iq(sim, clock, "iq0").values()) < 1e-3
     trace = acquire(sim, clock, input1="out1", duration=DURATIONS[3])
     assert dominant_frequency(trace, trace.ch1) == pytest.approx(2 * f, abs=1 / DURATIONS[3])
 
@@ -516,7 +598,8 @@ def test_plant_parameters_are_used(clock):
     sim = SimulatorBackend(seed=0, plant=" resonator: f0=250e3, q=100 ,gain=0.5", clock=clock)
     configure(sim, "iq0", input="in1", output_direct="out1", amplitude=0.01, frequency=250e3,
               bandwidth=[100.0, 100.0])
-    assert math.hypot(*sim.iq_read("iq0").values()) == pytest.approx(0.01 * 0.5 * 100, rel=1e-3)
+    reading = settled_iq(sim, clock, "iq0")
+    assert math.hypot(*reading.values()) == pytest.approx(0.01 * 0.5 * 100, rel=1e-3)
     quiet = SimulatorBackend(seed=0, plant="loopback:noise=0,delay=0", clock=clock)
     assert quiet.sampler_read()["in1"] == 0.0
 

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 STATUS_PERIOD = 2.0
 """Subscribers get a status push on every change and at least this often (seconds)."""
+IQ_SETTLE_TIMEOUT = 10.0
+"""Default bound of an IQ acquisition's wait for its filter to settle (seconds)."""
 SCOPE_POLL = 0.002
 """Interval between two attempts to finish a trace that is late (no trigger yet), in seconds."""
 SCOPE_TIMEOUT_MARGIN = 10.0
@@ -693,11 +695,27 @@ class Server:
         if spec.kind == "scope":
             return await self._acquire_scope(timeout)
         if spec.kind == "iq":
+            await self._iq_settled(module, timeout)
             return await self._backend(self.backend.iq_read, module)
         if spec.kind == "sampler":
             return await self._backend(self.backend.sampler_read)
         raise InvalidParams(f"module '{module}' has nothing to acquire; use 'get' for its values",
                             {"module": module, "allowed": ["scope", "iq0", "iq1", "iq2", "sampler"]})
+
+    async def _iq_settled(self, module: str, timeout: float | None) -> None:
+        """Wait, on the event loop, until the quadrature filter of ``module`` has settled after the
+        module's last change (Backend.iq_settle_remaining); a change meanwhile extends the wait.
+        Raises AcquisitionTimeout if that takes longer than ``timeout`` (default IQ_SETTLE_TIMEOUT).
+        """
+        loop = asyncio.get_running_loop()
+        limit = IQ_SETTLE_TIMEOUT if timeout is None else timeout
+        deadline = loop.time() + limit
+        while (wait := await self._backend(self.backend.iq_settle_remaining, module)) > 0:
+            if loop.time() + wait > deadline:
+                raise AcquisitionTimeout(
+                    f"{module} has not settled within {limit} s: its settings keep changing, or "
+                    "its bandwidth is too low for the timeout", {"module": module})
+            await asyncio.sleep(wait)
 
     async def _lease(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = catalogue.module(params.get("module")).name

@@ -72,7 +72,13 @@ class Backend(Protocol):
         """Abandon a pending acquisition (timeout, client gone)."""
 
     def iq_read(self, module: str) -> dict[str, float]:
-        """Demodulated quadratures of ``module`` (iq0..iq2): ``{"i": V, "q": V}``."""
+        """Demodulated quadratures of ``module`` (iq0..iq2): ``{"i": V, "q": V}``, as they are now
+        (maybe still settling: see ``iq_settle_remaining``)."""
+
+    def iq_settle_remaining(self, module: str) -> float:
+        """Seconds until the quadrature filter of ``module`` (iq0..iq2) has settled after the last
+        ``set`` of that module (``catalogue.filter_settle_time`` of its ``bandwidth``); 0 if it
+        has. The server waits this long before ``iq_read``."""
 
     def sampler_read(self) -> dict[str, float]:
         """Instantaneous values of every sampler signal, in volts."""

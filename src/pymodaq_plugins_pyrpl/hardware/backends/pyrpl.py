@@ -86,6 +86,10 @@ A * 2**22 * cos(...). PyRPL's network analyzer uses the same factor (``rescale =
 """
 
 _SCOPE_DATA_LENGTH = catalogue.SCOPE_SAMPLES
+_IQ_SLOWEST_SETTLE = catalogue.filter_settle_time(
+    [min(abs(f) for f in catalogue.filter_options(catalogue.IQ2_BANDWIDTH_FILTER) if f)]
+    * catalogue.IQ2_BANDWIDTH_FILTER[0])
+"""Settle time of the slowest quadrature filter (iq2's four stages at 1.19 Hz: 2.1 s)."""
 
 
 def default_user_dir() -> Path:
@@ -197,6 +201,7 @@ class PyrplBackend:
         self._closed = False
         self._asg_started: set[str] = set()
         self._armed: tuple[float, float] | None = None
+        self._iq_changed: dict[str, float] = {}  # IQ module → monotonic time of its last set
 
     # -------------------------------------------------------------------------------------------------
     # lifecycle
@@ -329,6 +334,8 @@ class PyrplBackend:
                 self._check_writable(m, spec, name, value)
             for name in self._write_order(spec, values):
                 self._write(m, spec, name, values[name])
+            if spec.kind == "iq":
+                self._iq_changed[module] = time.monotonic()
             applied = {name: self._read(m, spec, name) for name in values}
         self._write_pending_config()
         return applied
@@ -429,6 +436,19 @@ class PyrplBackend:
             q_sum = iq._to_pyint((c & mask) + ((d & mask) << 31), bitlength=62)
             scale = IQ_VOLTS_PER_LSB / IQ_AVERAGE_CYCLES
             return {"i": float(i_sum * scale), "q": float(q_sum * scale)}
+
+    def iq_settle_remaining(self, module: str) -> float:
+        """Seconds until the quadrature filter of ``module`` has settled after its last ``set``
+        (``catalogue.filter_settle_time`` of its ``bandwidth``, read from the board only within the
+        slowest filter's settle time of that set); 0 if it has."""
+        if module not in ("iq0", "iq1", "iq2"):
+            raise errors.InvalidParams(f"iq_settle_remaining needs iq0, iq1 or iq2, not {module!r}")
+        elapsed = time.monotonic() - self._iq_changed.get(module, -np.inf)
+        if elapsed >= _IQ_SLOWEST_SETTLE:
+            return 0.0
+        with self._board() as rp:
+            bandwidth = self._read(getattr(rp, module), catalogue.module(module), "bandwidth")
+        return max(0.0, catalogue.filter_settle_time(bandwidth) - elapsed)
 
     def sampler_read(self) -> dict[str, float]:
         """One sample of every signal of ``catalogue.SAMPLER_SIGNALS`` (``rp.sampler.<signal>``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cmath
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -305,6 +306,10 @@ class _Loopback:
     def transfer(self, f: float) -> complex:
         return cmath.exp(-2j * math.pi * f * self.delay) / (1.0 + 1j * f / self.bandwidth)
 
+    def pole(self) -> complex | None:
+        """None: no free oscillation worth modelling (the cable settles within nanoseconds)."""
+        return None
+
     def trace(self, out: _OutSources, grid: _Grid, ctx: _Context) -> np.ndarray:
         """The delayed output through an FIR truncation of the low-pass (matters only at dt < 20 ns)."""
         taps = self._taps(grid.dt)
@@ -342,6 +347,15 @@ class _Resonator:
         """H at ``f`` (a float or an array)."""
         x = f / self.f0
         return self.gain / (1.0 - x * x + 1j * x / self.q)
+
+    def pole(self) -> complex | None:
+        """The upper pole ``-w0/(2q) + j w0 sqrt(1 - 1/(4 q**2))`` of H (1/s): the free
+        oscillation, which decays with the ring-up time constant ``q / (pi f0)``; None if the
+        resonator is not underdamped (q <= 1/2)."""
+        if self.q <= 0.5:
+            return None
+        w0 = _TWO_PI * self.f0
+        return complex(-w0 / (2.0 * self.q), w0 * math.sqrt(1.0 - 1.0 / (4.0 * self.q**2)))
 
     def trace(self, out: _OutSources, grid: _Grid, ctx: _Context) -> np.ndarray:
         """Steady-state response to each source: tones exactly, PIDs quasi-statically, the other ASG
@@ -764,6 +778,82 @@ class _Recorder:
 
 
 # ------------------------------------------------------------------------------------------------
+# transients: the plant's free oscillation and the IQ quadrature filters
+
+
+SETTLED = 60.0
+"""A transient ``exp(-x)`` (times a polynomial) with ``x`` beyond this is over (dropped)."""
+
+
+@dataclass(frozen=True)
+class _Ring:
+    """The plant's free oscillation on one input since time ``t``: ``Re(c exp(s (t' - t)))``."""
+
+    t: float
+    c: complex
+    s: complex
+
+    def at(self, t: float) -> complex:
+        """The complex value ``c exp(s (t' - t))`` at time ``t'`` = ``t``."""
+        return self.c * cmath.exp(self.s * (t - self.t))
+
+    def over(self, t: float) -> bool:
+        return -self.s.real * (t - self.t) > SETTLED
+
+    def evaluate(self, grid: _Grid) -> np.ndarray:
+        start = self.at(grid.start)
+        return (start * np.exp(self.s * grid.offsets)).real
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_system(cutoffs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(A, B, C, D)`` of PyRPL's cascaded first-order stages (cutoff > 0 low-pass, < 0
+    high-pass, 0 off) as ``x' = A x + B u``, ``y = C x + D u``, one state per stage: a low-pass
+    stage's state is its output, a high-pass stage's the low-pass of its input (output: input -
+    state). An off stage's state is a dummy that decays to 0 and is not used. The transfer function
+    is ``_filter_response(cutoffs, f)``."""
+    n = len(cutoffs)
+    a, b = np.zeros((n, n)), np.zeros(n)
+    c, d = np.zeros(n), 1.0  # the input of the next stage as a function of (x, u)
+    for k, cutoff in enumerate(cutoffs):
+        if cutoff == 0:
+            a[k, k] = -1.0
+            continue
+        w = _TWO_PI * abs(cutoff)
+        a[k] = w * c
+        a[k, k] -= w
+        b[k] = w * d
+        if cutoff > 0:
+            c, d = np.eye(n)[k], 0.0
+        else:
+            c = c - np.eye(n)[k]
+    return a, b, c, d
+
+
+@dataclass(frozen=True)
+class _Settling:
+    """An IQ quadrature filter on its way to its steady state since time ``t``: its state is the
+    steady-state (particular) one plus ``expm(A (t' - t)) deviation``."""
+
+    t: float
+    cutoffs: tuple[float, ...]
+    deviation: np.ndarray | None
+    """None: settled."""
+
+    def over(self, t: float) -> bool:
+        active = [abs(c) for c in self.cutoffs if c]
+        return (self.deviation is None or not active
+                or _TWO_PI * min(active) * (t - self.t) > SETTLED)
+
+    def homogeneous(self, t: float) -> np.ndarray:
+        """The state's deviation from the steady state at time ``t``."""
+        if self.over(t):
+            return np.zeros(len(self.cutoffs), complex)
+        a = _filter_system(self.cutoffs)[0]
+        return _expm(a * (t - self.t)) @ self.deviation
+
+
+# ------------------------------------------------------------------------------------------------
 # evaluation context and acquisitions
 
 
@@ -901,6 +991,7 @@ class SimulatorBackend:
         self._plant = parse_plant(plant)
         self.plant = plant_spec(plant)
         """The plant's canonical spec (:func:`plant_spec`)."""
+        self._pole = self._plant.pole()
         self._clock = clock
         self._epoch = clock()
         self._rng = np.random.default_rng(seed)
@@ -909,6 +1000,9 @@ class SimulatorBackend:
             for name, spec in catalogue.MODULES.items()}
         self._asgs = [_Asg(self._values[f"asg{n}"]) for n in range(2)]
         self._iq_phases = [_Phase() for _ in range(3)]
+        self._iq_changed = [-math.inf] * 3
+        self._settling: dict[int, _Settling] = {}  # the IQ modules set so far: their filters
+        self._rings: dict[str, _Ring] = {}  # in1/in2 → the plant's free oscillation
         self._pids = _PidLoops(self._loop_model, 3, 0.0, np.random.default_rng(
             np.random.SeedSequence(seed).spawn(1)[0]))
         self._acquisition: _Acquisition | None = None
@@ -952,10 +1046,17 @@ class SimulatorBackend:
             if spec.attributes[n].readonly:
                 raise InvalidParams(f"attribute '{n}' of '{module}' is read-only", {"attribute": n})
         now = self._sync()
+        if module.startswith("iq"):  # in use from now on: its filter's state is followed
+            n = int(module[2])
+            self._iq_changed[n] = now
+            self._settling.setdefault(n, _Settling(now, self._cutoffs(n), None))
+        before = self._transients_before(now) if module != "scope" else None
         state = self._values[module]
         old = dict(state)
         state.update({k: list(v) if isinstance(v, list) else v for k, v in values.items()})
         self._apply(module, old, values, now)
+        if before is not None:
+            self._transients_after(now, *before)
         return self._read(module, list(values))
 
     def scope_arm(self) -> float:
@@ -1013,10 +1114,21 @@ class SimulatorBackend:
         difference, total = self._demodulated(n, self._pids.outputs(), 0)
         z = sum((t.phasor(now) for t in difference), 0j)
         z += sum((t.phasor(now) for t in total if t.static), 0j)
+        z += self._iq_transient(n, now)
         sigma = self._iq_noise(n)
         if sigma:
             z += complex(*self._rng.normal(0.0, sigma, 2))
         return {"i": z.real, "q": z.imag}
+
+    def iq_settle_remaining(self, module: str) -> float:
+        """Seconds until the quadrature filter of ``module`` has settled after the module's last
+        ``set`` (``catalogue.filter_settle_time`` of its ``bandwidth``), 0 if it has."""
+        if module not in ("iq0", "iq1", "iq2"):
+            raise InvalidParams(f"iq_settle_remaining needs iq0, iq1 or iq2, not {module!r}",
+                                {"module": module})
+        n = int(module[2])
+        settled = self._iq_changed[n] + catalogue.filter_settle_time(self._cutoffs(n))
+        return max(0.0, settled - (self._clock() - self._epoch))
 
     def sampler_read(self) -> dict[str, float]:
         """Values of catalogue.SAMPLER_SIGNALS now (PyRPL's sampler scaling, 1 / (2**13 - 1))."""
@@ -1063,6 +1175,9 @@ class SimulatorBackend:
         """The DSP bus signal ``signal`` on ``grid`` (14-bit volts)."""
         if signal in _CHANNEL:
             analog = self._plant.trace(self._out_sources(_CHANNEL[signal], ctx), grid, ctx)
+            ring = self._rings.get(signal)
+            if ring is not None and not ring.over(grid.start):
+                analog = analog + ring.evaluate(grid)
             if ctx.rng is not None:
                 analog = analog + _gaussian(ctx.rng, self._plant.noise, grid.n)
             return _quantize(analog)
@@ -1154,24 +1269,27 @@ class SimulatorBackend:
         lo = self._iq_phases[n]
         return lo, harmonic, harmonic * lo.freq
 
-    def _demodulated(self, n: int, u: np.ndarray, depth: int) -> tuple[list[_Tone], list[_Tone]]:
+    def _demodulated(self, n: int, u: np.ndarray, depth: int, filtered: bool = True
+                     ) -> tuple[list[_Tone], list[_Tone]]:
         """``I + jQ`` of iq ``n`` as complex exponentials: (difference, sum-frequency) terms.
 
         An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo + phase)}``
-        and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter.
+        and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter
+        (left out if not ``filtered``: the filter's input).
         """
         v = self._values[f"iq{n}"]
         lo, harmonic, f_d = self._demodulator(n)
         rotation = cmath.exp(1j * math.radians(v["phase"]))
+        cutoffs = v["bandwidth"] if filtered else []
         difference, total = [], []
         for tone in self._tones(v["input"], f_d, u, True, depth + 1):
             a = tone.amp * _filter_response([-v["acbandwidth"]], tone.freq)
             if abs(a) < 1e-12:
                 continue
             difference.append(_Tone(a, tone.terms).mixed(
-                lo, -harmonic, rotation * _filter_response(v["bandwidth"], tone.freq - f_d)))
+                lo, -harmonic, rotation * _filter_response(cutoffs, tone.freq - f_d)))
             total.append(_Tone(a, tone.terms).conj().mixed(
-                lo, -harmonic, rotation * _filter_response(v["bandwidth"], -tone.freq - f_d)))
+                lo, -harmonic, rotation * _filter_response(cutoffs, -tone.freq - f_d)))
         return difference, [t for t in total if abs(t.amp) > 1e-12]
 
     def _iq_output_tones(self, n: int, u: np.ndarray, bandpass: bool, depth: int) -> list[_Tone]:
@@ -1198,6 +1316,111 @@ class SimulatorBackend:
         lowpass = [c for c in v["bandwidth"] if c > 0]
         bandwidth = min(NYQUIST, math.pi / 2 * min(lowpass)) if lowpass else NYQUIST
         return self._plant.noise * math.sqrt(2.0 * bandwidth / NYQUIST)
+
+    # -- transients -------------------------------------------------------------------------------
+
+    def _cutoffs(self, n: int) -> tuple[float, ...]:
+        return tuple(float(c) for c in self._values[f"iq{n}"]["bandwidth"])
+
+    def _transients_before(self, t: float) -> tuple[dict[str, tuple[float, float]],
+                                                    dict[int, np.ndarray]]:
+        """Just before a change at ``t``: the inputs' value and slope (for a plant with a free
+        oscillation) and the state of every IQ filter in use."""
+        if self._pole is None and not self._settling:
+            return {}, {}
+        u = self._pids.outputs()
+        inputs = {}
+        if self._pole is not None:
+            for channel in _CHANNEL:
+                y, dy = self._steady_input(channel, u, t)
+                ring = self._rings.get(channel)
+                if ring is not None:
+                    y, dy = y + ring.at(t).real, dy + (ring.s * ring.at(t)).real
+                inputs[channel] = (y, dy)
+        states = {n: self._filter_state(n, u, t) + settling.homogeneous(t)
+                  for n, settling in self._settling.items()}
+        return inputs, states
+
+    def _transients_after(self, t: float, inputs: dict[str, tuple[float, float]],
+                          states: dict[int, np.ndarray]) -> None:
+        """Just after a change at ``t``: the free oscillation of the plant and the deviation of
+        every IQ filter from its new steady state take up the differences (value and slope of the
+        inputs, filter states), so that both stay continuous."""
+        if not inputs and not states:
+            return
+        u = self._pids.outputs()
+        s = self._pole
+        for channel, (y, dy) in inputs.items():
+            y_new, dy_new = self._steady_input(channel, u, t)
+            jump, slope = y - y_new, dy - dy_new
+            c = complex(jump, (s.real * jump - slope) / s.imag)
+            self._rings[channel] = _Ring(t, c, s)
+        for n, state in states.items():
+            deviation = state - self._filter_state(n, u, t)
+            self._settling[n] = _Settling(t, self._cutoffs(n), deviation)
+
+    def _steady_input(self, channel: str, u: np.ndarray, t: float) -> tuple[float, float]:
+        """Value and slope at ``t`` of the steady-state part of the input ``channel`` (the tones
+        that matter near the plant's resonance)."""
+        near = abs(self._pole) / _TWO_PI if self._pole is not None else 0.0
+        y = dy = 0.0
+        for tone in self._tones(channel, near, u, True, 0):
+            value = tone.phasor(t)
+            y += value.real
+            dy += (_TWO_PI * 1j * tone.freq * value).real
+        return y, dy
+
+    def _filter_inputs(self, n: int, u: np.ndarray, t: float) -> list[tuple[complex, complex]]:
+        """The input of iq ``n``'s quadrature filter at ``t`` as terms ``U exp(lambda (t' - t))``:
+        (U, lambda) for each input tone and for the plant's free oscillation."""
+        difference, total = self._demodulated(n, u, 0, filtered=False)
+        terms = [(tone.phasor(t), _TWO_PI * 1j * tone.freq) for tone in difference]
+        terms += [(tone.phasor(t), 0j) for tone in total if tone.static]
+        ring = self._ring_seen(n, t)
+        if ring is not None:
+            terms.append(ring)
+        return terms
+
+    def _ring_seen(self, n: int, t: float) -> tuple[complex, complex] | None:
+        """The plant's free oscillation on iq ``n``'s input, demodulated: (U, lambda) at ``t``."""
+        v = self._values[f"iq{n}"]
+        ring = self._rings.get(v["input"])
+        if ring is None or ring.over(t):
+            return None
+        lo, harmonic, f_d = self._demodulator(n)
+        rotation = cmath.exp(1j * math.radians(v["phase"]))
+        highpass = _filter_response([-v["acbandwidth"]], ring.s / (_TWO_PI * 1j))
+        u = highpass * rotation * ring.at(t) * cmath.exp(-_TWO_PI * 1j * harmonic * lo.at(t))
+        return u, ring.s - _TWO_PI * 1j * f_d
+
+    def _filter_state(self, n: int, u: np.ndarray, t: float) -> np.ndarray:
+        """The steady-state (particular) state of iq ``n``'s quadrature filter at ``t``: for an
+        input ``U exp(lambda t)``, each stage's state is ``w / (lambda + w)`` times its input (see
+        _filter_system; an off stage's dummy state is 0)."""
+        cutoffs = self._cutoffs(n)
+        state = np.zeros(len(cutoffs), complex)
+        for value, rate in self._filter_inputs(n, u, t):
+            x = value
+            for k, cutoff in enumerate(cutoffs):
+                if cutoff == 0:
+                    continue
+                w = _TWO_PI * abs(cutoff)
+                lowpass = w / (rate + w) * x
+                state[k] += lowpass
+                x = lowpass if cutoff > 0 else x - lowpass
+        return state
+
+    def _iq_transient(self, n: int, t: float) -> complex:
+        """What iq ``n`` reads at ``t`` beyond its steady state: the plant's free oscillation
+        through the filter and the filter's own deviation."""
+        z = 0j
+        ring = self._ring_seen(n, t)
+        if ring is not None:
+            z += _filter_response(self._cutoffs(n), ring[1] / (_TWO_PI * 1j)) * ring[0]
+        settling = self._settling.get(n)
+        if settling is not None and not settling.over(t):
+            z += complex(_filter_system(settling.cutoffs)[2] @ settling.homogeneous(t))
+        return z
 
     # -- PID loop model ---------------------------------------------------------------------------
 
