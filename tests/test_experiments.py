@@ -33,7 +33,14 @@ MODULES = {"ASG": ("actuator", None, "PyRPL_ASG_TCP"), "PID": ("actuator", None,
            "Scope": ("detector", "DAQ1D", "PyRPL_Scope_TCP"),
            "IQ": ("detector", "DAQ0D", "PyRPL_IQ_TCP"),
            "Sampler": ("detector", "DAQ0D", "PyRPL_Sampler_TCP")}
-"""module name → (kind, dim, plugin) expected in every shipped experiment."""
+"""module name → (kind, dim, plugin) of pyrpl_demo and pyrpl_hardware_template."""
+RESONANCE = {"IQ frequency": ("actuator", None, "PyRPL_IQ_TCP"),
+             "IQ": ("detector", "DAQ0D", "PyRPL_IQ_TCP")}
+"""module name → (kind, dim, plugin) of pyrpl_resonance: one IQ module, moved and read."""
+CONTENT = {"pyrpl_demo": MODULES, "pyrpl_hardware_template": MODULES,
+           "pyrpl_resonance": RESONANCE}
+"""The modules of each shipped experiment."""
+PLUGINS = {m for modules in CONTENT.values() for m in modules.values()}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,11 +89,11 @@ def plugin_class(kind: str, dim: str | None, plugin: str):
 # content
 
 
-def test_shipped_experiments_hold_the_five_instruments() -> None:
-    assert NAMES == ["pyrpl_demo", "pyrpl_hardware_template"]
+def test_shipped_experiments_hold_their_instruments() -> None:
+    assert NAMES == sorted(CONTENT)
     for path in SHIPPED:
         modules = experiment_modules(path)
-        assert {name: m[:3] for name, m in modules.items()} == MODULES, path.name
+        assert {name: m[:3] for name, m in modules.items()} == CONTENT[path.stem], path.name
         # every module is a Master of its own (they share one connection anyway)
         assert {m[3] for m in modules.values()} == {"Master"}
         assert len({m[4] for m in modules.values()}) == len(modules)
@@ -98,11 +105,11 @@ def test_experiments_name_installed_plugins() -> None:
     from pymodaq.control_modules.instruments import ACTUATOR_NAMES, DET_TYPES
 
     missing = []
-    for kind, dim, plugin in MODULES.values():
+    for kind, dim, plugin in PLUGINS:
         known = ACTUATOR_NAMES if kind == "actuator" else [p["name"] for p in DET_TYPES[dim]]
         if plugin not in known:
             missing.append(plugin)
-    actuators = [m[2] for m in MODULES.values() if m[0] == "actuator"]
+    actuators = [m[2] for m in PLUGINS if m[0] == "actuator"]
     assert not set(actuators) & set(missing)
     if missing:
         pytest.xfail(f"viewer plugins not there yet: {missing}")
@@ -171,7 +178,7 @@ def test_cli_installs_into_the_isolated_pymodaq_folder(capsys) -> None:
 def dashboard_port(port: int, monkeypatch: pytest.MonkeyPatch):
     """Every PyRPL plugin class defaults to ``port`` (an experiment stores no plugin settings; the
     default normally comes from config_pyrpl.toml) and to the simulated board."""
-    for kind, dim, plugin in MODULES.values():
+    for kind, dim, plugin in PLUGINS:
         cls = plugin_class(kind, dim, plugin)
         if cls is None:
             continue
@@ -187,11 +194,12 @@ def dashboard_port(port: int, monkeypatch: pytest.MonkeyPatch):
 def install_for_dashboard(name: str) -> str:
     """Install the shipped experiment (minus plugins that are not there yet); its entry name."""
     shipped = cli.EXPERIMENTS / f"{name}.xml"
-    present = {n for n, (kind, dim, plugin) in MODULES.items() if plugin_class(kind, dim, plugin)}
-    if present == set(MODULES):
+    modules = CONTENT[name]
+    present = {n for n, (kind, dim, plugin) in modules.items() if plugin_class(kind, dim, plugin)}
+    if present == set(modules):
         (experiments_folder() / shipped.name).write_bytes(shipped.read_bytes())
         return name
-    warnings.warn(f"loading {name} without {sorted(set(MODULES) - present)}: plugins missing")
+    warnings.warn(f"loading {name} without {sorted(set(modules) - present)}: plugins missing")
     settings = Parameter.create(name="Preset", type="group",
                                 children=ioxml.XML_file_to_parameter(shipped))
     for kind in ("actuator", "detector"):
@@ -225,14 +233,16 @@ def test_dashboard_loads_the_experiment_and_drives_every_module(qtbot, dashboard
         for det in dashboard.detector_modules:
             with qtbot.waitSignal(det.grab_done_signal, timeout=15000) as grabbed:
                 det.snap()
-            dim = MODULES[det.title][1].replace("DAQ", "Data")
+            dim = CONTENT[name][det.title][1].replace("DAQ", "Data")
             data = grabbed.args[0].get_data_from_dim(dim)
             assert len(data) >= 1 and data[0].data[0].size > 0, det.title
             if dim == "Data1D":
                 assert data[0].data[0].size == catalogue.SCOPE_SAMPLES
 
         targets = {"ASG": (1000.0, pytest.approx(1000.00761449337)),
-                   "PID": (0.125, 0.125)}  # default axes: Frequency, Setpoint
+                   "PID": (0.125, 0.125),  # default axes: Frequency, Setpoint, Frequency
+                   "IQ frequency": (1e5, pytest.approx(catalogue.MODULES["iq0"].attributes[
+                       "frequency"].validate(1e5)))}
         for act in dashboard.actuators_modules:
             target, expected = targets[act.title]
             with qtbot.waitSignal(act.move_done_signal, timeout=10000) as done:
