@@ -944,6 +944,15 @@ class SimulatorBackend:
       ``gain * L(f_in - f) * exp(j phase)`` of the input. On the bus, ``iqN`` is
       ``I * quadrature_factor`` for ``output_signal`` 'quadrature' or 'quadrature_hf', the output
       for 'output_direct', else 0; ``iq2_2`` is ``Q * quadrature_factor``.
+    - Transients: at every change (a ``set`` of any module but the scope), the quadrature filter
+      of each IQ module in use (set at least once) keeps its state and relaxes from there to its
+      new steady state through its stages (PyRPL's cascaded first-order low- and high-passes,
+      solved exactly); ``iq_settle_remaining`` says how long that takes after the module's own last
+      change (``catalogue.filter_settle_time``). With the resonator, in1/in2 keep their value and
+      slope: the difference to the new steady state is the resonator's free oscillation, decaying
+      with the ring-up time constant ``q / (pi f0)``; it shows on in1/in2 (scope, sampler) and,
+      demodulated and filtered, in ``iq_read``. So a reading taken too soon after a frequency step
+      lags the sweep.
     - Scope: 16384 samples, PyRPL's 17 durations, any bus signal as input (trig, iir and off read
       0). Triggers: 'immediately' (t0 = 0); ch1/ch2 edges with threshold and hysteresis (the signal
       must first be beyond threshold ∓ hysteresis, then cross threshold); asg0/asg1 at the start of
@@ -973,6 +982,10 @@ class SimulatorBackend:
       in1/in2 with rms ``noise * sqrt(2 B / 62.5 MHz)``, B = pi/2 times the lowest low-pass cutoff
       (62.5 MHz without one). A band-pass output is computed open loop (not fed back through the
       plant into IQ inputs); chains of IQ signals deeper than 8 read 0; 'pfd' reads 0.
+    - Transients: the resonator's free oscillation starts from the tones near f0 (not from ASG
+      noise, far harmonics or the PID outputs' drift); the demodulators see only its difference-
+      frequency part; the ``acbandwidth`` high-pass and the quadratures on the DSP bus (``iqN``,
+      ``iq2_2``) have no transient. An IQ module untouched since the start is in its steady state.
     - Scope: samples are picked at the sampling instants (``average`` is ignored, so the noise
       does not shrink with decimation). Settings changed during a pending acquisition apply to the
       whole trace, except the inputs and the duration (taken at arm time) and the PID outputs
