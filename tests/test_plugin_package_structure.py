@@ -15,7 +15,7 @@ PACKAGE = "pymodaq_plugins_pyrpl"
 ACCEPTED = {"PMQ111": "README.rst is missing"}
 """Checker findings accepted: code → what the finding says. PyMoDAQ's checker (pymodaq_utils 5.3)
 wants README.rst; the README is README.md."""
-PLUGINS = {"actuators": ["PyRPL_ASG_TCP", "PyRPL_PID_TCP"],
+PLUGINS = {"actuators": ["PyRPL_ASG_TCP", "PyRPL_IQ_TCP", "PyRPL_PID_TCP"],
            "viewers": ["PyRPL_IQ_TCP", "PyRPL_Sampler_TCP", "PyRPL_Scope_TCP"]}
 
 
