@@ -179,6 +179,6 @@ def read_scan(path: Path) -> tuple[np.ndarray, np.ndarray]:
         assert scan["Actuator000"].attrs["TITLE"] == "IQ frequency"
         frequencies = np.asarray(scan["NavAxes/Axis00"])
         channels = scan["Detector000/Data0D/CH00"]
-        assert channels.attrs["TITLE"] == "IQ"
+        assert channels.attrs["TITLE"] == "Lock-in"
         i, q = np.asarray(channels["Data00"]), np.asarray(channels["Data01"])
     return frequencies, i + 1j * q

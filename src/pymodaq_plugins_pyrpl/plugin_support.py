@@ -238,14 +238,11 @@ class PyRPLLink:
                                    "master's PyRPL server settings")
         new = PyRPLLink(self.plugin, self.module, lease=self.lease, reapply=self.reapply)
         try:
-            client = new.open(None)
+            new.open(None)
         except Exception:
             new.close()
             raise
-        old_client = self.client
-        self.close()
-        if self.lease and client is old_client:  # one client, one session: the lease is shared
-            client.lease(self.module)
+        self.close()  # on the same client, the new link's hold keeps the lease (SharedLeases)
         return new
 
     def _watch_thread(self) -> None:

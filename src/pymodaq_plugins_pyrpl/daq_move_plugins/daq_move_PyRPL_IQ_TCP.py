@@ -31,7 +31,8 @@ class DAQ_Move_PyRPL_IQ_TCP(PyRPLActuator):
 
     params = [
         {"title": "IQ module:", "name": "module", "type": "list", "limits": ["iq0", "iq1", "iq2"],
-         "value": "iq0"},
+         "value": "iq0", "tip": "which IQ module (leased while initialized, shared with an IQ "
+                                "viewer of this PyMoDAQ on the same module)"},
     ] + connection_params() + comon_parameters_fun(axis_names=_axis_names, epsilon=_epsilons)
 
 
