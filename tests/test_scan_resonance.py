@@ -2,9 +2,9 @@
 simulated resonator with the IQ viewer as detector (the shipped experiment ``pyrpl_resonance``), and
 the resonance is fitted from the h5 file DAQ_Scan saved.
 
-The resonator plant cannot be chosen from the plugins yet: the test starts the simulated board's
-server itself, with ``--plant resonator``, through a TCPServerManager of this process; the plugins
-then share that connection (one PyRPLClient per process and port).
+The plugins start the simulated board with the resonator plant, as with ``[board] plant =
+"resonator"`` in config_pyrpl.toml (an experiment stores no plugin settings: the test sets the
+plugin classes' defaults).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl import cli
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
+from plugin_helpers import server_client
 
 F0, Q = 100e3, 30.0
 """The resonator plant's defaults (hardware/backends/simulator.py)."""
@@ -45,9 +45,8 @@ def pymodaq_theme(qapp):
 
 
 @pytest.fixture
-def resonator_server(port: int, monkeypatch: pytest.MonkeyPatch):
-    """A simulated board with the resonator plant on ``port``, held by this process; the IQ
-    plugins default to that port and to the simulated board."""
+def resonator_port(port: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The IQ plugins default to ``port`` and to the simulated board with the resonator plant."""
     from pymodaq_plugins_pyrpl.daq_move_plugins.daq_move_PyRPL_IQ_TCP import DAQ_Move_PyRPL_IQ_TCP
     from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_0D.daq_0Dviewer_PyRPL_IQ_TCP import (
         DAQ_0DViewer_PyRPL_IQ_TCP)
@@ -59,10 +58,9 @@ def resonator_server(port: int, monkeypatch: pytest.MonkeyPatch):
                 monkeypatch.setitem(child, "value", port)
             elif child["name"] == "hostname":
                 monkeypatch.setitem(child, "value", "")
-    manager = TCPServerManager(port=port, server_args=("--plant", "resonator", "--seed", "1"))
-    manager.ensure_server_running()
-    yield manager
-    manager.release_server()
+            elif child["name"] == "plant":
+                monkeypatch.setitem(child, "value", "resonator")
+    return port
 
 
 def load_resonance_experiment(qtbot):
@@ -110,7 +108,7 @@ def no_popup(*args, **kwargs):
     raise AssertionError(f"DAQ_Scan wanted to show a message: {args} {kwargs}")
 
 
-def test_daq_scan_of_the_iq_frequency_finds_the_resonance(qtbot, resonator_server, tmp_path,
+def test_daq_scan_of_the_iq_frequency_finds_the_resonance(qtbot, resonator_port, tmp_path,
                                                            monkeypatch):
     from pymodaq.extensions import ExtensionEnum
     from pymodaq.extensions.scan import daq_scan
@@ -126,8 +124,9 @@ def test_daq_scan_of_the_iq_frequency_finds_the_resonance(qtbot, resonator_serve
             viewer.settings.child("detector_settings", name).setValue(value)
         applied = {"input": "in1", "output_direct": "out1", "amplitude": pytest.approx(
             EXCITATION, abs=1e-5), "bandwidth": [BANDWIDTH, 0.0]}
-        qtbot.waitUntil(lambda: resonator_server.client.get("iq0", list(SETTINGS)) == applied,
-                        timeout=5000)
+        with server_client(resonator_port) as observer:
+            assert observer.status()["device"]["plant"].startswith("resonator")
+            qtbot.waitUntil(lambda: observer.get("iq0", list(SETTINGS)) == applied, timeout=5000)
 
         scan = dashboard.load_extension(ExtensionEnum.SCANNER)
         scan.override_popups(False)
