@@ -31,6 +31,7 @@ import psutil  # noqa: E402
 from bench import calls, transport, viewer  # noqa: E402
 from bench.common import SHORTEST, Server, percentile, summary  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware import protocol  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port  # noqa: E402
 
 # --- (5)/(6) scaling and server memory --------------------------------------------------------------
 
@@ -236,7 +237,7 @@ def run(runs: int, quick: bool) -> dict:
         "≤ 2 s", statistics.median(first) <= 2)
     raw, through, cpu = [], [], []
     for _ in range(1 if quick else runs):  # the ratio varies most from run to run: every run
-        demo = viewer.Demo(viewer.free_port())
+        demo = viewer.Demo(free_port())
         scope = demo.viewer("PyRPL_Scope_TCP", "Scope", "DAQ1D", duration=duration)
         raw.append(viewer.raw_rate(demo.port, seconds))
         rate, used = viewer.plugin_rate(demo, scope, seconds)

@@ -7,9 +7,10 @@ import signal
 import threading
 import time
 
-from bench.common import SHORTEST, Server, free_port
+from bench.common import SHORTEST, Server
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
 
 def startup_times(runs: int, hostname: str | None = None) -> list[float]:

@@ -1,7 +1,6 @@
 """What the bench's sections share: the server under test, free ports, summaries."""
 from __future__ import annotations
 
-import socket
 import statistics
 
 import numpy as np
@@ -10,15 +9,10 @@ import psutil
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
 SHORTEST = 131.072e-6
 """The scope's shortest trace duration (s): 16384 samples at 125 MS/s."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def summary(values: list[float], scale: float = 1.0) -> dict[str, float]:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import time
 
-from bench.common import free_port
 from pymodaq_plugins_pyrpl.demo import Demo
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
 
 def first_frame_times(runs: int, duration: float) -> list[float]:

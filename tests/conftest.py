@@ -27,7 +27,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SITE, os.environ.get("
 _spec = importlib.util.spec_from_file_location("_pyrpl_test_isolation", f"{_SITE}/sitecustomize.py")
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
-from support import ServerProcess, free_port  # noqa: E402  (after the environment is isolated)
+from support import ServerProcess  # noqa: E402  (after the environment is isolated)
+
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -25,12 +24,7 @@ from pathlib import Path
 from pymodaq_plugins_pyrpl import cli
 from pymodaq_plugins_pyrpl.hardware import runtime, server_manager
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
 
 def kill_and_reap(pid: int) -> None:

@@ -22,12 +22,6 @@ from pymodaq_plugins_pyrpl.hardware import protocol
 SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServerProcess:
     """``python -m ...server ARGS --port 0 --token-file TMP/token``; waits for the ready line.
 

@@ -5,6 +5,7 @@ connection attempts after a final error).
 """
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -15,10 +16,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 from faultproxy import FaultProxy
-from support import ServerProcess, free_port
+from support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import errors
 from pymodaq_plugins_pyrpl.hardware.client import ACQUIRE_MARGIN, PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
 MARGIN = 0.5
 """A call may return this much later than its timeout."""
@@ -340,6 +342,26 @@ def test_lease_taken_during_the_outage_is_reported(tmp_path: Path, make_client) 
                 with pytest.raises(errors.ModuleLeased, match="quick"):
                     client.set("asg0", {"amplitude": 0.1})
                 assert session_entry(second, "late")["leases"] == ["asg1"]
+
+
+def test_liveness_probe_reply_is_not_a_late_reply(mock_server: ServerProcess, make_client,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A trace longer than the probe delay: the client pings the silent server, and the ping's
+    reply is taken as the probe's own, not dropped as the late reply of a timed-out call."""
+    client = make_client(mock_server.port, mock_server.token, name="prober")
+    client.connect()
+    before = client.get("scope", ["duration"])
+    try:
+        applied = client.set("scope", {"duration": 2.0})
+        assert applied["duration"] >= 1.5  # longer than the probe delay (1 s) with some margin
+        with caplog.at_level(logging.DEBUG, logger="pymodaq_plugins_pyrpl.hardware.client"):
+            trace = client.acquire("scope", timeout=10)
+        assert trace["ch1"].shape == (16384,)
+        assert client.connected
+        late = [r.getMessage() for r in caplog.records if "late reply" in r.getMessage()]
+        assert late == []
+    finally:
+        client.set("scope", before)
 
 
 def test_dropped_connection_resumes_the_session(mock_server: ServerProcess, proxy: FaultProxy,

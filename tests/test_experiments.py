@@ -268,7 +268,7 @@ def test_quitting_the_dashboard_while_viewers_grab():
     5 s, and a terminated worker can freeze the process for good), and the auto-started server
     stops. Run in a subprocess (tests/dashboard_quit.py), so a freeze fails the test instead of
     hanging the suite. How long each quit took is printed (a figure, not asserted)."""
-    from support import free_port
+    from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
     args = [str(Path(__file__).parent / "dashboard_quit.py")]
     for detectors in QUIT_SCENARIOS:

@@ -61,7 +61,7 @@ def test_asg_offset_is_read_on_out1_and_in1(qtbot, port, make_viewer, make_actua
 def test_changing_the_server_port_connects_again(qtbot, port, make_viewer):
     """A connection setting changed on an initialized module applies: the plugin connects to
     (here: starts) the server on the new port and leaves the old one, which stops."""
-    from support import free_port
+    from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
     from pymodaq_plugins_pyrpl.hardware import runtime
 

@@ -17,7 +17,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from support import RawClient, ServerProcess, free_port
+from support import RawClient, ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
@@ -26,6 +26,7 @@ from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, PortInU
 from pymodaq_plugins_pyrpl.hardware.server import AUTH_MAX_FAILURES
 from pymodaq_plugins_pyrpl.hardware.server_manager import (TCPServerManager, is_local, probe_port,
                                                            stop_local_server)
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
 HOLDER = Path(__file__).with_name("holder.py")
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from .hardware.sockets import free_port
 
 ASG_FREQUENCY = 1e3
 SCOPE_DURATION = 8.388608e-3
@@ -26,12 +27,6 @@ PID_SETPOINT = 0.3
 PID_P, PID_I = -0.1, -10.0
 """The FPGA's PID error is input - setpoint: through a direct cable, negative gains are stable."""
 TIMEOUT_MS = 30000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Demo:
@@ -256,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gui:
         return _gui()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    figures = run(args.port or _free_port(), args.png)
+    figures = run(args.port or free_port(), args.png)
     print_report(figures)
     return 0 if figures["server_stopped"] else 1
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 import json
 import logging
 import os
@@ -60,6 +59,7 @@ from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
                      PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerShuttingDown)
 from .runtime import ServerState
+from .sockets import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +90,8 @@ def _key_lock(key: tuple[str, int]) -> threading.Lock:
 
 
 def is_local(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """True if a server at ``host`` runs on this machine: the empty host or a loopback one."""
+    return host == "" or is_loopback(host)
 
 
 def requested_backend(hostname: str | None) -> tuple[str, str]:
@@ -521,7 +517,7 @@ def _terminate(state: ServerState, timeout: float) -> None:
                          reconnect=False)
     try:
         client.connect()
-        client.call("shutdown", {"token": state.token})  # the server stops after replying
+        client.shutdown(state.token)  # the server stops after replying
     except PyrplPluginError as exc:
         logger.info("shutdown request to port %d: %s", state.port, exc)
     finally:

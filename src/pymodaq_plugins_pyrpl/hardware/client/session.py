@@ -1,0 +1,77 @@
+"""The client's session: its id and latest ``hello`` result, and the leases and subscription it
+restores on a new session (docs/protocol.md, *Sessions and leases*)."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from .. import protocol
+from ..errors import ModuleLeased
+
+logger = logging.getLogger(__name__)
+
+HandshakeCall = Callable[[str, dict[str, Any]], Any]
+"""``call(method, params)`` on a link nobody else uses yet; returns the decoded result."""
+
+
+class Session:
+    """What this client holds on the server, kept across reconnections. Thread-safe."""
+
+    def __init__(self, token: str, name: str, hold: bool) -> None:
+        self._token = token
+        self._name = name
+        self._hold = hold
+        self._lock = threading.Lock()
+        self.id: str | None = None
+        """The server session id of the latest ``hello`` (None before the first)."""
+        self.hello: dict[str, Any] | None = None
+        """The latest ``hello`` result after restoring (None before the first)."""
+        self._leases: set[str] = set()
+        self._subscribed = False
+
+    def hello_params(self) -> dict[str, Any]:
+        """The parameters of ``hello``, resuming the current session if there is one."""
+        params: dict[str, Any] = {"token": self._token, "client": self._name,
+                                  "protocol": protocol.PROTOCOL_VERSION, "hold": self._hold}
+        if self.id is not None:
+            params["session"] = self.id
+        return params
+
+    def adopt(self, info: dict[str, Any]) -> None:
+        """``info`` (a restored hello result) is the session now."""
+        self.hello = info
+        self.id = info.get("session")
+
+    def track(self, method: str, params: dict[str, Any] | None, value: Any) -> None:
+        """Remember leases and subscription from the result ``value`` of a successful call."""
+        module = value.get("module") if isinstance(value, dict) else None
+        with self._lock:
+            if method == protocol.Method.LEASE and isinstance(module, str):
+                self._leases.add(module)
+            elif method == protocol.Method.RELEASE and isinstance(module, str):
+                self._leases.discard(module)
+            elif method == protocol.Method.SUBSCRIBE:
+                self._subscribed = bool((params or {}).get("status", True))
+
+    def restore(self, call: HandshakeCall, hello: dict[str, Any], address: str) -> dict[str, Any]:
+        """Re-acquire the leases this client holds but the session lacks (all of them on a new
+        session) and re-subscribe (a subscription belongs to a connection), through ``call``.
+        The hello result with ``leases`` (held now) and ``lost_leases`` (taken by another client
+        meanwhile). Raises what ``call`` raises, ModuleLeased aside."""
+        with self._lock:
+            wanted = set(self._leases)
+            subscribed = self._subscribed
+        held = set(hello.get("leases", []))
+        lost: list[str] = []
+        for module in sorted(wanted - held):
+            try:
+                call(protocol.Method.LEASE.value, {"module": module})
+            except ModuleLeased as exc:
+                logger.warning("lease of %s not restored on %s: %s", module, address, exc)
+                lost.append(module)
+        if subscribed:
+            call(protocol.Method.SUBSCRIBE.value, {"status": True})
+        with self._lock:
+            self._leases.difference_update(lost)
+        return {**hello, "leases": sorted(held | (wanted - set(lost))), "lost_leases": lost}

@@ -1,0 +1,34 @@
+"""Socket plumbing shared by the client, the server manager, the demo and the tests."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+KEEPALIVE = (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+"""Keepalive probes: first after 15 s idle, then every 5 s, 3 unanswered ones end the connection."""
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """Detect a silently vanished peer (pulled cable, sleeping laptop) within about 30 s."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in KEEPALIVE:
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` (a name or an IP address) is this machine's loopback: ``localhost`` or an
+    address in 127.0.0.0/8 or ::1. The empty string (all interfaces, for a bind) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago (another program may take it since)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
