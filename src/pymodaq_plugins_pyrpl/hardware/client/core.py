@@ -37,7 +37,7 @@ from ..errors import (AuthenticationFailed, CallTimeout, CertificateMismatch, Cl
 from ..tls import client_context, normalize_fingerprint
 from .calls import Call, CallTable
 from .events import ConnectionCallback, EventDispatcher, StatusCallback, join_until
-from .session import Session
+from .session import Session, exchange
 from .transport import (SLICE, Broken, Connector, Link, Stopped, WriteTimeout,
                         connect_failed_message)
 
@@ -521,13 +521,10 @@ class PyRPLClient:
         """
         link = self._connector.open(deadline, timeout)
         try:
-            hello = self._handshake_call(link, protocol.Method.HELLO.value,
-                                         self._session.hello_params(), deadline)
-            if not isinstance(hello, dict) or not isinstance(hello.get("session"), str):
-                raise Broken(f"unexpected reply to 'hello': {hello!r:.200}")
-            info = self._session.restore(
-                lambda method, params: self._handshake_call(link, method, params, deadline),
-                hello, self.address)
+            info = self._session.open(
+                lambda method, params: exchange(link, self._calls.new(method, params, deadline),
+                                                self._stop, self._dispatch_push),
+                self.address)
         except TimeoutError:
             link.close()
             raise ConnectionFailed(connect_failed_message(
@@ -563,30 +560,6 @@ class PyRPLClient:
                             exc.retry_after, exc.message)
                 if self._stop.wait(exc.retry_after):
                     raise Stopped() from None
-
-    def _handshake_call(self, link: Link, method: str, params: dict[str, Any],
-                        deadline: float) -> Any:
-        """A call on a link nobody else uses yet: write, then read until its reply (status pushes
-        are dispatched). Raises the reply's RemoteError, TimeoutError, Broken, Stopped."""
-        call = self._calls.new(method, params, deadline)
-        try:
-            link.write(call.line, deadline)
-        except WriteTimeout:
-            raise TimeoutError("request not written in time") from None
-        except OSError as exc:
-            raise Broken(f"connection error: {exc}") from None
-        while True:
-            message = link.read_message(deadline, self._stop)
-            if message.get("id") == call.id or message.get("id", 0) is None and "error" in message:
-                break  # its reply, or the server's refusal of the connection (RetryLater, ...)
-            self._dispatch_push(message)
-        link.sock.settimeout(SLICE)
-        if "error" in message:
-            raise error_from_wire(message["error"] if isinstance(message["error"], dict) else {})
-        try:
-            return protocol.decode_value(message.get("result"))
-        except ValueError as exc:
-            raise Broken(f"malformed reply to '{method}': {exc}") from None
 
     def _publish(self, link: Link, info: dict[str, Any]) -> bool:
         """Make ``link`` the connection and send the calls that waited for it; False (nothing done)

@@ -1,5 +1,6 @@
-"""The client's session: its id and latest ``hello`` result, and the leases and subscription it
-restores on a new session (docs/protocol.md, *Sessions and leases*)."""
+"""The client's session: ``hello`` on a new connection, the session id and latest ``hello`` result,
+and the leases and subscription it restores on a new session (docs/protocol.md, *Sessions and
+leases*)."""
 from __future__ import annotations
 
 import logging
@@ -7,12 +8,39 @@ import threading
 from typing import Any, Callable
 
 from .. import protocol
-from ..errors import ModuleLeased
+from ..errors import ModuleLeased, error_from_wire
+from .calls import Call
+from .transport import SLICE, Broken, Link, WriteTimeout
 
 logger = logging.getLogger(__name__)
 
 HandshakeCall = Callable[[str, dict[str, Any]], Any]
 """``call(method, params)`` on a link nobody else uses yet; returns the decoded result."""
+
+
+def exchange(link: Link, call: Call, stop: threading.Event,
+             on_push: Callable[[dict[str, Any]], None]) -> Any:
+    """``call`` on a link nobody else uses yet: write, then read until its reply (other messages
+    go to ``on_push``), all before ``call.deadline``; the decoded result. Raises the reply's
+    RemoteError, TimeoutError, Broken, Stopped (``stop`` set)."""
+    try:
+        link.write(call.line, call.deadline)
+    except WriteTimeout:
+        raise TimeoutError("request not written in time") from None
+    except OSError as exc:
+        raise Broken(f"connection error: {exc}") from None
+    while True:
+        message = link.read_message(call.deadline, stop)
+        if message.get("id") == call.id or message.get("id", 0) is None and "error" in message:
+            break  # its reply, or the server's refusal of the connection (RetryLater, ...)
+        on_push(message)
+    link.sock.settimeout(SLICE)
+    if "error" in message:
+        raise error_from_wire(message["error"] if isinstance(message["error"], dict) else {})
+    try:
+        return protocol.decode_value(message.get("result"))
+    except ValueError as exc:
+        raise Broken(f"malformed reply to '{call.method}': {exc}") from None
 
 
 class Session:
@@ -37,6 +65,15 @@ class Session:
         if self.id is not None:
             params["session"] = self.id
         return params
+
+    def open(self, call: HandshakeCall, address: str) -> dict[str, Any]:
+        """``hello`` (resuming this session) then :meth:`restore`, through ``call`` on a new link;
+        the result for :meth:`adopt`. Raises Broken (not a hello result) and what ``call``
+        raises."""
+        hello = call(protocol.Method.HELLO.value, self.hello_params())
+        if not isinstance(hello, dict) or not isinstance(hello.get("session"), str):
+            raise Broken(f"unexpected reply to 'hello': {hello!r:.200}")
+        return self.restore(call, hello, address)
 
     def adopt(self, info: dict[str, Any]) -> None:
         """``info`` (a restored hello result) is the session now."""
