@@ -25,12 +25,12 @@ from test_security import make_certificate, wait_for
 
 from pymodaq_plugins_pyrpl.hardware import protocol
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
-from pymodaq_plugins_pyrpl.hardware.server import (
+from pymodaq_plugins_pyrpl.hardware.server.auth import (
     MAX_PENDING,
     MAX_PENDING_PER_ADDRESS,
-    MAX_SESSIONS,
     Admission,
 )
+from pymodaq_plugins_pyrpl.hardware.server.sessions import MAX_SESSIONS
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="needs 127/8 routed to the loopback and /proc (Linux)")
@@ -265,8 +265,8 @@ def test_the_log_file_is_size_bounded_and_stderr_follows_it(tmp_path: Path) -> N
     """A server as the manager starts it (its stderr appended to its --log-file), with the
     rotation size made 8 kB: wrong tokens from 300 addresses (a log line each) rotate the file."""
     log = tmp_path / "server.log"
-    code = ("import sys; from pymodaq_plugins_pyrpl.hardware import server; "
-            "server.LOG_MAX_BYTES = 8192; sys.exit(server.main(sys.argv[1:]))")
+    code = ("import sys; from pymodaq_plugins_pyrpl.hardware.server import command; "
+            "command.LOG_MAX_BYTES = 8192; sys.exit(command.main(sys.argv[1:]))")
     with open(log, "ab") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "--mock", "--port", "0", "--token-file",

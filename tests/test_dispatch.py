@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import protocol
-from pymodaq_plugins_pyrpl.hardware import server as server_module
 from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
-from pymodaq_plugins_pyrpl.hardware.server import Connection, Server
+from pymodaq_plugins_pyrpl.hardware.server import Connection, Server, acquisition
 
 TOKEN = "s3cret"
 
@@ -198,7 +197,7 @@ def test_default_acquire_timeout_follows_a_change_to_longer_traces(
     """Default timeout: trace_average × duration + margin of the current settings, from the
     request's arrival. A trace that never comes (trigger off) is replaced mid-acquisition by
     0.54 s traces, which end after the old settings' deadline but before the new one."""
-    monkeypatch.setattr(server_module, "SCOPE_TIMEOUT_MARGIN", 0.5)
+    monkeypatch.setattr(acquisition, "SCOPE_TIMEOUT_MARGIN", 0.5)
 
     async def body(h: Harness):
         waiting, changer = Pipe(), Pipe()
@@ -209,7 +208,7 @@ def test_default_acquire_timeout_follows_a_change_to_longer_traces(
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         acquire = asyncio.ensure_future(h.call(waiting, "acquire", {"module": "scope"}))
-        while not h.server._scope_lock.locked():
+        while not h.server.scope._lock.locked():
             await asyncio.sleep(0.001)
         await h.call(changer, "set", {"module": "scope", "values": {
             "duration": 0.536870912, "trigger_source": "immediately"}})

@@ -18,7 +18,7 @@ from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, CertificateMismatch,
                                                    ConnectionFailed, ServerError)
-from pymodaq_plugins_pyrpl.hardware.server import AUTH_MAX_FAILURES, AuthLimiter
+from pymodaq_plugins_pyrpl.hardware.server.auth import AUTH_MAX_FAILURES, AuthLimiter
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
 
 NOBODY = 65534

@@ -23,7 +23,7 @@ from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.errors import (AuthenticationFailed, PortInUse, ServerError,
                                                    ServerGone, ServerMismatch)
-from pymodaq_plugins_pyrpl.hardware.server import AUTH_MAX_FAILURES
+from pymodaq_plugins_pyrpl.hardware.server.auth import AUTH_MAX_FAILURES
 from pymodaq_plugins_pyrpl.hardware.server_manager import (TCPServerManager, is_local, probe_port,
                                                            stop_local_server)
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port

@@ -17,7 +17,8 @@ from pathlib import Path
 from support import RawClient, ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import protocol
-from pymodaq_plugins_pyrpl.hardware.server import STATUS_PERIOD, Connection
+from pymodaq_plugins_pyrpl.hardware.server import Connection
+from pymodaq_plugins_pyrpl.hardware.server.core import STATUS_PERIOD
 
 DESCRIBES = 200
 """Pipelined ``describe``s (~29 kB each, ~6 MB in all: more than the kernel buffers of a

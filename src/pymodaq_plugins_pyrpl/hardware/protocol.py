@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pybase64
 
-from .errors import InvalidRequest, ParseError, RemoteError
+from .errors import InvalidRequest, ParseError, RemoteError, RequestTooLarge
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 6341
@@ -184,9 +184,13 @@ class BadRequest(Exception):
 
 
 def parse_request(line: bytes) -> Request:
-    """The request on one line. Raises BadRequest: -32700 (not strict UTF-8 JSON) or -32600 (not a
-    JSON-RPC 2.0 request object: not an object, ``id`` neither a string nor an integer, ``jsonrpc``
-    not ``"2.0"``, ``method`` not a string, ``params`` not an object)."""
+    """The request on one line. Raises BadRequest: -32006 (longer than MAX_REQUEST_BYTES), -32700
+    (not strict UTF-8 JSON) or -32600 (not a JSON-RPC 2.0 request object: not an object, ``id``
+    neither a string nor an integer, ``jsonrpc`` not ``"2.0"``, ``method`` not a string,
+    ``params`` not an object)."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise BadRequest(None, RequestTooLarge(f"request of {len(line)} bytes exceeds the limit of "
+                                               f"{MAX_REQUEST_BYTES} bytes"))
     try:
         message = loads(line)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

@@ -291,18 +291,27 @@ def read_live_state(port: int) -> ServerState | None:
     return None
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, owner-only. Raises ServerError (naming the folder and
-    the fix) if it cannot; nothing is left half-written."""
+def write_owner_only(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, owner-only (a symbolic link there is replaced, not
+    followed). Raises OSError; nothing is left half-written."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
-    except OSError as exc:
+    except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in the runtime folder, atomically, owner-only. Raises
+    ServerError (naming the folder and the fix) if it cannot; nothing is left half-written."""
+    try:
+        write_owner_only(path, text)
+    except OSError as exc:
         raise folder_error(path.parent, exc) from None
 
 

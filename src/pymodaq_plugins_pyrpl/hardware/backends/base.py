@@ -1,7 +1,7 @@
 """The interface every backend implements (simulator, PyRPL).
 
-Threading contract: the server calls every method of a backend from one and the same dedicated
-thread (the backend thread), never concurrently, so a backend needs no locks and PyRPL is driven from
+Threading contract: the server calls every method of a backend (but ``device_state``) from one and
+the same dedicated thread (the backend thread), never concurrently, so a backend needs no locks and PyRPL is driven from
 the thread that imported it. A backend whose ``needs_own_thread`` is False is called from the
 server's event-loop thread instead (still one call at a time); its calls must then take at most a few
 milliseconds. Methods must not block for long: a scope acquisition is split into
@@ -13,7 +13,7 @@ values read back from the board after applying them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -30,7 +30,6 @@ class ScopeTrace:
     ch2: np.ndarray
     t0: float
     dt: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -52,6 +51,12 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Disconnect without changing the board's outputs (a running lock keeps running)."""
+
+    def device_state(self) -> tuple[str, str | None]:
+        """``("ready", None)`` while the opened board answers, else ``("error", reason)``, the
+        reason a sentence for the user. The one source of the device state the server reports
+        once the backend is open. Only reads: the server calls it from its event-loop thread, at
+        any time, while a call may run on the backend thread."""
 
     def get(self, module: str, names: Sequence[str]) -> dict[str, Any]:
         """Current values of ``names`` (all valid catalogue attributes of ``module``)."""

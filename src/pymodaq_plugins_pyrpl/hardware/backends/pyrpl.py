@@ -308,7 +308,7 @@ class PyrplBackend:
         if self._closed:
             return "error", "closed"
         if self._link_error is not None:
-            return "error", self._link_error
+            return "error", self._not_answering()
         if self._rp is None:
             return "error", "not connected"
         return "ready", None
@@ -474,15 +474,18 @@ class PyrplBackend:
                 f"be written ({_one_line(exc)})") from None
         _make_private(tree._filename)
 
+    def _not_answering(self) -> str:
+        """The sticky error state's reason, after a communication failure."""
+        return (f"the Red Pitaya at {self.hostname!r} is not answering ({self._link_error}); "
+                "check the board and the network, then restart the server")
+
     @contextlib.contextmanager
     def _board(self) -> Iterator[Any]:
         """The RedPitaya object; turns a communication failure into the sticky error state."""
         if self._closed:
             raise errors.DeviceNotReady("the PyRPL backend is closed")
         if self._link_error is not None:
-            raise errors.DeviceNotReady(
-                f"the Red Pitaya at {self.hostname!r} is not answering ({self._link_error}); "
-                "check the board and the network, then restart the server")
+            raise errors.DeviceNotReady(self._not_answering())
         if self._rp is None:
             raise errors.DeviceNotReady("the PyRPL backend is not connected")
         try:

@@ -1029,6 +1029,10 @@ class SimulatorBackend:
     def close(self) -> None:
         """Nothing to disconnect."""
 
+    def device_state(self) -> tuple[str, str | None]:
+        """Always ready: the simulated board never stops answering."""
+        return "ready", None
+
     def get(self, module: str, names: Sequence[str]) -> dict[str, Any]:
         """Current values; ``ival`` and the sampler signals evolve with time."""
         names = catalogue.attribute_names(module, list(names))

@@ -1,0 +1,281 @@
+"""The server's command line (``python -m pymodaq_plugins_pyrpl.hardware.server``): its options,
+logging, the token, registration in the runtime folder and the ready line."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import logging.handlers
+import math
+import os
+import secrets
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ... import __version__
+from .. import protocol, runtime, tls
+from ..backends.base import Backend
+from ..errors import BackendUnavailable, ServerError
+from .auth import AUTH_MAX_FAILURES, AUTH_WINDOW, read_or_create_token
+from .core import Server
+from .transport import serve
+
+logger = logging.getLogger(__name__)
+
+OPEN_FILES_WANTED = 10240
+"""The soft limit of open files the server asks for where the hard limit is unlimited (macOS
+allows at most 10240)."""
+LOG_MAX_BYTES = 1 << 20
+LOG_BACKUPS = 2
+"""``--log-file`` is rotated at LOG_MAX_BYTES, keeping LOG_BACKUPS older files (FILE.1, FILE.2)."""
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit of open file descriptors to the hard limit, where the system allows
+    (logged); keep it otherwise."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else OPEN_FILES_WANTED
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.info("open files limit kept at %d (%s)", soft, exc)
+            return
+        logger.info("open files limit raised from %d to %d", soft, target)
+
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    if args.mock:
+        from ..backends.simulator import SimulatorBackend
+
+        return SimulatorBackend(seed=args.seed, plant=args.plant)
+    from ..backends.pyrpl import PyrplBackend
+
+    return PyrplBackend(hostname=args.hostname, config=args.config)
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 0 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a random seed, an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seconds(positive: bool) -> Callable[[str], float]:
+    """argparse type: a finite number of seconds, > 0 (``positive``) or >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a {'positive' if positive else 'non-negative'} finite number of "
+                "seconds")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pymodaq_plugins_pyrpl.hardware.server",
+        description="PyRPL server: serves one Red Pitaya (or the simulated board) to many clients.")
+    board = parser.add_mutually_exclusive_group(required=True)
+    board.add_argument("--mock", action="store_true", help="serve the simulated Red Pitaya")
+    board.add_argument("--hostname", help="Red Pitaya hostname or IP ('_FAKE_': PyRPL's fake board)")
+    parser.add_argument("--port", type=_port, default=protocol.DEFAULT_PORT,
+                        help="TCP port (0: pick a free one); default %(default)s")
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding the token clients must present (created owner-only with a "
+                             "random token if missing); without it, a new random token is written "
+                             "to the runtime folder (token-PORT), where local plugins find it")
+    parser.add_argument("--config", default="", help="PyRPL config name (default: in-memory config)")
+    parser.add_argument("--auto-stop", type=_seconds(positive=False), metavar="SECONDS",
+                        help="stop when no holding client is left: at once when the last one says "
+                             "goodbye or its session expires, or after SECONDS without any")
+    parser.add_argument("--session-grace", type=_seconds(positive=False), default=10.0,
+                        metavar="SECONDS",
+                        help="how long a dropped client's session (and its leases) waits for it to "
+                             "resume; default %(default)s")
+    parser.add_argument("--hello-timeout", type=_seconds(positive=True), default=10.0,
+                        metavar="SECONDS",
+                        help="close connections that have not said hello by then, counted from "
+                             "their acceptance (the TLS handshake included); default %(default)s")
+    parser.add_argument("--auth-cooldown", type=_seconds(positive=False), default=60.0,
+                        metavar="SECONDS",
+                        help=f"after {AUTH_MAX_FAILURES} wrong tokens within {AUTH_WINDOW:g} s from "
+                             "one IP address, refuse its wrong tokens with a retryable error for "
+                             "SECONDS (the right token is always accepted); default %(default)s")
+    parser.add_argument("--seed", type=_seed,
+                        help="simulator: random seed, >= 0 (deterministic noise)")
+    parser.add_argument("--plant", default="loopback",
+                        help="simulator: what connects the outputs to the inputs, 'loopback' (cable "
+                             "out1->in1, out2->in2) or 'resonator[:f0=HZ,q=Q,gain=G]'; "
+                             "default %(default)s")
+    parser.add_argument("--tls-cert", type=Path, metavar="PATH",
+                        help="serve TLS with this certificate (PEM; with --tls-key). The log shows "
+                             "its SHA-256 fingerprint, for clients to pin")
+    parser.add_argument("--tls-key", type=Path, metavar="PATH",
+                        help="private key of --tls-cert (PEM, owner-only)")
+    parser.add_argument("--log-file", type=Path,
+                        help="log to this file instead of stderr, and send stderr there too; "
+                             f"rotated at {LOG_MAX_BYTES >> 20} MiB, {LOG_BACKUPS} older files kept")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    return parser
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """``--log-file``: owner-only, rotated at LOG_MAX_BYTES with LOG_BACKUPS older files kept, and
+    the process's stderr (file descriptor 2) always writes to the current file, so what bypasses
+    logging (a crash's traceback, a library's print) lands there and counts toward its size."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 2)  # stderr
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    handler: logging.Handler = (_LogFile(args.log_file) if args.log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(max(logging.DEBUG, logging.INFO + 10 * (args.quiet - args.verbose)))
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of ``--tls-cert``/``--tls-key`` (None without them); logs the certificate's
+    fingerprint. Raises ValueError (only one of them given, no certificate in the file),
+    ServerError (a key file others can read), OSError or ssl.SSLError (unreadable files)."""
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    runtime.check_private(args.tls_key)
+    context = tls.server_context(args.tls_cert, args.tls_key)
+    logger.info("TLS on; certificate SHA-256 fingerprint %s", tls.file_fingerprint(args.tls_cert))
+    return context
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.token_file is None and not _is_loopback(args.bind):
+        logger.error("refusing to listen on %s without --token-file: clients on other computers "
+                     "need the token. Add --token-file PATH (created with a random token if "
+                     "missing) and give that token to the clients.", args.bind)
+        return 2
+    try:
+        token = read_or_create_token(args.token_file) if args.token_file else secrets.token_hex(32)
+    except ServerError as exc:
+        logger.error("token file refused: %s", exc)
+        return 2
+    try:
+        tls_context = _tls_context(args)
+    except (ValueError, OSError, ssl.SSLError, ServerError) as exc:
+        logger.error("TLS refused: %s", exc)
+        return 2
+    try:
+        backend = make_backend(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    server = Server(backend, token, auto_stop=args.auto_stop, session_grace=args.session_grace,
+                    auth_cooldown=args.auth_cooldown)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop, f"signal {signal.Signals(sig).name}")
+
+    registered: list[int] = []
+
+    def ready(port: int) -> None:
+        try:
+            register(server, args, token, port)
+        except ServerError as exc:
+            logger.error("cannot register in the runtime folder: %s", exc)
+            server.stop("not registered")
+            return
+        registered.append(port)
+        print(f"{protocol.READY_PREFIX} {json.dumps({'port': port, 'pid': os.getpid()})}",
+              flush=True)
+        logger.info("serving %s board%s on %s:%d (pid %d, protocol %d, version %s)", backend.name,
+                    f" {backend.hostname}" if backend.hostname else "", args.bind, port,
+                    os.getpid(), protocol.PROTOCOL_VERSION, __version__)
+
+    raise_open_files_limit()
+    try:
+        await serve(server, args.bind, args.port, args.hello_timeout, ready, tls_context)
+    except BackendUnavailable as exc:
+        logger.error("cannot serve the board: %s", exc)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", args.bind, args.port, exc)
+        return 3
+    finally:
+        for port in registered:
+            runtime.remove_own_state(port)
+    if not registered:
+        return 2
+    logger.info("stopped")
+    return 0
+
+
+def register(server: Server, args: argparse.Namespace, token: str, port: int) -> None:
+    """Write the state file of this server, listening on ``port``, in the runtime folder (and,
+    without ``--token-file``, its token file there): so plugins, ``pymodaq-pyrpl status`` and
+    ``stop`` find it, whoever started it. Raises ServerError (naming the folder and the fix) if
+    the folder cannot be used."""
+    if args.token_file is None:
+        runtime.write_private(runtime.token_path(port), token + "\n")
+    runtime.write_state(runtime.ServerState(
+        pid=os.getpid(), port=port, token=token, backend=server.backend.name,
+        hostname=server.backend.hostname, config=args.config, plant=server.backend.plant,
+        version=__version__, started_at=server.started_iso(),
+        process_start=runtime.process_start(os.getpid())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server. It registers in the runtime folder once it listens (:func:`register`);
+    however it ends (stop, auto-stop, signal, error), its state file is removed if it still names
+    this process."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    return asyncio.run(_main(args))
+

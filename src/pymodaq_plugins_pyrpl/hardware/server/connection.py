@@ -1,0 +1,137 @@
+"""One client connection as the server sees it: its output queue, subscription and session."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from .. import protocol
+from ..errors import InternalError
+
+if TYPE_CHECKING:
+    from .sessions import Session
+
+logger = logging.getLogger(__name__)
+
+
+class _Output:
+    """One encoded message waiting in a connection's output queue."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class Connection:
+    """One TCP connection (or a test double): its output queue, subscription flag and session.
+
+    Output never makes its caller wait for the peer: :meth:`send` and :meth:`push_status` queue the
+    encoded message, and a writer task of the connection hands the queue to ``send`` in order. The
+    backlog (bytes queued, or handed to ``send`` that has not returned yet) is bounded by
+    ``max_output``: a message that would pass it aborts the connection instead (nothing more is
+    written; the session stays for resume, as after any dropped connection). An unsent status push
+    is replaced by a newer one, so a subscriber that does not read holds at most one.
+    """
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], peer: str = "local",
+                 close: Callable[[], None] | None = None, ip: str = "local",
+                 abort: Callable[[], None] | None = None,
+                 max_output: int = protocol.MAX_OUTPUT_BYTES) -> None:
+        self._send = send
+        self._close = close
+        self._abort = abort or close
+        self.max_output = max_output
+        self._output: deque[_Output] = deque()
+        self._unsent_status: _Output | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.backlog = 0
+        """Bytes of output queued or being written (see the class docstring)."""
+        self.peer = peer
+        """``ip:port`` of the client, for the log."""
+        self.ip = ip
+        """The client's IP address: the key of the authentication rate limit."""
+        self.session: Session | None = None
+        self.subscribed = False
+        self.closed = False
+        """No more output is queued: closing, closed, aborted or broken."""
+        self.close_after_reply = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue one message; a reply that cannot be encoded becomes a -32603 error reply."""
+        if self.closed:
+            return
+        try:
+            data = protocol.dumps_line(message)
+        except (ValueError, TypeError, RecursionError) as exc:
+            if "id" not in message:
+                raise
+            logger.error("reply %r could not be encoded: %s", message.get("id"), exc)
+            data = protocol.dumps_line(protocol.error(message["id"], InternalError(
+                f"the reply could not be encoded ({type(exc).__name__})").to_wire()))
+        self._queue(_Output(data))
+
+    def push_status(self, data: bytes) -> None:
+        """Queue an encoded status push; it replaces the previous one if that is still unsent."""
+        if self.closed:
+            return
+        unsent = self._unsent_status
+        if unsent is None:
+            self._unsent_status = self._queue(_Output(data))
+        elif self._fits(len(data) - len(unsent.data)):
+            self.backlog += len(data) - len(unsent.data)
+            unsent.data = data
+
+    def _queue(self, output: _Output) -> _Output | None:
+        """Queue ``output`` (None if that aborted the connection) and start the writer if idle."""
+        if not self._fits(len(output.data)):
+            return None
+        self._output.append(output)
+        self.backlog += len(output.data)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+        return output
+
+    def _fits(self, more: int) -> bool:
+        """Whether the backlog stays within its bound with ``more`` bytes; if not, abort."""
+        if self.backlog + more <= self.max_output:
+            return True
+        logger.warning("closing %s: it does not read its replies (%d bytes unread would pass the "
+                       "limit of %d)%s", self.peer, self.backlog + more, self.max_output,
+                       "; its session is kept for resume" if self.session else "")
+        self.closed = True
+        self._output.clear()
+        self._unsent_status = None
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._abort is not None:
+            self._abort()
+        return False
+
+    async def _write(self) -> None:
+        """Hand the queue to ``send`` until it is empty; then close if :meth:`close` was called."""
+        try:
+            while self._output:
+                output = self._output.popleft()
+                if output is self._unsent_status:
+                    self._unsent_status = None
+                try:
+                    await self._send(output.data)
+                finally:
+                    self.backlog -= len(output.data)
+        except (ConnectionError, OSError):
+            self.closed = True
+            self._output.clear()
+            self._unsent_status = None
+        if self.closed and self._close is not None:
+            self._close()
+
+    def close(self) -> None:
+        """Close once the queued output is written (at once if there is none); queue no more."""
+        if self.closed:
+            return
+        self.closed = True
+        if (self._writer is None or self._writer.done()) and self._close is not None:
+            self._close()
+
