@@ -122,29 +122,10 @@ class ScopeAcquisition:
         AcquisitionTimeout once the event loop's clock passes ``deadline`` (``restarts``: how
         many settings changes restarted the acquisition before, for the message).
         """
-        loop = asyncio.get_running_loop()
         total: ScopeTrace | None = None
         for _ in range(count):
-            if loop.time() >= deadline:
-                raise _scope_timeout(restarts)
-            try:
-                wait, trace = await self._board.run(self._arm_and_finish)
-                if trace is None:
-                    await self._wait_for_trace(min(wait, deadline - loop.time()))
-                while trace is None:
-                    if self._generation != generation:
-                        return None
-                    trace = await self._board.run(self._finish_trace)
-                    if trace is not None:
-                        break
-                    if loop.time() >= deadline:
-                        raise _scope_timeout(restarts)
-                    await asyncio.sleep(SCOPE_POLL)
-            except BaseException:
-                if self._board.state()[0] == "ready":
-                    await self._board.call(self._backend.scope_stop)
-                raise
-            if self._generation != generation:
+            trace = await self._one_trace(generation, deadline, restarts)
+            if trace is None:
                 return None
             if total is None:
                 total = ScopeTrace(np.array(trace.ch1, dtype=np.float64),
@@ -157,6 +138,32 @@ class ScopeAcquisition:
             total.ch1 /= count
             total.ch2 /= count
         return total
+
+    async def _one_trace(self, generation: int, deadline: float,
+                         restarts: int) -> ScopeTrace | None:
+        """One trace, or None if the scope settings changed meanwhile; a pending acquisition is
+        stopped if this fails or is cancelled. Raises AcquisitionTimeout as :meth:`_take_traces`."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            raise _scope_timeout(restarts)
+        try:
+            wait, trace = await self._board.run(self._arm_and_finish)
+            if trace is None:
+                await self._wait_for_trace(min(wait, deadline - loop.time()))
+            while trace is None:
+                if self._generation != generation:
+                    return None
+                trace = await self._board.run(self._finish_trace)
+                if trace is not None:
+                    break
+                if loop.time() >= deadline:
+                    raise _scope_timeout(restarts)
+                await asyncio.sleep(SCOPE_POLL)
+        except BaseException:
+            if self._board.state()[0] == "ready":
+                await self._board.call(self._backend.scope_stop)
+            raise
+        return trace if self._generation == generation else None
 
     async def _wait_for_trace(self, wait: float) -> None:
         """Let ``wait`` seconds pass on the event loop, serving other requests meanwhile.

@@ -87,6 +87,45 @@ async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes:
         return b"".join(parts) if len(parts) > 1 else part
 
 
+class _Requests:
+    """The requests of one connection in progress: at most MAX_IN_FLIGHT at once, each answered
+    (and the connection closed if its reply says so) as soon as it completes."""
+
+    def __init__(self, server: Server, connection: Connection) -> None:
+        self._server = server
+        self._connection = connection
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, line: bytes) -> asyncio.Task[None]:
+        """Start answering ``line`` once a slot is free (waits for one); its task."""
+        await self._slots.acquire()
+        task = asyncio.ensure_future(self._answer(line))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _answer(self, line: bytes) -> None:
+        try:
+            reply = await self._server.process_line(self._connection, line)
+            if reply is not None:
+                self._connection.send(reply)
+            if self._connection.close_after_reply:
+                self._connection.close()
+        finally:
+            self._slots.release()
+
+    async def finish(self, answer_pending: bool) -> None:
+        """Cancel the requests in progress; with ``answer_pending`` (the client closed its sending
+        side, a half-close), first answer them while the connection stays open."""
+        try:
+            while answer_pending and self._tasks and not self._connection.closed:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+
 async def _serve_connection(server: Server, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter, hello_timeout: float,
                             accepted_at: float, said_hello: Callable[[], None]) -> None:
@@ -103,21 +142,9 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
 
     connection = Connection(send, peer, close=writer.close, ip=ip, abort=writer.transport.abort)
     server.connection_made(connection)
-    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-    tasks: set[asyncio.Task[None]] = set()
+    requests = _Requests(server, connection)
     loop = asyncio.get_running_loop()
     hello_deadline = accepted_at + hello_timeout
-
-    async def answer(line: bytes) -> None:
-        try:
-            reply = await server.process_line(connection, line)
-            if reply is not None:
-                connection.send(reply)
-            if connection.close_after_reply:
-                connection.close()
-        finally:
-            slots.release()
-
     end_of_stream = False
     try:
         while not connection.closed:
@@ -142,10 +169,7 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
                 break
             if not line.strip():
                 continue
-            await slots.acquire()
-            task = asyncio.ensure_future(answer(line))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            task = await requests.submit(line)
             # before hello, one line at a time: the next line's limit and deadline depend on it
             if connection.session is None:
                 await asyncio.wait([task])
@@ -155,12 +179,8 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
         pass
     finally:
         try:
-            while end_of_stream and tasks and not connection.closed:
-                # the client closed its sending side (a half-close): answer what it sent first
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await requests.finish(answer_pending=end_of_stream)
         finally:
-            for task in tasks:
-                task.cancel()
             server.connection_lost(connection)  # closes once the queued replies are written
 
 
