@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import logging.handlers
@@ -21,6 +20,7 @@ from ... import __version__
 from .. import protocol, runtime, tls
 from ..backends.base import Backend
 from ..errors import BackendUnavailable, ServerError
+from ..sockets import is_loopback
 from .auth import AUTH_MAX_FAILURES, AUTH_WINDOW, read_or_create_token
 from .core import Server
 from .transport import serve
@@ -174,13 +174,6 @@ def _configure_logging(args: argparse.Namespace) -> None:
     root.setLevel(max(logging.DEBUG, logging.INFO + 10 * (args.quiet - args.verbose)))
 
 
-def _is_loopback(bind: str) -> bool:
-    try:
-        return ipaddress.ip_address(bind).is_loopback
-    except ValueError:
-        return bind == "localhost"
-
-
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """The TLS context of ``--tls-cert``/``--tls-key`` (None without them); logs the certificate's
     fingerprint. Raises ValueError (only one of them given, no certificate in the file),
@@ -196,7 +189,7 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    if args.token_file is None and not _is_loopback(args.bind):
+    if args.token_file is None and not is_loopback(args.bind):
         logger.error("refusing to listen on %s without --token-file: clients on other computers "
                      "need the token. Add --token-file PATH (created with a random token if "
                      "missing) and give that token to the clients.", args.bind)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .. import protocol
 from ..errors import RequestTooLarge, RetryLater
+from ..sockets import enable_keepalive
 from .auth import MAX_PENDING_PER_ADDRESS, Admission, open_files_limit, pending_limit
 from .connection import Connection
 from .core import Server
@@ -52,18 +53,6 @@ class _Throttled:
                        if self._left_out else "")
         self._left_out = 0
         self._next = now + self._period
-
-
-
-
-def _enable_keepalive(sock: socket.socket | None) -> None:
-    """Detect a silently vanished peer (pulled cable, sleeping laptop) within about 30 s."""
-    if sock is None:
-        return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes:
@@ -134,7 +123,9 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
     MAX_LINE_BEFORE_HELLO bytes, and ``said_hello`` is called once when it has."""
     ip, port = writer.get_extra_info("peername")[:2]
     peer = f"{ip}:{port}"
-    _enable_keepalive(writer.get_extra_info("socket"))
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        enable_keepalive(sock)
 
     async def send(data: bytes) -> None:
         writer.write(data)
