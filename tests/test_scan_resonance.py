@@ -20,7 +20,7 @@ from pymodaq_plugins_pyrpl.hardware import catalogue
 from plugin_helpers import server_client
 
 F0, Q = 100e3, 30.0
-"""The resonator plant's defaults (hardware/backends/simulator.py)."""
+"""The resonator plant's defaults (hardware/physics/plants.py)."""
 START, STOP, STEP = 50e3, 150e3, 2.5e3
 """The sweep: 41 points, steps of 0.75 linewidths (f0 / Q = 3.3 kHz)."""
 EXCITATION = 0.02

@@ -643,23 +643,23 @@ OSCILLATING_LOOPS = {  # pid1 integrates fast between inverted limits: a relaxat
 def test_pid_work_per_call_is_bounded(sim, clock, monkeypatch):
     """Oscillating loops an hour later: one call takes at most MAX_STEPS integration steps (it
     took 10 000, 9-14 s), and the loops go on oscillating within their limits."""
-    from pymodaq_plugins_pyrpl.hardware.backends import simulator
+    from pymodaq_plugins_pyrpl.hardware.physics import pid
 
     steps = []
-    propagate = simulator._PidLoops._propagate
+    propagate = pid.PidLoops._propagate
 
     def counted(self, region, h):
         steps.append(h)
         return propagate(self, region, h)
 
-    monkeypatch.setattr(simulator._PidLoops, "_propagate", counted)
+    monkeypatch.setattr(pid.PidLoops, "_propagate", counted)
     for module, values in OSCILLATING_LOOPS.items():
         configure(sim, module, **values)
     for elapsed in (1e-3, 10.0, 3600.0, 3600.0):
         clock.advance(elapsed)
         steps.clear()
         sim.get("pid1", ["ival"])
-        assert len(steps) <= simulator.MAX_STEPS <= 64
+        assert len(steps) <= pid.MAX_STEPS <= 64
     seen = set()
     for _ in range(40):
         clock.advance(5e-3)

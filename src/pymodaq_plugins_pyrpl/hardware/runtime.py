@@ -67,7 +67,7 @@ class ServerState:
     hostname: str
     config: str
     plant: str | None
-    """The simulated board's plant (canonical spec, see ``backends.simulator.plant_spec``); ""
+    """The simulated board's plant (canonical spec, see ``physics.plants.plant_spec``); ""
     for a real board; None in a state file written by an older version."""
     version: str
     started_at: str

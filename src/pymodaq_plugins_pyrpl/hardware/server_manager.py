@@ -54,7 +54,7 @@ from datetime import datetime
 import psutil
 
 from . import protocol, runtime
-from .backends.simulator import plant_spec
+from .physics.plants import plant_spec
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
                      PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerShuttingDown)
@@ -100,7 +100,7 @@ def requested_backend(hostname: str | None) -> tuple[str, str]:
 
 
 def requested_plant(backend: str, plant: str) -> str:
-    """The canonical spec of the simulated ``plant`` (:func:`simulator.plant_spec`) for the
+    """The canonical spec of the simulated ``plant`` (:func:`physics.plants.plant_spec`) for the
     simulator backend, "" for a real board (which has no simulated plant). Raises ServerError if
     the spec is not a plant."""
     if backend != "mock":

@@ -41,7 +41,7 @@ class Backend(Protocol):
     """Board hostname (``""`` for the simulator, ``"_FAKE_"`` for PyRPL's fake board)."""
     plant: str
     """The simulator's plant, what connects its outputs to its inputs (canonical spec, see
-    ``simulator.plant_spec``); ``""`` for a real board (or PyRPL's fake one)."""
+    ``physics.plants.plant_spec``); ``""`` for a real board (or PyRPL's fake one)."""
     needs_own_thread: bool
     """True if every call must run on the one backend thread (PyRPL); False if the calls are short
     computations the server may run on its event loop (the simulator)."""
