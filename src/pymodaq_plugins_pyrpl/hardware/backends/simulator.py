@@ -195,7 +195,7 @@ class SimulatorBackend:
                                 {"module": module})
         now = self._sync()
         n = int(module[2])
-        z = self._board.iq(n, now)
+        z = self._board.read_iq(n, now)
         return {"i": z.real, "q": z.imag}
 
     def iq_settle_remaining(self, module: str) -> float:

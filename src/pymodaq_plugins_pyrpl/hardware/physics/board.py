@@ -3,11 +3,10 @@ the outputs and the inputs, IQ demodulation, PID loops, transients), evaluated a
 
 A :class:`Board` holds no clock: every call says the (simulated) time it is about. Whoever owns the
 settings (the simulator backend, a register-level board) calls :meth:`Board.change` at each change
-and evaluates signals through :meth:`Board.trace` and :meth:`Board.iq`.
+and evaluates signals through :meth:`Board.trace` and :meth:`Board.read_iq`.
 """
 from __future__ import annotations
 
-import cmath
 import logging
 import math
 from collections.abc import Mapping
@@ -16,17 +15,18 @@ from typing import Any
 import numpy as np
 
 from .. import catalogue
+from . import iq
 from .asg import Asg
-from .filters import filter_response, filter_system
+from .filters import steady_state
 from .pid import LoopModel, PidLoops
 from .plants import OutSources, Plant
-from .signals import LSB, NYQUIST, TWO_PI, Context, Grid, Phase, Tone, gaussian, quantize
+from .signals import LSB, TWO_PI, Context, Grid, Phase, Tone, gaussian, quantize
 from .transients import Ring, Settling
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = {"in1": "out1", "in2": "out2"}
-"""The input each analog output reaches through the plant."""
+"""The analog output each input sees through the plant."""
 ROUTES = {"out1": ("out1", "both"), "out2": ("out2", "both")}
 """The ``output_direct`` options that route a module to each analog output."""
 
@@ -87,7 +87,7 @@ class Board:
 
     # -- readings ---------------------------------------------------------------------------------
 
-    def iq(self, n: int, t: float) -> complex:
+    def read_iq(self, n: int, t: float) -> complex:
         """``I + jQ`` of iq ``n`` at ``t`` (V): the steady state of its input's tones, its
         transients and its ADC noise (see the package docstring). The PID loops must be at ``t``."""
         difference, total = self._demodulated(n, self.pids.outputs(), 0)
@@ -200,47 +200,24 @@ class Board:
 
     def _demodulator(self, n: int) -> tuple[Phase, int, float]:
         """(oscillator, harmonic, frequency) of the demodulation of iq ``n``."""
-        harmonic = 2 if self.values[f"iq{n}"]["demodulation_at_2f"] == "on" else 1
-        lo = self._iq_phases[n]
-        return lo, harmonic, harmonic * lo.freq
+        return iq.demodulator(self.values[f"iq{n}"], self._iq_phases[n])
 
     def _demodulated(self, n: int, u: np.ndarray, depth: int, filtered: bool = True
                      ) -> tuple[list[Tone], list[Tone]]:
-        """``I + jQ`` of iq ``n`` as complex exponentials: (difference, sum-frequency) terms.
-
-        An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo + phase)}``
-        and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter
-        (left out if not ``filtered``: the filter's input).
-        """
+        """``I + jQ`` of iq ``n`` as complex exponentials: (difference, sum-frequency) terms
+        (:func:`iq.demodulate`)."""
         v = self.values[f"iq{n}"]
-        lo, harmonic, f_d = self._demodulator(n)
-        rotation = cmath.exp(1j * math.radians(v["phase"]))
-        cutoffs = v["bandwidth"] if filtered else []
-        difference, total = [], []
-        for tone in self._tones(v["input"], f_d, u, True, depth + 1):
-            a = tone.amp * filter_response([-v["acbandwidth"]], tone.freq)
-            if abs(a) < 1e-12:
-                continue
-            difference.append(Tone(a, tone.terms).mixed(
-                lo, -harmonic, rotation * filter_response(cutoffs, tone.freq - f_d)))
-            total.append(Tone(a, tone.terms).conj().mixed(
-                lo, -harmonic, rotation * filter_response(cutoffs, -tone.freq - f_d)))
-        return difference, [t for t in total if abs(t.amp) > 1e-12]
+        _, _, f_d = self._demodulator(n)
+        inputs = self._tones(v["input"], f_d, u, True, depth + 1)
+        return iq.demodulate(v, self._iq_phases[n], inputs, filtered)
 
     def _iq_output_tones(self, n: int, u: np.ndarray, bandpass: bool, depth: int) -> list[Tone]:
         """Excitation and (if ``bandpass`` and ``gain`` != 0) band-pass output of iq ``n``."""
         v = self.values[f"iq{n}"]
-        tones = []
-        if v["amplitude"]:
-            harmonic = 2 if v["modulation_at_2f"] == "on" else 1
-            tones.append(Tone(complex(v["amplitude"]), ((self._iq_phases[n], harmonic),)))
+        tones = iq.excitation(v, self._iq_phases[n])
         if bandpass and v["gain"]:
             _, _, f_d = self._demodulator(n)
-            k = v["gain"] * cmath.exp(1j * math.radians(v["phase"]))
-            for tone in self._tones(v["input"], f_d, u, False, depth + 1):
-                tone = tone.conj() if tone.freq < 0 else tone
-                tones.append(tone.scaled(k * filter_response(v["bandwidth"], tone.freq - f_d)
-                                         * filter_response([-v["acbandwidth"]], tone.freq)))
+            tones += iq.bandpass(v, f_d, self._tones(v["input"], f_d, u, False, depth + 1))
         return tones
 
     def _iq_noise(self, n: int) -> float:
@@ -248,9 +225,7 @@ class Board:
         v = self.values[f"iq{n}"]
         if v["input"] not in CHANNEL:
             return 0.0
-        lowpass = [c for c in v["bandwidth"] if c > 0]
-        bandwidth = min(NYQUIST, math.pi / 2 * min(lowpass)) if lowpass else NYQUIST
-        return self.plant.noise * math.sqrt(2.0 * bandwidth / NYQUIST)
+        return iq.quadrature_noise(v["bandwidth"], self.plant.noise)
 
     # -- transients -------------------------------------------------------------------------------
 
@@ -322,40 +297,15 @@ class Board:
         ring = self._rings.get(v["input"])
         if ring is None or ring.over(t):
             return None
-        lo, harmonic, f_d = self._demodulator(n)
-        rotation = cmath.exp(1j * math.radians(v["phase"]))
-        highpass = filter_response([-v["acbandwidth"]], ring.s / (TWO_PI * 1j))
-        u = highpass * rotation * ring.at(t) * cmath.exp(-TWO_PI * 1j * harmonic * lo.at(t))
-        return u, ring.s - TWO_PI * 1j * f_d
+        return iq.demodulated_ring(v, self._iq_phases[n], ring, t)
 
     def _filter_state(self, n: int, u: np.ndarray, t: float) -> np.ndarray:
-        """The steady-state (particular) state of iq ``n``'s quadrature filter at ``t``: for an
-        input ``U exp(lambda t)``, each stage's state is ``w / (lambda + w)`` times its input (see
-        filter_system; an off stage's dummy state is 0)."""
-        cutoffs = self.cutoffs(n)
-        state = np.zeros(len(cutoffs), complex)
-        for value, rate in self._filter_inputs(n, u, t):
-            x = value
-            for k, cutoff in enumerate(cutoffs):
-                if cutoff == 0:
-                    continue
-                w = TWO_PI * abs(cutoff)
-                lowpass = w / (rate + w) * x
-                state[k] += lowpass
-                x = lowpass if cutoff > 0 else x - lowpass
-        return state
+        """The steady-state (particular) state of iq ``n``'s quadrature filter at ``t``."""
+        return steady_state(self.cutoffs(n), self._filter_inputs(n, u, t))
 
     def _iq_transient(self, n: int, t: float) -> complex:
-        """What iq ``n`` reads at ``t`` beyond its steady state: the plant's free oscillation
-        through the filter and the filter's own deviation."""
-        z = 0j
-        ring = self._ring_seen(n, t)
-        if ring is not None:
-            z += filter_response(self.cutoffs(n), ring[1] / (TWO_PI * 1j)) * ring[0]
-        settling = self._settling.get(n)
-        if settling is not None and not settling.over(t):
-            z += complex(filter_system(settling.cutoffs)[2] @ settling.homogeneous(t))
-        return z
+        """What iq ``n`` reads at ``t`` beyond its steady state (:func:`iq.transient`)."""
+        return iq.transient(self.cutoffs(n), self._ring_seen(n, t), self._settling.get(n), t)
 
     # -- PID loop model ---------------------------------------------------------------------------
 

@@ -47,3 +47,21 @@ def filter_system(cutoffs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, n
         else:
             c = c - np.eye(n)[k]
     return a, b, c, d
+
+
+def steady_state(cutoffs: Sequence[float], inputs: Sequence[tuple[complex, complex]]
+                 ) -> np.ndarray:
+    """The steady-state (particular) state of the stages ``cutoffs`` (as :func:`filter_system`)
+    for the input ``sum U exp(lambda t)`` over ``inputs`` = [(U, lambda), ...]: each stage's
+    state is ``w / (lambda + w)`` times its input (an off stage's dummy state is 0)."""
+    state = np.zeros(len(cutoffs), complex)
+    for value, rate in inputs:
+        x = value
+        for k, cutoff in enumerate(cutoffs):
+            if cutoff == 0:
+                continue
+            w = TWO_PI * abs(cutoff)
+            lowpass = w / (rate + w) * x
+            state[k] += lowpass
+            x = lowpass if cutoff > 0 else x - lowpass
+    return state

@@ -1,0 +1,101 @@
+"""One IQ module (iq0..iq2) as functions of its settings ``v`` (catalogue units) and its
+oscillator ``lo``: demodulation of input tones into ``I + jQ``, the excitation and band-pass
+outputs, the ADC noise on the quadratures and the transients its filter reads.
+
+The input tones come from the caller (the board's signal graph); conventions: see the package
+docstring.
+"""
+from __future__ import annotations
+
+import cmath
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .filters import filter_response, filter_system
+from .signals import NYQUIST, TWO_PI, Phase, Tone
+from .transients import Ring, Settling
+
+
+def demodulator(v: Mapping[str, Any], lo: Phase) -> tuple[Phase, int, float]:
+    """(oscillator, harmonic, frequency) of the demodulation."""
+    harmonic = 2 if v["demodulation_at_2f"] == "on" else 1
+    return lo, harmonic, harmonic * lo.freq
+
+
+def demodulate(v: Mapping[str, Any], lo: Phase, inputs: Sequence[Tone], filtered: bool = True
+               ) -> tuple[list[Tone], list[Tone]]:
+    """``I + jQ`` of the input tones ``inputs`` as complex exponentials: (difference,
+    sum-frequency) terms.
+
+    An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo + phase)}``
+    and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter
+    (left out if not ``filtered``: the filter's input).
+    """
+    lo, harmonic, f_d = demodulator(v, lo)
+    rotation = cmath.exp(1j * math.radians(v["phase"]))
+    cutoffs = v["bandwidth"] if filtered else []
+    difference, total = [], []
+    for tone in inputs:
+        a = tone.amp * filter_response([-v["acbandwidth"]], tone.freq)
+        if abs(a) < 1e-12:
+            continue
+        difference.append(Tone(a, tone.terms).mixed(
+            lo, -harmonic, rotation * filter_response(cutoffs, tone.freq - f_d)))
+        total.append(Tone(a, tone.terms).conj().mixed(
+            lo, -harmonic, rotation * filter_response(cutoffs, -tone.freq - f_d)))
+    return difference, [t for t in total if abs(t.amp) > 1e-12]
+
+
+def excitation(v: Mapping[str, Any], lo: Phase) -> list[Tone]:
+    """The excitation ``amplitude * cos`` at the oscillator (its 2f with ``modulation_at_2f``);
+    none at amplitude 0."""
+    if not v["amplitude"]:
+        return []
+    harmonic = 2 if v["modulation_at_2f"] == "on" else 1
+    return [Tone(complex(v["amplitude"]), ((lo, harmonic),))]
+
+
+def bandpass(v: Mapping[str, Any], f_d: float, inputs: Sequence[Tone]) -> list[Tone]:
+    """PyRPL's band-pass output ``gain * L(f_in - f_d) * exp(j phase)`` of the input tones
+    ``inputs`` (through the ``acbandwidth`` high-pass), ``f_d`` the demodulation frequency."""
+    k = v["gain"] * cmath.exp(1j * math.radians(v["phase"]))
+    tones = []
+    for tone in inputs:
+        tone = tone.conj() if tone.freq < 0 else tone
+        tones.append(tone.scaled(k * filter_response(v["bandwidth"], tone.freq - f_d)
+                                 * filter_response([-v["acbandwidth"]], tone.freq)))
+    return tones
+
+
+def quadrature_noise(cutoffs: Sequence[float], adc_noise: float) -> float:
+    """rms on each quadrature of white ADC noise of rms ``adc_noise`` at 125 MS/s through the
+    quadrature filter ``cutoffs``: ``adc_noise * sqrt(2 B / 62.5 MHz)``, B = pi/2 times the lowest
+    low-pass cutoff (62.5 MHz without one)."""
+    lowpass = [c for c in cutoffs if c > 0]
+    bandwidth = min(NYQUIST, math.pi / 2 * min(lowpass)) if lowpass else NYQUIST
+    return adc_noise * math.sqrt(2.0 * bandwidth / NYQUIST)
+
+
+def demodulated_ring(v: Mapping[str, Any], lo: Phase, ring: Ring, t: float
+                     ) -> tuple[complex, complex]:
+    """The plant's free oscillation ``ring`` on the input, demodulated: (U, lambda) at ``t``, the
+    filter's input ``U exp(lambda (t' - t))``."""
+    lo, harmonic, f_d = demodulator(v, lo)
+    rotation = cmath.exp(1j * math.radians(v["phase"]))
+    highpass = filter_response([-v["acbandwidth"]], ring.s / (TWO_PI * 1j))
+    u = highpass * rotation * ring.at(t) * cmath.exp(-TWO_PI * 1j * harmonic * lo.at(t))
+    return u, ring.s - TWO_PI * 1j * f_d
+
+
+def transient(cutoffs: Sequence[float], ring: tuple[complex, complex] | None,
+              settling: Settling | None, t: float) -> complex:
+    """What the module reads at ``t`` beyond its steady state: the demodulated free oscillation
+    ``ring`` (U, lambda) through the filter ``cutoffs`` and the filter's own deviation
+    ``settling``."""
+    z = 0j
+    if ring is not None:
+        z += filter_response(cutoffs, ring[1] / (TWO_PI * 1j)) * ring[0]
+    if settling is not None and not settling.over(t):
+        z += complex(filter_system(settling.cutoffs)[2] @ settling.homogeneous(t))
+    return z
