@@ -54,10 +54,10 @@ from datetime import datetime
 import psutil
 
 from . import protocol, runtime
-from .physics.plants import plant_spec
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
                      PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerShuttingDown)
+from .physics.plants import plant_spec
 from .runtime import ServerState
 from .sockets import is_loopback
 
