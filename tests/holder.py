@@ -2,7 +2,8 @@
 
 ``python holder.py PORT [HOSTNAME] [--auto-stop S] [--session-grace S]``; prints ``HELD <server pid>``
 once it holds the server, then obeys ``release`` (prints ``RELEASED``), ``get`` (prints ``GOT``),
-``lease MODULE`` (prints ``LEASED``) and ``events`` (prints ``EVENTS <json list of connection
+``lease MODULE`` (prints ``LEASED``, or ``REFUSED <json of message and data>`` if another client
+holds it) and ``events`` (prints ``EVENTS <json list of connection
 events>``).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sys
 
 from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.errors import ModuleLeased
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager
 
 
@@ -37,8 +39,12 @@ def main() -> None:
             client.get("asg0", ["frequency"])
             print("GOT", flush=True)
         elif command.startswith("lease "):
-            client.lease(command.split()[1])
-            print("LEASED", flush=True)
+            try:
+                client.lease(command.split()[1])
+            except ModuleLeased as exc:
+                print("REFUSED", json.dumps({"message": str(exc), "data": exc.data}), flush=True)
+            else:
+                print("LEASED", flush=True)
         elif command == "events":
             print("EVENTS", json.dumps(events), flush=True)
 

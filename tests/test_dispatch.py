@@ -171,6 +171,31 @@ def test_leases_between_sessions() -> None:
     assert "result" in now_ok
 
 
+def test_a_lease_records_its_owner_and_a_bad_owner_changes_nothing() -> None:
+    async def body(h: Harness):
+        a, b = Pipe(), Pipe()
+        await h.hello(a, "PyMoDAQ (pid 7)")
+        await h.hello(b, "other")
+        bad = [await h.call(a, "lease", {"module": "scope", "owner": owner})
+               for owner in (3, "x" * 201, ["Scope"])]
+        after_bad = (await h.call(b, "status"))["result"]
+        await h.call(a, "lease", {"module": "scope", "owner": "Scope"})
+        await h.call(a, "lease", {"module": "asg0"})  # an old client: no owner
+        refused = await h.call(b, "lease", {"module": "scope"})
+        status = (await h.call(b, "status"))["result"]
+        return bad, after_bad, refused, status
+    bad, after_bad, refused, status = run(body)
+    assert [code(e) for e in bad] == [-32602] * 3 and "'owner'" in bad[0]["error"]["message"]
+    assert all(c["leases"] == [] and c["owners"] == {} for c in after_bad["clients"])
+    assert code(refused) == -32003
+    assert refused["error"]["data"]["owner"] == "Scope"
+    assert refused["error"]["data"]["holder"] == "PyMoDAQ (pid 7)"
+    assert "'Scope' of client 'PyMoDAQ (pid 7)'" in refused["error"]["message"]
+    clients = {c["client"]: c for c in status["clients"]}
+    assert clients["PyMoDAQ (pid 7)"]["leases"] == ["asg0", "scope"]
+    assert clients["PyMoDAQ (pid 7)"]["owners"] == {"scope": "Scope"}
+
+
 def test_acquire_shapes_and_timeout() -> None:
     async def body(h: Harness):
         p = Pipe()

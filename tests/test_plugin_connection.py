@@ -3,6 +3,7 @@ module still leased by a plugin of a process that crashed. Through PyMoDAQ's rea
 against real server subprocesses."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from plugin_helpers import move, select_axis, server_client
 from support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.server_manager import stop_local_server
+from pymodaq_plugins_pyrpl.plugin_support import SharedLeases
 
 HOLDER = Path(__file__).with_name("holder.py")
 LOOPBACK = "loopback:delay=1.6e-08,bandwidth=60000000,noise=0.001"
@@ -151,3 +154,54 @@ def test_init_right_after_a_crash_waits_for_the_vanished_lease(qtbot, port):
             holder.kill()
         actuator.quit_fun()
         stop_local_server(port)
+
+
+def test_each_lease_is_credited_to_the_plugin_that_took_it(qtbot, port, make_actuator,
+                                                           make_viewer):
+    """An ASG and a scope plugin in one process (one client): `pymodaq-pyrpl status` shows each
+    lease under its own plugin's title, and another process is refused naming the right plugin."""
+    make_actuator("PyRPL_ASG_TCP", port)  # titled "PyRPL_ASG_TCP test"
+    make_viewer("PyRPL_Scope_TCP", port, dim="DAQ1D")
+    status = subprocess.run([sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "status"],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "asg0:PyRPL_ASG_TCP test of PyMoDAQ (pid" in status.stdout, status.stdout
+    assert "scope:PyRPL_Scope_TCP test of PyMoDAQ (pid" in status.stdout, status.stdout
+    with server_client(port) as observer:
+        (ours,) = [c for c in observer.status()["clients"] if c["leases"]]
+    assert ours["owners"] == {"asg0": "PyRPL_ASG_TCP test", "scope": "PyRPL_Scope_TCP test"}
+    other = subprocess.Popen([sys.executable, str(HOLDER), str(port)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().startswith("HELD")
+        other.stdin.write("lease scope\n")
+        other.stdin.flush()
+        word, refusal = other.stdout.readline().split(" ", 1)
+        refused = json.loads(refusal)
+        assert word == "REFUSED" and refused["data"]["owner"] == "PyRPL_Scope_TCP test"
+        assert "'PyRPL_Scope_TCP test' of client 'PyMoDAQ (pid" in refused["message"]
+    finally:
+        other.kill()
+        other.wait(10)
+
+
+def test_a_shared_lease_names_every_plugin_holding_it(mock_server):
+    """Plugins of one process sharing a module's lease: its owner names them all, in the order they
+    took it; when one lets go, the others; the last releases it."""
+    client = PyRPLClient("127.0.0.1", mock_server.port, mock_server.token, "PyMoDAQ (pid 1)",
+                         reconnect=False)
+    leases = SharedLeases()
+
+    def owners() -> dict:
+        (entry,) = [c for c in client.status()["clients"] if c["client"] == "PyMoDAQ (pid 1)"]
+        return entry["owners"]
+
+    with client:
+        client.connect()
+        leases.take(client, "iq0", "IQ")
+        leases.take(client, "iq0", "IQ scan")
+        assert owners() == {"iq0": "IQ, IQ scan"}
+        leases.give_back(client, "iq0", "IQ")
+        assert owners() == {"iq0": "IQ scan"}
+        leases.give_back(client, "iq0", "IQ scan")
+        assert owners() == {} and client.status()["clients"][0]["leases"] == []

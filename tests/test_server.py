@@ -79,8 +79,8 @@ def test_lease_refusal_says_the_holder_vanished_and_when_the_module_frees(tmp_pa
         assert alice.call("lease", module="asg0")["leased"]
         error = bob.request("lease", {"module": "asg0"})["error"]
         assert error["code"] == -32003 and "vanished" not in error["message"]
-        assert error["data"] == {"module": "asg0", "holder": "alice", "holder_connected": True,
-                                 "frees_in": None}
+        assert error["data"] == {"module": "asg0", "holder": "alice", "owner": None,
+                                 "holder_connected": True, "frees_in": None}
         alice.close()
         deadline = time.monotonic() + 5
         while error["data"]["holder_connected"] and time.monotonic() < deadline:

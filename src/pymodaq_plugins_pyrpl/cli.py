@@ -42,6 +42,13 @@ def _status_rows(timeout: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _lease_holder(client: dict[str, Any], module: str) -> str:
+    """Who holds ``module`` in a status entry of one client: the lease's owner (the plugins that
+    took it) of that client, or the client alone when the lease names no owner."""
+    owner = client.get("owners", {}).get(module)
+    return f"{owner} of {client['client']}" if owner else client["client"]
+
+
 def _print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print(f"no local PyRPL server is running (runtime folder {runtime.runtime_dir()})")
@@ -50,7 +57,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     table = [header]
     for r in rows:
         names = ", ".join(c["client"] + ("*" if c["hold"] else "") for c in r["clients"]) or "-"
-        leases = ", ".join(f"{m}:{c['client']}" for c in r["clients"] for m in c["leases"]) or "-"
+        leases = "; ".join(f"{m}:{_lease_holder(c, m)}" for c in r["clients"]
+                           for m in c["leases"]) or "-"
         uptime = "-" if r["uptime"] is None else _duration(r["uptime"])
         table.append((str(r["port"]), str(r["pid"]), r["backend"], r["board"], r["plant"] or "-",
                       r["device"], names, leases, uptime))

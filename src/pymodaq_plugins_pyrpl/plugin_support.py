@@ -19,7 +19,6 @@ import os
 import threading
 import time
 import weakref
-from collections import Counter
 from typing import Any, Callable, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
@@ -137,41 +136,56 @@ def lease_when_free(take: Callable[[], Any], status: Callable[[str], None]) -> N
             time.sleep(wait)
 
 
+def lease_owner(holders: list[str]) -> str:
+    """The owner a shared lease is recorded under: its holders' names, in the order they took
+    it, each once (``"IQ, IQ scan"``)."""
+    return ", ".join(dict.fromkeys(holders))
+
+
 class SharedLeases:
-    """The leases of one process's plugins, counted per client and module.
+    """The leases of one process's plugins, with the plugins holding each, per client and module.
 
     All plugins of a process using one server share one client, hence one session, and a lease
     belongs to the session: without counting, the first plugin to let a module go would release it
-    for the others too. :meth:`take` leases the module on the server only for its first holder,
-    :meth:`give_back` releases it only for its last. A client of another session (another process)
+    for the others too. :meth:`take` leases the module on the server for its first holder and
+    :meth:`give_back` releases it for its last; in between, the lease's owner on the server names
+    every plugin holding it (:func:`lease_owner`), so the server's status and refusals say which
+    plugins hold a module, whichever took it first. A client of another session (another process)
     still gets ModuleLeased. The server calls are made with the lock held, so a take and a give back
     of the same module never cross; each is bounded by the client's call timeout.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._holders: weakref.WeakKeyDictionary[PyRPLClient, Counter[str]] = (
+        self._holders: weakref.WeakKeyDictionary[PyRPLClient, dict[str, list[str]]] = (
             weakref.WeakKeyDictionary())
 
-    def take(self, client: PyRPLClient, module: str) -> None:
-        """Hold ``module``; raises what ``client.lease`` raises (nothing held then)."""
+    def take(self, client: PyRPLClient, module: str, holder: str) -> None:
+        """Hold ``module`` as ``holder`` (a plugin's name); raises what ``client.lease`` raises
+        (nothing held then)."""
         with self._lock:
-            holders = self._holders.setdefault(client, Counter())
-            if holders[module] == 0:
-                client.lease(module)
-            holders[module] += 1
+            holders = self._holders.setdefault(client, {}).setdefault(module, [])
+            owner = lease_owner([*holders, holder])
+            if not holders or owner != lease_owner(holders):
+                client.lease(module, owner=owner)
+            holders.append(holder)
 
-    def give_back(self, client: PyRPLClient, module: str, timeout: float | None = None) -> None:
-        """Stop holding ``module``; the last holder releases it (raises what ``client.release``
-        raises; the hold is dropped anyway)."""
+    def give_back(self, client: PyRPLClient, module: str, holder: str,
+                  timeout: float | None = None) -> None:
+        """Stop holding ``module`` as ``holder``; the last holder releases it, otherwise the
+        lease's owner is renamed to the remaining holders (raises what ``client.release`` or
+        ``client.lease`` raises; the hold is dropped anyway)."""
         with self._lock:
-            holders = self._holders.get(client)
-            if holders is None or holders[module] == 0:
+            holders = self._holders.get(client, {}).get(module)
+            if not holders or holder not in holders:
                 return
-            holders[module] -= 1
-            if holders[module] > 0:
+            before = lease_owner(holders)
+            holders.remove(holder)
+            if holders:
+                if client.failure is None and lease_owner(holders) != before:
+                    client.lease(module, timeout=timeout, owner=lease_owner(holders))
                 return
-            del holders[module]
+            del self._holders[client][module]
             if client.failure is None:
                 client.release(module, timeout=timeout)
 
@@ -199,6 +213,11 @@ class PyRPLLink:
         self._manager: TCPServerManager | None = None
         self._thread: QThread | None = None
 
+    @property
+    def holder(self) -> str:
+        """The plugin's name as its leases are recorded (its module title in PyMoDAQ)."""
+        return str(getattr(self.plugin, "_title", "") or type(self.plugin).__name__)
+
     def setting(self, name: str) -> Any:
         return self.plugin.settings[GROUP, name]
 
@@ -214,7 +233,7 @@ class PyRPLLink:
                 tls_fingerprint=self.setting("tls_fingerprint").strip() or None,
                 connect_timeout=self.setting("timeout"),
                 python=_config("server", "python", default="") or None,
-                client_name=f"PyMoDAQ {getattr(self.plugin, '_title', 'plugin')} (pid {os.getpid()})")
+                client_name=f"PyMoDAQ (pid {os.getpid()})")
             self.status(f"connecting to the PyRPL server on port {self.setting('server_port')}…")
             self.client = self._manager.ensure_server_running()
         else:
@@ -223,7 +242,7 @@ class PyRPLLink:
         self._watch_thread()
         if self.lease:
             client = self.client
-            lease_when_free(lambda: LEASES.take(client, self.module), self.status)
+            lease_when_free(lambda: LEASES.take(client, self.module, self.holder), self.status)
             self._held = True
         self._show_state(self.client.hello_info or {})
         return self.client
@@ -271,10 +290,10 @@ class PyRPLLink:
             self.module = module
             return
         if self._held:
-            LEASES.take(self.client, module)  # raises: nothing changed
+            LEASES.take(self.client, module, self.holder)  # raises: nothing changed
         old, self.module = self.module, module
         if self._held:
-            LEASES.give_back(self.client, old)
+            LEASES.give_back(self.client, old, self.holder)
 
     def info(self) -> str:
         hello = (self.client.hello_info if self.client else None) or {}
@@ -296,7 +315,7 @@ class PyRPLLink:
         if self._held:
             self._held = False
             try:
-                LEASES.give_back(client, self.module, timeout=2.0)
+                LEASES.give_back(client, self.module, self.holder, timeout=2.0)
             except PyrplPluginError as exc:
                 logger.info("releasing %s: %s", self.module, exc)
         if self._manager is not None:

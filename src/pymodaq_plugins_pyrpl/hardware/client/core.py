@@ -393,12 +393,18 @@ class PyRPLClient:
         return self.call(protocol.Method.ACQUIRE.value, {"module": module, "timeout": timeout},
                          timeout + ACQUIRE_MARGIN)
 
-    def lease(self, module: str, timeout: float | None = None) -> dict[str, Any]:
+    def lease(self, module: str, timeout: float | None = None,
+              owner: str | None = None) -> dict[str, Any]:
         """Exclusive ``set`` on ``module`` for this client's session (kept across reconnections).
 
-        Raises ModuleLeased if another client holds it.
+        ``owner`` names who in this client takes it (a plugin; shown by the server's status and
+        refusals); leasing a held module again replaces its owner. Raises ModuleLeased if another
+        client holds it.
         """
-        return self.call(protocol.Method.LEASE.value, {"module": module}, timeout)
+        params: dict[str, Any] = {"module": module}
+        if owner is not None:
+            params["owner"] = owner
+        return self.call(protocol.Method.LEASE.value, params, timeout)
 
     def release(self, module: str, timeout: float | None = None) -> dict[str, Any]:
         """End this client's lease of ``module`` (``released`` is False if it held none)."""

@@ -55,7 +55,7 @@ class Session:
         """The server session id of the latest ``hello`` (None before the first)."""
         self.hello: dict[str, Any] | None = None
         """The latest ``hello`` result after restoring (None before the first)."""
-        self._leases: set[str] = set()
+        self._leases: dict[str, str | None] = {}  # module -> the owner its lease named
         self._subscribed = False
 
     def hello_params(self) -> dict[str, Any]:
@@ -85,30 +85,33 @@ class Session:
         module = value.get("module") if isinstance(value, dict) else None
         with self._lock:
             if method == protocol.Method.LEASE and isinstance(module, str):
-                self._leases.add(module)
+                self._leases[module] = (params or {}).get("owner")
             elif method == protocol.Method.RELEASE and isinstance(module, str):
-                self._leases.discard(module)
+                self._leases.pop(module, None)
             elif method == protocol.Method.SUBSCRIBE:
                 self._subscribed = bool((params or {}).get("status", True))
 
     def restore(self, call: HandshakeCall, hello: dict[str, Any], address: str) -> dict[str, Any]:
         """Re-acquire the leases this client holds but the session lacks (all of them on a new
-        session) and re-subscribe (a subscription belongs to a connection), through ``call``.
+        session; each under the owner it named) and re-subscribe (a subscription belongs to a connection), through ``call``.
         The hello result with ``leases`` (held now) and ``lost_leases`` (taken by another client
         meanwhile). Raises what ``call`` raises, ModuleLeased aside."""
         with self._lock:
-            wanted = set(self._leases)
+            wanted = dict(self._leases)
             subscribed = self._subscribed
         held = set(hello.get("leases", []))
         lost: list[str] = []
-        for module in sorted(wanted - held):
+        for module in sorted(set(wanted) - held):
+            owner = wanted[module]
             try:
-                call(protocol.Method.LEASE.value, {"module": module})
+                call(protocol.Method.LEASE.value,
+                     {"module": module, **({"owner": owner} if owner else {})})
             except ModuleLeased as exc:
                 logger.warning("lease of %s not restored on %s: %s", module, address, exc)
                 lost.append(module)
         if subscribed:
             call(protocol.Method.SUBSCRIBE.value, {"status": True})
         with self._lock:
-            self._leases.difference_update(lost)
-        return {**hello, "leases": sorted(held | (wanted - set(lost))), "lost_leases": lost}
+            for module in lost:
+                self._leases.pop(module, None)
+        return {**hello, "leases": sorted(held | (set(wanted) - set(lost))), "lost_leases": lost}

@@ -209,8 +209,11 @@ class Server:
 
     async def _lease(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = catalogue.module(params.get("module")).name
+        owner = params.get("owner")
+        if owner is not None and (not isinstance(owner, str) or len(owner) > 200):
+            raise InvalidParams("'owner' must be a string of at most 200 characters")
         assert connection.session is not None
-        self.sessions.lease(connection.session, module)
+        self.sessions.lease(connection.session, module, owner)
         return {"module": module, "leased": True}
 
     async def _release(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:

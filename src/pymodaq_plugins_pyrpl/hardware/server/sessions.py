@@ -30,6 +30,7 @@ class Session:
     client: str
     hold: bool
     leases: set[str] = field(default_factory=set)
+    owners: dict[str, str] = field(default_factory=dict)  # module -> who took its lease (optional)
     connection: Connection | None = None
     expiry: asyncio.TimerHandle | None = None
 
@@ -134,38 +135,49 @@ class Sessions:
 
     # -- leases ------------------------------------------------------------------------------------
 
-    def lease(self, session: Session, module: str) -> None:
-        """Lease ``module`` to ``session``. Raises ModuleLeased (see :meth:`check_lease`)."""
+    def lease(self, session: Session, module: str, owner: str | None = None) -> None:
+        """Lease ``module`` to ``session``, recording ``owner`` (who in that client took it; None:
+        not said). Raises ModuleLeased (see :meth:`check_lease`)."""
         self.check_lease(session, module)
         session.leases.add(module)
+        if owner:
+            session.owners[module] = owner
+        else:
+            session.owners.pop(module, None)
         self._changed()
 
     def release(self, session: Session, module: str) -> bool:
         """Release ``module``; whether ``session`` held it."""
         held = module in session.leases
         session.leases.discard(module)
+        session.owners.pop(module, None)
         if held:
             self._changed()
         return held
 
     def check_lease(self, session: Session | None, module: str) -> None:
         """Raise ModuleLeased if a session other than ``session`` leases ``module``. Its data:
-        ``module``, ``holder`` (the client's name), ``holder_connected`` and ``frees_in`` (seconds
-        until a vanished holder's session ends with its resume grace, releasing the lease; None
-        while the holder is connected)."""
+        ``module``, ``holder`` (the client's name), ``owner`` (who in that client took the lease,
+        None if it did not say), ``holder_connected`` and ``frees_in`` (seconds until a vanished
+        holder's session ends with its resume grace, releasing the lease; None while the holder is
+        connected)."""
         for other in self._by_id.values():
             if other is not session and module in other.leases:
                 frees_in = self._frees_in(other)
+                owner = other.owners.get(module)
+                holder = (f"{owner!r} of client {other.client!r}" if owner
+                          else f"client {other.client!r}")
                 if frees_in is None:
-                    message = (f"module '{module}' is leased by client {other.client!r}; it can "
-                               "be read but not changed until that client releases it")
+                    message = (f"module '{module}' is leased by {holder}; it can be read but not "
+                               "changed until that client releases it")
                 else:
                     frees_at = datetime.now() + timedelta(seconds=frees_in)
-                    message = (f"module '{module}' is leased by client {other.client!r}, which "
+                    message = (f"module '{module}' is leased by {holder}, which "
                                f"vanished (its connection is gone; its session waits for it to "
                                f"come back): the module frees in {frees_in:.1f} s (at "
                                f"{frees_at.strftime('%H:%M:%S')}) unless that client returns")
                 raise ModuleLeased(message, {"module": module, "holder": other.client,
+                                             "owner": owner,
                                              "holder_connected": frees_in is None,
                                              "frees_in": frees_in})
 
@@ -202,5 +214,6 @@ class Sessions:
     def clients(self) -> list[dict[str, Any]]:
         """The sessions as the status reports them."""
         return [{"id": s.id[:8], "client": s.client, "hold": s.hold,
-                 "connected": s.connection is not None, "leases": sorted(s.leases)}
+                 "connected": s.connection is not None, "leases": sorted(s.leases),
+                 "owners": dict(sorted(s.owners.items()))}
                 for s in self._by_id.values()]
