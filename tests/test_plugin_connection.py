@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from plugin_helpers import move, select_axis, server_client
+from plugin_helpers import move, select_axis, server_client, snap
 from support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import runtime
@@ -205,3 +205,51 @@ def test_a_shared_lease_names_every_plugin_holding_it(mock_server):
         assert owners() == {"iq0": "IQ scan"}
         leases.give_back(client, "iq0", "IQ scan")
         assert owners() == {} and client.status()["clients"][0]["leases"] == []
+
+
+def test_initializing_again_after_a_failure_gives_one_viewer(qtbot, port):
+    """A failed initialization (a bad plant), the setting fixed, initialized again: one snap gives
+    exactly one frame (PyMoDAQ keeps the failed worker connected; it must not acquire too)."""
+    from pymodaq.control_modules.daq_viewer import DAQ_Viewer
+
+    viewer = DAQ_Viewer(parent=None, title="Scope again")
+    viewer.daq_type = "DAQ1D"
+    viewer.detector = "PyRPL_Scope_TCP"
+    viewer.settings.child("detector_settings", "pyrpl", "server_port").setValue(port)
+    viewer.settings.child("detector_settings", "pyrpl", "plant").setValue("resonator:q=banana")
+    frames: list = []
+    try:
+        with qtbot.waitSignal(viewer.init_signal, timeout=30000) as init:
+            viewer.init_hardware(True)
+        assert init.args[0] is False
+        qtbot.waitUntil(lambda: "banana" in viewer.settings["detector_settings", "problem"],
+                        timeout=5000)
+        viewer.settings.child("detector_settings", "pyrpl", "plant").setValue("loopback")
+        inits: list[bool] = []
+        viewer.init_signal.connect(inits.append)
+        with qtbot.waitSignal(viewer.init_signal, timeout=30000) as init:
+            viewer.init_hardware(True)
+        assert init.args[0] is True
+        viewer.grab_done_signal.connect(frames.append)
+        snap(qtbot, viewer)
+        # a second worker would answer the snap as soon as the first (same server, same trace)
+        qtbot.wait(1000)
+        assert len(frames) == 1 and inits == [True]
+    finally:
+        viewer.quit_fun()
+
+
+def test_initializing_again_after_a_failure_gives_one_actuator(qtbot, port):
+    """The same for an actuator: after a failed and a good initialization, a move is done once."""
+    actuator, ok = init_actuator(qtbot, port, "resonator:q=banana")
+    try:
+        assert ok is False
+        actuator.settings.child("actuator_settings", "pyrpl", "plant").setValue("loopback")
+        assert initialized(qtbot, actuator) is True
+        done: list = []
+        actuator.move_done_signal.connect(done.append)
+        assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)
+        qtbot.wait(1000)
+        assert len(done) == 1
+    finally:
+        actuator.quit_fun()

@@ -44,7 +44,7 @@ def test_actuator_and_viewer_share_the_module(qtbot, port, make_viewer, make_act
     qtbot.waitUntil(lambda: viewer.settings["detector_settings", "frequency"] == target,
                     timeout=5000)
     with server_client(port) as other:  # another client (a program of its own) is refused
-        with pytest.raises(ModuleLeased, match="iq0.*leased by client"):
+        with pytest.raises(ModuleLeased, match="iq0.*leased by 'PyRPL_IQ_TCP test' of client 'PyMoDAQ"):
             other.lease("iq0")
         thread = actuator.controller_and_thread.thread
         actuator.quit_fun()  # its plugin lets the module go; the viewer still holds it

@@ -50,8 +50,12 @@ class PyRPLActuator(DAQ_Move_base):
 
     def ini_stage(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
         self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
-        self.controller = self.link.open(None if self.is_master else controller)
-        self._apply_settings()
+        try:
+            self.controller = self.link.open(None if self.is_master else controller)
+            self._apply_settings()
+        except Exception as exc:
+            self.controller = None
+            return init_failed(self, self.link, exc), False
         return self.link.info(), True
 
     def _apply(self, values: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,11 @@ def lease_when_free(take: Callable[[], Any], status: Callable[[str], None]) -> N
             time.sleep(wait)
 
 
+def plugin_title(plugin: Any) -> str:
+    """A plugin's name for the user: its module's title in PyMoDAQ (else its class name)."""
+    return str(getattr(plugin, "_title", "") or type(plugin).__name__)
+
+
 def lease_owner(holders: list[str]) -> str:
     """The owner a shared lease is recorded under: its holders' names, in the order they took
     it, each once (``"IQ, IQ scan"``)."""
@@ -215,8 +220,8 @@ class PyRPLLink:
 
     @property
     def holder(self) -> str:
-        """The plugin's name as its leases are recorded (its module title in PyMoDAQ)."""
-        return str(getattr(self.plugin, "_title", "") or type(self.plugin).__name__)
+        """The plugin's name as its leases are recorded."""
+        return plugin_title(self.plugin)
 
     def setting(self, name: str) -> Any:
         return self.plugin.settings[GROUP, name]
@@ -434,12 +439,14 @@ def _problem_param(plugin: Any) -> Any:
 
 
 def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
-    """The reason ``ini_detector`` returns (as ``reason, False``) when it cannot initialize.
+    """The reason ``ini_detector``/``ini_stage`` returns (as ``reason, False``) when it cannot
+    initialize.
 
-    DAQ_Viewer only shows "Viewer initialized: False" (not the reason) in its status bar, so the
+    PyMoDAQ only shows "Viewer initialized: False" (not the reason) in its status bar, so the
     reason is also reported as a problem (:func:`report_problem`), queued in the worker's event loop
-    after PyMoDAQ's initialization status: the reason is the last word. The server reference and
-    any lease are released: PyMoDAQ does not call close() after a failed initialization.
+    after PyMoDAQ's initialization status: the reason is the last word. Then the failed worker is
+    retired (:func:`retire_failed_worker`). The server reference and any lease are released:
+    PyMoDAQ does not call close() after a failed initialization.
     """
     reason = f"{getattr(link, 'module', 'PyRPL')}: initialization failed: {exc}"
     if isinstance(exc, PyrplPluginError):
@@ -449,8 +456,33 @@ def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
     if link is not None:
         link.close()
     clear_problem(plugin)  # a setting restored from an earlier failure: this one is reported
-    QTimer.singleShot(0, lambda: report_problem(plugin, reason))
+    QTimer.singleShot(0, lambda: (report_problem(plugin, reason), retire_failed_worker(plugin)))
     return reason
+
+
+def retire_failed_worker(plugin: Any) -> None:
+    """End the worker thread of ``plugin``, whose initialization failed (in that thread).
+
+    PyMoDAQ 5.3 keeps a failed worker connected to its control module: initializing again starts a
+    second worker in a new thread, and every later command (initialize, grab, move, settings)
+    reaches both, so two plugin instances initialize and acquire (two frames per snap, one more
+    worker per failed attempt). A worker whose thread has ended runs no command. Only a master's
+    own thread is ended (a slave shares its master's; a worker in the GUI thread, PyMoDAQ's
+    ``viewer_in_thread = false``, has none); the worker object is kept (PyMoDAQ disconnects it
+    when the module quits), not deleted with its thread.
+    """
+    thread = QThread.currentThread()
+    app = QCoreApplication.instance()
+    if app is None or thread is app.thread() or not getattr(plugin, "is_master", True):
+        return
+    worker = getattr(plugin, "parent", None)
+    if worker is not None:
+        try:
+            thread.finished.disconnect(worker.deleteLater)
+        except (TypeError, RuntimeError):  # PyMoDAQ did not connect it
+            pass
+    logger.info("%s: worker thread of the failed initialization ended", plugin_title(plugin))
+    thread.quit()
 
 
 LIVE_WAIT_S = 0.1
