@@ -16,10 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pymodaq_gui.parameter import Parameter, ioxml
 
-from pymodaq_plugins_pyrpl import cli
+from pymodaq_plugins_pyrpl import cli, experiment_states
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
 
 GROUP = "pyrpl"
@@ -138,6 +139,10 @@ def test_cli_installs_into_the_isolated_pymodaq_folder(capsys) -> None:
     already = {p: {n for n in NAMES if (p / f"{n}.xml").exists()} for p in real}
     for name in NAMES:
         (folder / f"{name}.xml").unlink(missing_ok=True)
+    states = {name: state_path(name) for name in experiment_states.STATES}
+    # the demo was loaded before its state was installed: PyMoDAQ made an empty default state
+    states["pyrpl_demo"].write_bytes(empty_state())
+    states["pyrpl_resonance"].unlink(missing_ok=True)
 
     status, out, _ = run_cli(capsys, "list")
     assert status == 0 and str(folder) in out
@@ -150,9 +155,23 @@ def test_cli_installs_into_the_isolated_pymodaq_folder(capsys) -> None:
     for path in SHIPPED:
         assert (folder / path.name).read_bytes() == path.read_bytes()
         assert str(folder / path.name) in first.stdout
+    for name, state in states.items():  # PyMoDAQ's empty default replaced by the shipped one
+        modules = {n: kind for n, (kind, _, _) in CONTENT[name].items()}
+        assert state.read_bytes() == experiment_states.state_bytes(name, modules)
+        assert str(state) in first.stdout
+    assert "replaced PyMoDAQ's empty" in first.stdout
     assert "not installed" not in run_cli(capsys, "list")[1]
     status, out, _ = run_cli(capsys, "install")
-    assert status == 0 and out.count("already installed") == len(NAMES)
+    assert status == 0 and out.count("already installed") == len(NAMES) + len(states)
+
+    # a state the user changed is kept unless --force, like an experiment
+    shipped_state = states["pyrpl_resonance"].read_bytes()
+    states["pyrpl_resonance"].write_bytes(shipped_state[:-10])
+    status, out, err = run_cli(capsys, "install")
+    assert status == 1 and "pyrpl_resonance" in err and "default state" in out
+    assert states["pyrpl_resonance"].read_bytes() == shipped_state[:-10]
+    assert run_cli(capsys, "install", "--force")[0] == 0
+    assert states["pyrpl_resonance"].read_bytes() == shipped_state
 
     # a user's change is kept unless --force
     demo = folder / "pyrpl_demo.xml"
@@ -168,6 +187,21 @@ def test_cli_installs_into_the_isolated_pymodaq_folder(capsys) -> None:
     assert run_cli(capsys)[0] == 2  # no action
     for path in real:  # nothing written outside the test's folders
         assert {n for n in NAMES if (path / f"{n}.xml").exists()} == already[path]
+
+
+def state_path(name: str) -> Path:
+    """Where PyMoDAQ reads the default state of the experiment ``name``."""
+    from pymodaq.utils.config import get_set_state_path
+
+    return Path(get_set_state_path(name)) / f"{experiment_states.STATE_NAME}.state"
+
+
+def empty_state() -> bytes:
+    """A state without steps, as PyMoDAQ's StateManager writes its default one."""
+    from serializall import SerializableFactory
+
+    serialize = SerializableFactory().get_apply_serializer
+    return serialize(False) + serialize(True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +232,7 @@ def install_for_dashboard(name: str) -> str:
     present = {n for n, (kind, dim, plugin) in modules.items() if plugin_class(kind, dim, plugin)}
     if present == set(modules):
         (experiments_folder() / shipped.name).write_bytes(shipped.read_bytes())
+        install_default_state(name)
         return name
     warnings.warn(f"loading {name} without {sorted(set(modules) - present)}: plugins missing")
     settings = Parameter.create(name="Preset", type="group",
@@ -208,6 +243,34 @@ def install_for_dashboard(name: str) -> str:
                 settings.child(kind).removeChild(child)
     ioxml.parameter_to_xml_file(settings, experiments_folder() / f"{name}_available.xml")
     return f"{name}_available"
+
+
+def install_default_state(name: str) -> None:
+    """Install the experiment's default state, as ``pymodaq-pyrpl experiments install`` does."""
+    if name in experiment_states.STATES:
+        modules = {n: kind for n, (kind, _, _) in CONTENT[name].items()}
+        state_path(name).write_bytes(experiment_states.state_bytes(name, modules))
+
+
+def check_default_state(name: str, dashboard, first_frames: dict, port: int) -> None:
+    """What the experiment's default state did, seen in the first frame of each detector."""
+    if name == "pyrpl_demo":  # the ASG's sine on the scope's in1 at the first grab
+        (scope,) = first_frames["Scope"].get_data_from_dim("Data1D")
+        in1 = scope.data[0]
+        dt = scope.axes[0].scaling
+        spectrum = np.abs(np.fft.rfft(in1 - in1.mean()))
+        peak = np.fft.rfftfreq(in1.size, dt)[int(np.argmax(spectrum))]
+        assert peak == pytest.approx(experiment_states.ASG_DEMO_FREQUENCY, rel=0.15)
+        assert (in1.max() - in1.min()) / 2 == pytest.approx(experiment_states.ASG_DEMO_AMPLITUDE,
+                                                            rel=0.1)
+        asg = dashboard.modules_manager.get_mod_from_name("ASG", "actuator")
+        assert asg.axis_name == "Frequency"
+    elif name == "pyrpl_resonance":  # the resonator plant, excited by the IQ
+        assert runtime.read_live_state(port).plant.startswith("resonator:f0=100000,q=30,")
+        iq = dashboard.modules_manager.get_mod_from_name("IQ", "detector")
+        assert iq.settings["detector_settings", "amplitude"] == pytest.approx(
+            experiment_states.RESONANCE_EXCITATION, abs=1e-4)  # as applied (quantized)
+        assert iq.settings["detector_settings", "output_direct"] == "out1"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -230,14 +293,17 @@ def test_dashboard_loads_the_experiment_and_drives_every_module(qtbot, dashboard
         assert state is not None and state.backend == "mock"
         server_pid = state.pid
 
+        first_frames = {}
         for det in dashboard.detector_modules:
             with qtbot.waitSignal(det.grab_done_signal, timeout=15000) as grabbed:
                 det.snap()
+            first_frames[det.title] = grabbed.args[0]
             dim = CONTENT[name][det.title][1].replace("DAQ", "Data")
             data = grabbed.args[0].get_data_from_dim(dim)
             assert len(data) >= 1 and data[0].data[0].size > 0, det.title
             if dim == "Data1D":
                 assert data[0].data[0].size == catalogue.SCOPE_SAMPLES
+        check_default_state(name, dashboard, first_frames, dashboard_port)
 
         targets = {"ASG": (1000.0, pytest.approx(1000.00761449337)),
                    "PID": (0.125, 0.125),  # default axes: Frequency, Setpoint, Frequency

@@ -2,9 +2,9 @@
 simulated resonator with the IQ viewer as detector (the shipped experiment ``pyrpl_resonance``), and
 the resonance is fitted from the h5 file DAQ_Scan saved.
 
-The plugins start the simulated board with the resonator plant, as with ``[board] plant =
-"resonator"`` in config_pyrpl.toml (an experiment stores no plugin settings: the test sets the
-plugin classes' defaults).
+The experiment's default state (installed by ``pymodaq-pyrpl experiments install``) chooses the
+resonator plant and initializes the modules; the test only points the plugins at its port and at
+the simulated board (the plugin classes' defaults).
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def pymodaq_theme(qapp):
 
 @pytest.fixture
 def resonator_port(port: int, monkeypatch: pytest.MonkeyPatch) -> int:
-    """The IQ plugins default to ``port`` and to the simulated board with the resonator plant."""
+    """The IQ plugins default to ``port`` and to the simulated board (the experiment's default
+    state chooses the resonator plant)."""
     from pymodaq_plugins_pyrpl.daq_move_plugins.daq_move_PyRPL_IQ_TCP import DAQ_Move_PyRPL_IQ_TCP
     from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_0D.daq_0Dviewer_PyRPL_IQ_TCP import (
         DAQ_0DViewer_PyRPL_IQ_TCP)
@@ -58,19 +59,17 @@ def resonator_port(port: int, monkeypatch: pytest.MonkeyPatch) -> int:
                 monkeypatch.setitem(child, "value", port)
             elif child["name"] == "hostname":
                 monkeypatch.setitem(child, "value", "")
-            elif child["name"] == "plant":
-                monkeypatch.setitem(child, "value", "resonator")
     return port
 
 
 def load_resonance_experiment(qtbot):
-    """A headless Dashboard with pyrpl_resonance loaded: (shared_ui, dashboard)."""
+    """A headless Dashboard with pyrpl_resonance and its default state loaded (the state chooses
+    the resonator plant and initializes the modules): (shared_ui, dashboard)."""
     from pymodaq.dashboard import create_load_dashboard
     from pymodaq.utils.config import get_set_experiment_path
 
-    shipped = cli.EXPERIMENTS / "pyrpl_resonance.xml"
-    path = Path(get_set_experiment_path()) / shipped.name
-    path.write_bytes(shipped.read_bytes())
+    assert cli.main(["experiments", "install", "--force"]) == 0
+    path = Path(get_set_experiment_path()) / "pyrpl_resonance.xml"
     shared_ui, dashboard = create_load_dashboard(show_dashboard=False)
     manager = dashboard.experiment_manager
     manager.entry = "pyrpl_resonance"

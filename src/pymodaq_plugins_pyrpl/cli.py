@@ -1,5 +1,5 @@
 """``pymodaq-pyrpl``: run, inspect, stop and take over local PyRPL servers; install the shipped
-PyMoDAQ experiments.
+PyMoDAQ experiments and their default states.
 
 Exit status: 0 success; 1 the operation failed or there was nothing to act on (the message says
 which); 2 wrong usage. ``pymodaq-pyrpl server`` exits with the server's own status.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from . import __version__
+from . import __version__, experiment_states
 from .hardware import protocol, runtime
 from .hardware.client import PyRPLClient
 from .hardware.errors import PyrplPluginError
@@ -109,49 +110,104 @@ EXPERIMENTS = Path(__file__).parent / "resources" / "experiments"
 """The experiments (PyMoDAQ presets) shipped with the package."""
 
 
-def _experiments() -> tuple[list[Path], Path]:
-    """The shipped experiment files, and PyMoDAQ's experiments folder (imports PyMoDAQ)."""
-    from pymodaq.utils.config import get_set_experiment_path
+@dataclass
+class _Shipped:
+    """One file an experiment installs: its content and where PyMoDAQ reads it."""
 
-    return sorted(EXPERIMENTS.glob("*.xml")), Path(get_set_experiment_path())
+    content: bytes
+    target: Path
+    replaceable: Callable[[Path], bool] = lambda path: False
+    """Whether an installed file that differs is a placeholder, replaced without --force."""
+
+    def state(self) -> str:
+        """"not installed", "installed", "placeholder" (replaced without --force) or "modified"."""
+        if not self.target.exists():
+            return "not installed"
+        if self.target.read_bytes() == self.content:
+            return "installed"
+        return "placeholder" if self.replaceable(self.target) else "modified"
 
 
-def _installed_state(shipped: Path, folder: Path) -> str:
-    target = folder / shipped.name
-    if not target.exists():
-        return "not installed"
-    return "installed" if target.read_bytes() == shipped.read_bytes() else "modified"
+def _experiments() -> tuple[dict[str, list[_Shipped]], Path]:
+    """Each shipped experiment's files (the experiment, then its default state if it has one), and
+    PyMoDAQ's experiments folder (imports PyMoDAQ)."""
+    from pymodaq.utils.config import get_set_experiment_path, get_set_state_path
+
+    folder = Path(get_set_experiment_path())
+    shipped = {}
+    for path in sorted(EXPERIMENTS.glob("*.xml")):
+        files = [_Shipped(path.read_bytes(), folder / path.name)]
+        if path.stem in experiment_states.STATES:
+            target = Path(get_set_state_path(path.stem)) / f"{experiment_states.STATE_NAME}.state"
+            content = experiment_states.state_bytes(path.stem, _experiment_modules(path))
+            files.append(_Shipped(content, target, _empty_state))
+        shipped[path.stem] = files
+    return shipped, folder
+
+
+def _experiment_modules(path: Path) -> dict[str, str]:
+    """module name → "actuator" or "detector", in the experiment file's order."""
+    from pymodaq_gui.parameter import Parameter, ioxml
+
+    settings = Parameter.create(name="Preset", type="group",
+                                children=ioxml.XML_file_to_parameter(path))
+    return {child["name"]: kind for kind in ("actuator", "detector")
+            for child in settings.child(kind).children()}
+
+
+def _empty_state(path: Path) -> bool:
+    """A state without steps: the ``default`` PyMoDAQ creates for an experiment loaded before
+    its state was installed."""
+    from pymodaq_utils.utils import read_binary_and_deserialize
+
+    try:
+        data = read_binary_and_deserialize(path)
+    except Exception:  # not a state PyMoDAQ can read: the user's to decide (--force)
+        return False
+    return all(isinstance(item, bool) for item in data)  # only the header's flags
+
+
+def _experiment_state(files: list[_Shipped]) -> str:
+    states = [f.state() for f in files]
+    if "modified" in states:
+        return "modified"
+    return "installed" if set(states) == {"installed"} else "not installed"
 
 
 def cmd_experiments_list(args: argparse.Namespace) -> int:
     shipped, folder = _experiments()
-    width = max(len(path.stem) for path in shipped)
+    width = max(len(name) for name in shipped)
     print(f"experiments shipped with pymodaq_plugins_pyrpl (PyMoDAQ's folder: {folder}):")
-    for path in shipped:
-        print(f"  {path.stem.ljust(width)}  {_installed_state(path, folder)}")
+    for name, files in shipped.items():
+        extra = " (with its default state)" if len(files) > 1 else ""
+        print(f"  {name.ljust(width)}  {_experiment_state(files)}{extra}")
     print("install them with 'pymodaq-pyrpl experiments install'; load one with "
           "'dashboard -x NAME'")
     return 0
 
 
 def cmd_experiments_install(args: argparse.Namespace) -> int:
-    shipped, folder = _experiments()
+    shipped, _ = _experiments()
     refused = []
-    for path in shipped:
-        state = _installed_state(path, folder)
-        target = folder / path.name
-        if state == "installed":
-            print(f"{path.stem}: already installed, unchanged ({target})")
-        elif state == "modified" and not args.force:
-            print(f"{path.stem}: {target} differs from the shipped experiment; not overwritten "
-                  f"(use --force to replace it)")
-            refused.append(path.stem)
-        else:
-            shutil.copyfile(path, target)
-            print(f"{path.stem}: {'replaced' if state == 'modified' else 'installed'} ({target})")
+    for name, files in shipped.items():
+        for file in files:
+            state = file.state()
+            what = "experiment" if file is files[0] else "default state"
+            if state == "installed":
+                print(f"{name}: {what} already installed, unchanged ({file.target})")
+            elif state == "modified" and not args.force:
+                print(f"{name}: {file.target} differs from the shipped {what}; not overwritten "
+                      f"(use --force to replace it)")
+                refused.append(name)
+            else:
+                file.target.parent.mkdir(parents=True, exist_ok=True)
+                file.target.write_bytes(file.content)
+                done = {"modified": "replaced", "placeholder": "replaced PyMoDAQ's empty"}.get(
+                    state, "installed")
+                print(f"{name}: {what} {done} ({file.target})")
     if refused:
-        print(f"error: {len(refused)} experiment(s) not installed: {', '.join(refused)}",
-              file=sys.stderr)
+        names = ", ".join(dict.fromkeys(refused))
+        print(f"error: {len(set(refused))} experiment(s) not installed: {names}", file=sys.stderr)
         return 1
     print("load one in PyMoDAQ's dashboard with 'dashboard -x pyrpl_demo' (or its Experiment menu)")
     return 0
@@ -194,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="list them and whether they are installed")
     listing.set_defaults(run=cmd_experiments_list)
     install = actions.add_parser(
-        "install", help="copy them into PyMoDAQ's experiments folder (a file that differs from "
-                        "the shipped one is kept unless --force)")
+        "install", help="copy them into PyMoDAQ's experiments folder and their default states "
+                        "into its states folder (a file that differs from the shipped one is kept "
+                        "unless --force; PyMoDAQ's own empty default state is replaced)")
     install.add_argument("--force", action="store_true",
                          help="replace experiments that differ from the shipped ones")
     install.set_defaults(run=cmd_experiments_install)
