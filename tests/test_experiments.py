@@ -264,7 +264,9 @@ def check_default_state(name: str, dashboard, first_frames: dict, port: int) -> 
         assert (in1.max() - in1.min()) / 2 == pytest.approx(experiment_states.ASG_DEMO_AMPLITUDE,
                                                             rel=0.1)
         asg = dashboard.modules_manager.get_mod_from_name("ASG", "actuator")
-        assert asg.axis_name == "Frequency"
+        assert asg.axis_name == "Frequency" and asg.units == "Hz"
+        assert asg.current_value.value() == pytest.approx(experiment_states.ASG_DEMO_FREQUENCY,
+                                                          rel=1e-3)
     elif name == "pyrpl_resonance":  # the resonator plant, excited by the IQ
         assert runtime.read_live_state(port).plant.startswith("resonator:f0=100000,q=30,")
         iq = dashboard.modules_manager.get_mod_from_name("IQ", "detector")
@@ -305,7 +307,8 @@ def test_dashboard_loads_the_experiment_and_drives_every_module(qtbot, dashboard
                 assert data[0].data[0].size == catalogue.SCOPE_SAMPLES
         check_default_state(name, dashboard, first_frames, dashboard_port)
 
-        targets = {"ASG": (1000.0, pytest.approx(1000.00761449337)),
+        targets = {"ASG": (2000.0, pytest.approx(catalogue.MODULES["asg0"].attributes[
+                       "frequency"].validate(2000.0))),  # pyrpl_demo's state put it at 1 kHz
                    "PID": (0.125, 0.125),  # default axes: Frequency, Setpoint, Frequency
                    "IQ frequency": (1e5, pytest.approx(catalogue.MODULES["iq0"].attributes[
                        "frequency"].validate(1e5)))}

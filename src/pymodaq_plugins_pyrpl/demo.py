@@ -204,7 +204,8 @@ def _plot(png: Path, time_axis: np.ndarray, channels: list[np.ndarray],
     window.resize(1000, 420)
     window.setBackground("w")
     scope = window.addPlot(title="Scope: ASG sine through the simulated cable")
-    scope.addLegend()
+    scope.addLegend(offset=(-10, 5), colCount=2)  # top right, one row, above the sine:
+    scope.setYRange(-1.2 * ASG_AMPLITUDE, 1.6 * ASG_AMPLITUDE, padding=0)  # room left for it
     for channel, color, name in zip(channels, ("b", "r"), ("in1", "in2")):
         scope.plot(time_axis * 1e3, channel, pen=pg.mkPen(color, width=1.5), name=name)
     scope.setLabel("bottom", "time", "ms")

@@ -8,7 +8,7 @@ Each shipped experiment that needs more than the plugins' defaults gets its ``de
 written in PyMoDAQ's own format (``pymodaq-pyrpl experiments install`` writes the files):
 
 - ``pyrpl_demo``: the ASG plays a 1 kHz, 0.5 V sine on out1 (the scope's in1 shows it at the first
-  grab); the ASG module is left on its Frequency axis.
+  grab); the ASG module is left on its Frequency axis, showing the frequency.
 - ``pyrpl_resonance``: both modules use the simulated resonator plant (f0 = 100 kHz, Q = 30; a real
   board ignores it) and are initialized after that (the experiment itself does not initialize
   them: a plant chosen after initialization would need another server); the IQ detector excites
@@ -54,6 +54,7 @@ STATES: dict[str, list[Step]] = {
         _setting("ASG", _ASG_AXIS, "Amplitude"),
         Step("move", "ASG", ASG_DEMO_AMPLITUDE, unit="V"),
         _setting("ASG", _ASG_AXIS, "Frequency"),
+        Step("move", "ASG", ASG_DEMO_FREQUENCY, unit="Hz"),  # shows the frequency, not 500 mHz
     ],
     "pyrpl_resonance": [
         _setting("IQ frequency", ("actuator_settings", "pyrpl", "plant"), RESONANCE_PLANT),
