@@ -490,9 +490,9 @@ LIVE_WAIT_S = 0.1
 worker polls its event loop without pause until the frame comes (its "Wait time" is 0 by default),
 which costs a core; waiting here instead costs nothing, and at most this long for a Stop."""
 RETRY_DELAY_MS = 1000
+"""Live grabbing: delay before a new attempt after an error (other than an acquisition timeout)."""
 GUI_BACKLOG = 3
 """Live grabbing: at most this many frames handed over and not yet taken in by the GUI thread."""
-"""Live grabbing: delay before a new attempt after an error (other than an acquisition timeout)."""
 
 Job = Callable[[Callable[[], bool]], Any]
 """A blocking acquisition; its argument tells whether its result is still wanted (to end early)."""
