@@ -295,7 +295,7 @@ def test_server_restart_gives_new_session_with_leases_restored(tmp_path: Path,
     client.add_connection_callback(recorder)
     client.add_status_callback(recorder.status)
     old_session = client.connect()["session"]
-    client.lease("asg0")
+    client.lease("asg0", owner="ASG")  # the owner is restored with the lease
     client.lease("pid1")
     client.subscribe()
 
@@ -314,6 +314,7 @@ def test_server_restart_gives_new_session_with_leases_restored(tmp_path: Path,
         assert info["leases"] == ["asg0", "pid1"] and info["lost_leases"] == []
         entry = session_entry(second, "survivor")
         assert entry["leases"] == ["asg0", "pid1"] and entry["connected"] and entry["hold"]
+        assert entry["owners"] == {"asg0": "ASG"}
         waiting.join(10)
         assert out.get("result") == {"amplitude": 0.0}, out  # waited for the restart, then sent
         assert client.set("pid1", {"setpoint": 0.1}) == {"setpoint": pytest.approx(0.1, abs=1e-3)}
