@@ -15,6 +15,20 @@ def server_client(port: int) -> PyRPLClient:
     return client
 
 
+def default_to_simulated_board(monkeypatch: pytest.MonkeyPatch, classes, port: int) -> None:
+    """Make each plugin class in ``classes`` default to the simulated board on ``port``, as
+    config_pyrpl.toml would (an experiment stores no plugin settings). "pyrpl" is
+    plugin_support.GROUP, not imported: importing plugin_support before PyMoDAQ makes PyMoDAQ's
+    plugin discovery miss the plugins (a circular import)."""
+    for cls in classes:
+        group = next(p for p in cls.params if p["name"] == "pyrpl")
+        for child in group["children"]:
+            if child["name"] == "server_port":
+                monkeypatch.setitem(child, "value", port)
+            elif child["name"] == "hostname":
+                monkeypatch.setitem(child, "value", "")
+
+
 def plugin_of(module):
     """The plugin instance behind a DAQ_Viewer or DAQ_Move (white-box)."""
     return module.controller_and_thread.thread._hardwares[module.title].plugin
@@ -47,7 +61,7 @@ def set_setting(qtbot, viewer, name, value, applied=None) -> None:
     path = name if isinstance(name, tuple) else (name,)
     viewer.settings.child("detector_settings", *path).setValue(value)
     expected = value if applied is None else applied
-    qtbot.waitUntil(lambda: viewer.settings["detector_settings", *path] == pytest.approx(expected),
+    qtbot.waitUntil(lambda: viewer.settings[("detector_settings", *path)] == pytest.approx(expected),
                     timeout=5000)
 
 

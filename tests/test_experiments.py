@@ -22,11 +22,7 @@ from pymodaq_gui.parameter import Parameter, ioxml
 
 from pymodaq_plugins_pyrpl import cli, experiment_states
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
-
-GROUP = "pyrpl"
-"""The plugins' connection settings group (plugin_support.GROUP; not imported here: importing
-plugin_support before PyMoDAQ makes PyMoDAQ's plugin discovery miss the plugins, a circular
-import)."""
+from plugin_helpers import default_to_simulated_board
 
 SHIPPED = sorted(cli.EXPERIMENTS.glob("*.xml"))
 NAMES = [path.stem for path in SHIPPED]
@@ -212,16 +208,8 @@ def empty_state() -> bytes:
 def dashboard_port(port: int, monkeypatch: pytest.MonkeyPatch):
     """Every PyRPL plugin class defaults to ``port`` (an experiment stores no plugin settings; the
     default normally comes from config_pyrpl.toml) and to the simulated board."""
-    for kind, dim, plugin in PLUGINS:
-        cls = plugin_class(kind, dim, plugin)
-        if cls is None:
-            continue
-        group = next(p for p in cls.params if p["name"] == GROUP)
-        for child in group["children"]:
-            if child["name"] == "server_port":
-                monkeypatch.setitem(child, "value", port)
-            elif child["name"] == "hostname":
-                monkeypatch.setitem(child, "value", "")
+    classes = (plugin_class(kind, dim, plugin) for kind, dim, plugin in PLUGINS)
+    default_to_simulated_board(monkeypatch, [cls for cls in classes if cls is not None], port)
     return port
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl import cli
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from plugin_helpers import server_client
+from plugin_helpers import default_to_simulated_board, server_client
 
 F0, Q = 100e3, 30.0
 """The resonator plant's defaults (hardware/physics/plants.py)."""
@@ -52,13 +52,7 @@ def resonator_port(port: int, monkeypatch: pytest.MonkeyPatch) -> int:
     from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_0D.daq_0Dviewer_PyRPL_IQ_TCP import (
         DAQ_0DViewer_PyRPL_IQ_TCP)
 
-    for cls in (DAQ_Move_PyRPL_IQ_TCP, DAQ_0DViewer_PyRPL_IQ_TCP):
-        group = next(p for p in cls.params if p["name"] == "pyrpl")
-        for child in group["children"]:
-            if child["name"] == "server_port":
-                monkeypatch.setitem(child, "value", port)
-            elif child["name"] == "hostname":
-                monkeypatch.setitem(child, "value", "")
+    default_to_simulated_board(monkeypatch, (DAQ_Move_PyRPL_IQ_TCP, DAQ_0DViewer_PyRPL_IQ_TCP), port)
     return port
 
 

@@ -241,14 +241,20 @@ def test_takeover_kicks_the_old_client_out_for_good(port, cleanup_servers):
     newcomer.release_server()
 
 
-def test_stopped_server_is_not_restarted(port):
-    manager = TCPServerManager(port=port)
-    client = manager.ensure_server_running()
+def watch_failure(client) -> tuple[threading.Event, list[BaseException]]:
+    """An event set when ``client`` fails for good, and the list its errors are appended to."""
     failed = threading.Event()
     errors: list[BaseException] = []
     client.add_connection_callback(
         lambda event, info: (errors.append(info["error"]), failed.set()) if event == "failed"
         else None)
+    return failed, errors
+
+
+def test_stopped_server_is_not_restarted(port):
+    manager = TCPServerManager(port=port)
+    client = manager.ensure_server_running()
+    failed, errors = watch_failure(client)
     assert stop_local_server(port) is not None
     assert failed.wait(20)
     assert isinstance(errors[0], ServerGone)
@@ -385,11 +391,7 @@ def test_server_removes_its_state_file_when_it_stops_by_itself(port):
 def test_server_stopped_by_a_signal_removes_its_state_file_and_is_not_revived(port):
     manager = TCPServerManager(port=port)
     client = manager.ensure_server_running()
-    failed = threading.Event()
-    errors: list[BaseException] = []
-    client.add_connection_callback(
-        lambda event, info: (errors.append(info["error"]), failed.set()) if event == "failed"
-        else None)
+    failed, errors = watch_failure(client)
     pid = runtime.read_state(port).pid
     os.kill(pid, signal.SIGTERM)
     assert failed.wait(20)

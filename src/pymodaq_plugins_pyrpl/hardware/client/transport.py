@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .. import protocol
 from ..errors import CertificateMismatch, ConnectionFailed
-from ..sockets import enable_keepalive
+from ..sockets import configure_stream
 from ..tls import fingerprint
 
 SLICE = 0.2
@@ -233,8 +233,7 @@ class Link:
 def configure(sock: socket.socket) -> None:
     """Low latency (no Nagle), keepalive (a vanished server is noticed in about 30 s), and a SLICE
     timeout so blocked reads and writes wake up regularly."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    enable_keepalive(sock)
+    configure_stream(sock)
     sock.settimeout(SLICE)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .. import protocol
 from ..errors import RequestTooLarge, RetryLater
-from ..sockets import enable_keepalive
+from ..sockets import configure_stream
 from .auth import MAX_PENDING_PER_ADDRESS, Admission, open_files_limit, pending_limit
 from .connection import Connection
 from .core import Server
@@ -124,8 +124,8 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
     ip, port = writer.get_extra_info("peername")[:2]
     peer = f"{ip}:{port}"
     sock = writer.get_extra_info("socket")
-    if sock is not None:
-        enable_keepalive(sock)
+    if sock is not None:  # asyncio sets TCP_NODELAY only on sockets it created itself
+        configure_stream(sock)
 
     async def send(data: bytes) -> None:
         writer.write(data)
