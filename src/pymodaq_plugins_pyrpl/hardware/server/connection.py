@@ -27,9 +27,11 @@ class _Output:
 class Connection:
     """One TCP connection (or a test double): its output queue, subscription flag and session.
 
-    Output never makes its caller wait for the peer: :meth:`send` and :meth:`push_status` queue the
-    encoded message, and a writer task of the connection hands the queue to ``send`` in order. The
-    backlog (bytes queued, or handed to ``send`` that has not returned yet) is bounded by
+    Output never makes its caller wait for the peer: :meth:`send` and :meth:`push_status` hand the
+    encoded message to ``write_now`` when nothing is waiting (it writes without blocking and says
+    whether it did: the usual case, no task needed), else queue it, and a writer task of the
+    connection hands the queue to ``send`` in order. The backlog (bytes queued, or handed to ``send``
+    that has not returned yet; plus at most the one message ``write_now`` took last) is bounded by
     ``max_output``: a message that would pass it aborts the connection instead (nothing more is
     written; the session stays for resume, as after any dropped connection). An unsent status push
     is replaced by a newer one, so a subscriber that does not read holds at most one.
@@ -38,8 +40,10 @@ class Connection:
     def __init__(self, send: Callable[[bytes], Awaitable[None]], peer: str = "local",
                  close: Callable[[], None] | None = None, ip: str = "local",
                  abort: Callable[[], None] | None = None,
-                 max_output: int = protocol.MAX_OUTPUT_BYTES) -> None:
+                 max_output: int = protocol.MAX_OUTPUT_BYTES,
+                 write_now: Callable[[bytes], bool] | None = None) -> None:
         self._send = send
+        self._write_now = write_now
         self._close = close
         self._abort = abort or close
         self.max_output = max_output
@@ -84,8 +88,13 @@ class Connection:
             unsent.data = data
 
     def _queue(self, output: _Output) -> _Output | None:
-        """Queue ``output`` (None if that aborted the connection) and start the writer if idle."""
+        """Write ``output`` at once if nothing waits and ``write_now`` takes it, else queue it and
+        start the writer if idle. Returns it if queued (None if written, or if that aborted the
+        connection)."""
         if not self._fits(len(output.data)):
+            return None
+        idle = not self._output and (self._writer is None or self._writer.done())
+        if idle and self._write_now is not None and self._write_now(output.data):
             return None
         self._output.append(output)
         self.backlog += len(output.data)

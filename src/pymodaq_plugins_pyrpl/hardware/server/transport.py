@@ -131,7 +131,16 @@ async def _serve_connection(server: Server, reader: asyncio.StreamReader,
         writer.write(data)
         await writer.drain()
 
-    connection = Connection(send, peer, close=writer.close, ip=ip, abort=writer.transport.abort)
+    def write_now(data: bytes) -> bool:
+        """Write if the transport holds nothing unsent (never blocks); False: queue it instead."""
+        transport = writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        writer.write(data)
+        return True
+
+    connection = Connection(send, peer, close=writer.close, ip=ip, abort=writer.transport.abort,
+                            write_now=write_now)
     server.connection_made(connection)
     requests = _Requests(server, connection)
     loop = asyncio.get_running_loop()
