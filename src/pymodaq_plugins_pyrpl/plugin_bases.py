@@ -6,7 +6,7 @@ moves, re-applying after a server restart and the background acquisition live he
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
                                                           DataActuatorType)
@@ -114,15 +114,7 @@ class PyRPLActuator(DAQ_Move_base):
             return
         name = param.name()
         if is_connection_setting(param):
-            try:
-                self.link = self.link.reconnected()
-                self.controller = self.link.client
-                self._reapply()
-            except PyrplPluginError as exc:
-                self.link.problem(f"{self.link.module}: not connected: {exc}")
-                return
-            self.link.solved()
-            self.link.status(f"connected again: {self.link.info()}")
+            _connect_again(self, self._reapply)
         elif name == "module":
             self.link.switch(param.value())
             self._targets.clear()
@@ -188,15 +180,7 @@ class PyRPLViewer(DAQ_Viewer_base):
         if self.link is None or not is_connection_setting(param):
             self._commit_setting(param)
             return
-        try:
-            self.link = self.link.reconnected()
-            self.controller = self.link.client
-            self._apply_all()
-        except PyrplPluginError as exc:
-            self.link.problem(f"{self.link.module}: not connected: {exc}")
-            return
-        self.link.solved()
-        self.link.status(f"connected again: {self.link.info()}")
+        _connect_again(self, self._apply_all)
 
     def _commit_setting(self, param: Parameter) -> None:
         """A plugin setting changed (not a connection setting)."""
@@ -231,3 +215,18 @@ class PyRPLViewer(DAQ_Viewer_base):
         worker = self.parent
         if worker is not None and getattr(worker, "grab_state", False):
             worker.queue_command(ThreadCommand(ControlToHardwareViewer.STOP_GRAB))
+
+
+def _connect_again(plugin: Any, reapply: Callable[[], None]) -> None:
+    """A connection setting of an initialized ``plugin`` changed: connect with the new settings
+    and ``reapply`` the plugin's settings there. The old connection is kept until the new one
+    works; a refusal is shown as the module's problem and changes nothing."""
+    try:
+        plugin.link = plugin.link.reconnected()
+        plugin.controller = plugin.link.client
+        reapply()
+    except PyrplPluginError as exc:
+        plugin.link.problem(f"{plugin.link.module}: not connected: {exc}")
+        return
+    plugin.link.solved()
+    plugin.link.status(f"connected again: {plugin.link.info()}")
