@@ -1,9 +1,9 @@
 """Test isolation and shared fixtures.
 
 Everything a test could write outside its temporary folders is redirected at import time, before any
-test imports PyMoDAQ or PyRPL: HOME (PyMoDAQ's ~/.pymodaq, PyRPL's ~/pyrpl_user_dir), PYRPL_USER_DIR,
-XDG_RUNTIME_DIR, the server runtime folder and PyMoDAQ's system folder (/etc/.pymodaq, see
-tests/isolation/sitecustomize.py). Qt runs offscreen.
+test imports PyMoDAQ or PyRPL: HOME (PyMoDAQ's ~/.pymodaq, PyRPL's ~/pyrpl_user_dir),
+PYRPL_USER_DIR, XDG_RUNTIME_DIR, the server runtime folder and PyMoDAQ's system folder
+(/etc/.pymodaq, see tests/helpers/isolation/sitecustomize.py). Qt runs offscreen.
 """
 from __future__ import annotations
 
@@ -22,14 +22,13 @@ for _name, _sub in (("HOME", "home"), ("PYRPL_USER_DIR", "pyrpl_user_dir"),
     os.environ[_name] = str(_ISOLATED / _sub)
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 # PyMoDAQ's /etc/.pymodaq goes to the "etc" folder above, in this process and in subprocesses
-_SITE = str(Path(__file__).parent / "isolation")
+_SITE = str(Path(__file__).parent / "helpers" / "isolation")
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SITE, os.environ.get("PYTHONPATH")]))
 _spec = importlib.util.spec_from_file_location("_pyrpl_test_isolation", f"{_SITE}/sitecustomize.py")
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
-from support import ServerProcess  # noqa: E402  (after the environment is isolated)
-
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port  # noqa: E402
+from tests.helpers.support import ServerProcess  # noqa: E402  (after the environment is isolated)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,8 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--rp-host"):
         return
     skip = pytest.mark.skip(reason="needs a Red Pitaya: pass --rp-host HOST")
-    for item in items:
-        if "hardware" in item.keywords:
+    for item in items:  # the marker, not the keyword: every test in tests/hardware/ has that one
+        if item.get_closest_marker("hardware") is not None:
             item.add_marker(skip)
 
 

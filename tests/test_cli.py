@@ -14,7 +14,6 @@ from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.errors import ServerError
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
 
-
 pytestmark = pytest.mark.usefixtures("private_runtime")
 
 

@@ -22,7 +22,8 @@ from pymodaq_gui.parameter import Parameter, ioxml
 
 from pymodaq_plugins_pyrpl import cli, experiment_states
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
-from plugin_helpers import default_to_simulated_board
+from tests.helpers.plugins import default_to_simulated_board
+from tests.helpers.scripts import DASHBOARD_QUIT
 
 SHIPPED = sorted(cli.EXPERIMENTS.glob("*.xml"))
 NAMES = [path.stem for path in SHIPPED]
@@ -323,11 +324,11 @@ def test_quitting_the_dashboard_while_viewers_grab():
     """Quitting a headless Dashboard while our viewers grab continuously (each viewer alone, then
     all three): every worker thread ends by itself (PyMoDAQ terminates a worker still busy after
     5 s, and a terminated worker can freeze the process for good), and the auto-started server
-    stops. Run in a subprocess (tests/dashboard_quit.py), so a freeze fails the test instead of
-    hanging the suite. How long each quit took is printed (a figure, not asserted)."""
+    stops. Run in a subprocess (tests/helpers/scripts/dashboard_quit.py), so a freeze fails the
+    test instead of hanging the suite. How long each quit took is printed (a figure, not asserted)."""
     from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
-    args = [str(Path(__file__).parent / "dashboard_quit.py")]
+    args = [str(DASHBOARD_QUIT)]
     for detectors in QUIT_SCENARIOS:
         args += [str(free_port()), ",".join(detectors)]
     run = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240)

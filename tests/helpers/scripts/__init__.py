@@ -1,0 +1,13 @@
+"""Scripts the tests run as subprocesses, by path (``python PATH ARGS``): each one's docstring says
+what it does and how it is called. They import the package under test only, never the helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+_FOLDER = Path(__file__).parent
+DASHBOARD_QUIT = _FOLDER / "dashboard_quit.py"
+HOLDER = _FOLDER / "holder.py"
+NET_DRIVER = _FOLDER / "net_driver.py"
+PID_REUSE = _FOLDER / "pid_reuse.py"
+PYRPL_BACKEND_PROBE = _FOLDER / "pyrpl_backend_probe.py"
+PYRPL_QUANTIZATION_PROBE = _FOLDER / "pyrpl_quantization_probe.py"
