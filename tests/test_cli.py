@@ -136,15 +136,19 @@ def test_damaged_state_file_is_a_clear_error(port: int, contents: str) -> None:
                    for p in runtime.runtime_dir().iterdir())
 
 
-@pytest.mark.parametrize("entry", [["pymodaq-pyrpl"], ["-m", "pymodaq_plugins_pyrpl.cli"],
-                                   ["-m", "pymodaq_plugins_pyrpl.hardware.server"]])
-def test_status_and_stop_see_a_server_started_by_hand(port: int, entry: list[str]) -> None:
+SERVER_COMMANDS = {
+    "pymodaq-pyrpl": [str(Path(sys.executable).with_name("pymodaq-pyrpl")), "server"],
+    "-m pymodaq_plugins_pyrpl.cli": [sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "server"],
+    "-m pymodaq_plugins_pyrpl.hardware.server": [sys.executable, "-m",
+                                                 "pymodaq_plugins_pyrpl.hardware.server"],
+}
+"""The three ways to start a server by hand, by name."""
+
+
+@pytest.mark.parametrize("command", SERVER_COMMANDS.values(), ids=SERVER_COMMANDS.keys())
+def test_status_and_stop_see_a_server_started_by_hand(port: int, command: list[str]) -> None:
     """A server started by hand registers like an auto-started one: listed with its plant, and
     stopped, by the CLI."""
-    if entry[0] == "pymodaq-pyrpl":
-        command = [str(Path(sys.executable).with_name("pymodaq-pyrpl")), "server"]
-    else:
-        command = [sys.executable, *entry] + (["server"] if entry[1].endswith("cli") else [])
     server = subprocess.Popen([*command, "--mock", "--plant", "resonator:q=50", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               stdin=subprocess.DEVNULL, text=True)

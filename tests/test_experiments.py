@@ -12,7 +12,6 @@ import os
 import pwd
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pymodaq_plugins_pyrpl import cli, experiment_states
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
 from tests.helpers.plugins import default_to_simulated_board
 from tests.helpers.scripts import DASHBOARD_QUIT
+from tests.helpers.waiting import wait_until
 
 SHIPPED = sorted(cli.EXPERIMENTS.glob("*.xml"))
 NAMES = [path.stem for path in SHIPPED]
@@ -338,7 +338,5 @@ def test_quitting_the_dashboard_while_viewers_grab():
     for result in results:
         print(f"quit with {result['detectors']} grabbing: {result['quit_s']:.2f} s")
         assert result["terminated"] == [], result
-        deadline = time.monotonic() + 10
-        while runtime.pid_alive(result["server_pid"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not runtime.pid_alive(result["server_pid"]), f"the server did not stop: {result}"
+        wait_until(lambda: not runtime.pid_alive(result["server_pid"]), 10,
+                   f"the server to stop: {result}")

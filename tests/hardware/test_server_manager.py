@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pytest
@@ -36,16 +35,9 @@ from pymodaq_plugins_pyrpl.hardware.server_manager import (
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 from tests.helpers.scripts import HOLDER, PID_REUSE
 from tests.helpers.support import RawClient, ServerProcess
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("private_runtime")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Holder:
@@ -180,23 +172,39 @@ def test_foreign_program_on_the_port(port):
         assert time.monotonic() - t0 < 5
 
 
-@pytest.mark.parametrize("pid_now", ["dead", "reused by another process"])
-def test_stale_state_file_is_replaced(port, cleanup_servers, pid_now):
+def replaces_the_stale_state_file(port: int, process: subprocess.Popen,
+                                  start: float) -> TCPServerManager:
+    """A state file naming ``process`` (started at ``start``, its recorded start) is replaced by
+    that of a new server, whose manager it returns."""
+    runtime.write_state(runtime.ServerState(
+        pid=process.pid, port=port, token="old", backend="mock", hostname="", config="",
+        plant="loopback", version="0", started_at="2026-01-01T00:00:00+00:00",
+        process_start=start))
+    manager = TCPServerManager(port=port)
+    manager.ensure_server_running()
+    state = runtime.read_state(port)
+    assert state.pid != process.pid and state.token != "old" and runtime.pid_alive(state.pid)
+    return manager
+
+
+def test_stale_state_file_of_a_dead_server_is_replaced(port, cleanup_servers):
     process = subprocess.Popen(["sleep", "120"])
     start = runtime.process_start(process.pid)
-    if pid_now == "dead":
+    process.kill()
+    process.wait()
+    try:
+        replaces_the_stale_state_file(port, process, start).release_server()
+    finally:
         process.kill()
         process.wait()
+
+
+def test_stale_state_file_naming_a_reused_pid_is_replaced(port, cleanup_servers):
+    process = subprocess.Popen(["sleep", "120"])
+    start = runtime.process_start(process.pid)
     try:
-        runtime.write_state(runtime.ServerState(
-            pid=process.pid, port=port, token="old", backend="mock", hostname="", config="",
-            plant="loopback", version="0", started_at="2026-01-01T00:00:00+00:00",
-            process_start=start - (pid_now != "dead") * 100))
-        manager = TCPServerManager(port=port)
-        manager.ensure_server_running()
-        state = runtime.read_state(port)
-        assert state.pid != process.pid and state.token != "old" and runtime.pid_alive(state.pid)
-        assert process.poll() is None or pid_now == "dead"
+        manager = replaces_the_stale_state_file(port, process, start - 100)
+        assert process.poll() is None
         manager.release_server()
     finally:
         process.kill()
@@ -510,29 +518,35 @@ exec "{python}" "$@"
 """
 
 
-@pytest.mark.parametrize("file", ["token", "state"])
-def test_full_disk_while_starting_a_server_leaves_nothing_behind(port, private_runtime, tmp_path,
-                                                                 file):
-    """/dev/full: every write fails with ENOSPC, the token file's (the manager writes it before the
-    server starts) or the state file's (the server writes it once it listens)."""
-    python = None
-    if file == "token":
-        (private_runtime / f"token-{port}.{os.getpid()}.tmp").symlink_to("/dev/full")
-    else:
-        python = tmp_path / "full-disk-python"
-        python.write_text(FULL_DISK_PYTHON.format(folder=private_runtime, port=port,
-                                                  python=sys.executable))
-        python.chmod(0o755)
+def fails_for_lack_of_space_leaving_nothing(port: int, folder: Path,
+                                             python: Path | None = None) -> None:
     try:
         with pytest.raises(ServerError) as info:
             TCPServerManager(port=port, python=python and str(python)).ensure_server_running()
-        assert str(private_runtime) in str(info.value) and "free some space" in str(info.value)
-        assert not list(private_runtime.glob("*.tmp")), "a half-written file was left"
+        assert str(folder) in str(info.value) and "free some space" in str(info.value)
+        assert not list(folder.glob("*.tmp")), "a half-written file was left"
         assert not runtime.state_path(port).exists()
         assert not servers_on(port), "a server was left running"
     finally:
         for process in servers_on(port):
             process.kill()
+
+
+def test_full_disk_for_the_token_file_leaves_nothing_behind(port, private_runtime):
+    """/dev/full: every write of the token file fails with ENOSPC (the manager writes it before the
+    server starts)."""
+    (private_runtime / f"token-{port}.{os.getpid()}.tmp").symlink_to("/dev/full")
+    fails_for_lack_of_space_leaving_nothing(port, private_runtime)
+
+
+def test_full_disk_for_the_state_file_leaves_nothing_behind(port, private_runtime, tmp_path):
+    """/dev/full: every write of the state file fails with ENOSPC (the server writes it once it
+    listens)."""
+    python = tmp_path / "full-disk-python"
+    python.write_text(FULL_DISK_PYTHON.format(folder=private_runtime, port=port,
+                                              python=sys.executable))
+    python.chmod(0o755)
+    fails_for_lack_of_space_leaving_nothing(port, private_runtime, python)
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None,

@@ -88,47 +88,55 @@ def test_a_bad_plant_setting_is_a_clear_error_and_starts_nothing(qtbot, port):
         actuator.quit_fun()
 
 
-@pytest.mark.parametrize("command", ["console script", "python -m"])
-def test_a_server_started_by_hand_is_used_by_the_plugins(qtbot, tmp_path, port, command):
-    """``pymodaq-pyrpl server --mock --plant resonator --port P`` (no token file, no auto-stop):
-    it registers like an auto-started server, the plugins use it (same plant) or name both plants
-    (another one), and it outlives them."""
-    args = ["--mock", "--plant", "resonator", "--port", str(port)]
-    if command == "console script":
-        script = Path(sys.executable).with_name("pymodaq-pyrpl")
-        server = subprocess.Popen([str(script), "server", *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
-        assert server.stdout.readline().startswith("PYRPL_SERVER_READY")
-        pid = server.pid
-    else:
-        server = ServerProcess(tmp_path, args, token_file=False)
-        pid = server.pid
+HAND_STARTED_ARGS = ["--mock", "--plant", "resonator"]
+"""A server started by hand (no token file, no auto-stop): ``… --port P`` is added."""
+
+
+def check_the_plugins_use_a_server_started_by_hand(qtbot, port: int, pid: int) -> None:
+    """It registers like an auto-started server, the plugins use it (same plant) or name both
+    plants (another one), and it outlives them."""
+    state = runtime.read_state(port)
+    assert (state.pid, state.backend, state.plant) == (pid, "mock", RESONATOR)
+    assert runtime.token_path(port).read_text().strip() == state.token
+    assert runtime.server_process(state) is not None
+    actuator, ok = init_actuator(qtbot, port, "resonator")
     try:
-        state = runtime.read_state(port)
-        assert (state.pid, state.backend, state.plant) == (pid, "mock", RESONATOR)
-        assert runtime.token_path(port).read_text().strip() == state.token
-        assert runtime.server_process(state) is not None
-        actuator, ok = init_actuator(qtbot, port, "resonator")
-        try:
-            assert ok is True
-            assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)
-        finally:
-            actuator.quit_fun()
-        messages: list[str] = []
-        other, ok = init_actuator(qtbot, port, "loopback", messages)
-        other.quit_fun()
-        assert ok is False
-        qtbot.waitUntil(lambda: any(RESONATOR in m and LOOPBACK in m
-                                    for m in messages), timeout=5000)
-        assert runtime.server_process(state) is not None  # no auto-stop: it runs on
-        assert stop_local_server(port) == state
-        assert runtime.read_state(port) is None
+        assert ok is True
+        assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)
     finally:
-        if command == "console script":
-            server.kill()
-            server.wait(10)
-        else:
-            server.stop()
+        actuator.quit_fun()
+    messages: list[str] = []
+    other, ok = init_actuator(qtbot, port, "loopback", messages)
+    other.quit_fun()
+    assert ok is False
+    qtbot.waitUntil(lambda: any(RESONATOR in m and LOOPBACK in m
+                                for m in messages), timeout=5000)
+    assert runtime.server_process(state) is not None  # no auto-stop: it runs on
+    assert stop_local_server(port) == state
+    assert runtime.read_state(port) is None
+
+
+def test_a_server_started_by_hand_with_the_console_script_is_used_by_the_plugins(qtbot, port):
+    """``pymodaq-pyrpl server --mock --plant resonator --port P``."""
+    script = Path(sys.executable).with_name("pymodaq-pyrpl")
+    server = subprocess.Popen([str(script), "server", *HAND_STARTED_ARGS, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, text=True)
+    assert server.stdout.readline().startswith("PYRPL_SERVER_READY")
+    try:
+        check_the_plugins_use_a_server_started_by_hand(qtbot, port, server.pid)
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_a_server_started_by_hand_with_python_m_is_used_by_the_plugins(qtbot, tmp_path, port):
+    """``python -m pymodaq_plugins_pyrpl.hardware.server --mock --plant resonator --port P``."""
+    server = ServerProcess(tmp_path, [*HAND_STARTED_ARGS, "--port", str(port)], token_file=False)
+    try:
+        check_the_plugins_use_a_server_started_by_hand(qtbot, port, server.pid)
+    finally:
+        server.stop()
 
 
 def test_init_right_after_a_crash_waits_for_the_vanished_lease(qtbot, port):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from pymodaq.utils.data import DataActuator
@@ -15,6 +14,7 @@ from pymodaq.utils.data import DataActuator
 from pymodaq_plugins_pyrpl.daq_move_plugins.daq_move_PyRPL_PID_TCP import INPUT_FILTERS
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
 from tests.helpers.plugins import move, plugin_of, select_axis, server_client
+from tests.helpers.waiting import wait_until
 
 PID = catalogue.MODULES["pid0"].attributes
 
@@ -137,9 +137,7 @@ def test_pid_setpoint_move_shows_on_the_sampler(qtbot, port, make_actuator, make
         readings.append(sampler_in1(qtbot, sampler))
         return abs(readings[-1] - 0.3) < 5e-3
 
-    deadline = time.monotonic() + 5.0
-    while not locked():
-        assert time.monotonic() < deadline, f"in1 never reached 0.3 V: last {readings[-5:]}"
+    wait_until(locked, 5.0, lambda: f"in1 to reach 0.3 V: last {readings[-5:]}")
     for _ in range(5):  # and it stays locked
         assert locked(), readings[-1]
 

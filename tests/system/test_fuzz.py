@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, protocol
 from tests.helpers.support import RawClient, ServerProcess
+from tests.helpers.waiting import wait_until
 
 HELLO_TIMEOUT = 1.0
 CODES = {-32700, -32600, -32601, -32602, -32603, -32001, -32002, -32003, -32004, -32005, -32006,
@@ -771,13 +772,6 @@ def _server_fds(server: ServerProcess) -> int:
     return psutil.Process(server.pid).num_fds()
 
 
-def _wait_fds(server: ServerProcess, at_most: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while (fds := _server_fds(server)) > at_most and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling a condition with a deadline
-    return fds
-
-
 def test_1000_abandoned_connections(server: ServerProcess, watchdog: RawClient) -> None:
     """1,000 connections that never say hello (silent, mid-line, garbage then silent): those
     beyond the cap of connections waiting for their hello are refused at once (one -32009 line),
@@ -828,7 +822,9 @@ def test_1000_abandoned_connections(server: ServerProcess, watchdog: RawClient) 
     finally:
         for s in sockets:
             s.close()
-    fds = _wait_fds(server, baseline + 2, timeout=10)
+    wait_until(lambda: _server_fds(server) <= baseline + 2, 10,
+               lambda: f"the descriptors back to {baseline} + 2 (now {_server_fds(server)})")
+    fds = _server_fds(server)
     print(f"server fds: baseline {baseline}, with 1000 connections {peak}, after {fds}")
     assert fds <= baseline + 2, (baseline, fds)
 

@@ -21,6 +21,7 @@ from pymodaq_plugins_pyrpl.hardware.client import ACQUIRE_MARGIN, PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.support import ServerProcess
+from tests.helpers.waiting import wait_until
 
 MARGIN = 0.5
 """A call may return this much later than its timeout."""
@@ -104,16 +105,6 @@ def session_entry(server: ServerProcess, name: str) -> dict[str, Any]:
         entries = [c for c in observer.call("status")["clients"] if c["client"] == name]
     assert len(entries) == 1, entries
     return entries[0]
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (for a subprocess's log)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def kill(server: ServerProcess) -> None:
@@ -234,7 +225,8 @@ def test_wrong_token_is_final(mock_server: ServerProcess, make_client) -> None:
     with pytest.raises(errors.AuthenticationFailed):
         client.get("asg0")
     assert time.monotonic() - t0 < 0.5
-    assert eventually(lambda: mock_server.log.count("authentication failed") == 1)
+    wait_until(lambda: mock_server.log.count("authentication failed") == 1, 5.0,
+               "one 'authentication failed' in the log")
 
 
 # -- concurrency ----------------------------------------------------------------------------------
@@ -452,7 +444,8 @@ def test_auth_failure_after_restart_is_final(tmp_path: Path, make_client) -> Non
             attempts = proxy.accepted
             threading.Event().wait(1.0)  # observe: no more connection attempts
             assert proxy.accepted == attempts
-            assert eventually(lambda: taker.log.count("authentication failed") == 1)
+            wait_until(lambda: taker.log.count("authentication failed") == 1, 5.0,
+                       "one 'authentication failed' in the log")
             t0 = time.monotonic()
             with pytest.raises(errors.AuthenticationFailed, match="taken over"):
                 client.ping()
@@ -517,17 +510,24 @@ def test_revive_hook_raising_stops_the_client(tmp_path: Path, make_client) -> No
 # -- faults ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["drop", "stall", "truncate", "slow", "garble"])
-def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: ServerProcess,
-                                                   proxy: FaultProxy, make_client) -> None:
+FAULT_CALL_TIMEOUT = 1.0
+
+
+def connected_through(proxy: FaultProxy, mock_server: ServerProcess,
+                      make_client) -> tuple[PyRPLClient, Recorder]:
+    """A client connected through ``proxy`` (call timeout 5 s) and the recorder of its events."""
     client = make_client(proxy.port, mock_server.token, timeout=5)
     recorder = Recorder()
     client.add_connection_callback(recorder)
     client.connect()
-    proxy.set_mode(mode)
-    if mode == "slow":  # a short reply still gets through, byte by byte (about 60 bytes)
-        assert client.ping(timeout=10) > 0.2
-    timeout = 1.0
+    return client, recorder
+
+
+def calls_under_fault(client: PyRPLClient) -> dict[str, dict[str, Any]]:
+    """Five calls at once, each in its own thread, with a 1 s timeout: each one ends within its
+    timeout (plus the acquisition margin for ``acquire``), with a result or a CallTimeout or
+    ConnectionLost. Their outcomes by name."""
+    timeout = FAULT_CALL_TIMEOUT
     calls = {
         "ping": lambda: client.ping(timeout=timeout),
         "get": lambda: client.get("asg0", ["frequency"], timeout=timeout),
@@ -544,24 +544,73 @@ def test_calls_never_hang_under_faults_and_recover(mode: str, mock_server: Serve
         error = out.get("error")
         assert error is None or isinstance(error, (errors.CallTimeout, errors.ConnectionLost)), (
             name, error)
-    if mode in ("stall", "drop", "garble"):
-        assert all(isinstance(out.get("error"), (errors.CallTimeout, errors.ConnectionLost))
-                   for _, out in started.values())
-    if mode == "slow":
-        assert isinstance(started["describe"][1].get("error"), errors.CallTimeout)  # 29 kB
+    return {name: out for name, (_, out) in started.items()}
 
-    reasons = {"drop": "closed by the server", "truncate": "in the middle of a reply",
-               "garble": "garbled line"}
-    if mode in reasons:
-        assert reasons[mode] in recorder.wait("lost")["reason"]
 
+def assert_all_failed(outcomes: dict[str, dict[str, Any]]) -> None:
+    assert all(isinstance(out.get("error"), (errors.CallTimeout, errors.ConnectionLost))
+               for out in outcomes.values())
+
+
+def assert_recovers(client: PyRPLClient, proxy: FaultProxy) -> None:
+    """Once the proxy passes again, the client answers right, with no late reply mixed in."""
     proxy.set_mode("pass")
     assert client.get("asg1", ["amplitude"], timeout=10) == {"amplitude": 0.0}  # no late reply
     assert client.get("asg0", ["waveform"]) == {"waveform": "sin"}
     assert client.describe()["scope"]["samples"] == 16384
     assert client.connected
-    if mode in reasons:
-        assert recorder.count("resumed") == 1 and recorder.count("new_session") == 0
+
+
+def assert_resumed_once(recorder: Recorder) -> None:
+    assert recorder.count("resumed") == 1 and recorder.count("new_session") == 0
+
+
+def test_calls_never_hang_when_the_connection_drops_and_recover(
+        mock_server: ServerProcess, proxy: FaultProxy, make_client) -> None:
+    client, recorder = connected_through(proxy, mock_server, make_client)
+    proxy.set_mode("drop")
+    assert_all_failed(calls_under_fault(client))
+    assert "closed by the server" in recorder.wait("lost")["reason"]
+    assert_recovers(client, proxy)
+    assert_resumed_once(recorder)
+
+
+def test_calls_never_hang_when_the_link_stalls_and_recover(
+        mock_server: ServerProcess, proxy: FaultProxy, make_client) -> None:
+    client, _ = connected_through(proxy, mock_server, make_client)
+    proxy.set_mode("stall")
+    assert_all_failed(calls_under_fault(client))
+    assert_recovers(client, proxy)
+
+
+def test_calls_never_hang_when_a_reply_is_truncated_and_recover(
+        mock_server: ServerProcess, proxy: FaultProxy, make_client) -> None:
+    client, recorder = connected_through(proxy, mock_server, make_client)
+    proxy.set_mode("truncate")
+    calls_under_fault(client)
+    assert "in the middle of a reply" in recorder.wait("lost")["reason"]
+    assert_recovers(client, proxy)
+    assert_resumed_once(recorder)
+
+
+def test_calls_never_hang_when_replies_trickle_and_recover(
+        mock_server: ServerProcess, proxy: FaultProxy, make_client) -> None:
+    client, _ = connected_through(proxy, mock_server, make_client)
+    proxy.set_mode("slow")
+    assert client.ping(timeout=10) > 0.2  # a short reply still gets through, byte by byte (~60 B)
+    outcomes = calls_under_fault(client)
+    assert isinstance(outcomes["describe"].get("error"), errors.CallTimeout)  # 29 kB
+    assert_recovers(client, proxy)
+
+
+def test_calls_never_hang_when_a_line_is_garbled_and_recover(
+        mock_server: ServerProcess, proxy: FaultProxy, make_client) -> None:
+    client, recorder = connected_through(proxy, mock_server, make_client)
+    proxy.set_mode("garble")
+    assert_all_failed(calls_under_fault(client))
+    assert "garbled line" in recorder.wait("lost")["reason"]
+    assert_recovers(client, proxy)
+    assert_resumed_once(recorder)
 
 
 # -- closing --------------------------------------------------------------------------------------
@@ -601,7 +650,8 @@ def test_close_says_goodbye(tmp_path: Path) -> None:
         with client:
             assert session_entry(server, "holder")["hold"]
         assert server.proc.wait(10) == 0  # the last holder said goodbye: auto-stop at once
-        assert eventually(lambda: "the last holding client said goodbye" in server.log)
+        wait_until(lambda: "the last holding client said goodbye" in server.log, 5.0,
+                   "the goodbye in the log")
 
 
 def test_close_while_reconnecting_to_a_dead_server(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl.hardware import protocol
 from tests.helpers.support import RawClient, ServerProcess, acquire_while_scope_settings_change
+from tests.helpers.waiting import wait_until
 
 
 def test_ready_line_token_file_and_hello(mock_server: ServerProcess) -> None:
@@ -63,12 +64,11 @@ def test_leases_between_two_clients_end_with_session(tmp_path: Path) -> None:
         assert reply["error"]["code"] == -32003
         assert "alice" in reply["error"]["message"]
         alice.close()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # the lease ends with alice's session, after the grace
-            reply = bob.request("set", {"module": "asg0", "values": {"amplitude": 0.3}})
-            if "result" in reply:
-                break
-            time.sleep(0.05)
+        # the lease ends with alice's session, after the grace
+        reply = wait_until(
+            lambda: r if "result" in (r := bob.request("set", {"module": "asg0",
+                                                              "values": {"amplitude": 0.3}}))
+            else None, 5, "the lease to end with alice's session")
         assert reply["result"] == {"amplitude": pytest.approx(0.3, abs=1e-4)}
         bob.close()
 
@@ -82,17 +82,23 @@ def test_lease_refusal_says_the_holder_vanished_and_when_the_module_frees(tmp_pa
         assert error["data"] == {"module": "asg0", "holder": "alice", "owner": None,
                                  "holder_connected": True, "frees_in": None}
         alice.close()
-        deadline = time.monotonic() + 5
-        while error["data"]["holder_connected"] and time.monotonic() < deadline:
-            error = bob.request("set", {"module": "asg0", "values": {"amplitude": 0.3}})["error"]
+        error = wait_until(
+            lambda: e if not (e := bob.request("set", {"module": "asg0", "values": {
+                "amplitude": 0.3}})["error"])["data"]["holder_connected"] else None,
+            5, "the server to see alice gone")
         closed = time.monotonic()
         assert error["code"] == -32003 and error["data"]["holder_connected"] is False
         assert 2 < error["data"]["frees_in"] <= 3
         assert "'alice', which vanished" in error["message"] and "frees in" in error["message"]
-        while "error" in (reply := bob.request("lease", {"module": "asg0"})):
+
+        def leased() -> dict | None:
+            reply = bob.request("lease", {"module": "asg0"})
+            if "error" not in reply:
+                return reply
             assert 0 < reply["error"]["data"]["frees_in"] <= 3 - (time.monotonic() - closed) + 0.2
-            assert time.monotonic() < closed + 5, "the lease did not end with the grace"
-            time.sleep(0.05)
+            return None
+
+        reply = wait_until(leased, closed + 5 - time.monotonic(), "the lease to end with the grace")
         assert reply["result"]["leased"]
         bob.close()
 
@@ -297,10 +303,7 @@ def test_non_loopback_bind_needs_token_file(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, ["--mock", "--bind", "0.0.0.0"], token_file=False)
     assert server.ready_line == ""
     assert server.proc.wait(10) == 2
-    deadline = time.monotonic() + 5
-    while "--token-file" not in server.log and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert "--token-file" in server.log
+    wait_until(lambda: "--token-file" in server.log, 5, "the reason in the log")
 
 
 def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
@@ -350,10 +353,9 @@ def test_expiry_of_a_non_holding_session_does_not_stop_an_auto_stop_server(
         script = srv.client("script")
         script.close()  # dropped without goodbye: its session expires after the grace
         with srv.client("watcher") as watcher:
-            deadline = time.monotonic() + 10
-            while any(c["client"] == "script" for c in watcher.call("status")["clients"]):
-                assert time.monotonic() < deadline, "the script's session did not expire"
-                time.sleep(0.05)
+            wait_until(lambda: all(c["client"] != "script"
+                                   for c in watcher.call("status")["clients"]),
+                       10, "the script's session to expire")
             status = watcher.call("status")
         assert not status["server"]["stopping"] and srv.proc.poll() is None
         assert "auto-stop" not in srv.log

@@ -11,13 +11,13 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pymodaq_plugins_pyrpl.hardware import protocol
 from pymodaq_plugins_pyrpl.hardware.server import Connection
 from pymodaq_plugins_pyrpl.hardware.server.core import STATUS_PERIOD
 from tests.helpers.support import RawClient, ServerProcess
+from tests.helpers.waiting import wait_until
 
 DESCRIBES = 200
 """Pipelined ``describe``s (~29 kB each, ~6 MB in all: more than the kernel buffers of a
@@ -86,13 +86,6 @@ def session_state(watcher: RawClient, name: str) -> dict:
     return clients[0]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
-        time.sleep(0.05)
-
-
 def test_a_subscriber_that_stops_reading_delays_no_one(tmp_path: Path) -> None:
     """Another subscriber still gets its periodic pushes, and auto-stop still happens in time."""
     auto_stop = 6.0
@@ -150,7 +143,7 @@ def test_a_connection_past_its_output_bound_is_closed_and_its_session_resumes(
         hog.call("lease", module="asg1")
         send_in_background(hog, requests("acquire", {"module": "scope"}, 100))  # ~35 MB
         wait_until(lambda: not session_state(watcher, "hog")["connected"], 30,
-                   "closed by the server")
+                   "the server to close it")
         assert "does not read its replies" in server.log
         assert session_state(watcher, "hog")["leases"] == ["asg1"]
         hog.close()
