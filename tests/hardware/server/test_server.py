@@ -98,7 +98,8 @@ def test_lease_refusal_says_the_holder_vanished_and_when_the_module_frees(tmp_pa
             assert 0 < reply["error"]["data"]["frees_in"] <= 3 - (time.monotonic() - closed) + 0.2
             return None
 
-        reply = wait_until(leased, closed + 5 - time.monotonic(), "the lease to end with the grace")
+        reply = wait_until(leased, closed + 5 - time.monotonic(), "the lease to end with the grace",
+                           interval=0.05)
         assert reply["result"]["leased"]
         bob.close()
 
