@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 MAX_SESSIONS = 256
 """Sessions at once, connected or waiting to be resumed; a hello that would open one more is
 refused with RetryLater until one ends. Bounds the memory they hold and the size of a status."""
+FREES_IN_RESOLUTION = 0.001
+"""``frees_in`` of a lease refusal is in seconds rounded to this; less left means the module is
+free."""
 
 
 @dataclass
@@ -160,10 +163,14 @@ class Sessions:
         ``module``, ``holder`` (the client's name), ``owner`` (who in that client took the lease,
         None if it did not say), ``holder_connected`` and ``frees_in`` (seconds until a vanished
         holder's session ends with its resume grace, releasing the lease; None while the holder is
-        connected)."""
-        for other in self._by_id.values():
+        connected; never 0: a vanished holder whose grace is over, its expiry due but not yet run,
+        is ended here and the module is free)."""
+        for other in list(self._by_id.values()):
             if other is not session and module in other.leases:
                 frees_in = self._frees_in(other)
+                if frees_in is not None and frees_in < FREES_IN_RESOLUTION:
+                    self._expire(other.id)
+                    continue
                 owner = other.owners.get(module)
                 holder = (f"{owner!r} of client {other.client!r}" if owner
                           else f"client {other.client!r}")
@@ -186,7 +193,8 @@ class Sessions:
         """Seconds until ``session`` ends with its resume grace; None while it is connected."""
         if session.connection is not None or session.expiry is None:
             return None
-        return round(max(0.0, session.expiry.when() - asyncio.get_running_loop().time()), 3)
+        remaining = session.expiry.when() - asyncio.get_running_loop().time()
+        return round(remaining, 3) if remaining >= FREES_IN_RESOLUTION else 0.0
 
     # -- auto-stop ---------------------------------------------------------------------------------
 
