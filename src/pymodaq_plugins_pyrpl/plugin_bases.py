@@ -15,11 +15,11 @@ from pymodaq.control_modules.viewer_utility_classes import DAQ_Viewer_base
 from pymodaq_gui.parameter import Parameter
 from pymodaq_utils.utils import ThreadCommand
 
+from .background_acquisition import BackgroundAcquisition
 from .hardware import catalogue
 from .hardware.client import PyRPLClient
 from .hardware.errors import PyrplPluginError
-from .plugin_support import (CONNECTION_SETTINGS, GROUP, BackgroundAcquisition, PyRPLLink,
-                             init_failed, write_back)
+from .plugin_support import CONNECTION_SETTINGS, GROUP, PyRPLLink, init_failed, write_back
 
 
 def is_connection_setting(param: Parameter) -> bool:

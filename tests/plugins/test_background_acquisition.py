@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from pymodaq_plugins_pyrpl import plugin_support
-from pymodaq_plugins_pyrpl.plugin_support import BackgroundAcquisition
+from pymodaq_plugins_pyrpl import background_acquisition
+from pymodaq_plugins_pyrpl.background_acquisition import BackgroundAcquisition
 
 
 class _Plugin:
@@ -48,7 +48,7 @@ def stream(qtbot):
 
 def test_live_grab_hands_over_the_frame_on_its_way(stream, monkeypatch) -> None:
     acquisition, frames, release = stream
-    monkeypatch.setattr(plugin_support, "LIVE_WAIT_S", 10.0)
+    monkeypatch.setattr(background_acquisition, "LIVE_WAIT_S", 10.0)
     for n in (1, 2, 3):
         threading.Timer(0.02, release).start()  # the frame completes while grab waits
         acquisition.grab(1, live=True)
@@ -58,13 +58,13 @@ def test_live_grab_hands_over_the_frame_on_its_way(stream, monkeypatch) -> None:
 def test_a_frame_slower_than_the_wait_comes_through_the_event_loop(stream, qtbot,
                                                                    monkeypatch) -> None:
     acquisition, frames, release = stream
-    monkeypatch.setattr(plugin_support, "LIVE_WAIT_S", 0.01)
+    monkeypatch.setattr(background_acquisition, "LIVE_WAIT_S", 0.01)
     acquisition.grab(1, live=True)
     assert frames == [0]  # not there within the wait
     release()
     qtbot.waitUntil(lambda: frames == [0, 1], timeout=5000)
     threading.Timer(0.02, release).start()
-    monkeypatch.setattr(plugin_support, "LIVE_WAIT_S", 10.0)
+    monkeypatch.setattr(background_acquisition, "LIVE_WAIT_S", 10.0)
     acquisition.grab(1, live=True)
     assert frames == [0, 1, 2]
 
