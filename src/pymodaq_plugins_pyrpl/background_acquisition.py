@@ -140,41 +140,54 @@ class BackgroundAcquisition(QObject):
         room = threading.Semaphore(GUI_BACKLOG) if live and self._gui_ack is not None else None
         self._stream = _Stream(naverage, job, room) if live else None
         self._wanted = True
-        self._submit(job, room)
+        self._pending = self._submit(job, room)
 
     def _next_frame(self) -> None:
-        """A live grab goes on: hand over the frame acquired ahead, waiting at most LIVE_WAIT_S."""
-        future = self._pending
-        if future is not None and wait_futures([future], LIVE_WAIT_S).done:
-            self._take(future)
+        """A live grab goes on: hand over the frame acquired ahead, waiting at most LIVE_WAIT_S for
+        it; the frame after it is queued meanwhile, so that it starts as soon as this one is done
+        (it is withdrawn if the wait ends first, unless it has started: then this one is done)."""
+        future, stream = self._pending, self._stream
+        if future is None:  # it failed: the stream starts again (_report)
+            self._wanted = True
+            return
+        following = self._submit(stream.job, stream.room, after=future)
+        if wait_futures([future], LIVE_WAIT_S).done or not following.cancel():
+            self._take(future, following)
         else:
-            self._wanted = True  # handed over when it comes (after a rearm, if it failed)
+            self._wanted = True  # handed over when it comes
 
-    def _submit(self, job: Job, room: threading.Semaphore | None) -> None:
+    def _submit(self, job: Job, room: threading.Semaphore | None,
+                after: Future | None = None) -> Future:
+        """Queue ``job``: it runs unless stopped meanwhile, or ``after`` (the frame before) failed;
+        a live frame first waits for room in the GUI thread."""
         generation = self._generation
 
         def wanted() -> bool:
             return generation == self._generation
 
         def acquire() -> Any:
+            if after is not None and after.exception() is not None:  # done: one worker, in order
+                return None
             if room is not None:
                 room.acquire()  # GUI_BACKLOG frames wait for the GUI thread: wait for one
             return job(wanted) if wanted() else None
 
-        self._pending = self._executor.submit(acquire)
-        self._pending.add_done_callback(self._done.emit)
+        future = self._executor.submit(acquire)
+        future.add_done_callback(self._done.emit)
+        return future
 
     @Slot(object)
     def _on_done(self, future: Future) -> None:
         if future is self._pending and self._wanted:
             self._take(future)
 
-    def _take(self, future: Future) -> None:
-        """Hand the result of the pending ``future`` over; in a live grab the next frame starts."""
+    def _take(self, future: Future, following: Future | None = None) -> None:
+        """Hand the result of the pending ``future`` over; in a live grab the next frame goes on
+        (``following``, if queued already)."""
         stream, self._pending, self._wanted = self._stream, None, False
         error = future.exception()
         if error is None and stream is not None:
-            self._submit(stream.job, stream.room)
+            self._pending = following or self._submit(stream.job, stream.room)
         if error is None:
             error = self._deliver(future.result(), stream)
         if error is not None:
