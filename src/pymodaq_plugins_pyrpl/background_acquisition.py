@@ -178,7 +178,9 @@ class BackgroundAcquisition(QObject):
 
     @Slot(object)
     def _on_done(self, future: Future) -> None:
-        if future is self._pending and self._wanted:
+        """The pending result is handed over if the plugin waits for it, an error at once; a live
+        frame is otherwise kept for the next grab."""
+        if future is self._pending and (self._wanted or future.exception() is not None):
             self._take(future)
 
     def _take(self, future: Future, following: Future | None = None) -> None:

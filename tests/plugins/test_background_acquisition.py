@@ -12,8 +12,9 @@ from collections.abc import Callable
 import pytest
 from qtpy.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
-from pymodaq_plugins_pyrpl import background_acquisition
+from pymodaq_plugins_pyrpl import background_acquisition, plugin_support
 from pymodaq_plugins_pyrpl.background_acquisition import BackgroundAcquisition
+from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout
 
 
 class _Plugin:
@@ -100,6 +101,36 @@ def test_at_most_one_frame_is_acquired_ahead(qtbot) -> None:
     acquisition.grab(1, live=True)
     assert frames == [0, 1]
     qtbot.waitUntil(lambda: len(started) == 3, timeout=5000)  # frame 2: the next one ahead
+    with pytest.raises(qtbot.TimeoutError):  # bounded: and only that one
+        qtbot.waitUntil(lambda: len(started) > 3, timeout=300)
+    acquisition.close()
+
+
+def test_a_live_frame_that_fails_is_reported_and_the_stream_starts_again(qtbot,
+                                                                        monkeypatch) -> None:
+    """The frame ahead fails while the grab waits for it: the error reaches the plugin, no other
+    acquisition runs before the stream starts again (at once after an acquisition timeout)."""
+    monkeypatch.setattr(background_acquisition, "LIVE_WAIT_S", 10.0)
+    plugin, started, frames, fail = _Plugin(), [], [], threading.Event()
+
+    def make_job(naverage: int):
+        def job(wanted) -> int:
+            started.append(len(started))
+            if started[-1] == 1:
+                assert fail.wait(10)
+                raise AcquisitionTimeout("no trace")
+            return started[-1]
+        return job
+
+    acquisition = BackgroundAcquisition(plugin, make_job, frames.append)
+    acquisition.grab(1, live=True)
+    qtbot.waitUntil(lambda: frames == [0], timeout=5000)
+    threading.Timer(0.05, fail.set).start()  # while the grab waits for frame 1
+    acquisition.grab(1, live=True)
+    qtbot.waitUntil(lambda: frames == [0, 2], timeout=5000)
+    assert started[:3] == [0, 1, 2]
+    assert [s.attribute for s in plugin.statuses if s.command == plugin_support.UPDATE_STATUS] \
+        == ["no trace"]
     acquisition.close()
 
 
@@ -113,10 +144,11 @@ def test_close_does_not_wait_for_the_running_job_and_its_thread_ends(qtbot) -> N
             return "late"
         return job
 
+    before = set(threading.enumerate())
     acquisition = BackgroundAcquisition(_Plugin(), make_job, frames.append)
     acquisition.grab(1)
     assert started.wait(5)
-    [thread] = [t for t in threading.enumerate() if t.name.startswith("acquisition test")]
+    [thread] = set(threading.enumerate()) - before  # the acquisition's
     acquisition.close()
     assert thread.is_alive() and acquisition.busy  # close returned while the job still runs
     finish.set()
