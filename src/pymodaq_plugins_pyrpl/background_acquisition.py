@@ -105,7 +105,8 @@ class BackgroundAcquisition(QObject):
 
     @property
     def busy(self) -> bool:
-        """An acquisition is running in the background (maybe one whose result will be dropped)."""
+        """An acquisition is running or queued in the background (maybe one whose result will be
+        dropped), or a live one waits for room in the GUI thread."""
         return self._pending is not None and not self._pending.done()
 
     def grab(self, naverage: int = 1, live: bool = False) -> None:
