@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
@@ -78,7 +78,7 @@ class BackgroundAcquisition(QObject):
     after ``close`` raises RuntimeError.
     """
 
-    _done = Signal(object)  # an acquisition ended: its Future, to the plugin's thread
+    _done = Signal(object, int)  # an acquisition ended: its Future and generation
     _handed = Signal(object)  # a paced live frame was handed over: its stream's room, to the GUI
 
     def __init__(self, plugin: Any, make_job: Callable[[int], Job],
@@ -152,10 +152,13 @@ class BackgroundAcquisition(QObject):
             self._wanted = True
             return
         following = self._submit(stream.job, stream.room, after=future)
-        if wait_futures([future], LIVE_WAIT_S).done or not following.cancel():
-            self._take(future, following)
-        else:
-            self._wanted = True  # handed over when it comes
+        try:
+            future.exception(LIVE_WAIT_S)  # done (a failure is handed over as well)
+        except FutureTimeout:
+            if following.cancel():
+                self._wanted = True  # handed over when it comes
+                return
+        self._take(future, following)
 
     def _submit(self, job: Job, room: threading.Semaphore | None,
                 after: Future | None = None) -> Future:
@@ -174,14 +177,15 @@ class BackgroundAcquisition(QObject):
             return job(wanted) if wanted() else None
 
         future = self._executor.submit(acquire)
-        future.add_done_callback(self._done.emit)
+        future.add_done_callback(lambda done: self._done.emit(done, generation))
         return future
 
-    @Slot(object)
-    def _on_done(self, future: Future) -> None:
-        """The pending result is handed over if the plugin waits for it, an error at once; a live
-        frame is otherwise kept for the next grab."""
-        if future is self._pending and (self._wanted or future.exception() is not None):
+    @Slot(object, int)
+    def _on_done(self, future: Future, generation: int) -> None:
+        """The pending result is handed over if the plugin waits for it, an error at once (not
+        after a stop); a live frame is otherwise kept for the next grab."""
+        if (generation == self._generation and future is self._pending
+                and (self._wanted or future.exception() is not None)):
             self._take(future)
 
     def _take(self, future: Future, following: Future | None = None) -> None:

@@ -14,7 +14,7 @@ from qtpy.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
 from pymodaq_plugins_pyrpl import background_acquisition, plugin_support
 from pymodaq_plugins_pyrpl.background_acquisition import BackgroundAcquisition
-from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout
+from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPluginError
 
 
 class _Plugin:
@@ -82,6 +82,27 @@ def test_stop_drops_the_frame_on_its_way(stream, qtbot) -> None:
     release()
     qtbot.waitUntil(lambda: len(frames) == 2, timeout=5000)
     assert frames[0] == 0 and frames[1] >= 2  # frame 1 (stopped) never reached the plugin
+
+
+def test_stop_drops_an_error_on_its_way(qtbot) -> None:
+    started, fail, frames, plugin = threading.Event(), threading.Event(), [], _Plugin()
+
+    def make_job(naverage: int):
+        def job(wanted) -> None:
+            started.set()
+            assert fail.wait(10)
+            raise PyrplPluginError("stopped meanwhile")
+        return job
+
+    acquisition = BackgroundAcquisition(plugin, make_job, frames.append)
+    acquisition.grab(1)
+    assert started.wait(5)
+    acquisition.stop()
+    fail.set()
+    qtbot.waitUntil(lambda: not acquisition.busy, timeout=5000)
+    with pytest.raises(qtbot.TimeoutError):  # bounded: the error is not reported
+        qtbot.waitUntil(lambda: bool(plugin.statuses), timeout=300)
+    acquisition.close()
 
 
 def test_at_most_one_frame_is_acquired_ahead(qtbot) -> None:
