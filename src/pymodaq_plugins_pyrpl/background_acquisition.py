@@ -46,9 +46,9 @@ class BackgroundAcquisition(QObject):
     ``stop`` return at once (a live ``grab`` after at most LIVE_WAIT_S).
 
     Every ``grab`` (except a continuing live one) and ``stop`` opens a new *generation*; only a
-    result of the current generation reaches ``on_data``. A server call cannot be cancelled, so
-    after ``stop`` a running acquisition completes in the background (its job's ``wanted()`` turns
-    false, so it may end early) and its result is dropped; the next job runs after it, one
+    result (or an error) of the current generation reaches the plugin. A server call cannot be
+    cancelled, so after ``stop`` a running acquisition completes in the background (its job's
+    ``wanted()`` turns false, so it may end early) and its result is dropped; the next job runs after it, one
     acquisition at a time. ``make_job(naverage)`` is called in the plugin's thread (it may read the
     settings); an exception it raises propagates out of ``grab``, which then changes nothing.
 
