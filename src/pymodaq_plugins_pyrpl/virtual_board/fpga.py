@@ -1,0 +1,73 @@
+"""The FPGA's bus: which module answers an address (``red_pitaya_top.v``: module select =
+``addr[22:20]`` from 0x40000000), and the modules wired to one time base and one physics.
+
+======  ==========  =========================================================
+select  base        module
+======  ==========  =========================================================
+0       0x40000000  housekeeping (:mod:`.housekeeping`)
+1       0x40100000  scope (:mod:`.scope`)
+2       0x40200000  signal generators asg0/asg1 (:mod:`.asg`)
+3       0x40300000  DSP: pid0-2, trig, iir, iq0-2 and the routing (:mod:`.dsp`)
+4       0x40400000  analog mixed signals, PWM (:mod:`.ams`)
+======  ==========  =========================================================
+
+Other addresses read 0 and ignore writes.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .ams import Ams
+from .housekeeping import Housekeeping
+from .registers import Block
+from .timebase import TimeBase
+
+BASE = 0x40000000
+MODULE_SPAN = 0x100000
+"""Bytes of address space per module (``addr[19:0]``)."""
+
+
+class Fpga:
+    """The register map of PyRPL's bitfile on one board. Not thread-safe (the board locks)."""
+
+    def __init__(self, plant: str, seed: int | None, clock: Callable[[], float]) -> None:
+        self.time = TimeBase(clock)
+        self._plant = plant
+        self._seed = seed
+        self.blocks: dict[int, Block] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Power-up: every register at its reset value, the time base restarted."""
+        self.time.power_up()
+        self.blocks = {0: Housekeeping(), 4: Ams()}
+
+    def read(self, address: int, length: int) -> np.ndarray:
+        """``length`` words from byte ``address``, as uint32."""
+        out = np.zeros(length, dtype=np.uint32)
+        for start, count, block, offset in self._spans(address, length):
+            if block is not None:
+                out[start:start + count] = block.read(offset, count)
+        return out
+
+    def write(self, address: int, words: np.ndarray) -> None:
+        """Write ``words`` from byte ``address``."""
+        for start, count, block, offset in self._spans(address, len(words)):
+            if block is not None:
+                block.write(offset, words[start:start + count])
+
+    def _spans(self, address: int, length: int) -> list[tuple[int, int, Block | None, int]]:
+        """Split a request at module boundaries: (first word, words, block, offset in block)."""
+        spans = []
+        i = 0
+        while i < length:
+            a = (address + 4 * i) & 0xFFFFFFFF
+            offset = a % MODULE_SPAN
+            count = min(length - i, (MODULE_SPAN - offset) // 4)
+            select = (a - BASE) // MODULE_SPAN if BASE <= a < BASE + 8 * MODULE_SPAN else None
+            spans.append((i, count, self.blocks.get(select) if select is not None else None,
+                          offset))
+            i += count
+        return spans

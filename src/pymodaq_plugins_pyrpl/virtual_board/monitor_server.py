@@ -1,0 +1,267 @@
+"""The data port of the virtual board: PyRPL's ``monitor_server`` on TCP (wire format:
+:mod:`.wire`), serving the registers of a :class:`~.board.VirtualBoard`.
+
+Behaviour, per :attr:`~.board.LinkSettings.mode` of the board:
+
+- ``"shared"``: any number of clients, one thread each, all on the same board; a client that
+  leaves, sends ``'c'`` or an unknown command ends only its own connection.
+- ``"faithful"``: as the C server: the first client is accepted and served, later ones wait in the
+  listen backlog and are never served; when that client leaves (or sends ``'c'``, an unknown
+  command, or a request crossing the 128 KiB window), the server ends: its port is closed (the
+  connections still queued are reset) until :meth:`MonitorServer.start` is called again (by the ssh
+  side's ``//opt//pyrpl///monitor_server <port>``).
+
+In both modes a request crossing a 128 KiB window ends its connection with a reset (the C server
+dies of a segmentation fault there). :meth:`MonitorServer.killall` is ``killall monitor_server``:
+the listening port closes and every connection ends with FIN or RST as the board's
+:attr:`~.board.LinkSettings.killall_close` says.
+
+Threads block in ``accept``/``recv`` (never poll), so an idle server costs no CPU.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from typing import TYPE_CHECKING, Literal
+
+from . import wire
+
+if TYPE_CHECKING:
+    from .board import VirtualBoard
+
+logger = logging.getLogger(__name__)
+
+Close = Literal["fin", "rst"]
+JOIN_TIMEOUT = 2.0
+"""Seconds :meth:`MonitorServer.killall` waits for each thread it ended."""
+
+
+class _Connection:
+    """One accepted client: its socket, its thread and how it is to be closed."""
+
+    def __init__(self, sock: socket.socket, peer: tuple) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.cancelled = threading.Event()
+        self.close_with: Close = "fin"
+        self.thread: threading.Thread | None = None
+
+    def kill(self, how: Close) -> None:
+        """End the connection from another thread: FIN (orderly shutdown) or RST (linger 0)."""
+        self.close_with = how
+        self.cancelled.set()
+        try:
+            if how == "rst":
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.sock.shutdown(socket.SHUT_RD)  # wakes the reader; the close sends the RST
+            else:
+                self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by its thread
+
+    def close(self) -> None:
+        """Close the socket (RST if :meth:`kill` asked for it)."""
+        if self.close_with == "rst" and not self.cancelled.is_set():
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.sock.close()
+
+
+class MonitorServer:
+    """``monitor_server`` for ``board`` on ``host``; not listening until :meth:`start`.
+
+    Thread-safe. ``start``/``killall``/``stop`` may be called repeatedly in any order; a server
+    that ended (faithful mode, or after :meth:`killall`) can be started again.
+    """
+
+    def __init__(self, board: VirtualBoard, host: str = "127.0.0.1") -> None:
+        self.board = board
+        self.host = host
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._connections: set[_Connection] = set()
+        self._port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> int:
+        """Listen on ``port`` (0: a free port) and return the bound port.
+
+        Raises RuntimeError if this server is already listening, :class:`~.board.BoardDown` while the
+        board reboots, OSError if the port cannot be bound.
+        """
+        with self._lock:
+            if self._listener is not None:
+                raise RuntimeError(f"monitor_server already listening on port {self._port}")
+            self.board.check_up()
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self.host, port))
+                listener.listen(5)
+            except OSError:
+                listener.close()
+                raise
+            self._listener = listener
+            self._port = listener.getsockname()[1]
+            faithful = self.board.link.mode == "faithful"
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, args=(listener, faithful),
+                name=f"monitor_server:{self._port}", daemon=True)
+            self._accept_thread.start()
+        self.board.register_server(self)
+        logger.info("monitor_server listening on %s:%d (%s)", self.host, self._port,
+                    "faithful" if faithful else "shared")
+        return self._port
+
+    @property
+    def port(self) -> int | None:
+        """The port listened on, or the last one (None before the first :meth:`start`)."""
+        return self._port
+
+    @property
+    def listening(self) -> bool:
+        with self._lock:
+            return self._listener is not None
+
+    @property
+    def connections(self) -> int:
+        """Number of open client connections."""
+        with self._lock:
+            return len(self._connections)
+
+    def killall(self) -> None:
+        """``killall monitor_server``: stop listening and end every connection with FIN or RST
+        (the board's ``link.killall_close``). Returns once the server's threads have ended (each
+        waited for at most :data:`JOIN_TIMEOUT` s)."""
+        self._end(self.board.link.killall_close)
+
+    def stop(self) -> None:
+        """Stop listening and close every connection orderly (FIN); same wait as :meth:`killall`."""
+        self._end("fin")
+
+    close = stop
+
+    def _end(self, how: Close) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            accept_thread, self._accept_thread = self._accept_thread, None
+            connections = list(self._connections)
+        if listener is not None:
+            _close_listener(listener)
+        for conn in connections:
+            conn.kill(how)
+        self.board.faults.wake()
+        threads = [accept_thread] + [c.thread for c in connections]
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(JOIN_TIMEOUT)
+        self.board.unregister_server(self)
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    def _accept_loop(self, listener: socket.socket, faithful: bool) -> None:
+        while True:
+            try:
+                sock, peer = listener.accept()
+            except OSError:
+                return  # listener closed: the server ended
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, peer)
+            with self._lock:
+                if self._listener is not listener:  # ended while accepting
+                    sock.close()
+                    return
+                self._connections.add(conn)
+            if faithful:
+                conn.thread = threading.current_thread()
+                self._serve(conn)
+                self._end_after_client(listener)
+                return
+            conn.thread = threading.Thread(target=self._serve, args=(conn,),
+                                           name=f"monitor_server:{self._port}:{peer[1]}",
+                                           daemon=True)
+            conn.thread.start()
+
+    def _end_after_client(self, listener: socket.socket) -> None:
+        """Faithful mode: the client left, so the server process ends (its port closes)."""
+        with self._lock:
+            if self._listener is not listener:
+                return  # already ended by killall/stop
+            self._listener = None
+            self._accept_thread = None
+        _close_listener(listener)
+        self.board.unregister_server(self)
+        logger.info("monitor_server on port %s ended with its client", self._port)
+
+    def _serve(self, conn: _Connection) -> None:
+        """Answer ``conn``'s requests until it leaves, is killed or sends something fatal."""
+        try:
+            while self._handle(conn):
+                pass
+        except OSError as exc:
+            logger.debug("monitor_server connection %s ended: %s", conn.peer, exc)
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _handle(self, conn: _Connection) -> bool:
+        """Read and answer one request; False when the connection is to end."""
+        raw = _recv_exact(conn.sock, wire.HEADER_SIZE)
+        if raw is None:
+            return False
+        header = wire.Header.parse(raw)
+        if header.length == 0:
+            return True  # ignored by the C server, whatever the command
+        payload = b""
+        if header.command == wire.WRITE:
+            payload = _recv_exact(conn.sock, wire.WORD_SIZE * header.length)
+            if payload is None:
+                return False
+        elif header.command != wire.READ:
+            if header.command != wire.CLOSE:
+                logger.warning("monitor_server: unknown command byte 0x%02x: ending the "
+                               "connection", header.command)
+            return False
+        if not self.board.faults.wait_turn(conn.cancelled):
+            return False
+        if wire.crosses_window(header.address, header.length):
+            logger.warning("monitor_server: %d words at 0x%08x cross a 128 KiB window: the C "
+                           "server crashes here", header.length, header.address)
+            conn.close_with = "rst"
+            return False
+        if header.command == wire.READ:
+            words = self.board.read(header.address, header.length)
+            conn.sock.sendall(self.board.faults.echo(header.raw) + wire.pack_words(words))
+        else:
+            self.board.write(header.address, wire.unpack_words(payload))
+            conn.sock.sendall(self.board.faults.echo(header.raw))
+        return True
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    """Exactly ``size`` bytes, or None if the peer closed first (blocking, no timeout)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        n = sock.recv_into(view[received:], size - received)
+        if n == 0:
+            return None
+        received += n
+    return bytes(buffer)
+
+
+def _close_listener(listener: socket.socket) -> None:
+    """Close a listening socket and wake the thread blocked in its ``accept``."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    listener.close()
