@@ -486,9 +486,13 @@ def _register(name: str, doc: str, register: FloatRegister, default: float = 0.0
                      register.increment, normalize=register.read_back)
 
 
+VOLTS = FloatRegister(bits=14, norm=2**13)
+"""A 14-bit voltage register (±1 V full scale): setpoints, limits, thresholds, bus samples."""
+
+
 def _volts(name: str, doc: str, default: float = 0.0) -> Attribute:
     """A 14-bit voltage register (±1 V full scale)."""
-    return _register(name, doc, FloatRegister(bits=14, norm=2**13), default, "V")
+    return _register(name, doc, VOLTS, default, "V")
 
 
 def _select(name: str, doc: str, options: tuple[str, ...], default: str) -> Attribute:
@@ -499,14 +503,12 @@ def _bool(name: str, doc: str, default: bool = False) -> Attribute:
     return Attribute(name, "bool", doc, default)
 
 
-def _frequency(name: str, bits: int, doc: str) -> Attribute:
-    register = FrequencyRegister(bits)
+def _frequency(name: str, register: FrequencyRegister, doc: str) -> Attribute:
     return Attribute(name, "float", doc, 0.0, "Hz", register.minimum, register.maximum,
                      register.increment, normalize=register.read_back)
 
 
-def _phase(name: str, bits: int, doc: str, invert: bool = False) -> Attribute:
-    register = PhaseRegister(bits, invert)
+def _phase(name: str, register: PhaseRegister, doc: str) -> Attribute:
     return Attribute(name, "float", doc, 0.0, "°", None, None, register.increment, wraps=360.0,
                      normalize=register.read_back)
 
@@ -566,6 +568,10 @@ ASG_AMPLITUDE = FloatRegister(bits=14, norm=2.0**13, signed=False, max_value=1.0
 """``Asg.amplitude``: unsigned 14 bits, norm 2**13, limited to 1 V."""
 ASG_OFFSET = FloatRegister(bits=14 + 16, norm=2**16 * 2**13, bitmask=0x3FFF << 16)
 """``Asg._offset_masked``: a 30-bit value of which the FPGA keeps bits 29..16 (truncation)."""
+ASG_FREQUENCY = FrequencyRegister(30)
+"""``Asg.frequency``: the phase step of the 30-bit table pointer (14 bits + 16 fractional)."""
+ASG_START_PHASE = PhaseRegister(30)
+"""``Asg.start_phase``: the table pointer's start offset."""
 
 
 def _asg_offset(offset: float) -> float:
@@ -579,12 +585,12 @@ def _asg(n: int) -> Module:
         _register("amplitude", "amplitude (for noise: rms)", ASG_AMPLITUDE, unit="V"),
         Attribute("offset", "float", "DC offset (truncated down to the 2**-13 V grid)", 0.0, "V",
                   -1.0, 1.0, 2.0**-13, normalize=_asg_offset),
-        _frequency("frequency", 30, "frequency"),
+        _frequency("frequency", ASG_FREQUENCY, "frequency"),
         _select("trigger_source", "what starts the output ('immediately': run now; 'off': stop)",
                 ASG_TRIGGER_SOURCES, "off"),
         _select("output_direct", "analog output the signal is added to", OUTPUT_DIRECT_OPTIONS,
                 "off"),
-        _phase("start_phase", 30, "phase at the start of each period or burst"),
+        _phase("start_phase", ASG_START_PHASE, "phase at the start of each period or burst"),
         Attribute("cycles_per_burst", "int", "periods per burst (0: continuous)", 0, "", 0,
                   2**32 - 1, 1),
     ]
@@ -640,6 +646,10 @@ IQ_AMPLITUDE = FloatRegister(bits=18, norm=2**17, avoid_zero=True)
 """``Iq.amplitude``: GainRegister, 18 bits, norm 2**17."""
 IQ_QUADRATURE_FACTOR = FloatRegister(bits=18, norm=1.0, avoid_zero=True)
 """``Iq.quadrature_factor``: GainRegister, 18 bits, norm 1 (integers)."""
+IQ_FREQUENCY = FrequencyRegister(32)
+"""``Iq.frequency``: the phase step of the 32-bit oscillator."""
+IQ_PHASE = PhaseRegister(32, invert=True)
+"""``Iq.phase``: the demodulation phase, inverted on the FPGA."""
 IQ_ACBANDWIDTH = FilterRegister(*IQ_INPUT_FILTER)
 """The IQ input filter, of which ``acbandwidth`` is the high-pass side."""
 
@@ -666,7 +676,7 @@ def _iq(n: int) -> Module:
         Attribute("acbandwidth", "float", "high-pass cutoff at the input (0: DC-coupled); snapped "
                   "to the nearest option", 0.0, "Hz", 0.0, acbandwidths[-1], None,
                   options=acbandwidths, normalize=_iq_acbandwidth),
-        _frequency("frequency", 32, "demodulation and excitation frequency"),
+        _frequency("frequency", IQ_FREQUENCY, "demodulation and excitation frequency"),
         _filter("bandwidth", "low-pass cutoffs of the demodulated quadratures",
                 IQ2_BANDWIDTH_FILTER if n == 2 else IQ_BANDWIDTH_FILTER),
         _register("quadrature_factor", "gain of the quadrature signal on the DSP bus (an integer; "
@@ -677,7 +687,7 @@ def _iq(n: int) -> Module:
                   gain_step, normalize=_iq_gain),
         _register("amplitude", "excitation amplitude (a non-zero amplitude never rounds to 0)",
                   IQ_AMPLITUDE, unit="V"),
-        _phase("phase", 32, "demodulation phase", invert=True),
+        _phase("phase", IQ_PHASE, "demodulation phase"),
         _select("output_direct", "analog output the excitation is added to",
                 OUTPUT_DIRECT_OPTIONS, "off"),
         _select("modulation_at_2f", "excite at twice the frequency", ("off", "on"), "off"),

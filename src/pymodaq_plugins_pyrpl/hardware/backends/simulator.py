@@ -13,14 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .. import catalogue
 from ..errors import InternalError, InvalidParams
 from ..physics.board import Board
 from ..physics.pid import Recorder
 from ..physics.plants import parse_plant, plant_spec
-from ..physics.signals import LSB, Context, Grid
+from ..physics.signals import LSB, Grid
 from ..physics.triggers import TRIGGER_HORIZON, find_trigger
 from .base import ScopeTrace
 
@@ -176,13 +174,9 @@ class SimulatorBackend:
                                 "True")
         assert acq.start is not None and acq.recorder is not None
         self._acquisition = None
-        recorder, u = acq.recorder, self._board.pids.outputs()
-        ctx = Context(u, lambda k, grid: recorder.pid(k, grid, u), self._board.rng)
         dt = acq.duration / SAMPLES
-        grid = Grid.uniform(acq.start, dt, SAMPLES)
-        ch1 = self._board.trace(acq.inputs[0], grid, ctx)
-        same = acq.inputs[1] == acq.inputs[0]
-        ch2 = ch1.copy() if same else self._board.trace(acq.inputs[1], grid, ctx)
+        ch1, ch2 = self._board.window(acq.inputs, Grid.uniform(acq.start, dt, SAMPLES),
+                                      acq.recorder)
         return ScopeTrace(ch1, ch2, acq.t0, dt)
 
     def scope_stop(self) -> None:
@@ -210,11 +204,9 @@ class SimulatorBackend:
 
     def sampler_read(self) -> dict[str, float]:
         """Values of catalogue.SAMPLER_SIGNALS now (PyRPL's sampler scaling, 1 / (2**13 - 1))."""
-        now = self._sync()
-        ctx = self._board.context(self._board.rng)
-        grid = Grid(now, np.zeros(1))
-        return {s: float(self._board.trace(s, grid, ctx)[0]) * 8192.0 / 8191.0
-                for s in catalogue.SAMPLER_SIGNALS}
+        self._sync()
+        values = self._board.sample(catalogue.SAMPLER_SIGNALS)
+        return {s: v * 8192.0 / 8191.0 for s, v in values.items()}
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from .. import catalogue
 from . import iq
 from .asg import Asg
 from .filters import steady_state
-from .pid import LoopModel, PidLoops
+from .pid import LoopModel, PidLoops, Recorder
 from .plants import OutSources, Plant
 from .signals import LSB, TWO_PI, Context, Grid, Phase, Tone, gaussian, quantize
 from .transients import Ring, Settling
@@ -103,6 +103,27 @@ class Board:
         """Evaluation with the PID outputs held at their current values."""
         u = self.pids.outputs()
         return Context(u, lambda k, grid: np.full(grid.n, u[k]), rng)
+
+    def sample(self, signals: Sequence[str]) -> dict[str, float]:
+        """The bus signals ``signals`` (14-bit volts, with noise) at the PID loops' time, as the
+        sampler reads them (one instant)."""
+        ctx = self.context(self.rng)
+        grid = Grid(self.pids.t, np.zeros(1))
+        return {s: float(self.trace(s, grid, ctx)[0]) for s in signals}
+
+    def window(self, inputs: tuple[str, str], grid: Grid, recorder: Recorder | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The scope's two channels recording ``inputs`` on ``grid`` (14-bit volts, with noise),
+        the PID outputs taken from ``recorder`` (None: held at their current values). The PID loops
+        must have advanced past the grid's end."""
+        u = self.pids.outputs()
+        if recorder is None:
+            ctx = self.context(self.rng)
+        else:
+            ctx = Context(u, lambda k, g: recorder.pid(k, g, u), self.rng)
+        ch1 = self.trace(inputs[0], grid, ctx)
+        ch2 = ch1.copy() if inputs[1] == inputs[0] else self.trace(inputs[1], grid, ctx)
+        return ch1, ch2
 
     # -- signals in time --------------------------------------------------------------------------
 

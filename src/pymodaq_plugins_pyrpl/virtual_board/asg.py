@@ -1,0 +1,95 @@
+"""The signal generators (``red_pitaya_asg.v``, base 0x40200000): channel A (asg0) and B (asg1).
+
+0x0 holds both channels' configuration: bits 2:0 channel A's trigger source, 12:4 its flags
+{random, advanced trigger ×3, rgate, zero, rst, once, wrap}; bits 18:16 and 28:20 the same for B.
+Channel A's registers follow at 0x4 (amplitude 13:0, offset 29:16), 0x8 (counter wrap, 30 bits),
+0xC (start offset, 30 bits), 0x10 (step, 30 bits), 0x18/0x1C/0x20 (burst); channel B's at +0x20.
+The tables (16384 × 14 bits) are at 0x10000 (A) and 0x20000 (B). A write to 0x0 with a channel's
+bit 0 set fires its software trigger: a generator already running 'immediately' starts again at
+its start phase.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import decode
+from .registers import Reg, RegisterFile
+
+if TYPE_CHECKING:
+    from .fpga import Fpga
+
+CONFIG = 0x0
+CHANNEL_BITS = (0, 16)
+"""Where each channel's 13 configuration bits start in 0x0."""
+CHANNEL_REGISTERS = (0x00, 0x20)
+"""Offset of each channel's registers (amplitude at 0x4 + this)."""
+TABLES = (0x10000, 0x20000)
+TABLE_BYTES = 4 * decode.TABLE_SIZE
+SOURCE_IMMEDIATELY = 1
+
+_CHANNEL = {0x4: Reg(30, 0x2000), 0x8: Reg(30, (1 << 30) - 1), 0xC: Reg(30), 0x10: Reg(30),
+            0x18: Reg(32), 0x1C: Reg(16), 0x20: Reg(32)}
+"""One channel's registers at power-up (amplitude 0x2000 = 1 V, counter wrap 2**30 - 1)."""
+TABLE = {CONFIG: Reg(32, 1 << 9 | 1 << 25)} | {
+    base + offset: reg for base in CHANNEL_REGISTERS for offset, reg in _CHANNEL.items()}
+"""0x0 at power-up: both advanced triggers held in reset (bit 9 of each channel)."""
+CONFIG_MASK = 0x1FFF
+"""The 13 stored configuration bits of a channel (bit 3 reads 0)."""
+
+
+class Asg:
+    """Both generators' registers and tables, wired to ``fpga``'s time and physics."""
+
+    def __init__(self, fpga: Fpga) -> None:
+        self.fpga = fpga
+        self.regs = RegisterFile(TABLE)
+        self.tables = [np.zeros(decode.TABLE_SIZE, dtype=np.uint32) for _ in TABLES]
+
+    def settings(self, n: int) -> dict:
+        """Catalogue settings of asg ``n``."""
+        base, config = CHANNEL_REGISTERS[n], self.regs.get(CONFIG) >> CHANNEL_BITS[n] & CONFIG_MASK
+        table = self.tables[n].astype(np.int64)
+        table[table >= 2**13] -= 2**14
+        return decode.asg(config & ~0x8, self.regs.get(base + 0x4), self.regs.get(base + 0x10),
+                          self.regs.get(base + 0xC), self.regs.get(base + 0x18), table,
+                          self.fpga.dsp.output_select[8 + n])
+
+    def read(self, offset: int, length: int) -> np.ndarray:
+        for n, start in enumerate(TABLES):
+            if start <= offset < start + 0x10000:
+                index = (offset - start) // 4
+                out = np.zeros(length, dtype=np.uint32)
+                count = max(0, min(length, decode.TABLE_SIZE - index))
+                out[:count] = self.tables[n][index:index + count]
+                return out
+        return np.array([self.regs.get(offset + 4 * i) for i in range(length)], dtype=np.uint32)
+
+    def write(self, offset: int, words: np.ndarray) -> None:
+        for n, start in enumerate(TABLES):
+            if start <= offset < start + 0x10000:
+                index = (offset - start) // 4
+                count = max(0, min(len(words), decode.TABLE_SIZE - index))
+                self.tables[n][index:index + count] = words[:count] & 0x3FFF
+                self.fpga.refresh({f"asg{n}"})
+                return
+        for i, word in enumerate(words):
+            self._write_word(offset + 4 * i, int(word))
+
+    def _write_word(self, offset: int, value: int) -> None:
+        if offset != CONFIG:
+            self.regs.set(offset, value)
+            touched = {f"asg{n}" for n, base in enumerate(CHANNEL_REGISTERS)
+                       if base < offset <= base + 0x20}
+            self.fpga.refresh(touched)
+            return
+        running = [self.fpga.model.values[f"asg{n}"]["trigger_source"] == "immediately"
+                   for n in range(2)]
+        self.regs.set(offset, value)
+        self.fpga.refresh({"asg0", "asg1"})
+        now = self.fpga.time.now()
+        for n, bit in enumerate(CHANNEL_BITS):
+            if running[n] and value >> bit & 1 and self.settings(n)["trigger_source"] == \
+                    "immediately":
+                self.fpga.model.restart_asg(n, now)
