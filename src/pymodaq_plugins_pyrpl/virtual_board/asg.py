@@ -29,14 +29,15 @@ TABLES = (0x10000, 0x20000)
 TABLE_BYTES = 4 * decode.TABLE_SIZE
 SOURCE_IMMEDIATELY = 1
 
-_CHANNEL = {0x4: Reg(30, 0x2000), 0x8: Reg(30, (1 << 30) - 1), 0xC: Reg(30), 0x10: Reg(30),
+_CHANNEL = {0x4: Reg(30, 0x2000, bits=0x3FFF3FFF), 0x8: Reg(30, (1 << 30) - 1), 0xC: Reg(30), 0x10: Reg(30),
             0x18: Reg(32), 0x1C: Reg(16), 0x20: Reg(32)}
 """One channel's registers at power-up (amplitude 0x2000 = 1 V, counter wrap 2**30 - 1)."""
-TABLE = {CONFIG: Reg(32, 1 << 9 | 1 << 25)} | {
+TABLE = {CONFIG: Reg(32, 1 << 9 | 1 << 25, bits=0x1FF71FF7)} | {
     base + offset: reg for base in CHANNEL_REGISTERS for offset, reg in _CHANNEL.items()}
-"""0x0 at power-up: both advanced triggers held in reset (bit 9 of each channel)."""
+"""0x0 at power-up: both advanced triggers held in reset (bit 9 of each channel); bits 3, 13-15,
+19 and 29-31 are not stored."""
 CONFIG_MASK = 0x1FFF
-"""The 13 stored configuration bits of a channel (bit 3 reads 0)."""
+"""A channel's 13 configuration bits."""
 
 
 class Asg:
@@ -52,7 +53,7 @@ class Asg:
         base, config = CHANNEL_REGISTERS[n], self.regs.get(CONFIG) >> CHANNEL_BITS[n] & CONFIG_MASK
         table = self.tables[n].astype(np.int64)
         table[table >= 2**13] -= 2**14
-        return decode.asg(config & ~0x8, self.regs.get(base + 0x4), self.regs.get(base + 0x10),
+        return decode.asg(config, self.regs.get(base + 0x4), self.regs.get(base + 0x10),
                           self.regs.get(base + 0xC), self.regs.get(base + 0x18), table,
                           self.fpga.dsp.output_select[8 + n])
 

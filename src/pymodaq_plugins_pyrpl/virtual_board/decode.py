@@ -114,6 +114,16 @@ def asg(config: int, amplitude_word: int, step: int, start_offset: int, cycles: 
     }
 
 
+def cutoffs(register: catalogue.FilterRegister, word: int) -> list[float]:
+    """The cutoffs of a filter word, a stage whose shift reaches the filter's width (alpha >= 1,
+    which PyRPL never writes) counted as off."""
+    for stage in range(register.stages):
+        byte = word >> 8 * stage & 0xFF
+        if byte & (2**register.shiftbits - 1) >= register.maxshift:
+            word &= ~(0xFF << 8 * stage)
+    return register.value(word)
+
+
 # ------------------------------------------------------------------------------------------------
 # PID and IQ
 
@@ -130,7 +140,7 @@ def pid(input_select: int, output_select: int, running: bool, setpoint: int, p: 
         "setpoint": catalogue.VOLTS.value(setpoint),
         "p": catalogue.PID_P.value(p),
         "i": catalogue.PID_I.value(i),
-        "inputfilter": PID_FILTER.value(inputfilter),
+        "inputfilter": cutoffs(PID_FILTER, inputfilter),
         "max_voltage": catalogue.VOLTS.value(maximum),
         "min_voltage": catalogue.VOLTS.value(minimum),
         "pause_gains": catalogue.PID_PAUSE_GAINS[pause_bits & 0x7],
@@ -162,13 +172,13 @@ def iq(n: int, input_select: int, output_select: int, flags: int, phase: int, fr
     The input filter is modelled as the ``acbandwidth`` high-pass only (a low-pass stage there is
     ignored); ``gain`` is read from g1 (PyRPL writes g1 = g4).
     """
-    stage = catalogue.IQ_ACBANDWIDTH.value(inputfilter)[0]
+    stage = cutoffs(catalogue.IQ_ACBANDWIDTH, inputfilter)[0]
     outputs = catalogue.IQ_OUTPUT_SIGNALS
     return {
         "input": signal(input_select),
         "acbandwidth": -stage if stage < 0 else 0.0,
         "frequency": catalogue.IQ_FREQUENCY.value(frequency),
-        "bandwidth": IQ_QUADRATURE_FILTERS[n].value(bandwidth),
+        "bandwidth": cutoffs(IQ_QUADRATURE_FILTERS[n], bandwidth),
         "quadrature_factor": catalogue.IQ_QUADRATURE_FACTOR.value(g3),
         "output_signal": outputs[signal_select] if signal_select < len(outputs) else "off",
         "gain": catalogue.IQ_G1.value(g1) / IQ_GAIN_SCALE,

@@ -236,12 +236,18 @@ class MonitorServer:
                            "server crashes here", header.length, header.address)
             conn.close_with = "rst"
             return False
-        if header.command == wire.READ:
-            words = self.board.read(header.address, header.length)
-            conn.sock.sendall(self.board.faults.echo(header.raw) + wire.pack_words(words))
-        else:
-            self.board.write(header.address, wire.unpack_words(payload))
-            conn.sock.sendall(self.board.faults.echo(header.raw))
+        try:
+            if header.command == wire.READ:
+                reply = wire.pack_words(self.board.read(header.address, header.length))
+            else:
+                self.board.write(header.address, wire.unpack_words(payload))
+                reply = b""
+        except Exception:  # a defect of the board model: end like a crashed server, loudly
+            logger.exception("monitor_server: %d words at 0x%08x failed", header.length,
+                             header.address)
+            conn.close_with = "rst"
+            return False
+        conn.sock.sendall(self.board.faults.echo(header.raw) + reply)
         return True
 
 

@@ -16,15 +16,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Reg:
-    """One register: ``width`` bits, ``reset`` value at power-up, ``const`` if read-only."""
+    """One register: ``width`` bits, ``reset`` value at power-up, ``const`` if read-only; ``bits``
+    replaces the low ``width`` bits by the bits actually stored when they are not contiguous."""
 
     width: int = 32
     reset: int = 0
     const: bool = False
+    bits: int | None = None
 
     @property
     def mask(self) -> int:
-        return (1 << self.width) - 1
+        """The bits stored (and read back) of a written word."""
+        return self.bits if self.bits is not None else (1 << self.width) - 1
 
 
 def const(value: int) -> Reg:
@@ -62,9 +65,9 @@ class RegisterFile:
 
     def signed(self, offset: int) -> int:
         """The value at ``offset`` read as a two's complement number of its width."""
-        reg = self.table[offset]
+        width = self.table[offset].width
         value = self._values[offset]
-        return value - (1 << reg.width) if value >> (reg.width - 1) else value
+        return value - (1 << width) if value >> (width - 1) else value
 
 
 class Block:
