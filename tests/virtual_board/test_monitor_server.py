@@ -146,6 +146,20 @@ def test_writes_are_counted(board: VirtualBoard, server: MonitorServer) -> None:
 # -- modes ------------------------------------------------------------------------------------------
 
 
+def test_write_log_names_the_registers_written(board: VirtualBoard, server: MonitorServer) -> None:
+    with connect(server.port) as sock:
+        write(sock, LED, 1, 2)
+    assert [(address, words) for _, address, words in board.write_log] == [(LED, 2)]
+
+
+def test_closing_the_board_stops_its_servers(board: VirtualBoard, server: MonitorServer) -> None:
+    with connect(server.port) as sock:
+        read(sock, HK_ID)
+        board.close()
+        assert_closed(sock, "fin")
+    assert_refused(server.port)
+
+
 def test_shared_mode_serves_many_clients_on_one_board(server: MonitorServer) -> None:
     with connect(server.port) as a, connect(server.port) as b:
         write(a, LED, 0x5A)

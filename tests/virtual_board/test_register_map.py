@@ -117,6 +117,17 @@ def test_constants_match_the_catalogue(board: VirtualBoard) -> None:
     assert tuple(board.read(IQ2 + 0x230, 3)) == catalogue.IQ2_BANDWIDTH_FILTER
 
 
+def test_pwm_outputs_follow_their_dsp_signal(board: VirtualBoard) -> None:
+    """PyRPL's pwm0 reads asg1 (its output is its offset): ams.dac0 shows the RTL's PWM code."""
+    put(board, ASG + 0x24, catalogue.ASG_OFFSET.word(0.5))
+    put(board, ASG + 0x0, 1 << 16)
+    assert word(board, AMS + 0x20) == 1 << 23  # no input: mid-scale
+    put(board, DSP + 10 * 0x10000, DSP_NUMBER["asg1"])
+    assert word(board, AMS + 0x20) == 1 << 23 | 0x40 << 16  # 0.5 V: bits 12:6 of 0x1000
+    put(board, AMS + 0x20, 0)
+    assert word(board, AMS + 0x20) == 1 << 23 | 0x40 << 16  # not writable
+
+
 def test_unmapped_addresses_read_zero(board: VirtualBoard) -> None:
     put(board, 0x40500000, 7)
     assert word(board, 0x40500000) == 0 and word(board, HK + 0x40) == 0

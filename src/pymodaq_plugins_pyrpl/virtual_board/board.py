@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -58,11 +59,15 @@ class AccessCounts:
     words_written: int = 0
 
 
+WRITE_LOG = 10000
+"""Write requests remembered by :attr:`VirtualBoard.write_log` (the oldest are dropped)."""
+
+
 class VirtualBoard:
     """A register-level Red Pitaya with PyRPL's bitfile loaded.
 
-    ``plant`` connects the outputs to the inputs (``physics.plants.parse_plant``: ``"loopback"``,
-    ``"cable:…"``, ``"resonator:…"``), ``seed`` seeds its noise, ``clock`` gives monotonic seconds
+    ``plant`` connects the outputs to the inputs (a spec of ``physics.plants.parse_plant``, e.g.
+    ``"loopback"`` or ``"resonator:f0=100e3,q=30"``; ValueError if invalid), ``seed`` seeds its noise, ``clock`` gives monotonic seconds
     (the 125 MHz time base follows it). Register access (:meth:`read`, :meth:`write`) is
     thread-safe; every request is executed under one lock, at the clock's current time.
     """
@@ -75,7 +80,11 @@ class VirtualBoard:
         self.link = LinkSettings()
         self.faults = LinkFaults()
         self.counts = AccessCounts()
-        self._lock = threading.RLock()
+        self.write_log: deque[tuple[float, int, int]] = deque(maxlen=WRITE_LOG)
+        """The last write requests: (``clock()`` time, byte address, words), oldest first."""
+        self.lock = threading.RLock()
+        """Held while a request runs: hold it to read several registers at one instant."""
+        self._closed = threading.Event()
         self.fpga = Fpga(plant, seed, clock)
         self._servers: set[MonitorServer] = set()
         self._down_until = -float("inf")
@@ -86,26 +95,27 @@ class VirtualBoard:
 
     def read(self, address: int, length: int) -> np.ndarray:
         """``length`` 32-bit words from byte ``address`` (uint32), computed now."""
-        with self._lock:
+        with self.lock:
             self.counts.reads += 1
             return self.fpga.read(address, length)
 
     def write(self, address: int, words: np.ndarray) -> None:
         """Write ``words`` (uint32) from byte ``address``, taking effect now."""
-        with self._lock:
+        with self.lock:
             self.counts.writes += 1
             self.counts.words_written += len(words)
+            self.write_log.append((self.clock(), address, len(words)))
             self.fpga.write(address, words)
 
     # -- monitor servers -------------------------------------------------------------------------
 
     def register_server(self, server: MonitorServer) -> None:
         """Called by a monitor server that started listening (a reboot ends it)."""
-        with self._lock:
+        with self.lock:
             self._servers.add(server)
 
     def unregister_server(self, server: MonitorServer) -> None:
-        with self._lock:
+        with self.lock:
             self._servers.discard(server)
 
     def check_up(self) -> None:
@@ -128,14 +138,14 @@ class VirtualBoard:
         again, as PyRPL does over ssh. Returns at once; :meth:`wait_rebooted` waits for the end."""
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, not {seconds!r}")
-        with self._lock:
+        with self.lock:
             servers = list(self._servers)
             self._down_until = self.clock() + seconds
             self._reboot_done.clear()
         ports = [(server, server.port) for server in servers]
         for server in servers:
-            server._end("rst")
-        with self._lock:
+            server.end("rst")
+        with self.lock:
             self.fpga.reset()
         restart = [(s, p) for s, p in ports if self.link.mode == "shared" and p is not None]
         logger.info("virtual board rebooting for %.3g s", seconds)
@@ -144,12 +154,22 @@ class VirtualBoard:
 
     def _come_back(self, restart: list[tuple[MonitorServer, int]]) -> None:
         while (remaining := self.down_for()) > 0:
-            time.sleep(remaining)  # the board is off: nothing to wake for
+            if self._closed.wait(remaining):
+                return
         for server, port in restart:
             try:
                 server.start(port)
             except (OSError, RuntimeError) as exc:
                 logger.warning("monitor_server could not listen again on port %d: %s", port, exc)
+        self._reboot_done.set()
+
+    def close(self) -> None:
+        """Stop every monitor server of the board (FIN) and cancel a pending reboot's restart."""
+        self._closed.set()
+        with self.lock:
+            servers = list(self._servers)
+        for server in servers:
+            server.stop()
         self._reboot_done.set()
 
     def wait_rebooted(self, timeout: float) -> bool:

@@ -63,7 +63,7 @@ class Fpga:
         self.asg = Asg(self)
         self.scope = Scope(self)
         self.blocks: dict[int, Module] = {0: Housekeeping(), 1: self.scope, 2: self.asg,
-                                          3: self.dsp, 4: Ams()}
+                                          3: self.dsp, 4: Ams(self)}
         self.model = BoardModel(self._plant, self._seed,
                                 {name: self.settings(name) for name in PHYSICS_MODULES})
 

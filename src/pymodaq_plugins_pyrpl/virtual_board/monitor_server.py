@@ -24,6 +24,7 @@ import logging
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from . import wire
@@ -139,15 +140,17 @@ class MonitorServer:
         """``killall monitor_server``: stop listening and end every connection with FIN or RST
         (the board's ``link.killall_close``). Returns once the server's threads have ended (each
         waited for at most :data:`JOIN_TIMEOUT` s)."""
-        self._end(self.board.link.killall_close)
+        self.end(self.board.link.killall_close)
 
     def stop(self) -> None:
         """Stop listening and close every connection orderly (FIN); same wait as :meth:`killall`."""
-        self._end("fin")
+        self.end("fin")
 
     close = stop
 
-    def _end(self, how: Close) -> None:
+    def end(self, how: Close) -> None:
+        """Stop listening and end every connection with ``how`` (``"fin"`` or ``"rst"``); same
+        wait as :meth:`killall`. Idempotent."""
         with self._lock:
             listener, self._listener = self._listener, None
             accept_thread, self._accept_thread = self._accept_thread, None
@@ -180,8 +183,7 @@ class MonitorServer:
                 self._connections.add(conn)
             if faithful:
                 conn.thread = threading.current_thread()
-                self._serve(conn)
-                self._end_after_client(listener)
+                self._serve(conn, lambda: self._end_after_client(listener))
                 return
             conn.thread = threading.Thread(target=self._serve, args=(conn,),
                                            name=f"monitor_server:{self._port}:{peer[1]}",
@@ -199,8 +201,9 @@ class MonitorServer:
         self.board.unregister_server(self)
         logger.info("monitor_server on port %s ended with its client", self._port)
 
-    def _serve(self, conn: _Connection) -> None:
-        """Answer ``conn``'s requests until it leaves, is killed or sends something fatal."""
+    def _serve(self, conn: _Connection, before_close: Callable[[], None] | None = None) -> None:
+        """Answer ``conn``'s requests until it leaves, is killed or sends something fatal; then
+        call ``before_close`` (faithful mode: the port closes first) and close the connection."""
         try:
             while self._handle(conn):
                 pass
@@ -209,6 +212,8 @@ class MonitorServer:
         finally:
             with self._lock:
                 self._connections.discard(conn)
+            if before_close is not None:
+                before_close()
             conn.close()
 
     def _handle(self, conn: _Connection) -> bool:

@@ -1,0 +1,120 @@
+"""The virtual board's own figures: CPU while idle, one register round trip, one scope read.
+
+Usage: ``python -m bench.virtual_board [--runs N] [--idle SECONDS] [--json]`` from the repository
+root. The board and its monitor server run in this process (threads), the client is a raw socket
+speaking PyRPL's protocol (no PyRPL: its own client adds its Python overhead on top, see
+docs/performance.md).
+
+- idle CPU: the CPU time of this whole process (board, server, one connected idle client and the
+  sleeping main thread) over ``--idle`` seconds, as a fraction of one core.
+- register round trip: one 1-word read of a plain register (hk LEDs), header out, echo and word
+  back, median over 2000 requests per run.
+- scope read: PyRPL's read of a finished trace, two 16384-word requests (ch1, ch2); "computed" is
+  the first read of a new acquisition (the physics evaluates 2 × 16384 samples), "cached" a read
+  again of the same trace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import time
+
+import psutil
+
+from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard, wire
+
+LED, SCOPE = 0x40000030, 0x40100000
+ROUND_TRIPS = 2000
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the board closed the connection")
+        data += chunk
+    return bytes(data)
+
+
+def _read(sock: socket.socket, address: int, length: int) -> bytes:
+    sock.sendall(wire.header(b"r", length, address))
+    return _recv(sock, 8 + 4 * length)
+
+
+def _write(sock: socket.socket, address: int, value: int) -> None:
+    sock.sendall(wire.header(b"w", 1, address) + value.to_bytes(4, "little"))
+    _recv(sock, 8)
+
+
+def idle_cpu(sock: socket.socket, seconds: float) -> float:
+    """Fraction of one core this process used while the connected board idled."""
+    process = psutil.Process()
+    _read(sock, LED, 1)
+    before, start = process.cpu_times(), time.monotonic()
+    time.sleep(seconds)  # the measurement window: nothing to wait for
+    after, elapsed = process.cpu_times(), time.monotonic() - start
+    return (after.user + after.system - before.user - before.system) / elapsed
+
+
+def round_trip(sock: socket.socket) -> float:
+    """Median seconds of one 1-word register read."""
+    times = []
+    for _ in range(ROUND_TRIPS):
+        start = time.perf_counter()
+        _read(sock, LED, 1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def scope_read(sock: socket.socket) -> tuple[float, float]:
+    """(computed, cached) seconds of reading both channels of a finished 131 µs trace."""
+    _write(sock, SCOPE + 0x14, 1)  # decimation 1
+    _write(sock, SCOPE + 0x0, 0b10)  # reset
+    _write(sock, SCOPE + 0x10, 16384)  # delay: the whole buffer after the trigger
+    _write(sock, SCOPE + 0x0, 0b01)  # arm
+    _write(sock, SCOPE + 0x4, 1)  # software trigger
+    deadline = time.monotonic() + 5.0
+    while int.from_bytes(_read(sock, SCOPE, 1)[8:], "little") & 0b101:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the scope trace did not finish")
+    reads = []
+    for _ in range(2):
+        start = time.perf_counter()
+        _read(sock, SCOPE + 0x10000, 16384)
+        _read(sock, SCOPE + 0x20000, 16384)
+        reads.append(time.perf_counter() - start)
+    return reads[0], reads[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    board = VirtualBoard(seed=1)
+    server = MonitorServer(board)
+    port = server.start(0)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            figures = {"idle_cpu_fraction": idle_cpu(sock, args.idle)}
+            trips = [round_trip(sock) for _ in range(args.runs)]
+            scopes = [scope_read(sock) for _ in range(args.runs)]
+    finally:
+        server.stop()
+    figures["register_round_trip_us"] = statistics.median(trips) * 1e6
+    figures["scope_read_computed_ms"] = statistics.median(s[0] for s in scopes) * 1e3
+    figures["scope_read_cached_ms"] = statistics.median(s[1] for s in scopes) * 1e3
+    if args.json:
+        print(json.dumps(figures))
+        return
+    for name, value in figures.items():
+        print(f"{name:28s} {value:10.4g}")
+
+
+if __name__ == "__main__":
+    main()
