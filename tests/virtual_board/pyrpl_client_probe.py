@@ -102,10 +102,9 @@ def iq_amplitude(rp: RedPitaya) -> dict[str, Any]:
     averages = 125000
     iq._na_averages, iq._na_sleepcycles = averages, 0
     iq.frequency = 50e3  # starts the accumulation
-    busy_first = bool(iq._reads(0x140, 4)[0] >> 31)
     wait_for(lambda: not any(int(v) >> 31 for v in iq._reads(0x140, 4)), "IQ accumulators")
     z = iq._nadata_total / averages * 2.0**-22
-    return {"amplitude": abs(z), "busy_first": busy_first}
+    return {"amplitude": abs(z)}
 
 
 def sampler(rp: RedPitaya) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_constants_match_the_catalogue(board: VirtualBoard) -> None:
 
 def test_pwm_outputs_follow_their_dsp_signal(board: VirtualBoard) -> None:
     """PyRPL's pwm0 reads asg1 (its output is its offset): ams.dac0 shows the RTL's PWM code."""
-    put(board, ASG + 0x24, catalogue.ASG_OFFSET.word(0.5))
+    put(board, ASG + 0x24, catalogue.ASG_OFFSET.word(0.5) & catalogue.ASG_OFFSET.bitmask)
     put(board, ASG + 0x0, 1 << 16)
     assert word(board, AMS + 0x20) == 1 << 23  # no input: mid-scale
     put(board, DSP + 10 * 0x10000, DSP_NUMBER["asg1"])
@@ -199,6 +199,41 @@ def test_scope_edge_trigger_waits_for_the_pre_trigger_samples(board: VirtualBoar
     assert abs(np.max(trace) - 0.5) < 0.02 and abs(np.min(trace) + 0.5) < 0.02
 
 
+def test_scope_trigger_comes_once_its_generator_starts(board: VirtualBoard, clock: Clock) -> None:
+    """Source asg1 with asg1 stopped: no trigger; asg1 started after the arm: it triggers."""
+    put(board, SCOPE + 0x14, 1)
+    put(board, SCOPE + 0x0, 0b10)
+    put(board, SCOPE + 0x10, 16384)
+    put(board, SCOPE + 0x0, 0b01)
+    put(board, SCOPE + 0x4, 9)  # asg1
+    clock.t += 1e-3
+    assert word(board, SCOPE + 0x0) & 0b101 == 0b001  # armed, not triggered
+    put(board, ASG + 0x30, catalogue.ASG_FREQUENCY.word(1e6))
+    put(board, ASG + 0x0, 1 << 16)  # asg1 immediately
+    clock.t += 1e-6 + 16384 * 8e-9
+    assert word(board, SCOPE + 0x0) == 0  # triggered within a period, then done
+
+
+def test_asg_output_peaks_at_the_tables_full_scale(board: VirtualBoard, clock: Clock) -> None:
+    """The FPGA outputs table * amplitude / 2**13 and PyRPL's tables peak at 2**13 - 1: a 0.5 V sine
+    with 0.1 V offset never reaches 0.6 V (PyRPL's test_sampler)."""
+    x = np.arange(16384) / 16384
+    put(board, ASG + 0x10000, *(np.round(8191 * np.sin(2 * np.pi * x)).astype(np.int64)
+                                & 0x3FFF))
+    put(board, ASG + 0x10, catalogue.ASG_FREQUENCY.word(1e3))
+    offset_bits = catalogue.ASG_OFFSET.word(0.1) & catalogue.ASG_OFFSET.bitmask
+    put(board, ASG + 0x4, catalogue.ASG_AMPLITUDE.word(0.5) | offset_bits)
+    put(board, ASG + 0x0, 1)
+    offset, amplitude = catalogue.ASG_OFFSET.value(offset_bits), 0.5
+    samples = []
+    for _ in range(400):
+        clock.t += 2.5e-6  # one period in 400 steps
+        sampled = volts(word(board, DSP + DSP_NUMBER["asg0"] * 0x10000 + 0x10))
+        samples.append(sampled * 8192 / 8191)  # PyRPL's sampler scaling
+    assert offset - amplitude <= min(samples) and max(samples) <= offset + amplitude
+    assert max(samples) > offset + amplitude - 1e-3
+
+
 def test_rolling_mode_keeps_writing(board: VirtualBoard, clock: Clock) -> None:
     put(board, SCOPE + 0x14, 1)
     put(board, SCOPE + 0x0, 0b10)
@@ -234,7 +269,7 @@ def test_pid_integrator_preset_and_readback(board: VirtualBoard) -> None:
 def asg_dc(board: VirtualBoard, channel: int, offset: float, output_select: int) -> None:
     """PyRPL's dc waveform: an all-zero table, the offset in 0x4 bits 29:16, running."""
     base = 0x20 * channel
-    put(board, ASG + 0x4 + base, catalogue.ASG_OFFSET.word(offset))
+    put(board, ASG + 0x4 + base, catalogue.ASG_OFFSET.word(offset) & catalogue.ASG_OFFSET.bitmask)
     put(board, ASG0_OUTPUT_SELECT + channel * 0x10000, output_select)
     put(board, ASG + 0x0, 1 | 1 << 16)
 

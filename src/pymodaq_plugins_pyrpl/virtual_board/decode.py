@@ -28,6 +28,8 @@ TABLE_SIZE = 2**14
 """Samples of an ASG waveform table (``Asg.data_length``)."""
 TABLE_FULL_SCALE = 2**13 - 1
 """PyRPL writes ``round((2**13 - 1) * y)`` for a waveform ``y`` in [-1, 1] (``Asg.data``)."""
+TABLE_SCALE = 2**13
+"""A table sample of ``2**13`` would output the amplitude itself (``red_pitaya_asg_ch.v``)."""
 
 IQ_GAIN_SCALE = 2**3
 """``Iq.gain`` is written as ``_g1 = _g4 = gain * 2**3`` (``IqGain``)."""
@@ -75,17 +77,18 @@ def waveform(table: np.ndarray, random_phase: bool) -> tuple[str, float]:
     """The catalogue waveform of an ASG table (signed 14-bit samples) and the factor its
     amplitude register is multiplied by to give the catalogue's ``amplitude``.
 
-    A standard table (within one LSB of PyRPL's) is that waveform (factor 1); with PyRPL's random
-    read pointer on, the table is noise and the factor its rms. Any other table is not modelled by
-    the physics: the nearest standard waveform stands in for it (logged).
+    The FPGA outputs ``table * amplitude / 2**13``: a standard table (within one LSB of PyRPL's)
+    is that waveform with factor ``(2**13 - 1) / 2**13`` (its peak); with PyRPL's random read
+    pointer on, the table is noise and the factor its rms / 2**13. Any other table is not modelled
+    by the physics: the nearest standard waveform stands in for it (logged).
     """
     if random_phase:
-        return "noise", float(np.sqrt(np.mean(table.astype(float) ** 2))) / TABLE_FULL_SCALE
+        return "noise", float(np.sqrt(np.mean(table.astype(float) ** 2))) / TABLE_SCALE
     distances = {name: float(np.max(np.abs(table - ref))) for name, ref in STANDARD_TABLES.items()}
     name = min(distances, key=distances.__getitem__)
     if distances[name] > 1.0:
         logger.info("ASG table is not one of PyRPL's waveforms: modelled as %r", name)
-    return name, 1.0
+    return name, TABLE_FULL_SCALE / TABLE_SCALE
 
 
 def asg(config: int, amplitude_word: int, step: int, start_offset: int, cycles: int,

@@ -4,7 +4,8 @@ the DSP bus, module ``n`` at ``0x40300000 + n * 0x10000`` (numbers: :data:`.deco
 Every module number answers the routing registers: 0x0 input select (4 bits; modules 0-11),
 0x4 output select (2 bits; modules 0-9), 0x8 the DAC saturation flags, 0xC the global sync bits
 (8 bits; a PID is paused and an IQ oscillator stopped while its bit is clear) and 0x10 the module's
-current output on the bus (14 bits; PyRPL's sampler). The input selects of 8 and 9 are the scope's
+current output on the bus (14 bits; PyRPL's sampler). Setting an IQ module's sync bit again
+restarts its oscillator at phase 0 (PyRPL's ``synchronize_iqs``). The input selects of 8 and 9 are the scope's
 two channels, the output selects of 8 and 9 the generators' ``output_direct``.
 
 Registers from 0x100 are the module's own: PIDs 0-2 (``red_pitaya_pid_block.v``), trig 3
@@ -233,7 +234,12 @@ class Dsp:
                 self.output_select[n] = value & 0x3
             return _module_of(n)
         if sub == 0xC:
+            started = value & ~self.sync
             self.sync = value & ((1 << SYNC_BITS) - 1)
+            now = self.fpga.time.now()
+            for k, n in enumerate(IQS):
+                if started >> n & 1:
+                    self.fpga.model.restart_iq(k, now)
             return {f"pid{k}" for k in PIDS}
         if sub in (0x8, 0x10):
             return set()

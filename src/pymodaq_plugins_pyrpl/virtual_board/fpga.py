@@ -81,6 +81,8 @@ class Fpga:
         t = self.time.now()
         for module in sorted(modules):
             self.model.update(module, self.settings(module), t)
+        if modules:
+            self.scope.settings_changed()
 
     def read(self, address: int, length: int) -> np.ndarray:
         """``length`` words from byte ``address``, as uint32."""

@@ -67,6 +67,13 @@ class BoardModel:
         self._change(f"asg{n}", {"trigger_source": "off"}, t)
         self._change(f"asg{n}", {"trigger_source": "immediately"}, t)
 
+    def restart_iq(self, n: int, t: float) -> None:
+        """iq ``n``'s oscillator starts again at phase 0 (its sync bit set again)."""
+        self.sync(t)
+        self.board.restart_iq(n, t)
+        if self.recorder is not None:
+            self.recorder.add(t, self.board.pids.outputs())
+
     def _change(self, module: str, values: Mapping[str, Any], t: float) -> None:
         self.sync(t)
         self.board.change(module, values, t)

@@ -12,8 +12,8 @@ the threshold (0x8) and hysteresis (0x20), 8/9 the period starts of asg0/asg1; 0
 
 Nothing is stored as samples: the buffers are computed when read, from the shared physics, for the
 samples written by then (cached once the acquisition is over). Limits: averaging (0x28) is not
-modelled (samples are picked); an edge trigger is searched once, when it becomes possible, on the
-settings of that moment; addresses not yet written since the arm read the samples last read out
+modelled (samples are picked); a trigger is searched when it becomes possible and again whenever
+settings change before it comes (on noise-free signals, see ``physics.triggers``); addresses not yet written since the arm read the samples last read out
 (0 at power-up).
 """
 from __future__ import annotations
@@ -155,6 +155,18 @@ class Scope:
             self._source_written(now)
         else:
             self.regs.set(offset, value)
+            if offset in (THRESHOLD, HYSTERESIS):
+                self.settings_changed()
+
+    def settings_changed(self) -> None:
+        """The signals or the trigger settings changed: a trigger still to come is searched again
+        on the new settings (one already passed stays)."""
+        now = self.fpga.time.cycles()
+        acq = self._acq
+        if acq is None or self.source not in SEARCHED or acq.triggered(now) or acq.over(now):
+            return
+        acq.trigger, acq.written_before, acq.total = None, 0, None
+        self._search(now)
 
     # -- state machine -------------------------------------------------------------------------------
 

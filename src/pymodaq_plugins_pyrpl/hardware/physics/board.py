@@ -71,6 +71,14 @@ class Board:
         if before is not None:
             self._transients_after(t, *before)
 
+    def restart_iq(self, n: int, t: float) -> None:
+        """Restart iq ``n``'s oscillator at phase 0 at time ``t`` (the FPGA's synchronization of
+        the IQ modules, its sync bit set again), with the transients of that phase step."""
+        before = self._transients_before(t)
+        self._iq_phases[n] = Phase(self.values[f"iq{n}"]["frequency"], t, 0.0)
+        self.pids.invalidate()
+        self._transients_after(t, *before)
+
     def _apply(self, module: str, old: Mapping[str, Any], values: Mapping[str, Any],
                now: float) -> None:
         """Side effects of the new ``values`` of ``module`` (previously ``old``) at time ``now``."""
