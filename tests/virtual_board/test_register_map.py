@@ -234,6 +234,33 @@ def test_asg_output_peaks_at_the_tables_full_scale(board: VirtualBoard, clock: C
     assert max(samples) > offset + amplitude - 1e-3
 
 
+def test_trig_module_fires_on_its_edge_and_records_the_asg_phase(board: VirtualBoard,
+                                                                  clock: Clock) -> None:
+    """PyRPL's test_trig: asg0 sine 0.4 V around 0.5 V; trigger on asg0 through 0.5 V."""
+    trig = DSP + 3 * 0x10000
+    x = np.arange(16384) / 16384
+    put(board, ASG + 0x10000, *(np.round(8191 * np.sin(2 * np.pi * x)).astype(np.int64)
+                                & 0x3FFF))
+    put(board, trig + 0x0, DSP_NUMBER["asg0"])
+    put(board, trig + 0x118, catalogue.VOLTS.word(0.5))
+    put(board, trig + 0x11C, catalogue.VOLTS.word(1e-3))
+    put(board, trig + 0x10C, 1)  # output: asg0's phase
+    for source, phase in ((1, 0.0), (2, 180.0)):  # rising, falling edge
+        put(board, trig + 0x108, source)
+        put(board, trig + 0x100, 1)  # arm
+        assert word(board, trig + 0x100) == 1  # asg0 stopped: nothing crosses
+        offset_bits = catalogue.ASG_OFFSET.word(0.5) & catalogue.ASG_OFFSET.bitmask
+        put(board, ASG + 0x4, catalogue.ASG_AMPLITUDE.word(0.4) | offset_bits)
+        put(board, ASG + 0x10, catalogue.ASG_FREQUENCY.word(10e3))
+        put(board, ASG + 0x0, 1)
+        clock.t += 250e-6
+        assert word(board, trig + 0x100) == 0
+        output = word(board, trig + 0x10)
+        assert ((output / 2**14 * 360.0 - phase + 180.0) % 360.0) - 180.0 == pytest.approx(
+            0.0, abs=1.0)
+        put(board, ASG + 0x0, 0)  # stop asg0 for the next round
+
+
 def test_rolling_mode_keeps_writing(board: VirtualBoard, clock: Clock) -> None:
     put(board, SCOPE + 0x14, 1)
     put(board, SCOPE + 0x0, 0b10)

@@ -9,7 +9,7 @@ restarts its oscillator at phase 0 (PyRPL's ``synchronize_iqs``). The input sele
 two channels, the output selects of 8 and 9 the generators' ``output_direct``.
 
 Registers from 0x100 are the module's own: PIDs 0-2 (``red_pitaya_pid_block.v``), trig 3
-(``red_pitaya_trigger_block.v``), iir 4 (``red_pitaya_iir_block.v``), IQs 5-7
+(:mod:`.trig`), iir 4 (``red_pitaya_iir_block.v``), IQs 5-7
 (``red_pitaya_iq_block.v``; 7 has four quadrature filter stages and a second output, 14).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from ..hardware import catalogue
 from . import decode
 from .registers import Reg, RegisterFile, const
-from .timebase import to_cycles
+from .trig import Trig
 
 if TYPE_CHECKING:
     from .fpga import Fpga
@@ -86,20 +86,6 @@ IQ_NA_DATA = 0x140
 NA_SCALE = 2**22
 """The NA accumulators add ``(I + jQ) * 2**22`` per cycle for a quadrature of I + jQ volts."""
 
-TRIG_TABLE = {
-    0x104: Reg(2),  # {phase_abs, auto_rearm}
-    0x108: Reg(2),  # trigger source
-    0x10C: Reg(4),  # output select
-    0x110: Reg(14),  # phase offset
-    0x118: Reg(14),  # threshold
-    0x11C: Reg(14, 20),  # hysteresis
-    0x120: Reg(32),  # input filter
-    0x220: const(1), 0x224: const(5), 0x228: const(1),
-}
-TRIG_ARMED = 0x100
-COUNTER_LOW, COUNTER_HIGH = 0x15C, 0x160
-TIMESTAMP_LOW, TIMESTAMP_HIGH = 0x164, 0x168
-
 IIR_TABLE = {
     0x100: Reg(10),  # loops
     0x104: Reg(2),  # {shortcut, on}
@@ -161,8 +147,7 @@ class Dsp:
         self.pids = [RegisterFile(PID_TABLE) for _ in PIDS]
         self.iqs = [RegisterFile(table) for table in IQ_TABLES]
         self.averagers = [NaAverager() for _ in IQS]
-        self.trig = RegisterFile(TRIG_TABLE)
-        self.trig_armed = False
+        self.trig = Trig(fpga)
         self.iir = RegisterFile(IIR_TABLE)
 
     # -- decoded settings ----------------------------------------------------------------------------
@@ -202,6 +187,8 @@ class Dsp:
             return self.sync
         if sub == 0x10:
             name = decode.DSP_NAMES[n]
+            if n == TRIG:
+                return self.trig.output()
             if name == "off":
                 return 0
             volts = self.fpga.model.sample(name, self.fpga.time.now())
@@ -217,7 +204,7 @@ class Dsp:
                 return self.iqs[IQS.index(n)].get(sub) & ~1 | (self.sync >> n & 1)
             return self.iqs[IQS.index(n)].get(sub)
         if n == TRIG:
-            return self._trig_word(sub)
+            return self.trig.read_word(sub)
         if n == IIR:
             return self.iir.get(sub)
         return 0
@@ -228,6 +215,8 @@ class Dsp:
         if sub == 0x0:
             if n < INPUT_SELECTS:
                 self.input_select[n] = value & 0xF
+            if n == TRIG:
+                self.trig.settings_changed()
             return _module_of(n)
         if sub == 0x4:
             if n < OUTPUT_SELECTS:
@@ -257,10 +246,7 @@ class Dsp:
                 self.averagers[k].start(self.fpga.time.cycles(), r.get(0x130), r.get(0x134))
             return {f"iq{k}"}
         if n == TRIG:
-            if sub == TRIG_ARMED:
-                self.trig_armed = True  # re-arm; the trigger block's events are not modelled
-            else:
-                self.trig.set(sub, value)
+            self.trig.write_word(sub, value)
         elif n == IIR:
             self.iir.set(sub, value)
         return set()
@@ -271,14 +257,6 @@ class Dsp:
         if averager.needs_quadratures(now):
             quadratures = self.fpga.model.iq(k, self.fpga.time.now())
         return averager.words(now, quadratures)
-
-    def _trig_word(self, sub: int) -> int:
-        if sub == TRIG_ARMED:
-            return int(self.trig_armed)
-        if sub in (COUNTER_LOW, COUNTER_HIGH):
-            cycles = to_cycles(self.fpga.time.now())
-            return cycles & 0xFFFFFFFF if sub == COUNTER_LOW else cycles >> 32 & 0xFFFFFFFF
-        return self.trig.get(sub)
 
 
 def _module_of(n: int) -> set[str]:

@@ -83,6 +83,7 @@ class Fpga:
             self.model.update(module, self.settings(module), t)
         if modules:
             self.scope.settings_changed()
+            self.dsp.trig.settings_changed()
 
     def read(self, address: int, length: int) -> np.ndarray:
         """``length`` words from byte ``address``, as uint32."""
