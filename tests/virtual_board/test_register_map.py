@@ -128,6 +128,23 @@ def test_pwm_outputs_follow_their_dsp_signal(board: VirtualBoard) -> None:
     assert word(board, AMS + 0x20) == 1 << 23 | 0x40 << 16  # not writable
 
 
+def test_buffer_reads_across_a_boundary_take_each_word_from_its_own_place(
+        board: VirtualBoard, clock: Clock) -> None:
+    """The end of ch1 and the start of ch2 in one read; the end of asg0's table and 0x20000."""
+    asg_dc(board, 0, 0.25, 1)
+    put(board, SCOPE + 0x14, 1)
+    put(board, SCOPE + 0x0, 0b10)
+    put(board, SCOPE + 0x10, 16384)
+    put(board, SCOPE + 0x0, 0b01)
+    put(board, SCOPE + 0x4, 1)
+    clock.t += 1e-3
+    ch1, ch2 = board.read(SCOPE + 0x10000, 16384), board.read(SCOPE + 0x20000, 16384)
+    assert list(board.read(SCOPE + 0x20000 - 8, 4)) == [*ch1[-2:], *ch2[:2]]
+    put(board, ASG + 0x20000 - 8, 1, 2, 3, 4)  # last two samples of asg0, first two of asg1
+    assert list(board.read(ASG + 0x20000 - 8, 4)) == [1, 2, 3, 4]
+    assert list(board.read(ASG + 0x10000, 2)) == [0, 0]
+
+
 def test_unmapped_addresses_read_zero(board: VirtualBoard) -> None:
     put(board, 0x40500000, 7)
     assert word(board, 0x40500000) == 0 and word(board, HK + 0x40) == 0

@@ -58,27 +58,46 @@ class Asg:
                           self.fpga.dsp.output_select[8 + n])
 
     def read(self, offset: int, length: int) -> np.ndarray:
-        for n, start in enumerate(TABLES):
-            if start <= offset < start + 0x10000:
-                index = (offset - start) // 4
-                out = np.zeros(length, dtype=np.uint32)
-                count = max(0, min(length, decode.TABLE_SIZE - index))
-                out[:count] = self.tables[n][index:index + count]
-                return out
-        return np.array([self.regs.get(offset + 4 * i) for i in range(length)], dtype=np.uint32)
+        table = self._table_word(offset)
+        last = self._table_word(offset + 4 * (length - 1))
+        if table is not None and last is not None and last[0] == table[0]:
+            n, index = table
+            return self.tables[n][index:index + length].copy()
+        out = np.zeros(length, dtype=np.uint32)
+        for i in range(length):
+            table = self._table_word(offset + 4 * i)
+            if table is not None:
+                n, index = table
+                out[i] = self.tables[n][index]
+            else:
+                out[i] = self.regs.get(offset + 4 * i)
+        return out
 
     def write(self, offset: int, words: np.ndarray) -> None:
-        for n, start in enumerate(TABLES):
-            if start <= offset < start + 0x10000:
-                index = (offset - start) // 4
-                count = max(0, min(len(words), decode.TABLE_SIZE - index))
-                self.tables[n][index:index + count] = words[:count] & 0x3FFF
-                self.fpga.refresh({f"asg{n}"})
-                return
+        table = self._table_word(offset)
+        last = self._table_word(offset + 4 * (len(words) - 1)) if len(words) else None
+        if table is not None and last is not None and last[0] == table[0]:
+            n, index = table  # PyRPL's whole-table write, in one piece
+            self.tables[n][index:index + len(words)] = words & 0x3FFF
+            self.fpga.refresh({f"asg{n}"})
+            return
         for i, word in enumerate(words):
             self._write_word(offset + 4 * i, int(word))
 
+    @staticmethod
+    def _table_word(offset: int) -> tuple[int, int] | None:
+        """(channel, sample index) of a table address, None for a register."""
+        for n, start in enumerate(TABLES):
+            if start <= offset < start + TABLE_BYTES:
+                return n, (offset - start) // 4
+        return None
+
     def _write_word(self, offset: int, value: int) -> None:
+        table = self._table_word(offset)
+        if table is not None:
+            self.tables[table[0]][table[1]] = value & 0x3FFF
+            self.fpga.refresh({f"asg{table[0]}"})
+            return
         if offset != CONFIG:
             self.regs.set(offset, value)
             touched = {f"asg{n}" for n, base in enumerate(CHANNEL_REGISTERS)

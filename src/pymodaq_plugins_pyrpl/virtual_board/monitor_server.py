@@ -111,11 +111,11 @@ class MonitorServer:
             self._listener = listener
             self._port = listener.getsockname()[1]
             faithful = self.board.link.mode == "faithful"
+            self.board.register_server(self)
             self._accept_thread = threading.Thread(
                 target=self._accept_loop, args=(listener, faithful),
                 name=f"monitor_server:{self._port}", daemon=True)
             self._accept_thread.start()
-        self.board.register_server(self)
         logger.info("monitor_server listening on %s:%d (%s)", self.host, self._port,
                     "faithful" if faithful else "shared")
         return self._port

@@ -39,6 +39,8 @@ DEBOUNCE = 0x90
 RAW_IN1, RAW_IN2 = 0x154, 0x158
 COUNTER, TIMESTAMP, PRETRIG_OK = 0x15C, 0x164, 0x16C
 DATA = (0x10000, 0x20000)
+DATA_SPAN = 4 * SAMPLES
+"""Bytes of each channel's buffer (0x10000: ``20'h1????`` and ``20'h2????`` in the RTL)."""
 ARM, RESET, TRIGGERED, KEEP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 SOFTWARE = 1
 SEARCHED = (2, 3, 4, 5, 8, 9)
@@ -99,12 +101,9 @@ class Scope:
 
     def read(self, offset: int, length: int) -> np.ndarray:
         for channel, start in enumerate(DATA):
-            if start <= offset < start + 0x10000:
+            if start <= offset and offset + 4 * length <= start + DATA_SPAN:
                 index = (offset - start) // 4
-                buffer = self._buffer(channel)
-                return np.array([buffer[(index + i) % SAMPLES] for i in range(length)],
-                                dtype=np.uint32) if index + length > SAMPLES else \
-                    buffer[index:index + length].copy()
+                return self._buffer(channel)[index:index + length].copy()
         return np.array([self.read_word(offset + 4 * i) for i in range(length)], dtype=np.uint32)
 
     def write(self, offset: int, words: np.ndarray) -> None:
@@ -112,6 +111,9 @@ class Scope:
             self.write_word(offset + 4 * i, int(word))
 
     def read_word(self, offset: int) -> int:
+        for channel, start in enumerate(DATA):
+            if start <= offset < start + DATA_SPAN:
+                return int(self._buffer(channel)[(offset - start) // 4])
         now = self.fpga.time.cycles()
         acq = self._acq
         if offset == CONTROL:
