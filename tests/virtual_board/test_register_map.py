@@ -150,6 +150,12 @@ def test_unmapped_addresses_read_zero(board: VirtualBoard) -> None:
     assert word(board, 0x40500000) == 0 and word(board, HK + 0x40) == 0
 
 
+def test_loading_the_bitfile_restores_power_up_values(board: VirtualBoard) -> None:
+    put(board, HK + 0x30, 0x55)
+    board.load_bitfile()
+    assert word(board, HK + 0x30) == 0
+
+
 def test_reboot_restores_power_up_values(board: VirtualBoard) -> None:
     put(board, HK + 0x30, 0x55)
     put(board, PID0 + 0x104, 0x100)

@@ -107,6 +107,13 @@ class VirtualBoard:
             self.write_log.append((self.clock(), address, len(words)))
             self.fpga.write(address, words)
 
+    def load_bitfile(self) -> None:
+        """PyRPL's bitfile is loaded again (``overlay.sh`` over ssh, ``reloadfpga=True``): every
+        register goes back to its power-up value. The monitor servers and their connections are
+        untouched (PyRPL ends them itself before it loads)."""
+        with self.lock:
+            self.fpga.reset()
+
     # -- monitor servers -------------------------------------------------------------------------
 
     def register_server(self, server: MonitorServer) -> None:
