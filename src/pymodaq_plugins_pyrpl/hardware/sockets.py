@@ -35,3 +35,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def close_listener(listener: socket.socket) -> None:
+    """Close a listening socket and wake a thread blocked in its ``accept`` (on Linux, closing
+    alone leaves that thread blocked)."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    listener.close()

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from ..hardware.sockets import close_listener
 from . import wire
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ class MonitorServer:
             accept_thread, self._accept_thread = self._accept_thread, None
             connections = list(self._connections)
         if listener is not None:
-            _close_listener(listener)
+            close_listener(listener)
         for conn in connections:
             conn.kill(how)
         self.board.faults.wake()
@@ -197,7 +198,7 @@ class MonitorServer:
                 return  # already ended by killall/stop
             self._listener = None
             self._accept_thread = None
-        _close_listener(listener)
+        close_listener(listener)
         self.board.unregister_server(self)
         logger.info("monitor_server on port %s ended with its client", self._port)
 
@@ -267,12 +268,3 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
             return None
         received += n
     return bytes(buffer)
-
-
-def _close_listener(listener: socket.socket) -> None:
-    """Close a listening socket and wake the thread blocked in its ``accept``."""
-    try:
-        listener.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    listener.close()
