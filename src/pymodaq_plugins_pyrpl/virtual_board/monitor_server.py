@@ -163,7 +163,7 @@ class MonitorServer:
         self.board.faults.wake()
         threads = [accept_thread] + [c.thread for c in connections]
         for thread in threads:
-            if thread is not None and thread is not threading.current_thread():
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
                 thread.join(JOIN_TIMEOUT)
         self.board.unregister_server(self)
 
@@ -177,18 +177,17 @@ class MonitorServer:
                 return  # listener closed: the server ended
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(sock, peer)
+            conn.thread = threading.current_thread() if faithful else threading.Thread(
+                target=self._serve, args=(conn,), name=f"monitor_server:{self._port}:{peer[1]}",
+                daemon=True)
             with self._lock:
                 if self._listener is not listener:  # ended while accepting
                     sock.close()
                     return
                 self._connections.add(conn)
             if faithful:
-                conn.thread = threading.current_thread()
                 self._serve(conn, lambda: self._end_after_client(listener))
                 return
-            conn.thread = threading.Thread(target=self._serve, args=(conn,),
-                                           name=f"monitor_server:{self._port}:{peer[1]}",
-                                           daemon=True)
             conn.thread.start()
 
     def _end_after_client(self, listener: socket.socket) -> None:
