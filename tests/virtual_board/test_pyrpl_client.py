@@ -2,8 +2,8 @@
 (no ssh): register read-back, a sine through the loopback on the scope, the IQ amplitude, the
 sampler, a PID loop settling, and PyRPL's own ``test_registers`` check on all 219 registers.
 
-PyRPL runs in a subprocess (``pyrpl_client_probe.py``: importing PyRPL creates a QApplication);
-the board runs here, in threads, so the test sees its counters.
+PyRPL runs in a subprocess (``tests/helpers/scripts/pyrpl_client_probe.py``: importing PyRPL
+creates a QApplication); the board runs here, in threads, so the test sees its counters.
 """
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard
+from tests.helpers.scripts import PYRPL_CLIENT_PROBE
 
 pytestmark = pytest.mark.pyrpl
-
-PROBE = Path(__file__).with_name("pyrpl_client_probe.py")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,7 @@ def probe(board: VirtualBoard, tmp_path_factory: pytest.TempPathFactory
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
     env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
     try:
-        proc = subprocess.run([sys.executable, str(PROBE), str(port)], check=False,
+        proc = subprocess.run([sys.executable, str(PYRPL_CLIENT_PROBE), str(port)], check=False,
                               capture_output=True, text=True, timeout=180, env=env,
                               stdin=subprocess.DEVNULL)
     finally:
