@@ -27,7 +27,6 @@ CHANNEL_REGISTERS = (0x00, 0x20)
 """Offset of each channel's registers (amplitude at 0x4 + this)."""
 TABLES = (0x10000, 0x20000)
 TABLE_BYTES = 4 * decode.TABLE_SIZE
-SOURCE_IMMEDIATELY = 1
 
 _CHANNEL = {0x4: Reg(30, 0x2000, bits=0x3FFF3FFF), 0x8: Reg(30, (1 << 30) - 1), 0xC: Reg(30), 0x10: Reg(30),
             0x18: Reg(32), 0x1C: Reg(16), 0x20: Reg(32)}

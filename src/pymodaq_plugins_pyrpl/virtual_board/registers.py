@@ -47,9 +47,6 @@ class RegisterFile:
         """Every register back to its reset value."""
         self._values = {offset: reg.reset & reg.mask for offset, reg in self.table.items()}
 
-    def __contains__(self, offset: int) -> bool:
-        return offset in self.table
-
     def get(self, offset: int) -> int:
         """The zero-extended value at ``offset`` (0 for an offset not in the table)."""
         return self._values.get(offset, 0)
@@ -62,12 +59,6 @@ class RegisterFile:
             return False
         self._values[offset] = int(value) & reg.mask
         return True
-
-    def signed(self, offset: int) -> int:
-        """The value at ``offset`` read as a two's complement number of its width."""
-        width = self.table[offset].width
-        value = self._values[offset]
-        return value - (1 << width) if value >> (width - 1) else value
 
 
 class Block:
