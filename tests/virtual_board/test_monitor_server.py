@@ -85,7 +85,7 @@ def assert_refused(port: int) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
 
 
-# -- protocol ---------------------------------------------------------------------------------------
+# -- protocol --------------------------------------------------------------------------------------
 
 
 def test_read_echoes_the_header_then_the_words(server: MonitorServer) -> None:
@@ -143,7 +143,7 @@ def test_writes_are_counted(board: VirtualBoard, server: MonitorServer) -> None:
     assert board.counts.words_written >= 3
 
 
-# -- modes ------------------------------------------------------------------------------------------
+# -- modes -----------------------------------------------------------------------------------------
 
 
 def test_write_log_names_the_registers_written(board: VirtualBoard, server: MonitorServer) -> None:
@@ -242,7 +242,7 @@ def test_settings_are_validated() -> None:
         board.faults.latency = -1.0
 
 
-# -- faults -----------------------------------------------------------------------------------------
+# -- faults ----------------------------------------------------------------------------------------
 
 
 def test_reboot_resets_connections_refuses_the_port_then_comes_back(

@@ -164,7 +164,7 @@ def test_reboot_restores_power_up_values(board: VirtualBoard) -> None:
     assert word(board, HK + 0x30) == 0 and word(board, PID0 + 0x104) == 0
 
 
-# -- time base --------------------------------------------------------------------------------------
+# -- time base -------------------------------------------------------------------------------------
 
 
 def test_the_cycle_counter_follows_the_clock(board: VirtualBoard, clock: Clock) -> None:

@@ -28,8 +28,8 @@ CHANNEL_REGISTERS = (0x00, 0x20)
 TABLES = (0x10000, 0x20000)
 TABLE_BYTES = 4 * decode.TABLE_SIZE
 
-_CHANNEL = {0x4: Reg(30, 0x2000, bits=0x3FFF3FFF), 0x8: Reg(30, (1 << 30) - 1), 0xC: Reg(30), 0x10: Reg(30),
-            0x18: Reg(32), 0x1C: Reg(16), 0x20: Reg(32)}
+_CHANNEL = {0x4: Reg(30, 0x2000, bits=0x3FFF3FFF), 0x8: Reg(30, (1 << 30) - 1), 0xC: Reg(30),
+            0x10: Reg(30), 0x18: Reg(32), 0x1C: Reg(16), 0x20: Reg(32)}
 """One channel's registers at power-up (amplitude 0x2000 = 1 V, counter wrap 2**30 - 1)."""
 TABLE = {CONFIG: Reg(32, 1 << 9 | 1 << 25, bits=0x1FF71FF7)} | {
     base + offset: reg for base in CHANNEL_REGISTERS for offset, reg in _CHANNEL.items()}

@@ -67,9 +67,10 @@ class VirtualBoard:
     """A register-level Red Pitaya with PyRPL's bitfile loaded.
 
     ``plant`` connects the outputs to the inputs (a spec of ``physics.plants.parse_plant``, e.g.
-    ``"loopback"`` or ``"resonator:f0=100e3,q=30"``; ValueError if invalid), ``seed`` seeds its noise, ``clock`` gives monotonic seconds
-    (the 125 MHz time base follows it). Register access (:meth:`read`, :meth:`write`) is
-    thread-safe; every request is executed under one lock, at the clock's current time.
+    ``"loopback"`` or ``"resonator:f0=100e3,q=30"``; ValueError if invalid), ``seed`` seeds its
+    noise, ``clock`` gives monotonic seconds (the 125 MHz time base follows it). Register access
+    (:meth:`read`, :meth:`write`) is thread-safe; every request is executed under one lock, at the
+    clock's current time.
     """
 
     def __init__(self, plant: str = "loopback", seed: int | None = None,
@@ -180,5 +181,6 @@ class VirtualBoard:
         self._reboot_done.set()
 
     def wait_rebooted(self, timeout: float) -> bool:
-        """Wait until the last :meth:`reboot` is over (servers listening again); False on timeout."""
+        """Wait until the last :meth:`reboot` is over (servers listening again); False on
+        timeout."""
         return self._reboot_done.wait(timeout)

@@ -3,10 +3,10 @@ the DSP bus, module ``n`` at ``0x40300000 + n * 0x10000`` (numbers: :data:`.deco
 
 Every module number answers the routing registers: 0x0 input select (4 bits; modules 0-11),
 0x4 output select (2 bits; modules 0-9), 0x8 the DAC saturation flags, 0xC the global sync bits
-(8 bits; a PID is paused and an IQ oscillator stopped while its bit is clear) and 0x10 the module's
-current output on the bus (14 bits; PyRPL's sampler). Setting an IQ module's sync bit again
-restarts its oscillator at phase 0 (PyRPL's ``synchronize_iqs``). The input selects of 8 and 9 are the scope's
-two channels, the output selects of 8 and 9 the generators' ``output_direct``.
+(8 bits; a PID is paused while its bit is clear; setting an IQ module's bit again restarts its
+oscillator at phase 0, PyRPL's ``synchronize_iqs``) and 0x10 the module's current output on the
+bus (14 bits; PyRPL's sampler). The input selects of 8 and 9 are the scope's two channels, the
+output selects of 8 and 9 the generators' ``output_direct``.
 
 Registers from 0x100 are the module's own: PIDs 0-2 (``red_pitaya_pid_block.v``), trig 3
 (:mod:`.trig`), iir 4 (``red_pitaya_iir_block.v``), IQs 5-7
@@ -150,7 +150,7 @@ class Dsp:
         self.trig = Trig(fpga)
         self.iir = RegisterFile(IIR_TABLE)
 
-    # -- decoded settings ----------------------------------------------------------------------------
+    # -- decoded settings --------------------------------------------------------------------------
 
     def pid_settings(self, k: int) -> dict:
         r = self.pids[k]
@@ -164,7 +164,7 @@ class Dsp:
                          r.get(0x104), r.get(0x108), r.get(0x10C), r.get(0x110), r.get(0x114),
                          r.get(0x118), r.get(0x120), r.get(0x124))
 
-    # -- bus -----------------------------------------------------------------------------------------
+    # -- bus ---------------------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> np.ndarray:
         return np.array([self.read_word(offset + 4 * i) for i in range(length)], dtype=np.uint32)

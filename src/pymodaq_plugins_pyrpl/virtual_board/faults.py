@@ -84,7 +84,8 @@ class LinkFaults:
         return not cancelled.is_set()
 
     def echo(self, header: bytes) -> bytes:
-        """The echo of ``header``: itself, or corrupted while :meth:`corrupt_echoes` has some left."""
+        """The echo of ``header``: itself, or corrupted while :meth:`corrupt_echoes` has some
+        left."""
         with self._cond:
             if not self._corrupt:
                 return header

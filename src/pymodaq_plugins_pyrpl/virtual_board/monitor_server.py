@@ -94,8 +94,8 @@ class MonitorServer:
     def start(self, port: int = 0) -> int:
         """Listen on ``port`` (0: a free port) and return the bound port.
 
-        Raises RuntimeError if this server is already listening, :class:`~.board.BoardDown` while the
-        board reboots, OSError if the port cannot be bound.
+        Raises RuntimeError if this server is already listening, :class:`~.board.BoardDown` while
+        the board reboots, OSError if the port cannot be bound.
         """
         with self._lock:
             if self._listener is not None:
@@ -163,7 +163,8 @@ class MonitorServer:
         self.board.faults.wake()
         threads = [accept_thread] + [c.thread for c in connections]
         for thread in threads:
-            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            alive = thread is not None and thread.is_alive()
+            if alive and thread is not threading.current_thread():
                 thread.join(JOIN_TIMEOUT)
         self.board.unregister_server(self)
 

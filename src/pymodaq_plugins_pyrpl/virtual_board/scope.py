@@ -13,7 +13,8 @@ the threshold (0x8) and hysteresis (0x20), 8/9 the period starts of asg0/asg1; 0
 Nothing is stored as samples: the buffers are computed when read, from the shared physics, for the
 samples written by then (cached once the acquisition is over). Limits: averaging (0x28) is not
 modelled (samples are picked); a trigger is searched when it becomes possible and again whenever
-settings change before it comes (on noise-free signals, see ``physics.triggers``); addresses not yet written since the arm read the samples last read out
+settings change before it comes (on noise-free signals, see ``physics.triggers``); addresses not
+yet written since the arm read the samples last read out
 (0 at power-up).
 """
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Scope:
         self._cache_key: tuple[int, int] | None = None
         self._acquisitions = 0
 
-    # -- bus -----------------------------------------------------------------------------------------
+    # -- bus ---------------------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> np.ndarray:
         for channel, start in enumerate(DATA):
@@ -170,7 +171,7 @@ class Scope:
         acq.trigger, acq.written_before, acq.total = None, 0, None
         self._search(now)
 
-    # -- state machine -------------------------------------------------------------------------------
+    # -- state machine -----------------------------------------------------------------------------
 
     def _freeze(self, now: int) -> None:
         """Remember the pointers and trigger of the acquisition so far (before a reset/arm)."""
@@ -252,10 +253,11 @@ class Scope:
         delay = self.regs.get(DELAY)
         return delay >= SAMPLES or self._since_arm(now) > SAMPLES - delay
 
-    # -- buffers -------------------------------------------------------------------------------------
+    # -- buffers -----------------------------------------------------------------------------------
 
     def _buffer(self, channel: int) -> np.ndarray:
-        """Channel ``channel``'s buffer now: the samples written since the arm over the older ones."""
+        """Channel ``channel``'s buffer now: the samples written since the arm over the older
+        ones."""
         acq = self._acq
         if acq is None:
             return self._buffers[channel]

@@ -59,7 +59,8 @@ class Trig:
         self._timestamp = 0
 
     def settings_changed(self) -> None:
-        """The signals or the trigger's settings changed: a trigger still to come is searched again."""
+        """The signals or the trigger's settings changed: a trigger still to come is searched
+        again."""
         self._changed_at = self.fpga.time.cycles()
         self._changes += 1
 

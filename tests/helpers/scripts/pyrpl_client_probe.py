@@ -2,9 +2,10 @@
 and prints what it observed as JSON (the last stdout line starting with ``PROBE_RESULT``).
 
 Usage: ``python pyrpl_client_probe.py PORT`` (the board serves on 127.0.0.1:PORT, with the
-``loopback`` plant). Run by ``tests/virtual_board/test_pyrpl_client.py`` in a subprocess: importing PyRPL creates a
-QApplication and configures logging. PyRPL's client is reached as PyRPL's notes describe:
-``RedPitaya(hostname="_FAKE_")``, then ``parameters.update(hostname, port)`` and ``startclient()``.
+``loopback`` plant). Run by ``tests/virtual_board/test_pyrpl_client.py`` in a subprocess:
+importing PyRPL creates a QApplication and configures logging. PyRPL's client is reached without
+ssh: ``RedPitaya(hostname="_FAKE_")``, then ``parameters.update(hostname, port)`` and
+``startclient()``.
 """
 from __future__ import annotations
 
