@@ -76,7 +76,8 @@ class NotAuthenticated(RemoteError):
 
 
 class AuthenticationFailed(RemoteError):
-    """Wrong token: final, the client must not retry (the server was restarted or taken over)."""
+    """Wrong token: the server was restarted or taken over. Final (docs/protocol.md, *Retry policy
+    for clients*)."""
 
     code = -32002
 
@@ -119,8 +120,8 @@ class ServerShuttingDown(RemoteError):
 
 class RetryLater(RemoteError):
     """The server does not admit this connection or session now (too many connections that have
-    not said hello, too many sessions, or wrong tokens from this address during a cool-down): not
-    final, retry after ``data["retry_after"]`` seconds."""
+    not said hello, too many sessions, or wrong tokens from this address during a cool-down); not
+    final: :attr:`retry_after` says when (docs/protocol.md, *Retry policy for clients*)."""
 
     code = -32009
 
@@ -175,12 +176,12 @@ class ConnectionFailed(CommunicationError):
 
 class CertificateMismatch(ConnectionFailed):
     """The TLS server's certificate is not the pinned one, or fails verification against the CA
-    file: final, like a wrong token (the client does not retry)."""
+    file. Final (docs/protocol.md, *Retry policy for clients*)."""
 
 
 class ConnectionLost(CommunicationError):
-    """The connection dropped while a call that is not safe to re-send was in flight: its outcome is
-    unknown (read the values back with ``get``)."""
+    """The connection dropped while a call that is not re-sent was in flight: its outcome is unknown
+    (docs/protocol.md, *Retry policy for clients*)."""
 
 
 class CallTimeout(CommunicationError, TimeoutError):

@@ -1,7 +1,7 @@
 """The client's call table: the requests waiting for their replies, matched by ``id``.
 
-Which calls are re-sent after a lost connection is the retry policy of docs/protocol.md (*Client
-behaviour*); :data:`RESENDABLE` is its list of methods.
+Which calls are re-sent after a lost connection is the retry policy of docs/protocol.md (*Retry
+policy for clients*); :data:`RESENDABLE` is its list of methods.
 """
 from __future__ import annotations
 

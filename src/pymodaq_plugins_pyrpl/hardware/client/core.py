@@ -4,7 +4,7 @@ One client holds one TCP connection and one server session. Any number of thread
 once; each call waits for its own reply (matched by ``id``) up to its own timeout. When the
 connection drops, the client reconnects in the background, resumes its session (or re-creates its
 leases and subscription on a restarted server) and re-sends the calls that are safe to re-send
-(the retry policy: docs/protocol.md, *Client behaviour*).
+(docs/protocol.md, *Retry policy for clients* and *Client behaviour*).
 
 The client orchestrates its parts: the transport (:mod:`.transport`), the call table
 (:mod:`.calls`), the session (:mod:`.session`) and the event dispatcher (:mod:`.events`); its
@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 1.0
-"""Delay between reconnect attempts: doubles from BACKOFF_START up to BACKOFF_MAX (seconds)."""
+"""Delay between reconnect attempts: doubles from BACKOFF_START up to BACKOFF_MAX (seconds; the
+backoff of docs/protocol.md, *Retry policy for clients*)."""
 ATTEMPT_TIMEOUT_MAX = 5.0
 """A reconnect attempt (TCP connect + hello + restore) takes at most min(timeout, this) seconds."""
 RECONNECT_ATTEMPT_MAX = 1.5
@@ -62,7 +63,8 @@ PROBE_AFTER = 1.0
 PROBE_TIMEOUT = 1.5
 """Seconds more without a byte after that ping: the link is dead (a silent cut) and is replaced."""
 FINAL = (AuthenticationFailed, UnsupportedProtocol, CertificateMismatch)
-"""Connection errors after which the client stops for good instead of retrying."""
+"""Connection errors after which the client stops for good (docs/protocol.md, *Retry policy for
+clients*)."""
 
 
 class State(enum.Enum):
@@ -331,7 +333,8 @@ class PyRPLClient:
         ``timeout`` (default: the client's) covers everything: waiting for a reconnection, sending,
         the server's work and the reply. Raises the RemoteError subclass of an error reply,
         CallTimeout (no reply in time; a late reply is dropped), ConnectionLost (the connection
-        dropped with a call in flight that is not re-sent: docs/protocol.md, *Client behaviour*),
+        dropped with a call in flight that is not re-sent: docs/protocol.md, *Retry policy for
+        clients*),
         ConnectionFailed (not connected and not reconnecting), ClientClosed, RequestTooLarge (not
         sent), or the final error (AuthenticationFailed, or what the revive hook raised).
         """
@@ -376,8 +379,8 @@ class PyRPLClient:
             timeout: float | None = None) -> dict[str, Any]:
         """Set attributes (all or nothing); returns the values actually applied after quantization.
 
-        Not re-sent after a drop: raises ConnectionLost if the connection dropped before the reply
-        (read the values back with :meth:`get`).
+        Not re-sent after a drop (docs/protocol.md, *Retry policy for clients*): raises
+        ConnectionLost if the connection dropped before the reply.
         """
         return self.call(protocol.Method.SET.value, {"module": module, "values": dict(values)},
                          timeout)
