@@ -5,7 +5,7 @@ from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.plugin_bases import PyRPLActuator
-from pymodaq_plugins_pyrpl.plugin_support import connection_params
+from pymodaq_plugins_pyrpl.plugin_support import connection_params, si_label
 
 AXES = {"Setpoint": ("setpoint", "V"), "P": ("p", ""), "I": ("i", "Hz")}
 """PyMoDAQ axis → (PID attribute, unit); P is a dimensionless gain."""
@@ -16,14 +16,10 @@ _PID = catalogue.MODULES["pid0"].attributes
 
 
 def _cutoff_label(cutoff: float) -> str:
+    """``-2428.66`` → ``"high-pass 2.43 kHz"``; 0 → ``"off"``."""
     if cutoff == 0:
         return "off"
-    kind = "low-pass" if cutoff > 0 else "high-pass"
-    value = abs(cutoff)
-    for scale, prefix in ((1e6, "M"), (1e3, "k"), (1.0, "")):
-        if value >= scale:
-            return f"{kind} {value / scale:.3g} {prefix}Hz"
-    return f"{kind} {value:.3g} Hz"
+    return f"{'low-pass' if cutoff > 0 else 'high-pass'} {si_label(abs(cutoff), 'Hz')}"
 
 
 INPUT_FILTERS = {_cutoff_label(f): f for f in catalogue.filter_options(catalogue.PID_FILTER)}
