@@ -219,7 +219,11 @@ def server_process(state: ServerState) -> psutil.Process | None:
 
 def wait_gone(state: ServerState, timeout: float) -> bool:
     """Wait until the server process of ``state`` has exited (at once if none runs); False if it
-    still runs after ``timeout`` seconds."""
+    still runs after ``timeout`` seconds.
+
+    A zombie counts as exited: a server started by another program stays one until that program
+    reaps it, and ``psutil.wait_procs`` would wait for that (it counts a zombie that is not our
+    child as running), so this polls :func:`_running` instead."""
     process = server_process(state)
     deadline = time.monotonic() + timeout
     while process is not None and _running(process):
@@ -304,6 +308,18 @@ def write_owner_only(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def open_owner_only_append(path: Path) -> int:
+    """A file descriptor of ``path`` opened for appending; the file is created owner-only (0600)
+    if missing, and made owner-only if it was not. The caller closes it. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write_private(path: Path, text: str) -> None:

@@ -369,10 +369,12 @@ def spawn_server(command: list[str], port: int, token: str, startup_timeout: flo
     runtime.write_private(token_file, token + "\n")
     log = runtime.log_path(port)
     try:
-        with open(log, "ab") as log_file:
-            os.chmod(log, 0o600)
+        log_fd = runtime.open_owner_only_append(log)
+        try:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=log_file, start_new_session=True)
+                                       stderr=log_fd, start_new_session=True)
+        finally:
+            os.close(log_fd)
     except OSError as exc:
         raise runtime.folder_error(log.parent, exc) from None
     _children.append(process)

@@ -160,7 +160,7 @@ class _LogFile(logging.handlers.RotatingFileHandler):
         super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
 
     def _open(self):  # type: ignore[no-untyped-def]
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = runtime.open_owner_only_append(Path(self.baseFilename))
         os.dup2(fd, 2)  # stderr
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
