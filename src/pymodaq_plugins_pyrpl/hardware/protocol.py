@@ -26,7 +26,9 @@ from .errors import InvalidRequest, ParseError, RemoteError, RequestTooLarge
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 6341
 MAX_REQUEST_BYTES = 1 << 20
-"""Longest request line the server accepts (a single reply is not limited: a trace is 350 kB)."""
+"""Longest request line the server accepts (a single reply is not limited: a trace is 350 kB).
+The server's transport reads no more of a line than this (it holds no more), :func:`parse_request`
+refuses a longer line whatever reads it, and the client does not send one."""
 MAX_LINE_BEFORE_HELLO = 4 << 10
 """Longest line the server reads from a connection that has not said hello yet. The longest hello
 this package's client sends (64-character token, session id, a 200-character client name written
