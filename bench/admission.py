@@ -16,10 +16,8 @@ measures it with psutil:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from pymodaq_plugins_pyrpl.hardware import protocol
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
 
 LINE = b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{"client":"' + b"x" * 1_000_000
 """A 1 MB request line that never ends."""
@@ -42,12 +41,8 @@ class MockServer:
         cmd = [sys.executable, "-m", "pymodaq_plugins_pyrpl.hardware.server", "--mock",
                "--port", "0", "--token-file", str(Path(self.folder.name) / "token"),
                "--log-file", str(Path(self.folder.name) / "log"), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith(protocol.READY_PREFIX):
-            raise RuntimeError(f"server not ready: {line!r}")
-        self.port = json.loads(line.split(" ", 1)[1])["port"]
+        self.proc, ready = start_server(cmd, 60)
+        self.port = ready.port
         self.process = psutil.Process(self.proc.pid)
 
     def rss_mib(self) -> float:

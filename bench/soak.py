@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from pymodaq_plugins_pyrpl.hardware import protocol
+from pymodaq_plugins_pyrpl.hardware import server_process
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.errors import ServerNotReady
 
 SHORTEST = 131.072e-6
 KINDS = ("get", "set", "acq_small", "acq_scope")
@@ -45,21 +46,14 @@ FLUSH = 0.5
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen, int, str]:
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 (kept open for the subprocess)
-    proc = subprocess.Popen([sys.executable, "-m", "pymodaq_plugins_pyrpl.hardware.server",
-                             "--mock", "--seed", "1", "--port", "0",
-                             "--token-file", str(tmp / "token"), "-q"],
-                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    for raw in proc.stdout:
-        line = raw.decode().strip()
-        if line.startswith(protocol.READY_PREFIX):
-            port = json.loads(line.split(" ", 1)[1])["port"]
-            return proc, port, (tmp / "token").read_text().strip()
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit(f"server did not start; log in {tmp / 'server.log'}")
+    with open(tmp / "server.log", "wb") as log:
+        try:
+            proc, ready = server_process.start_server(
+                [sys.executable, "-m", "pymodaq_plugins_pyrpl.hardware.server", "--mock", "--seed",
+                 "1", "--port", "0", "--token-file", str(tmp / "token"), "-q"], 60, stderr=log)
+        except ServerNotReady as exc:
+            raise SystemExit(f"{exc}; log in {tmp / 'server.log'}") from None
+    return proc, ready.port, (tmp / "token").read_text().strip()
 
 
 def worker(index: int, port: int, token: str, end: float, out: mp.Queue) -> None:

@@ -196,6 +196,15 @@ class ServerError(PyrplPluginError):
     """A server cannot be started or shared (server manager)."""
 
 
+class ServerNotReady(ServerError):
+    """A server process started here did not print its ready line: ``returncode`` is its exit
+    status, or None if it had not exited (it was then killed)."""
+
+    def __init__(self, message: str, returncode: int | None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
 class ServerMismatch(ServerError):
     """The server running on the port serves another board, backend or PyRPL config."""
 

@@ -38,7 +38,8 @@ MAX_OUTPUT_BYTES = 8 << 20
 not read its replies while sending requests is disconnected when its backlog would pass this (its
 session stays for resume). Room for 20 scope traces."""
 READY_PREFIX = "PYRPL_SERVER_READY"
-"""The server prints ``PYRPL_SERVER_READY {"port": N, "pid": P}`` once, when it serves."""
+"""The server prints ``PYRPL_SERVER_READY {"port": N, "pid": P}`` once, when it serves
+(:func:`ready_line`)."""
 
 
 class Method(str, Enum):
@@ -249,6 +250,38 @@ def dumps_line(message: dict[str, Any]) -> bytes:
         pieces += (data, part)
     pieces.append(b"\n")
     return b"".join(pieces)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a server's ready line says: the port it listens on and its process id."""
+
+    port: int
+    pid: int
+    line: str
+    """The line as printed, without its newline."""
+
+
+def ready_line(port: int, pid: int) -> str:
+    """The line (without newline) a server prints to stdout once it serves ``port``."""
+    return f"{READY_PREFIX} {json.dumps({'port': port, 'pid': pid})}"
+
+
+def parse_ready_line(line: str) -> Ready | None:
+    """The :class:`Ready` of a server's ready line (trailing whitespace ignored), or None if
+    ``line`` is not one."""
+    line = line.rstrip()
+    prefix, _, payload = line.partition(" ")
+    if prefix != READY_PREFIX:
+        return None
+    try:
+        info = json.loads(payload)
+        port, pid = info["port"], info["pid"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (port, pid)):
+        return None
+    return Ready(port, pid, line)
 
 
 def request(id_: int, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

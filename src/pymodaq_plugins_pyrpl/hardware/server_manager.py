@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import secrets
-import selectors
 import signal
 import socket
 import subprocess
@@ -56,9 +55,11 @@ import psutil
 from . import protocol, runtime
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
-                     PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerShuttingDown)
+                     PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerNotReady,
+                     ServerShuttingDown)
 from .physics.plants import plant_spec
 from .runtime import ServerState
+from .server_process import start_server
 from .sockets import is_loopback
 
 logger = logging.getLogger(__name__)
@@ -357,8 +358,9 @@ class TCPServerManager:
 
 
 def spawn_server(command: list[str], port: int, token: str, startup_timeout: float) -> ServerState:
-    """Write the token file, start ``command``, wait for its ready line; return the state file the
-    server wrote before that line.
+    """Write the token file, start ``command`` (:func:`server_process.start_server`, its stderr
+    appended to the port's log), wait for its ready line; return the state file the server wrote
+    before that line.
 
     The caller holds the port lock. Raises ServerError if the server exits or is not ready within
     ``startup_timeout`` (with the end of its log; a server that cannot write its state file exits
@@ -370,17 +372,24 @@ def spawn_server(command: list[str], port: int, token: str, startup_timeout: flo
     log = runtime.log_path(port)
     try:
         log_fd = runtime.open_owner_only_append(log)
-        try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=log_fd, start_new_session=True)
-        finally:
-            os.close(log_fd)
     except OSError as exc:
         raise runtime.folder_error(log.parent, exc) from None
+    try:
+        process, ready = start_server(command, startup_timeout, stderr=log_fd,
+                                      start_new_session=True)
+    except ServerNotReady as exc:
+        port_hint = " (the port may be in use)" if exc.returncode == 3 else ""
+        status = (f"exited with status {exc.returncode}{port_hint}" if exc.returncode is not None
+                  else f"was not ready within {startup_timeout:g} s")
+        raise ServerError(f"the PyRPL server {status}. End of its log ({log}):\n"
+                          f"{_log_tail(port)}") from None
+    except OSError as exc:
+        raise runtime.folder_error(log.parent, exc) from None
+    finally:
+        os.close(log_fd)
     _children.append(process)
     try:
-        ready = _wait_ready_line(process, startup_timeout)
-        state = _registered_state(process, port, ready["pid"], token)
+        state = _registered_state(port, ready.pid, token)
     except ServerError:
         if process.poll() is None:
             process.kill()
@@ -394,57 +403,23 @@ def spawn_server(command: list[str], port: int, token: str, startup_timeout: flo
     return state
 
 
-def _registered_state(process: subprocess.Popen, port: int, pid: int, token: str) -> ServerState:
-    """The state file the server ``process``, announced ready as ``pid``, wrote for ``port``.
-    Raises ServerError if it names another server or token, or the server has already exited."""
+def _registered_state(port: int, pid: int, token: str) -> ServerState:
+    """The state file the server announced ready as ``pid`` wrote for ``port``. Raises
+    ServerError if it names another server or token, or the server has already exited."""
     state = runtime.read_state(port)
     if state is None or state.pid != pid or state.token != token:
         raise ServerError(f"the PyRPL server (pid {pid}) is ready but its state file "
                           f"{runtime.state_path(port)} does not describe it")
     if runtime.server_process(state) is None:
         raise ServerError(f"the PyRPL server (pid {pid}) exited as soon as it was ready. End of its "
-                          f"log ({runtime.log_path(_port_of(process))}):\n{_log_tail(process)}")
+                          f"log ({runtime.log_path(port)}):\n{_log_tail(port)}")
     return state
 
 
-def _wait_ready_line(process: subprocess.Popen, timeout: float) -> dict:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if selector.select(timeout=min(0.1, max(0.0, deadline - time.monotonic()))):
-                chunk = os.read(process.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buffer += chunk
-                if b"\n" in buffer:
-                    line = buffer.split(b"\n", 1)[0].decode(errors="replace")
-                    if line.startswith(protocol.READY_PREFIX):
-                        return json.loads(line.split(" ", 1)[1])
-                    break
-            elif process.poll() is not None:
-                break
-    try:  # stdout closed: the process is exiting
-        process.wait(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        pass
-    port_hint = " (the port may be in use)" if process.returncode == 3 else ""
-    status = (f"exited with status {process.returncode}{port_hint}"
-              if process.returncode is not None else f"was not ready within {timeout:g} s")
-    raise ServerError(f"the PyRPL server {status}. End of its log "
-                      f"({runtime.log_path(_port_of(process))}):\n{_log_tail(process)}")
-
-
-def _port_of(process: subprocess.Popen) -> int:
-    args = list(process.args)  # type: ignore[arg-type]
-    return int(args[args.index("--port") + 1])
-
-
-def _log_tail(process: subprocess.Popen, lines: int = 15) -> str:
+def _log_tail(port: int, lines: int = 15) -> str:
+    """The last ``lines`` lines of the log of the server of ``port``."""
     try:
-        text = runtime.log_path(_port_of(process)).read_text(errors="replace")
+        text = runtime.log_path(port).read_text(errors="replace")
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import logging.handlers
 import math
@@ -225,8 +224,7 @@ async def _main(args: argparse.Namespace) -> int:
             server.stop("not registered")
             return
         registered.append(port)
-        print(f"{protocol.READY_PREFIX} {json.dumps({'port': port, 'pid': os.getpid()})}",
-              flush=True)
+        print(protocol.ready_line(port, os.getpid()), flush=True)
         logger.info("serving %s board%s on %s:%d (pid %d, protocol %d, version %s)", backend.name,
                     f" {backend.hostname}" if backend.hostname else "", args.bind, port,
                     os.getpid(), protocol.PROTOCOL_VERSION, __version__)
