@@ -13,6 +13,7 @@ from pymodaq_plugins_pyrpl import __version__
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.errors import ServerError
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
 
 pytestmark = pytest.mark.usefixtures("private_runtime")
 
@@ -149,11 +150,10 @@ SERVER_COMMANDS = {
 def test_status_and_stop_see_a_server_started_by_hand(port: int, command: list[str]) -> None:
     """A server started by hand registers like an auto-started one: listed with its plant, and
     stopped, by the CLI."""
-    server = subprocess.Popen([*command, "--mock", "--plant", "resonator:q=50", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, text=True)
+    server, ready = start_server([*command, "--mock", "--plant", "resonator:q=50", "--port",
+                                  str(port)], 30, stderr=subprocess.DEVNULL)
     try:
-        assert server.stdout.readline().startswith("PYRPL_SERVER_READY")
+        assert (ready.port, ready.pid) == (port, server.pid)
         rows = json.loads(cli("status", "--json").stdout)
         plant = "resonator:f0=100000,q=50,gain=1,noise=0.001"
         assert [(r["port"], r["pid"], r["plant"], r["device"]) for r in rows] == [
@@ -167,3 +167,4 @@ def test_status_and_stop_see_a_server_started_by_hand(port: int, command: list[s
         if server.poll() is None:
             server.kill()
             server.wait(10)
+        server.stdout.close()

@@ -12,20 +12,42 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from pymodaq_plugins_pyrpl.hardware import protocol
+from pymodaq_plugins_pyrpl.hardware.errors import ServerNotReady
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
 
 SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
 
 
-class ServerProcess:
-    """``python -m ...server ARGS --port 0 --token-file TMP/token``; waits for the ready line.
+class _Exited:
+    """The ``proc`` of a server that exited before its ready line (already reaped)."""
 
-    Always cleaned up: SIGTERM, then SIGKILL after 10 s. ``stderr`` is collected in ``log``.
+    stdout = None
+    pid = 0
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode
+
+
+class ServerProcess:
+    """``python -m ...server ARGS --port 0 --token-file TMP/token``, started by
+    :func:`server_process.start_server`; ``ready_line`` is "" if it exited before its ready line.
+
+    Always cleaned up: SIGTERM, then SIGKILL after 10 s. ``stderr`` goes to a file of ``tmp_path``,
+    read by ``log``. Raises TimeoutError (the process killed) if it neither printed its ready line
+    nor exited within ``startup_timeout``.
     """
 
     def __init__(self, tmp_path: Path, args: list[str], startup_timeout: float = 30.0,
@@ -37,46 +59,45 @@ class ServerProcess:
             cmd += ["--port", "0"]
         if token_file:
             cmd += ["--token-file", str(self.token_path)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                     preexec_fn=preexec_fn)
+        self._log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop)
+            dir=tmp_path, prefix="stderr-", suffix=".log", delete=False)
+        self.log_path = Path(self._log_file.name)
         self._stdout: queue.Queue[str] = queue.Queue()
-        self.log_lines: list[str] = []
+        try:
+            self.proc, ready = start_server(cmd, startup_timeout, stderr=self._log_file,
+                                            env={**os.environ, **(env or {})},
+                                            preexec_fn=preexec_fn)
+        except ServerNotReady as exc:
+            if exc.returncode is None:
+                self._log_file.close()
+                raise TimeoutError(f"server not ready within {startup_timeout} s; log:\n"
+                                   + self.log) from None
+            self.proc = _Exited(exc.returncode)
+            self.ready_line, self.port, self.pid, self.token = "", 0, 0, ""
+            return
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout.put),
                          daemon=True).start()
-        self._log_pump = threading.Thread(target=self._pump,
-                                          args=(self.proc.stderr, self.log_lines.append),
-                                          daemon=True)
-        self._log_pump.start()
-        self.ready_line = self._wait_ready(startup_timeout)
-        info = json.loads(self.ready_line.split(" ", 1)[1]) if self.ready_line else {}
-        self.port: int = info.get("port", 0)
-        self.pid: int = info.get("pid", 0)
-        self.token = self.token_path.read_text().strip() if token_file and self.ready_line else ""
+        self.ready_line = ready.line
+        self.port: int = ready.port
+        self.pid: int = ready.pid
+        self.token = self.token_path.read_text().strip() if token_file else ""
 
     @staticmethod
     def _pump(stream, put) -> None:
         for raw in stream:
             put(raw.decode(errors="replace").rstrip("\n"))
 
-    def _wait_ready(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._stdout.get(timeout=0.05)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    return ""
-                continue
-            if line.startswith(protocol.READY_PREFIX):
-                return line
-        raise TimeoutError(f"server not ready within {timeout} s; log:\n" + self.log)
-
     @property
     def log(self) -> str:
-        return "\n".join(self.log_lines)
+        """What the server wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def log_lines(self) -> list[str]:
+        return self.log.splitlines()
 
     def stdout_lines(self) -> list[str]:
+        """The lines the server printed after its ready line, so far."""
         lines = []
         while not self._stdout.empty():
             lines.append(self._stdout.get())
@@ -96,7 +117,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self._log_pump.join(5)  # the whole log, up to the end of stderr
+        self._log_file.close()
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:

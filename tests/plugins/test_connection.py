@@ -13,6 +13,7 @@ import pytest
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.server_manager import stop_local_server
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
 from pymodaq_plugins_pyrpl.plugin_support import SharedLeases
 from tests.helpers.plugins import move, select_axis, server_client, snap
 from tests.helpers.scripts import HOLDER
@@ -119,15 +120,15 @@ def check_the_plugins_use_a_server_started_by_hand(qtbot, port: int, pid: int) -
 def test_a_server_started_by_hand_with_the_console_script_is_used_by_the_plugins(qtbot, port):
     """``pymodaq-pyrpl server --mock --plant resonator --port P``."""
     script = Path(sys.executable).with_name("pymodaq-pyrpl")
-    server = subprocess.Popen([str(script), "server", *HAND_STARTED_ARGS, "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, text=True)
-    assert server.stdout.readline().startswith("PYRPL_SERVER_READY")
+    server, ready = start_server([str(script), "server", *HAND_STARTED_ARGS, "--port", str(port)],
+                                 30, stderr=subprocess.DEVNULL)
     try:
+        assert (ready.port, ready.pid) == (port, server.pid)
         check_the_plugins_use_a_server_started_by_hand(qtbot, port, server.pid)
     finally:
         server.kill()
         server.wait(10)
+        server.stdout.close()
 
 
 def test_a_server_started_by_hand_with_python_m_is_used_by_the_plugins(qtbot, tmp_path, port):

@@ -27,6 +27,18 @@ PID = catalogue.MODULES["pid0"].attributes
 
 
 
+def test_pid_input_filter_choices_are_labelled_with_si_prefixes():
+    """The input filter's choices: 'off', then each cutoff as a low- or high-pass with an SI prefix
+    and 3 digits, like the other list settings (plugin_support.si_label)."""
+    labels = list(INPUT_FILTERS)
+    assert labels[:3] == ["high-pass 3.11 MHz", "high-pass 1.39 MHz", "high-pass 657 kHz"]
+    assert labels[-3:] == ["low-pass 657 kHz", "low-pass 1.39 MHz", "low-pass 3.11 MHz"]
+    assert INPUT_FILTERS["off"] == 0.0
+    assert INPUT_FILTERS["low-pass 2.43 kHz"] == pytest.approx(2428.66, abs=0.01)
+    assert INPUT_FILTERS["high-pass 1.19 Hz"] == pytest.approx(-1.1858, abs=1e-4)
+    assert len(labels) == len(catalogue.filter_options(catalogue.PID_FILTER))
+
+
 def test_pid_init_applies_settings_and_leases(port, make_actuator):
     make_actuator("PyRPL_PID_TCP", port, axis="Setpoint", module="pid1", input="in2",
                   output_direct="out2")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pymodaq_plugins_pyrpl.hardware import protocol
+from pymodaq_plugins_pyrpl.hardware.errors import ServerNotReady
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
 from tests.helpers.scripts import NET_DRIVER
 from tests.helpers.support import SERVER_MODULE
 
@@ -87,15 +88,15 @@ class NsServer:
         self.token_file = tmp / "token"
         self.log_path = tmp / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [IP, "netns", "exec", ns, sys.executable, "-m", SERVER_MODULE, "--mock",
-             "--seed", "1", "--port", "0", "--token-file", str(self.token_file)],
-            stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL)
-        line = self.proc.stdout.readline().decode()  # the first line is the ready line
-        if not line.startswith(protocol.READY_PREFIX):
-            self.stop()
-            raise AssertionError(f"server did not start: {line!r}\n{self.log}")
-        self.port = json.loads(line.split(" ", 1)[1])["port"]
+        try:
+            self.proc, ready = start_server(
+                [IP, "netns", "exec", ns, sys.executable, "-m", SERVER_MODULE, "--mock",
+                 "--seed", "1", "--port", "0", "--token-file", str(self.token_file)], 30,
+                stderr=self._log)
+        except ServerNotReady as exc:
+            self._log.close()
+            raise AssertionError(f"server did not start: {exc}\n{self.log}") from None
+        self.port = ready.port
 
     @property
     def log(self) -> str:

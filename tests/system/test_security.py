@@ -179,6 +179,26 @@ def test_files_of_a_spawned_server_are_owner_only(port: int) -> None:
         manager.release_server()
 
 
+@pytest.mark.usefixtures("private_runtime")
+def test_log_files_left_readable_by_others_are_made_owner_only(port: int, tmp_path: Path) -> None:
+    """A log file that others can read (written by hand, or by an older version) is made
+    owner-only when a server appends to it: the one the manager gives a spawned server, and the
+    one a server is given with --log-file."""
+    own_log = tmp_path / "own.log"
+    for path in (runtime.log_path(port), own_log):
+        path.write_text("an older run\n")
+        path.chmod(0o644)
+    manager = TCPServerManager(port=port)
+    manager.ensure_server_running()
+    try:
+        assert runtime.log_path(port).stat().st_mode & 0o777 == 0o600
+    finally:
+        manager.release_server()
+    with ServerProcess(tmp_path, ["--mock", "--log-file", str(own_log)]) as server:
+        assert server.ready_line, own_log.read_text()
+        assert own_log.stat().st_mode & 0o777 == 0o600
+
+
 def _state(port: int) -> runtime.ServerState:
     return runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
                                config="", plant="", version="0", started_at="",

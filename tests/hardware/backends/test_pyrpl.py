@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, errors
 from pymodaq_plugins_pyrpl.hardware.backends.pyrpl import PyrplBackend
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 from tests.helpers.scripts import PYRPL_BACKEND_PROBE
 
 pytestmark = pytest.mark.pyrpl
@@ -231,9 +231,7 @@ def test_empty_hostname_refused_without_importing_pyrpl() -> None:
 
 
 def test_unreachable_board(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a local port nobody listens on: ssh is refused at once
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = free_port()  # a local port nobody listens on: ssh is refused at once
     result = run_probe(tmp_path, "open-error", "127.0.0.1",
                        env={"REDPITAYA_SSHPORT": str(closed_port)})
     assert result["error"] == "BackendUnavailable"

@@ -12,7 +12,6 @@ import os
 import select
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pymodaq_plugins_pyrpl.hardware.server.auth import (
     Admission,
 )
 from pymodaq_plugins_pyrpl.hardware.server.sessions import MAX_SESSIONS
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
 from tests.helpers.certificates import make_certificate
 from tests.helpers.support import RawClient, ServerProcess
 from tests.helpers.waiting import wait_until
@@ -269,15 +269,11 @@ def test_the_log_file_is_size_bounded_and_stderr_follows_it(tmp_path: Path) -> N
     code = ("import sys; from pymodaq_plugins_pyrpl.hardware.server import command; "
             "command.LOG_MAX_BYTES = 8192; sys.exit(command.main(sys.argv[1:]))")
     with open(log, "ab") as stderr:
-        proc = subprocess.Popen(
+        proc, ready = start_server(
             [sys.executable, "-c", code, "--mock", "--port", "0", "--token-file",
-             str(tmp_path / "token"), "--log-file", str(log)],
-            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+             str(tmp_path / "token"), "--log-file", str(log)], 30, stderr=stderr)
     try:
-        assert proc.stdout is not None
-        ready = proc.stdout.readline().decode()
-        assert ready.startswith(protocol.READY_PREFIX), log.read_text()
-        port = json.loads(ready.split(" ", 1)[1])["port"]
+        port = ready.port
         for i in range(300):
             with connect_from(port, f"127.0.{1 + i // 200}.{1 + i % 200}") as sock:
                 sock.sendall(hello_line("wrong"))
