@@ -59,6 +59,7 @@ class ServerProcess:
             cmd += ["--port", "0"]
         if token_file:
             cmd += ["--token-file", str(self.token_path)]
+        tmp_path.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the server makes it
         self._log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop)
             dir=tmp_path, prefix="stderr-", suffix=".log", delete=False)
         self.log_path = Path(self._log_file.name)
