@@ -13,7 +13,7 @@ from typing import Any
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from .hardware.errors import AcquisitionTimeout, PyrplPluginError
-from .plugin_support import clear_problem, plugin_title, report_problem
+from .plugin_support import PluginHost, clear_problem, plugin_title, report_problem
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class BackgroundAcquisition(QObject):
     _done = Signal(object, int)  # an acquisition ended: its Future and generation
     _handed = Signal(object)  # a paced live frame was handed over: its stream's room, to the GUI
 
-    def __init__(self, plugin: Any, make_job: Callable[[int], Job],
+    def __init__(self, plugin: PluginHost, make_job: Callable[[int], Job],
                  on_data: Callable[[Any], None],
                  describe_error: Callable[[BaseException], str] = str) -> None:
         super().__init__()

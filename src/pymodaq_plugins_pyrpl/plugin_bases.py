@@ -6,7 +6,8 @@ moves, re-applying after a server restart and the background acquisition live he
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from typing import Any, Sequence
 
 from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
                                                           DataActuatorType)
@@ -21,6 +22,8 @@ from .hardware.client import PyRPLClient
 from .hardware.errors import PyrplPluginError
 from .plugin_support import CONNECTION_SETTINGS, GROUP, PyRPLLink, init_failed, write_back
 
+logger = logging.getLogger(__name__)
+
 
 def is_connection_setting(param: Parameter) -> bool:
     """A setting choosing the server or the board (changing it connects again)."""
@@ -28,7 +31,117 @@ def is_connection_setting(param: Parameter) -> bool:
     return param.name() in CONNECTION_SETTINGS and parent is not None and parent.name() == GROUP
 
 
-class PyRPLActuator(DAQ_Move_base):
+class PyRPLPlugin:
+    """What the actuators and the viewers share: their link to one module, the module's attributes
+    that are plugin settings, and the one policy for a changed setting (:meth:`commit_settings`).
+
+    ``SETTINGS``: module attributes that are plugin settings of the same name, sent at
+    initialization, when changed, after a module switch and after a server restart, with
+    ``FIXED`` (attribute values the plugin needs, not settings). Mixed into PyMoDAQ's
+    ``DAQ_Move_base``/``DAQ_Viewer_base``, which provide ``settings`` and ``emit_status``.
+    """
+
+    SETTINGS: tuple[str, ...] = ()
+    FIXED: dict[str, Any] = {}
+    settings: Parameter
+    controller: PyRPLClient | None
+    link: PyRPLLink | None
+
+    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Set attributes of the module; the values the board applied."""
+        assert self.controller is not None and self.link is not None
+        return self.controller.set(self.link.module, values)
+
+    def _settings_values(self, names: Sequence[str]) -> dict[str, Any]:
+        """The module's attributes ``names`` as the settings hold them."""
+        return {name: self.settings[name] for name in names}
+
+    def _apply_settings(self, extra: dict[str, Any] | None = None) -> None:
+        """Send FIXED, the SETTINGS and ``extra``; the settings show what the board applied."""
+        values = {**self.FIXED, **self._settings_values(self.SETTINGS), **(extra or {})}
+        if values:  # a module without settings (IQ actuator, sampler) is sent nothing
+            write_back(self, self._apply(values))
+
+    def _reapply(self) -> None:
+        """Send the plugin's settings again (a connection setting changed, the server restarted)."""
+        self._apply_settings()
+
+    def _switch_module(self, module: str) -> None:
+        """Use ``module`` instead (moving the lease) and send it the settings."""
+        assert self.link is not None
+        self.link.switch(module)
+        self._apply_settings()
+
+    def commit_settings(self, param: Parameter) -> None:
+        """Apply a setting changed in PyMoDAQ (:meth:`_commit`). A setting the board or the server
+        refuses changes nothing; the user sees why in the status bar and in the 'Problem' setting,
+        and the setting shows again what is in use (:meth:`_show_in_use`). Once a setting is
+        applied, the problem shown (if any) no longer holds.
+
+        Nothing is raised to PyMoDAQ: its ``update_settings`` would only show ``str(exc)`` as a
+        1 s status message, replacing the refusal's lasting one, and marks nothing as failed.
+        """
+        if self.link is None:
+            return
+        try:
+            applied = self._commit(param)
+        except PyrplPluginError as exc:
+            self.link.problem(self._refusal(param, exc))
+            self._show_in_use(param)
+            return
+        if applied:
+            self.link.solved()
+
+    def _commit(self, param: Parameter) -> bool:
+        """Apply a changed setting; whether the server or the board took a change (False: not a
+        setting of theirs). Raises PyrplPluginError when refused, nothing changed then.
+        Subclasses handle their own settings and leave the others to this method."""
+        assert self.link is not None
+        name = param.name()
+        if is_connection_setting(param):
+            self._connect_again()
+        elif name == "module":
+            if param.value() == self.link.module:  # PyMoDAQ's tree settling on the module shown
+                return False
+            self._switch_module(param.value())
+        elif name in self.SETTINGS:
+            write_back(self, self._apply(self._settings_values((name,))))
+        else:
+            return False
+        return True
+
+    def _connect_again(self) -> None:
+        """Connect with the changed connection settings and send the settings there; the old
+        connection is kept until the new one works (raises as :meth:`PyRPLLink.reconnected`)."""
+        assert self.link is not None
+        self.link = self.link.reconnected()
+        self.controller = self.link.client
+        self._reapply()
+        self.link.status(f"connected again: {self.link.info()}")
+
+    def _refusal(self, param: Parameter, exc: PyrplPluginError) -> str:
+        """The message saying that (and why) the change of ``param`` was refused."""
+        assert self.link is not None
+        if is_connection_setting(param):
+            return f"{self.link.module}: not connected with the new {param.name()}: {exc}"
+        return f"{self.link.module}: {param.name()} not changed: {exc}"
+
+    def _show_in_use(self, param: Parameter) -> None:
+        """After a refusal, show in ``param`` what is in use: the module used, or the attribute's
+        value read from the board. A connection setting keeps what the user entered (the problem
+        says the connection in use is kept; entering it again retries)."""
+        assert self.link is not None and self.controller is not None
+        name = param.name()
+        if name == "module":
+            param.setValue(self.link.module)
+        elif name in self.SETTINGS:
+            try:
+                write_back(self, self.controller.get(self.link.module, [name]))
+            except PyrplPluginError as exc:  # the problem shown already says what is wrong
+                logger.warning("%s: %s not read back: %s", self.link.module, name, exc)
+
+
+class PyRPLActuator(PyRPLPlugin, DAQ_Move_base):
     """An actuator whose axes are attributes of one leased module (setting ``module``).
 
     Subclasses set ``AXES`` (axis → (attribute, unit)) and ``SETTINGS`` (attributes that are plugin
@@ -39,13 +152,12 @@ class PyRPLActuator(DAQ_Move_base):
     """
 
     AXES: dict[str, tuple[str, str]] = {}
-    SETTINGS: tuple[str, ...] = ()
     is_multiaxes = True
     data_actuator_type = DataActuatorType.DataActuator
 
     def ini_attributes(self) -> None:
-        self.controller: PyRPLClient | None = None
-        self.link: PyRPLLink | None = None
+        self.controller = None
+        self.link = None
         self._targets: dict[str, float] = {}
 
     def ini_stage(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
@@ -58,21 +170,14 @@ class PyRPLActuator(DAQ_Move_base):
             return init_failed(self, self.link, exc), False
         return self.link.info(), True
 
-    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
-        assert self.controller is not None and self.link is not None
-        return self.controller.set(self.link.module, values)
-
-    def _settings_values(self) -> dict[str, Any]:
-        """The module's attributes as the settings hold them."""
-        return {name: self.settings[name] for name in self.SETTINGS}
-
-    def _apply_settings(self, extra: dict[str, Any] | None = None) -> None:
-        values = {**self._settings_values(), **(extra or {})}
-        if values:  # an actuator without settings (IQ) sends nothing at initialization
-            write_back(self, self._apply(values))
-
     def _reapply(self) -> None:
         self._apply_settings(self._targets)
+
+    def _switch_module(self, module: str) -> None:
+        assert self.link is not None
+        self.link.switch(module)
+        self._targets.clear()  # the last moves were the other module's
+        self._apply_settings()
 
     def get_actuator_value(self) -> DataActuator:
         attribute, unit = self.AXES[self.axis_name]
@@ -109,55 +214,37 @@ class PyRPLActuator(DAQ_Move_base):
     def stop_motion(self) -> None:
         self.move_done()
 
-    def commit_settings(self, param: Parameter) -> None:
-        if self.link is None:
-            return
-        name = param.name()
-        if is_connection_setting(param):
-            _connect_again(self, self._reapply)
-        elif name == "module":
-            self.link.switch(param.value())
-            self._targets.clear()
-            self._apply_settings()
-        elif name in self.SETTINGS:
-            try:
-                write_back(self, self._apply({name: self._settings_values()[name]}))
-            except PyrplPluginError as exc:  # refused: show the board's value again
-                self.link.problem(f"{self.link.module}: {name} not changed: {exc}")
-                write_back(self, self.controller.get(self.link.module, [name]))
-                return
-            self.link.solved()
-
     def close(self) -> None:
         if self.link is not None:
             self.link.close()
             self.link = None
 
 
-class PyRPLViewer(DAQ_Viewer_base):
+class PyRPLViewer(PyRPLPlugin, DAQ_Viewer_base):
     """A viewer reading one module through a :class:`BackgroundAcquisition`.
 
     Subclasses define ``_job(naverage)`` (a callable run in the background thread, see
-    BackgroundAcquisition) and ``_emit(result)`` (send the data); they may override ``_module()``
-    (default: the ``module`` setting), ``_apply_all()`` (send the settings at initialization) and
+    BackgroundAcquisition) and ``_emit(result)`` (send the data); they may set ``SETTINGS`` and
+    ``FIXED`` (see PyRPLPlugin) and override ``_module()`` (default: the ``module`` setting) and
     ``_describe(exc)``. ``LEASE``: whether the module is leased. Naverage > 1 is done by the job
-    (hardware_averaging). Subclasses declare ``supported_platforms`` themselves (PyMoDAQ's checker
-    reads it from the plugin class).
+    (hardware_averaging). A connection setting changed while grabbing connects again and the grab
+    goes on with the new connection. Subclasses declare ``supported_platforms`` themselves
+    (PyMoDAQ's checker reads it from the plugin class).
     """
 
     LEASE = True
     hardware_averaging = True
 
     def ini_attributes(self) -> None:
-        self.controller: PyRPLClient | None = None
-        self.link: PyRPLLink | None = None
+        self.controller = None
+        self.link = None
         self.acquisition: BackgroundAcquisition | None = None
 
     def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
         self.link = PyRPLLink(self, self._module(), lease=self.LEASE, reapply=self._reapply)
         try:
             self.controller = self.link.open(None if self.is_master else controller)
-            self._apply_all()
+            self._apply_settings()
         except Exception as exc:
             self.controller = None
             return init_failed(self, self.link, exc), False
@@ -167,23 +254,6 @@ class PyRPLViewer(DAQ_Viewer_base):
     def _module(self) -> str:
         """The module to use (default: the ``module`` setting)."""
         return self.settings["module"]
-
-    def _apply_all(self) -> None:
-        """Send the plugin's settings (at initialization)."""
-
-    def _reapply(self) -> None:
-        self._apply_all()
-
-    def commit_settings(self, param: Parameter) -> None:
-        """A connection setting changed: connect again (a grab goes on with the new connection);
-        other settings: :meth:`_commit_setting`."""
-        if self.link is None or not is_connection_setting(param):
-            self._commit_setting(param)
-            return
-        _connect_again(self, self._apply_all)
-
-    def _commit_setting(self, param: Parameter) -> None:
-        """A plugin setting changed (not a connection setting)."""
 
     def _describe(self, exc: BaseException) -> str:
         return f"{self.link.module}: {exc}"
@@ -216,17 +286,3 @@ class PyRPLViewer(DAQ_Viewer_base):
         if worker is not None and getattr(worker, "grab_state", False):
             worker.queue_command(ThreadCommand(ControlToHardwareViewer.STOP_GRAB))
 
-
-def _connect_again(plugin: Any, reapply: Callable[[], None]) -> None:
-    """A connection setting of an initialized ``plugin`` changed: connect with the new settings
-    and ``reapply`` the plugin's settings there. The old connection is kept until the new one
-    works; a refusal is shown as the module's problem and changes nothing."""
-    try:
-        plugin.link = plugin.link.reconnected()
-        plugin.controller = plugin.link.client
-        reapply()
-    except PyrplPluginError as exc:
-        plugin.link.problem(f"{plugin.link.module}: not connected: {exc}")
-        return
-    plugin.link.solved()
-    plugin.link.status(f"connected again: {plugin.link.info()}")

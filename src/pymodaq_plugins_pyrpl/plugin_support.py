@@ -1,15 +1,17 @@
 """What every PyRPL plugin shares: connection settings, starting/sharing/releasing the server, the
 module lease, messages in PyMoDAQ's status bar, and settings re-applied after a server restart.
 
-A plugin builds its ``params`` with :func:`connection_params` and keeps a :class:`PyRPLLink` for its
-module. Its ``controller`` is the shared :class:`~.hardware.client.PyRPLClient`, so PyMoDAQ's
-master/slave sharing hands the master's client to the slaves (who then start no server of their own).
-Plugins of one process sharing a client also share its leases (:class:`SharedLeases`): an actuator
-and a viewer may use the same module, which stays leased until the last of them lets it go.
+A plugin (:class:`PluginHost`: what these helpers use of it) builds its ``params`` with
+:func:`connection_params` and keeps a :class:`PyRPLLink` for its module, which handles the client's
+connection events in the plugin's own thread. Its ``controller`` is the shared
+:class:`~.hardware.client.PyRPLClient`, so PyMoDAQ's master/slave sharing hands the master's client
+to the slaves (who then start no server of their own). Plugins of one process sharing a client also
+share its leases (:class:`SharedLeases`): an actuator and a viewer may use the same module, which
+stays leased until the last of them lets it go.
 
-Viewers also use :func:`write_back` (settings show the values the board applied), :func:`labelled`
+Plugins also use :func:`write_back` (settings show the values the board applied), :func:`labelled`
 (readable option lists) and :func:`init_failed` (the reason of a failed initialization in the status
-bar); their acquisitions run in :mod:`.background_acquisition`.
+bar); the viewers' acquisitions run in :mod:`.background_acquisition`.
 """
 from __future__ import annotations
 
@@ -19,14 +21,18 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
-from qtpy.QtCore import QCoreApplication, Qt, QThread, QTimer
+from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from .hardware.client import PyRPLClient
 from .hardware.errors import ModuleLeased, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
+
+if TYPE_CHECKING:  # PyMoDAQ's control modules are not imported here at run time: see UPDATE_STATUS
+    from pymodaq.control_modules.utils import HardwareWorkerBase
+    from pymodaq_gui.parameter import Parameter
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,21 @@ CONNECTION_SETTINGS = ("server_ip", "server_port", "timeout", "hostname", "pyrpl
 connects again (:meth:`PyRPLLink.reconnect`)."""
 PROBLEM = "problem"
 """Name of the read-only setting showing the module's current problem (empty: none)."""
+
+
+class PluginHost(Protocol):
+    """What this module's helpers use of a plugin (a PyMoDAQ ``DAQ_Move_base`` or
+    ``DAQ_Viewer_base``): its settings tree, its status messages, its worker and whether it is a
+    master."""
+
+    settings: Parameter
+    parent: HardwareWorkerBase | None
+    """PyMoDAQ's worker running the plugin (None: the plugin runs without one)."""
+
+    @property
+    def is_master(self) -> bool: ...
+
+    def emit_status(self, status: ThreadCommand) -> None: ...
 
 
 def _config(*keys: str, default: Any) -> Any:
@@ -136,9 +157,11 @@ def lease_when_free(take: Callable[[], Any], status: Callable[[str], None]) -> N
             time.sleep(wait)
 
 
-def plugin_title(plugin: Any) -> str:
-    """A plugin's name for the user: its module's title in PyMoDAQ (else its class name)."""
-    return str(getattr(plugin, "_title", "") or type(plugin).__name__)
+def plugin_title(plugin: PluginHost) -> str:
+    """A plugin's name for the user: the title of its module in PyMoDAQ, which its worker holds
+    (without a worker: its class name)."""
+    worker = plugin.parent
+    return str(worker.title if worker is not None else type(plugin).__name__)
 
 
 def lease_owner(holders: list[str]) -> str:
@@ -199,15 +222,38 @@ LEASES = SharedLeases()
 """The leases of this process's plugins."""
 
 
+class CallInThread(QObject):
+    """Calls ``function(*args)`` in the Qt thread this object was created in, whichever thread
+    calls :meth:`post`: a queued signal, run when that thread's event loop gets to it, in the order
+    posted (never if that thread has ended)."""
+
+    _posted = Signal(object)
+
+    def __init__(self, function: Callable[..., None]) -> None:
+        super().__init__()
+        self._function = function
+        self._posted.connect(self._run, Qt.QueuedConnection)
+
+    def post(self, *args: Any) -> None:
+        self._posted.emit(args)
+
+    @Slot(object)
+    def _run(self, args: tuple[Any, ...]) -> None:
+        self._function(*args)
+
+
 class PyRPLLink:
     """One plugin's use of one PyRPL module (``asg0``, ``scope``, ...) through the shared client.
 
-    ``reapply`` is called (from the client's event thread) after the server restarted and the client
-    joined a new session: the plugin sends its settings again. Raises from :meth:`open` are
-    PyrplPluginError with a message for the user.
+    The client's connection events (lost, resumed, new session, failed) arrive on the client's
+    events thread; they are handled in the thread that opened the link (the plugin's worker
+    thread), one at a time between the plugin's own commands, so the settings are changed and the
+    board is called from that thread only. ``reapply`` is called there after the server restarted
+    and the client joined a new session: the plugin sends its settings again. Raises from
+    :meth:`open` are PyrplPluginError with a message for the user.
     """
 
-    def __init__(self, plugin: Any, module: str, lease: bool = True,
+    def __init__(self, plugin: PluginHost, module: str, lease: bool = True,
                  reapply: Callable[[], None] | None = None) -> None:
         self.plugin = plugin
         self.module = module
@@ -217,6 +263,7 @@ class PyRPLLink:
         self._held = False  # this link holds its module's lease (LEASES)
         self._manager: TCPServerManager | None = None
         self._thread: QThread | None = None
+        self._events: CallInThread | None = None
 
     @property
     def holder(self) -> str:
@@ -243,7 +290,8 @@ class PyRPLLink:
             self.client = self._manager.ensure_server_running()
         else:
             self.client = controller
-        self.client.add_connection_callback(self._on_connection_event)
+        self._events = CallInThread(self._on_connection_event)
+        self.client.add_connection_callback(self._events.post)
         self._watch_thread()
         if self.lease:
             client = self.client
@@ -316,7 +364,8 @@ class PyRPLLink:
                 pass
         if client is None:
             return
-        client.remove_connection_callback(self._on_connection_event)
+        if self._events is not None:
+            client.remove_connection_callback(self._events.post)
         if self._held:
             self._held = False
             try:
@@ -344,6 +393,10 @@ class PyRPLLink:
         self.plugin.settings.child(GROUP, "state").setValue(state)
 
     def _on_connection_event(self, event: str, info: dict[str, Any]) -> None:
+        """Show a connection event of the client (in the thread that opened the link); an event
+        still on its way when the link closed is dropped."""
+        if self.client is None:
+            return
         if event == "lost":
             self.plugin.settings.child(GROUP, "state").setValue("connection lost, reconnecting")
             self.problem(f"PyRPL server connection lost ({info.get('reason')}); reconnecting…")
@@ -389,7 +442,7 @@ def labelled(values: Sequence[float], unit: str, zero: str = "off") -> dict[str,
     return limits
 
 
-def write_back(plugin: Any, applied: dict[str, Any]) -> None:
+def write_back(plugin: PluginHost, applied: dict[str, Any]) -> None:
     """Show the values the board applied (after quantization) in the plugin's settings of the
     same names; PyMoDAQ forwards them to its settings tree (no commit_settings loop: the plugin's
     own changes are only displayed). A filter (list of cutoffs) shows its first stage; a 'list'
@@ -409,7 +462,7 @@ def write_back(plugin: Any, applied: dict[str, Any]) -> None:
             param.setValue(value)
 
 
-def report_problem(plugin: Any, message: str) -> None:
+def report_problem(plugin: PluginHost, message: str) -> None:
     """Show a problem until it no longer holds (then :func:`clear_problem`), as PyMoDAQ shows a
     module's state: in the read-only 'Problem' setting, and as a status message (PyMoDAQ logs every
     status message, so it is in its log too) that stays in the module's status bar until the next
@@ -424,21 +477,21 @@ def report_problem(plugin: Any, message: str) -> None:
     plugin.emit_status(ThreadCommand(UPDATE_UI, "update_status", args=[message, 0]))
 
 
-def clear_problem(plugin: Any) -> None:
+def clear_problem(plugin: PluginHost) -> None:
     """The problem shown by :func:`report_problem` no longer holds."""
     param = _problem_param(plugin)
     if param is not None and param.value():
         param.setValue("")
 
 
-def _problem_param(plugin: Any) -> Any:
+def _problem_param(plugin: PluginHost) -> Parameter | None:
     try:
         return plugin.settings.child(PROBLEM)
     except (KeyError, AttributeError):  # a plugin without the field (tests' stand-ins)
         return None
 
 
-def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
+def init_failed(plugin: PluginHost, link: PyRPLLink | None, exc: BaseException) -> str:
     """The reason ``ini_detector``/``ini_stage`` returns (as ``reason, False``) when it cannot
     initialize.
 
@@ -460,7 +513,7 @@ def init_failed(plugin: Any, link: PyRPLLink | None, exc: BaseException) -> str:
     return reason
 
 
-def retire_failed_worker(plugin: Any) -> None:
+def retire_failed_worker(plugin: PluginHost) -> None:
     """End the worker thread of ``plugin``, whose initialization failed (in that thread).
 
     PyMoDAQ 5.3 keeps a failed worker connected to its control module: initializing again starts a
@@ -473,9 +526,9 @@ def retire_failed_worker(plugin: Any) -> None:
     """
     thread = QThread.currentThread()
     app = QCoreApplication.instance()
-    if app is None or thread is app.thread() or not getattr(plugin, "is_master", True):
+    if app is None or thread is app.thread() or not plugin.is_master:
         return
-    worker = getattr(plugin, "parent", None)
+    worker = plugin.parent
     if worker is not None:
         try:
             thread.finished.disconnect(worker.deleteLater)

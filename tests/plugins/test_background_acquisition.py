@@ -18,7 +18,7 @@ from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPlugi
 
 
 class _Plugin:
-    _title = "test"
+    parent = None  # no PyMoDAQ worker: its acquisition thread is named after the class
 
     def __init__(self) -> None:
         self.statuses: list = []

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from pymodaq.control_modules.move_utility_classes import comon_parameters_fun, main
 from pymodaq_gui.parameter import Parameter
 
@@ -73,18 +75,20 @@ class DAQ_Move_PyRPL_PID_TCP(PyRPLActuator):
          "label": "Reset", "tip": "set the integrator value (ival) to 0 V"},
     ] + connection_params() + comon_parameters_fun(axis_names=_axis_names, epsilon=_epsilons)
 
-    def _settings_values(self) -> dict:
-        values = super()._settings_values()
-        values["inputfilter"] = [values["inputfilter"]]  # first stage; the others off
+    def _settings_values(self, names: Sequence[str]) -> dict[str, Any]:
+        values = super()._settings_values(names)
+        if "inputfilter" in values:
+            values["inputfilter"] = [values["inputfilter"]]  # first stage; the others off
         return values
 
-    def commit_settings(self, param: Parameter) -> None:
-        if param.name() == "reset_ival":
-            if self.link is not None and param.value():
-                self._apply({"ival": 0.0})
-                param.setValue(False)  # a push button: ready for the next reset
-            return
-        super().commit_settings(param)
+    def _commit(self, param: Parameter) -> bool:
+        if param.name() != "reset_ival":
+            return super()._commit(param)
+        if not param.value():
+            return False
+        param.setValue(False)  # a push button: ready for the next reset, even after a refusal
+        self._apply({"ival": 0.0})
+        return True
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from pymodaq.control_modules.viewer_utility_classes import comon_parameters, main
 from pymodaq.utils.data import DataFromPlugins, DataToExport
-from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
 from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
 from pymodaq_plugins_pyrpl.plugin_support import connection_params, labelled, write_back
 
@@ -40,6 +38,8 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
     (docs/protocol.md, ``acquire``).
     """
 
+    SETTINGS = SETTINGS
+    FIXED = FIXED
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "IQ module:", "name": "module", "type": "list", "limits": ["iq0", "iq1", "iq2"],
@@ -69,32 +69,6 @@ class DAQ_0DViewer_PyRPL_IQ_TCP(PyRPLViewer):
          "limits": list(catalogue.OUTPUT_DIRECT_OPTIONS), "value": "off",
          "tip": "analog output the excitation is added to (off: none)"},
     ] + connection_params()
-
-    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
-        return self.controller.set(self.link.module, values)
-
-    def _apply_all(self) -> None:
-        write_back(self, self._apply({**FIXED, **{name: self.settings[name] for name in SETTINGS}}))
-
-    def _commit_setting(self, param: Parameter) -> None:
-        if self.link is None:
-            return
-        name = param.name()
-        try:
-            if name == "module":
-                self.link.switch(param.value())
-                self._apply_all()
-            elif name in SETTINGS:
-                write_back(self, self._apply({name: param.value()}))
-            else:
-                return
-            self.link.solved()
-        except PyrplPluginError as exc:
-            self.link.problem(f"{self.link.module}: {name} not changed: {exc}")
-            if name == "module":
-                param.setValue(self.link.module)
-            elif name in SETTINGS:
-                write_back(self, self.controller.get(self.link.module, [name]))
 
     def _job(self, naverage: int) -> Callable[[Callable[[], bool]], tuple[float, float, dict]]:
         client, module = self.controller, self.link.module

@@ -5,12 +5,11 @@ from typing import Any, Callable
 import numpy as np
 from pymodaq.control_modules.viewer_utility_classes import comon_parameters, main
 from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
-from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPluginError
+from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout
 from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
-from pymodaq_plugins_pyrpl.plugin_support import connection_params, labelled, write_back
+from pymodaq_plugins_pyrpl.plugin_support import connection_params, labelled
 
 SETTINGS = ("input1", "input2", "duration", "trigger_source", "threshold", "hysteresis",
             "trigger_delay", "trace_average")
@@ -37,6 +36,7 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(PyRPLViewer):
     (hardware_averaging). The scope is leased: other programs can read it but not change it.
     """
 
+    SETTINGS = SETTINGS
     supported_platforms = ("linux",)  # the server manager needs fcntl and POSIX user ids
     params = comon_parameters + [
         {"title": "Input 1:", "name": "input1", "type": "list",
@@ -61,24 +61,8 @@ class DAQ_1DViewer_PyRPL_Scope_TCP(PyRPLViewer):
          "min": 0.01, "tip": "a trace fails when no trigger came within this time"},
     ] + connection_params()
 
-    def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
-        return self.controller.set("scope", values)
-
     def _module(self) -> str:
         return "scope"
-
-    def _apply_all(self) -> None:
-        write_back(self, self._apply({name: self.settings[name] for name in SETTINGS}))
-
-    def _commit_setting(self, param: Parameter) -> None:
-        if self.link is None or param.name() not in SETTINGS:
-            return
-        try:
-            write_back(self, self._apply({param.name(): param.value()}))
-            self.link.solved()
-        except PyrplPluginError as exc:
-            self.link.problem(f"scope: {param.name()} not changed: {exc}")
-            write_back(self, self.controller.get("scope", [param.name()]))
 
     def _timeout(self) -> float:
         return self.settings["trace_average"] * self.settings["duration"] \
