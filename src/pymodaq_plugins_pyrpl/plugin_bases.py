@@ -1,4 +1,6 @@
-"""Base classes of this package's plugins: what the actuators share, and what the viewers share.
+"""Base classes of this package's plugins: what all of them share (:class:`PyRPLPlugin`: the
+module's settings and the one policy for a refused setting), what the actuators share, and what
+the viewers share.
 
 Each plugin class adds its settings, axes or channels; the connection, the lease, instant quantized
 moves, re-applying after a server restart and the background acquisition live here. (Kept apart from
@@ -129,7 +131,7 @@ class PyRPLPlugin:
     def _show_in_use(self, param: Parameter) -> None:
         """After a refusal, show in ``param`` what is in use: the module used, or the attribute's
         value read from the board. A connection setting keeps what the user entered (the problem
-        says the connection in use is kept; entering it again retries)."""
+        says that the connection in use is kept)."""
         assert self.link is not None and self.controller is not None
         name = param.name()
         if name == "module":

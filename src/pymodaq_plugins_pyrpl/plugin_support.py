@@ -247,10 +247,10 @@ class PyRPLLink:
 
     The client's connection events (lost, resumed, new session, failed) arrive on the client's
     events thread; they are handled in the thread that opened the link (the plugin's worker
-    thread), one at a time between the plugin's own commands, so the settings are changed and the
-    board is called from that thread only. ``reapply`` is called there after the server restarted
-    and the client joined a new session: the plugin sends its settings again. Raises from
-    :meth:`open` are PyrplPluginError with a message for the user.
+    thread), one at a time between the plugin's own commands, which they therefore never run
+    concurrently with. ``reapply`` is called there after the server restarted and the client
+    joined a new session: the plugin sends its settings again. Raises from :meth:`open` are
+    PyrplPluginError with a message for the user.
     """
 
     def __init__(self, plugin: PluginHost, module: str, lease: bool = True,
