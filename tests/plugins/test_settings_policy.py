@@ -8,9 +8,12 @@ import signal
 import threading
 
 import pytest
+from faultproxy import FaultProxy
 from plugin_helpers import move, plugin_of, server_client, snap
+from support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
+from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 
 IQ = catalogue.MODULES["iq0"].attributes
 
@@ -55,6 +58,56 @@ def test_an_actuator_module_switch_refused_keeps_the_module_and_shows_it(qtbot, 
     assert move(qtbot, actuator, 0.25) == 0.25  # on asg0, which it still holds
     with server_client(port) as observer:
         assert observer.get("asg0", ["amplitude"]) == {"amplitude": 0.25}
+
+
+def test_settings_refused_by_the_board_show_the_boards_values(qtbot, tmp_path):
+    """Module attributes refused by the board (the modules were leased by another program while
+    the plugins' connection was cut for longer than their session's grace): the viewer's and the
+    actuator's settings show the board's values again, and the status bar and the 'Problem'
+    setting say why. PyMoDAQ's tree holds a setting to its limits, so a lease lost in an outage is
+    how a valid value gets refused."""
+    from pymodaq.control_modules.daq_move import DAQ_Move
+    from pymodaq.control_modules.daq_viewer import DAQ_Viewer
+
+    with ServerProcess(tmp_path, ["--mock", "--session-grace", "1"]) as server, \
+            FaultProxy(server.port) as proxy:
+        viewer = DAQ_Viewer(parent=None, title="IQ outage")
+        viewer.daq_type, viewer.detector = "DAQ0D", "PyRPL_IQ_TCP"
+        actuator = DAQ_Move(parent=None, title="PID outage")
+        actuator.actuator = "PyRPL_PID_TCP"
+        modules = ((viewer, "detector_settings"), (actuator, "actuator_settings"))
+        try:
+            for module, group in modules:
+                module.settings.child(group, "pyrpl", "server_ip").setValue("127.0.0.1")
+                module.settings.child(group, "pyrpl", "server_port").setValue(proxy.port)
+                module.settings.child(group, "pyrpl", "token").setValue(server.token)
+                with qtbot.waitSignal(module.init_signal, timeout=30000) as init:
+                    module.init_hardware(True)
+                assert init.args[0] is True
+            observer = PyRPLClient("127.0.0.1", server.port, server.token, "observer",
+                                   reconnect=False)
+            with observer:
+                observer.connect()
+                proxy.set_mode("drop")
+
+                def plugins_session_ended() -> bool:
+                    return all(c["client"] == "observer" for c in observer.status()["clients"])
+
+                qtbot.waitUntil(plugins_session_ended, timeout=10000)
+                observer.lease("iq0")
+                observer.lease("pid0")
+                board = {"iq0": observer.set("iq0", {"frequency": 777.0}),
+                         "pid0": observer.set("pid0", {"max_voltage": 0.5})}
+                proxy.set_mode("pass")  # the plugins' client joins a new session
+                qtbot.waitUntil(lambda: "PyMoDAQ" in str(observer.status()["clients"]),
+                                timeout=20000)
+                refused(qtbot, viewer, "detector_settings", "frequency", 5000.0,
+                        board["iq0"]["frequency"], "leased")
+                refused(qtbot, actuator, "actuator_settings", "max_voltage", 0.25,
+                        board["pid0"]["max_voltage"], "leased")
+        finally:
+            for module, _ in modules:
+                module.quit_fun()
 
 
 def test_connection_events_are_handled_in_the_plugins_thread(qtbot, port, make_viewer,
