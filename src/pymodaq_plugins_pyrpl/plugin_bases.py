@@ -9,7 +9,8 @@ moves, re-applying after a server restart and the background acquisition live he
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from pymodaq.control_modules.move_utility_classes import (DAQ_Move_base, DataActuator,
                                                           DataActuatorType)
@@ -44,7 +45,7 @@ class PyRPLPlugin:
     """
 
     SETTINGS: tuple[str, ...] = ()
-    FIXED: dict[str, Any] = {}
+    FIXED: ClassVar[dict[str, Any]] = {}
     settings: Parameter
     controller: PyRPLClient | None
     link: PyRPLLink | None

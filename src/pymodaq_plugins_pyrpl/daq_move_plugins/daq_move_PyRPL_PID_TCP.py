@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pymodaq.control_modules.move_utility_classes import comon_parameters_fun, main
 from pymodaq_gui.parameter import Parameter
