@@ -64,8 +64,8 @@ def test_settings_refused_by_the_board_show_the_boards_values(qtbot, tmp_path):
     """Module attributes refused by the board (the modules were leased by another program while
     the plugins' connection was cut for longer than their session's grace): the viewer's and the
     actuator's settings show the board's values again, and the status bar and the 'Problem'
-    setting say why. PyMoDAQ's tree holds a setting to its limits, so a lease lost in an outage is
-    how a valid value gets refused."""
+    setting say why; the PID's integrator reset too. PyMoDAQ's tree holds a setting to its limits,
+    so a lease lost in an outage is how a valid value gets refused."""
     from pymodaq.control_modules.daq_move import DAQ_Move
     from pymodaq.control_modules.daq_viewer import DAQ_Viewer
 
@@ -105,6 +105,8 @@ def test_settings_refused_by_the_board_show_the_boards_values(qtbot, tmp_path):
                         board["iq0"]["frequency"], "leased")
                 refused(qtbot, actuator, "actuator_settings", "max_voltage", 0.25,
                         board["pid0"]["max_voltage"], "leased")
+                # a push button: ready for the next press even when the reset is refused
+                refused(qtbot, actuator, "actuator_settings", "reset_ival", True, False, "leased")
         finally:
             for module, _ in modules:
                 module.quit_fun()
