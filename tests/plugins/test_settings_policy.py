@@ -8,12 +8,12 @@ import signal
 import threading
 
 import pytest
-from faultproxy import FaultProxy
-from plugin_helpers import move, plugin_of, server_client, snap
-from support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.plugins import move, plugin_of, server_client, snap
+from tests.helpers.support import ServerProcess
 
 IQ = catalogue.MODULES["iq0"].attributes
 
