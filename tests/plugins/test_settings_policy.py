@@ -99,8 +99,12 @@ def test_settings_refused_by_the_board_show_the_boards_values(qtbot, tmp_path):
                 board = {"iq0": observer.set("iq0", {"frequency": 777.0}),
                          "pid0": observer.set("pid0", {"max_voltage": 0.5})}
                 proxy.set_mode("pass")  # the plugins' client joins a new session
-                qtbot.waitUntil(lambda: "PyMoDAQ" in str(observer.status()["clients"]),
-                                timeout=20000)
+
+                def reapplying_refused() -> bool:  # the new session's events handled
+                    return all("could not re-apply" in module.settings[group, "problem"]
+                               for module, group in modules)
+
+                qtbot.waitUntil(reapplying_refused, timeout=20000)
                 refused(qtbot, viewer, "detector_settings", "frequency", 5000.0,
                         board["iq0"]["frequency"], "leased")
                 refused(qtbot, actuator, "actuator_settings", "max_voltage", 0.25,
@@ -125,9 +129,9 @@ def test_connection_events_are_handled_in_the_plugins_thread(qtbot, port, make_v
     original = PyRPLLink._on_connection_event
 
     def recording(link, event, info):
-        handled.append((link.holder, event, QThread.currentThread() is link.plugin.thread(),
-                        threading.current_thread().name))
-        original(link, event, info)
+        thread = (QThread.currentThread() is link.plugin.thread(), threading.current_thread().name)
+        original(link, event, info)  # recorded once handled (the settings applied again)
+        handled.append((link.holder, event, *thread))
 
     monkeypatch.setattr(PyRPLLink, "_on_connection_event", recording)
     viewer = make_viewer("PyRPL_IQ_TCP", port, frequency=5000.0)
