@@ -1,0 +1,250 @@
+"""The virtual board's shell: answers the commands PyRPL types over ssh, as a Red Pitaya OS 2 would.
+Every command is simulated on the board's in-memory files (:mod:`.files`) and its
+:class:`BoardControl` (monitor server, FPGA); nothing runs on this machine.
+
+What PyRPL 0.9.9 sends (``redpitaya.py``) and what it is told:
+
+- ``cat /root/.version``: ``2.00-35`` (OS 2: no ``readelf`` check of the server binary).
+- ``cat /tmp/loaded_fpga.inf``: ``pyrpl`` (``reloadfpga='auto'`` skips flashing).
+- ``ls //opt//pyrpl//fpga.bin``: ``No such file or directory``, unless a bitfile was uploaded and
+  not removed; then ``echo $(($(date +%s) - $(date +%s -r "FILE")))`` gives its age in seconds.
+- ``killall monitor_server``: ends every monitor server (:meth:`BoardControl.killall_monitors`);
+  ``no process found`` (status 1) if none ran.
+- ``//opt//pyrpl///monitor_server PORT``: starts one on PORT (C ``atoi``: 0 is a free port); prints
+  nothing, like the C server running in the foreground.
+- Ctrl-C (``\x03``): ends the monitor server this session started, if it still runs.
+- ``/opt/redpitaya/sbin/overlay.sh pyrpl BIN [DTBO]``: loads the uploaded bitfile, the registers go
+  back to their reset values (:meth:`BoardControl.load_bitfile`); writes ``/tmp/loaded_fpga.inf``
+  and ``/tmp/update_fpga.txt`` (``failed`` if a file is missing).
+- ``rw``, ``ro``, ``mkdir``, ``rm``, ``cd``, ``chmod``, ``echo``: what a shell does, on the
+  in-memory files; ``led_control``, ``killall nginx``, ``systemctl …``, ``nginx …``: accepted,
+  silent.
+- Anything else: ``-bash: NAME: command not found`` (status 127).
+
+No answer contains "sh" unless a real shell's would (PyRPL takes "sh" in the answer to the
+monitor server's start as a wrong binary and installs its own). A monitor server started here does
+not hold the session as the C server does in the foreground: later lines are executed at once.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import files as board_files
+from .files import BoardFiles, normalize
+
+HOME = "/root"
+HOSTNAME = "rp-virtual"
+"""The board's host name, in the prompt (``root@rp-virtual:~# ``)."""
+
+_DATE_AGE = re.compile(
+    r'^echo \$\(\(\$\(date \+%s\) - \$\(date \+%s -r "?(?P<path>[^"()]+?)"?\)\)\)$')
+"""``echo $(($(date +%s) - $(date +%s -r "FILE")))``: PyRPL's question for a bitfile's age."""
+
+
+class RunningMonitor(Protocol):
+    """A monitor server started from a shell."""
+
+    def stop(self) -> None:
+        """End it (Ctrl-C in its shell); nothing if it has ended already."""
+
+
+class BoardControl(Protocol):
+    """What the shell asks of the rest of the board."""
+
+    def start_monitor(self, port: int) -> RunningMonitor:
+        """Start a monitor server on ``port`` (0: a free one). Raises OSError if it cannot
+        listen there."""
+
+    def killall_monitors(self) -> int:
+        """End every monitor server (``killall monitor_server``); how many ran."""
+
+    def load_bitfile(self) -> None:
+        """Load PyRPL's FPGA bitfile: every register goes back to its reset value."""
+
+
+@dataclass(frozen=True)
+class Result:
+    output: str
+    """What the command prints (``\\n`` line ends; the terminal adds ``\\r``)."""
+    status: int = 0
+
+
+def _atoi(text: str) -> int:
+    """C's ``atoi``: the leading decimal integer of ``text``, 0 if there is none."""
+    match = re.match(r"\s*([+-]?\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+class BoardShell:
+    """One ssh session's shell: its working folder and the monitor server it started.
+
+    :meth:`run` executes one command line; :meth:`interrupt` is Ctrl-C. Not thread-safe: one
+    session, one thread; the files and the control are shared and thread-safe.
+    """
+
+    def __init__(self, files: BoardFiles, control: BoardControl, user: str = "root") -> None:
+        self.files = files
+        self.control = control
+        self.user = user
+        self.cwd = HOME
+        self._foreground: RunningMonitor | None = None
+        """The monitor server this session started and has not interrupted."""
+        self._commands: dict[str, Callable[[list[str]], Result]] = {
+            "cat": self._cat, "ls": self._ls, "rm": self._rm, "mkdir": self._mkdir,
+            "cd": self._cd, "echo": self._echo, "killall": self._killall,
+            "chmod": self._quiet, "rw": self._quiet, "ro": self._quiet,
+            "systemctl": self._quiet, "nginx": self._quiet, "sync": self._quiet,
+        }
+        self._programs: dict[str, Callable[[list[str]], Result]] = {
+            "monitor_server": self._monitor_server, "led_control": self._quiet,
+            "overlay.sh": self._overlay,
+        }
+        """Programs on the board's disk, by file name: run by their path."""
+
+    def prompt(self) -> str:
+        place = "~" if self.cwd == HOME else self.cwd
+        return f"{self.user}@{HOSTNAME}:{place}# "
+
+    def in_foreground(self) -> bool:
+        """Whether a monitor server started here holds the terminal (no prompt until Ctrl-C)."""
+        return self._foreground is not None
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the monitor server this session started, if any."""
+        monitor, self._foreground = self._foreground, None
+        if monitor is not None:
+            monitor.stop()
+
+    def run(self, line: str) -> Result:
+        """Execute one command line; never raises (a failure is the command's output and
+        status, as in a shell)."""
+        line = line.strip()
+        if not line:
+            return Result("")
+        match = _DATE_AGE.match(line)
+        if match:
+            return self._file_age(match.group("path"))
+        try:
+            words = [w for w in shlex.split(line) if w != "2>&1"]
+        except ValueError as exc:
+            return Result(f"-bash: syntax error: {exc}\n", 2)
+        name, args = words[0], words[1:]
+        if "/" in name:
+            return self._run_program(name, args)
+        command = self._commands.get(name)
+        if command is None:
+            return Result(f"-bash: {name}: command not found\n", 127)
+        return command(args)
+
+    # -- programs --------------------------------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        return normalize(path, self.cwd)
+
+    def _run_program(self, name: str, args: list[str]) -> Result:
+        path = self._path(name)
+        if not self.files.is_file(path):
+            return Result(f"-bash: {name}: No such file or directory\n", 127)
+        program = self._programs.get(posixpath.basename(path))
+        if program is None:
+            return Result(f"-bash: {name}: Permission denied\n", 126)
+        return program(args)
+
+    def _monitor_server(self, args: list[str]) -> Result:
+        if not args:
+            return Result("ERROR, no port provided\n", 1)
+        try:
+            self._foreground = self.control.start_monitor(_atoi(args[0]) % 65536)
+        except OSError as exc:
+            return Result(f"ERROR on binding: {exc.strerror or exc}\n", 1)
+        return Result("")
+
+    def _overlay(self, args: list[str]) -> Result:
+        if len(args) < 2:
+            return Result("Usage: overlay.sh NAME BITFILE [DTBO]\n", 1)
+        missing = [p for p in args[1:3] if not self.files.read(self._path(p))]
+        if missing:
+            report = "".join(f"cp: cannot stat '{p}': No such file or directory\n"
+                             for p in missing) + "fpga load failed\n"
+            self.files.write(board_files.UPDATE_FPGA_FILE, report.encode())
+            return Result(report, 1)
+        self.control.load_bitfile()
+        self.files.write(board_files.LOADED_FPGA_FILE, args[0].encode())
+        self.files.write(board_files.UPDATE_FPGA_FILE, f"loaded {args[1]}\n".encode())
+        return Result("")
+
+    # -- shell commands --------------------------------------------------------------------------
+
+    def _quiet(self, args: list[str]) -> Result:
+        return Result("")
+
+    def _cat(self, args: list[str]) -> Result:
+        out, status = [], 0
+        for name in args:
+            data = self.files.read(self._path(name))
+            if data is None:
+                out.append(f"cat: {name}: No such file or directory\n")
+                status = 1
+            else:
+                out.append(data.decode(errors="replace"))
+        return Result("".join(out), status)
+
+    def _ls(self, args: list[str]) -> Result:
+        out, status = [], 0
+        for name in [a for a in args if not a.startswith("-")] or ["."]:
+            path = self._path(name)
+            if self.files.is_file(path):
+                out.append(name + "\n")
+            elif not self.files.is_folder(path):
+                out.append(f"ls: cannot access '{name}': No such file or directory\n")
+                status = 2
+        return Result("".join(out), status)
+
+    def _rm(self, args: list[str]) -> Result:
+        force = any(a.startswith("-") and "f" in a for a in args)
+        out, status = [], 0
+        for name in [a for a in args if not a.startswith("-")]:
+            if not self.files.remove(self._path(name)) and not force:
+                out.append(f"rm: cannot remove '{name}': No such file or directory\n")
+                status = 1
+        return Result("".join(out), status)
+
+    def _mkdir(self, args: list[str]) -> Result:
+        for name in [a for a in args if not a.startswith("-")]:
+            try:
+                self.files.make_folders(self._path(name))
+            except FileExistsError:
+                return Result(f"mkdir: cannot create directory '{name}': File exists\n", 1)
+        return Result("")
+
+    def _cd(self, args: list[str]) -> Result:
+        path = self._path(args[0]) if args else HOME
+        if not self.files.is_folder(path):
+            return Result(f"-bash: cd: {args[0]}: No such file or directory\n", 1)
+        self.cwd = path
+        return Result("")
+
+    def _echo(self, args: list[str]) -> Result:
+        return Result(" ".join(args) + "\n")
+
+    def _killall(self, args: list[str]) -> Result:
+        names = [a for a in args if not a.startswith("-")]
+        for name in names:
+            if name == "monitor_server":
+                if self.control.killall_monitors() == 0:
+                    return Result("monitor_server: no process found\n", 1)
+                self._foreground = None
+        return Result("")
+
+    def _file_age(self, name: str) -> Result:
+        mtime = self.files.mtime(self._path(name))
+        if mtime is None:
+            return Result(f"date: {name}: No such file or directory\n"
+                          "-bash: - : syntax error: operand expected\n", 1)
+        return Result(f"{int(time.time() - mtime)}\n")

@@ -1,0 +1,31 @@
+"""Runs ``pyrpl_ssh_probe.py`` (PyRPL's own ssh code against a board of the test) in a subprocess
+isolated from the user's machine, and returns what it observed."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+PROBE = Path(__file__).with_name("pyrpl_ssh_probe.py")
+
+
+def run_probe(scenario: str, ssh_port: int, port: int, folder: Path,
+              timeout: float = 90.0) -> dict[str, Any]:
+    """The result of ``scenario`` against the board at 127.0.0.1:``ssh_port`` (and ``port``);
+    fails the test if the probe failed. HOME and PyRPL's user folder are in ``folder``."""
+    dirs = {name: folder / name.lower() for name in ("HOME", "PYRPL_USER_DIR")}
+    for path in dirs.values():
+        path.mkdir(mode=0o700, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
+    env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run([sys.executable, str(PROBE), scenario, str(ssh_port), str(port),
+                           str(folder)], check=False, capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(lines[-1].split(" ", 1)[1])
+    assert "error" not in result, result["error"]
+    return result

@@ -1,0 +1,89 @@
+"""The virtual board's shell alone: what it answers to the commands PyRPL types."""
+from __future__ import annotations
+
+import errno
+
+from pymodaq_plugins_pyrpl.virtual_board import files
+from pymodaq_plugins_pyrpl.virtual_board.files import BoardFiles
+from pymodaq_plugins_pyrpl.virtual_board.shell import BoardShell
+
+from .recording import RecordingControl
+
+
+def _shell() -> tuple[BoardShell, RecordingControl, BoardFiles]:
+    control, board_files = RecordingControl(), BoardFiles()
+    return BoardShell(board_files, control), control, board_files
+
+
+def test_pyrpl_start_up_dialogue() -> None:
+    shell, control, _ = _shell()
+    assert shell.run("cat /root/.version").output == "2.00-35\n"
+    assert "pyrpl" in shell.run("cat /tmp/loaded_fpga.inf").output
+    assert "No such file or directory" in shell.run("ls //opt//pyrpl//fpga.bin").output
+    assert shell.run("/opt/redpitaya/bin/led_control -y=Off -e=Off -r=Off").output == ""
+    killall = shell.run("killall monitor_server")
+    assert (killall.output, killall.status) == ("monitor_server: no process found\n", 1)
+    started = shell.run("//opt//pyrpl///monitor_server 2222")
+    assert (started.output, started.status) == ("", 0)
+    assert shell.in_foreground()
+    assert control.calls == [("killall",), ("start", 2222)]
+    shell.interrupt()  # Ctrl-C ends the foreground monitor server, once
+    shell.interrupt()
+    assert control.calls[2:] == [("stop", 2222)] and not shell.in_foreground()
+    assert "sh" not in shell.prompt()
+
+
+def test_killall_ends_the_foreground_server_too() -> None:
+    shell, control, _ = _shell()
+    shell.run("/opt/pyrpl/monitor_server 2222")
+    assert shell.run("killall monitor_server").status == 0
+    shell.interrupt()
+    assert control.calls == [("start", 2222), ("killall",)]
+
+
+def test_monitor_server_port_as_c_atoi_and_its_errors() -> None:
+    shell, control, _ = _shell()
+    shell.run("/opt/pyrpl/monitor_server 70000")
+    shell.run("/opt/pyrpl/monitor_server abc")
+    assert control.calls == [("start", 70000 % 65536), ("start", 0)]
+    assert shell.run("/opt/pyrpl/monitor_server").output == "ERROR, no port provided\n"
+    control.refuse = OSError(errno.EADDRINUSE, "Address already in use")
+    refused = shell.run("/opt/pyrpl/monitor_server 2222")
+    assert (refused.output, refused.status) == ("ERROR on binding: Address already in use\n", 1)
+
+
+def test_a_missing_binary_answers_like_bash_so_pyrpl_installs_its_own() -> None:
+    shell, control, _ = _shell()
+    result = shell.run("//opt//pyrpl///other_server 2222")
+    assert "sh" in result.output and result.status == 127 and control.calls == []
+    assert shell.run("frobnicate").output == "-bash: frobnicate: command not found\n"
+
+
+def test_overlay_loads_the_uploaded_bitfile_and_resets_the_fpga() -> None:
+    shell, control, board_files = _shell()
+    update = "/opt/redpitaya/sbin/overlay.sh pyrpl //opt//pyrpl//fpga.bin //opt//pyrpl//fpga.dtbo"
+    assert shell.run(update).status == 1  # nothing uploaded yet
+    assert "failed" in shell.run("cat /tmp/update_fpga.txt").output and control.calls == []
+    assert shell.run("mkdir -p //opt//pyrpl//").status == 0
+    board_files.write("/opt/pyrpl/fpga.bin", b"bitfile")
+    board_files.write("/opt/pyrpl/fpga.dtbo", b"overlay")
+    assert shell.run(update).status == 0 and control.calls == [("load",)]
+    report = shell.run("cat /tmp/update_fpga.txt").output.lower()
+    assert "failed" not in report and "cannot stat" not in report
+    assert shell.run("cat /tmp/loaded_fpga.inf").output == "pyrpl"
+    assert shell.run("ls //opt//pyrpl//fpga.bin").output == "//opt//pyrpl//fpga.bin\n"
+    age = 'echo $(($(date +%s) - $(date +%s -r "//opt//pyrpl//fpga.bin")))'
+    assert 0 <= int(shell.run(age).output) <= 1
+    shell.run("rm -f //opt//pyrpl//fpga.dtbo")
+    shell.run("rm -f //opt//pyrpl//fpga.bin")
+    assert not board_files.is_file("/opt/pyrpl/fpga.bin")
+
+
+def test_folders_and_relative_paths() -> None:
+    shell, control, _ = _shell()
+    assert shell.run("cd /opt/pyrpl").status == 0
+    assert shell.prompt() == "root@rp-virtual:/opt/pyrpl# "
+    shell.run("./monitor_server 2300")
+    assert control.calls == [("start", 2300)]
+    assert shell.run("cd /nowhere").status == 1
+    assert files.normalize("..//x/./y", "/opt/pyrpl") == "/opt/x/y"
