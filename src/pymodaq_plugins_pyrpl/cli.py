@@ -1,8 +1,8 @@
-"""``pymodaq-pyrpl``: run, inspect, stop and take over local PyRPL servers; install the shipped
-PyMoDAQ experiments and their default states.
+"""``pymodaq-pyrpl``: run, inspect, stop and take over local PyRPL servers; run a virtual Red
+Pitaya; install the shipped PyMoDAQ experiments and their default states.
 
 Exit status: 0 success; 1 the operation failed or there was nothing to act on (the message says
-which); 2 wrong usage. ``pymodaq-pyrpl server`` exits with the server's own status.
+which); 2 wrong usage. ``pymodaq-pyrpl server`` and ``virtual-board`` exit with their own status.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__, experiment_states
-from .hardware import protocol, runtime
+from .hardware import board_address, protocol, runtime
 from .hardware.client import PyRPLClient
 from .hardware.errors import PyrplPluginError
 from .hardware.server_manager import stop_local_server, takeover_local_server
@@ -26,6 +26,7 @@ def _status_rows(timeout: float) -> list[dict[str, Any]]:
     for state in runtime.live_states():
         row: dict[str, Any] = {"port": state.port, "pid": state.pid, "backend": state.backend,
                                "board": state.hostname or "(simulated)", "plant": state.plant,
+                               "ssh_port": state.ssh_port, "board_port": state.board_port,
                                "config": state.config, "started_at": state.started_at}
         client = PyRPLClient("127.0.0.1", state.port, state.token, "pymodaq-pyrpl status",
                              timeout=timeout, reconnect=False)
@@ -61,7 +62,10 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         leases = "; ".join(f"{m}:{_lease_holder(c, m)}" for c in r["clients"]
                            for m in c["leases"]) or "-"
         uptime = "-" if r["uptime"] is None else _duration(r["uptime"])
-        table.append((str(r["port"]), str(r["pid"]), r["backend"], r["board"], r["plant"] or "-",
+        board = r["board"]
+        if board_address.has_ports(board):
+            board += board_address.describe_ports(r["ssh_port"], r["board_port"])
+        table.append((str(r["port"]), str(r["pid"]), r["backend"], board, r["plant"] or "-",
                       r["device"], names, leases, uptime))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -222,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("server", help="run a server in the foreground (same options as "
                         "python -m pymodaq_plugins_pyrpl.hardware.server; see server --help)",
                         add_help=False)
+    commands.add_parser("virtual-board", help="run a virtual Red Pitaya in the foreground, which "
+                        "PyRPL drives over ssh and its monitor_server like a real board (see "
+                        "virtual-board --help)", add_help=False)
     commands.add_parser("demo", help="drive the simulated board through the real plugins, headless: "
                         "prints a table and writes a plot (see demo --help)", add_help=False)
     status = commands.add_parser("status", help="list the running local servers")
@@ -265,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         from .hardware.server import main as server_main
 
         return server_main(argv[1:])
+    if argv[:1] == ["virtual-board"]:
+        from .virtual_board.command import main as virtual_board_main
+
+        return virtual_board_main(argv[1:])
     if argv[:1] == ["demo"]:
         from .demo import main as demo_main
 

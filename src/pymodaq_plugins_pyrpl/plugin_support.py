@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from pymodaq_utils.utils import ThreadCommand
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
+from .hardware import board_address
 from .hardware.client import PyRPLClient
 from .hardware.errors import ModuleLeased, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
@@ -47,8 +48,8 @@ user interface, here its status bar's ``update_status(message, wait_time)``."""
 
 GROUP = "pyrpl"
 """Name of the settings group holding the connection settings."""
-CONNECTION_SETTINGS = ("server_ip", "server_port", "timeout", "hostname", "pyrpl_config", "token",
-                       "tls_ca", "tls_fingerprint")
+CONNECTION_SETTINGS = ("server_ip", "server_port", "timeout", "hostname", "ssh_port", "board_port",
+                       "pyrpl_config", "token", "tls_ca", "tls_fingerprint")
 """The settings of the group that choose the server and the board: changing one while initialized
 connects again (:meth:`PyRPLLink.reconnect`)."""
 PROBLEM = "problem"
@@ -99,10 +100,23 @@ def connection_params() -> list[dict[str, Any]]:
              "tip": "how long connecting (or starting a local server) may take"},
             {"title": "Red Pitaya hostname:", "name": "hostname", "type": "str",
              "value": _config("board", "hostname", default=""),
-             "tip": "hostname or IP address of the board; empty: the simulated board"},
+             "tip": "hostname or IP address of the board; empty: the simulated board; "
+                    f"'{board_address.VIRTUAL}': a virtual board driven through PyRPL like a "
+                    "real one (started with the server)"},
+            {"title": "Board ssh port:", "name": "ssh_port", "type": "int",
+             "value": _config("board", "ssh_port", default=board_address.DEFAULT_SSH_PORT),
+             "min": 1, "max": 65535,
+             "tip": "the board's ssh port (PyRPL's sshport), e.g. behind port forwarding; "
+                    "network boards only"},
+            {"title": "Board monitor port:", "name": "board_port", "type": "int",
+             "value": _config("board", "board_port", default=board_address.DEFAULT_BOARD_PORT),
+             "min": 1, "max": 65535,
+             "tip": "the port of the board's monitor_server (PyRPL's port); network boards "
+                    "only"},
             {"title": "Simulated plant:", "name": "plant", "type": "str",
              "value": _config("board", "plant", default="loopback"),
-             "tip": "simulated board only (empty hostname): what connects its outputs to its "
+             "tip": f"simulated board (empty hostname) and '{board_address.VIRTUAL}' only: what "
+                    "connects its outputs to its "
                     "inputs, 'loopback' (cables out1→in1, out2→in2) or "
                     "'resonator[:f0=HZ,q=Q,gain=G]' (e.g. resonator:f0=100e3,q=30)"},
             {"title": "PyRPL config:", "name": "pyrpl_config", "type": "str",
@@ -280,6 +294,7 @@ class PyRPLLink:
                 host=self.setting("server_ip"), port=self.setting("server_port"),
                 hostname=self.setting("hostname").strip() or None,
                 config=self.setting("pyrpl_config").strip(), plant=self.setting("plant").strip(),
+                ssh_port=self.setting("ssh_port"), board_port=self.setting("board_port"),
                 token=self.setting("token").strip(),
                 tls_ca=self.setting("tls_ca").strip() or None,
                 tls_fingerprint=self.setting("tls_fingerprint").strip() or None,

@@ -179,7 +179,7 @@ def replaces_the_stale_state_file(port: int, process: subprocess.Popen,
     runtime.write_state(runtime.ServerState(
         pid=process.pid, port=port, token="old", backend="mock", hostname="", config="",
         plant="loopback", version="0", started_at="2026-01-01T00:00:00+00:00",
-        process_start=start))
+        process_start=start, ssh_port=0, board_port=0))
     manager = TCPServerManager(port=port)
     manager.ensure_server_running()
     state = runtime.read_state(port)
@@ -417,7 +417,7 @@ def test_server_stopped_by_a_signal_removes_its_state_file_and_is_not_revived(po
 def test_a_server_removes_only_a_state_file_naming_itself(port):
     state = runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
                                 config="", plant="", version="0", started_at="",
-                                process_start=0.0)
+                                process_start=0.0, ssh_port=0, board_port=0)
     runtime.write_state(dataclasses.replace(state, pid=os.getpid() + 1))  # e.g. after a takeover
     runtime.remove_own_state(port)
     assert runtime.state_path(port).exists()

@@ -202,7 +202,8 @@ def test_log_files_left_readable_by_others_are_made_owner_only(port: int, tmp_pa
 def _state(port: int) -> runtime.ServerState:
     return runtime.ServerState(pid=os.getpid(), port=port, token="t", backend="mock", hostname="",
                                config="", plant="", version="0", started_at="",
-                               process_start=runtime.process_start(os.getpid()))
+                               process_start=runtime.process_start(os.getpid()), ssh_port=0,
+                               board_port=0)
 
 
 @pytest.mark.usefixtures("private_runtime")

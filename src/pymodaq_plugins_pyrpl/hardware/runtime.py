@@ -2,10 +2,10 @@
 
 Layout (folder owner-only, every file owner-only):
 ``server-<port>.json`` the state of the server on that port (pid, port, token, backend, hostname,
-config, plant, version, started_at, process_start), written by the server itself once it listens,
-whoever started it; ``token-<port>`` the token file of a server started without ``--token-file``,
-``server-<port>.log`` its log, ``server-<port>.lock`` the lock that serializes starting, stopping and
-taking over that server.
+config, plant, version, started_at, process_start, ssh_port, board_port), written by the server
+itself once it listens, whoever started it; ``token-<port>`` the token file of a server started
+without ``--token-file``, ``server-<port>.log`` its log, ``server-<port>.lock`` the lock that
+serializes starting, stopping and taking over that server.
 
 The folder is ``$PYMODAQ_PYRPL_RUNTIME_DIR`` if set, else ``$XDG_RUNTIME_DIR/pymodaq_plugins_pyrpl``, else
 ``<temp dir>/pymodaq_plugins_pyrpl-<uid>``. A folder or file that another user owns, or that others can
@@ -34,6 +34,7 @@ from typing import Iterator
 
 import psutil
 
+from . import board_address
 from .errors import ServerError
 from .protocol import DEFAULT_PORT
 
@@ -56,8 +57,9 @@ class ServerState:
     """What a state file records about a local server.
 
     ``process_start`` (seconds from the machine's boot to the start of the server process, see
-    :func:`process_start`) tells that process from a later one given the same pid. It or ``plant``
-    None: a state file written by an older version, which is therefore never trusted.
+    :func:`process_start`) tells that process from a later one given the same pid. It, ``plant``
+    or the ports None: a state file written by an older version, which is therefore never
+    trusted.
     """
 
     pid: int
@@ -72,15 +74,29 @@ class ServerState:
     version: str
     started_at: str
     process_start: float | None
+    ssh_port: int | None = None
+    board_port: int | None = None
+    """The board's ports (``Backend.ssh_port``, ``board_port``); None in a state file written
+    by an older version."""
 
     def describes(self) -> str:
         """The board in words, for error messages."""
-        return describe_board(self.backend, self.hostname, self.config, self.plant)
+        return describe_board(self.backend, self.hostname, self.config, self.plant,
+                              self.ssh_port or 0, self.board_port or 0)
 
 
-def describe_board(backend: str, hostname: str, config: str = "", plant: str = "") -> str:
-    board = (f"the simulated board with plant {plant!r}" if backend == "mock"
-             else f"Red Pitaya {hostname!r}")
+def describe_board(backend: str, hostname: str, config: str = "", plant: str | None = "",
+                   ssh_port: int = 0, board_port: int = 0) -> str:
+    """The board in words: the simulated one and its plant, or a Red Pitaya, its ports when they
+    are not PyRPL's defaults (and the virtual board's plant), and the PyRPL config."""
+    if backend == "mock":
+        board = f"the simulated board with plant {plant!r}"
+    elif hostname == board_address.VIRTUAL:
+        board = f"the virtual Red Pitaya with plant {plant!r}"
+    else:
+        board = f"Red Pitaya {hostname!r}"
+        if board_address.has_ports(hostname):
+            board += board_address.describe_ports(ssh_port, board_port)
     return board + (f" with PyRPL config {config!r}" if config else "")
 
 
@@ -202,9 +218,9 @@ def server_process(state: ServerState) -> psutil.Process | None:
     The process must run (a zombie does not), have started when ``state`` records (within
     START_TOLERANCE; a reused pid started later) and run this package's server on the state's
     port (:func:`_runs_server_on`: started by a plugin or by hand). A state without a recorded
-    start or plant (an older version's) is never trusted.
+    start, plant or ports (an older version's) is never trusted.
     """
-    if state.process_start is None or state.plant is None:
+    if state.process_start is None or None in (state.plant, state.ssh_port, state.board_port):
         return None
     try:
         process = psutil.Process(state.pid)
@@ -234,16 +250,22 @@ def wait_gone(state: ServerState, timeout: float) -> bool:
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "str": (str,),
+                                             "int | None": (int, type(None)),
                                              "str | None": (str, type(None)),
                                              "float | None": (int, float, type(None))}
 """The JSON values each annotation of ServerState accepts (never a boolean, which Python counts as
 an int)."""
 
 
+_OPTIONAL_FIELDS = ("process_start", "plant", "ssh_port", "board_port")
+"""Fields an older version's state file lacks."""
+
+
 def _parse_state(path: Path, port: int, text: str) -> ServerState:
     """The state in ``text`` (the contents of ``path``). Raises ServerError if it is damaged: not a
-    JSON object, a field missing or of the wrong type (``process_start`` and ``plant`` may be
-    missing: an older version's file), or another port. Unknown fields are ignored."""
+    JSON object, a field missing or of the wrong type (``process_start``, ``plant`` and the
+    ports may be missing: an older version's file), or another port. Unknown fields are
+    ignored."""
     def damaged(what: str) -> ServerError:
         return ServerError(f"the state file {path} is damaged ({what}). Delete it (rm {path}); if a "
                            f"PyRPL server still runs on port {port}, stop it by hand (its command "
@@ -257,7 +279,7 @@ def _parse_state(path: Path, port: int, text: str) -> ServerState:
         raise damaged("not a JSON object")
     values = {}
     for field in dataclasses.fields(ServerState):
-        if field.name not in data and field.name not in ("process_start", "plant"):
+        if field.name not in data and field.name not in _OPTIONAL_FIELDS:
             raise damaged(f"no {field.name!r}")
         value = data.get(field.name)
         if isinstance(value, bool) or not isinstance(value, _JSON_TYPES[str(field.type)]):

@@ -52,7 +52,7 @@ from datetime import datetime
 
 import psutil
 
-from . import protocol, runtime
+from . import board_address, protocol, runtime
 from .client import PyRPLClient
 from .errors import (AuthenticationFailed, CertificateMismatch, ConnectionFailed, PortInUse,
                      PyrplPluginError, ServerError, ServerGone, ServerMismatch, ServerNotReady,
@@ -74,6 +74,7 @@ class _Shared:
     hostname: str
     config: str
     plant: str
+    ports: tuple[int, int]
     references: int = 0
 
 
@@ -100,11 +101,11 @@ def requested_backend(hostname: str | None) -> tuple[str, str]:
     return ("pyrpl", hostname) if hostname else ("mock", "")
 
 
-def requested_plant(backend: str, plant: str) -> str:
+def requested_plant(backend: str, hostname: str, plant: str) -> str:
     """The canonical spec of the simulated ``plant`` (:func:`physics.plants.plant_spec`) for the
-    simulator backend, "" for a real board (which has no simulated plant). Raises ServerError if
-    the spec is not a plant."""
-    if backend != "mock":
+    simulator backend and the virtual board, "" for a real board (which has no simulated plant).
+    Raises ServerError if the spec is not a plant."""
+    if backend != "mock" and hostname != board_address.VIRTUAL:
         return ""
     try:
         return plant_spec(plant)
@@ -115,21 +116,26 @@ def requested_plant(backend: str, plant: str) -> str:
 class TCPServerManager:
     """Start, share and release the PyRPL server a plugin needs.
 
-    ``hostname`` selects the board (None or "": the simulated board); ``plant`` what connects the
-    simulated board's outputs to its inputs (``name[:key=value,...]``, see the server's
-    ``--plant``; ignored for a real board). ``python`` is the interpreter that runs a spawned server
-    (default: this one), so PyRPL may live in an environment of its own. ``token``: connect to the
-    server running at ``host`` with this token, never start one (needed for a remote server; a
-    local server started here, or by hand, is found through its state file without it). ``startup_timeout`` bounds spawning a server (PyRPL
-    loading its FPGA bitfile on a real board takes ~10 s), ``connect_timeout`` connecting to a running
-    one. ``auto_stop`` and ``session_grace`` are passed to a spawned server (see its ``--help``).
+    ``hostname`` selects the board (None or "": the simulated board; ``virtual``: the real PyRPL
+    path on a virtual board the server starts); ``plant`` what connects the simulated or virtual
+    board's outputs to its inputs (``name[:key=value,...]``, see the server's ``--plant``;
+    ignored for a real board). ``ssh_port`` and ``board_port`` are the ports of a
+    network board (PyRPL's ``sshport`` and ``port``; ignored for the simulated, virtual and fake
+    boards): with the hostname, they identify the board. ``python`` is the interpreter that runs
+    a spawned server (default: this one), so PyRPL may live in an environment of its own.
+    ``token``: connect to the server running at ``host`` with this token, never start one
+    (needed for a remote server; a local server started here, or by hand, is found through its
+    state file without it). ``startup_timeout`` bounds spawning a server (PyRPL loading its FPGA
+    bitfile on a real board takes ~10 s), ``connect_timeout`` connecting to a running one.
+    ``auto_stop`` and ``session_grace`` are passed to a spawned server (see its ``--help``).
     ``tls``, ``tls_ca`` and ``tls_fingerprint`` are given to the client of a remote server (see
     :class:`PyRPLClient`); a local server is always plain TCP on the loopback interface.
     """
 
     def __init__(self, host: str = "localhost", port: int = protocol.DEFAULT_PORT,
                  hostname: str | None = None, *, config: str = "", plant: str = "loopback",
-                 token: str = "",
+                 ssh_port: int = board_address.DEFAULT_SSH_PORT,
+                 board_port: int = board_address.DEFAULT_BOARD_PORT, token: str = "",
                  python: str | None = None, startup_timeout: float = 60.0,
                  connect_timeout: float = 10.0, auto_stop: float = 10.0,
                  session_grace: float = 5.0, client_name: str | None = None,
@@ -139,7 +145,9 @@ class TCPServerManager:
         self.port = port
         self.backend, self.hostname = requested_backend(hostname)
         self.config = config or ""
-        self.plant = requested_plant(self.backend, plant)
+        self.plant = requested_plant(self.backend, self.hostname, plant)
+        self.ports = (ssh_port, board_port) if board_address.has_ports(self.hostname) else None
+        """The network board's ports; None: the board has none (not compared)."""
         self.token = token
         self.python = python or sys.executable
         self.startup_timeout = startup_timeout
@@ -181,13 +189,14 @@ class TCPServerManager:
                 shared = _shared.get(self.key)
                 if shared is not None and shared.client.failure is None:
                     self._check_compatible(shared.backend, shared.hostname, shared.config,
-                                           shared.plant)
+                                           shared.plant, shared.ports)
                     return self._hold(shared)
             client = (self._connect_given() if self.token or not is_local(self.host)
                       else self._connect_local())
             with _shared_lock:
-                shared = _shared[self.key] = _Shared(client, self.backend, self.hostname,
-                                                     self.config, self.plant)
+                shared = _shared[self.key] = _Shared(
+                    client, self.backend, self.hostname, self.config, self.plant,
+                    self._served_ports(client))
                 return self._hold(shared)
 
     def _hold(self, shared: _Shared) -> PyRPLClient:
@@ -263,7 +272,8 @@ class TCPServerManager:
             if state is None:
                 self._check_port_free()
                 return self._spawn(secrets.token_hex(32))
-            self._check_compatible(state.backend, state.hostname, state.config, state.plant)
+            self._check_compatible(state.backend, state.hostname, state.config, state.plant,
+                                   (state.ssh_port or 0, state.board_port or 0))
             return state
 
     def _outlived_shutdown(self, state: ServerState, error: Exception, deadline: float) -> bool:
@@ -283,20 +293,30 @@ class TCPServerManager:
     def _check_hello(self, client: PyRPLClient, info: dict) -> None:
         try:
             self._check_compatible(info["backend"], info["hostname"], self.config,
-                                   info.get("plant", ""))
+                                   info.get("plant", ""), self._served_ports(client))
         except ServerMismatch:
             client.close()
             raise
 
-    def _check_compatible(self, backend: str, hostname: str, config: str, plant: str) -> None:
-        if (backend, hostname, config, plant) != (self.backend, self.hostname, self.config,
-                                                  self.plant):
-            raise ServerMismatch(
-                f"the PyRPL server on port {self.port} serves "
-                f"{runtime.describe_board(backend, hostname, config, plant)}, but this plugin asks "
-                f"for {runtime.describe_board(self.backend, self.hostname, self.config, self.plant)}"
-                f". Use another port for this board, or stop that server (pymodaq-pyrpl stop "
-                f"--port {self.port}).")
+    @staticmethod
+    def _served_ports(client: PyRPLClient) -> tuple[int, int]:
+        """The board ports the server of ``client`` reported in its hello (0 if it did not)."""
+        info = client.hello_info or {}
+        return info.get("ssh_port", 0), info.get("board_port", 0)
+
+    def _check_compatible(self, backend: str, hostname: str, config: str, plant: str,
+                          ports: tuple[int, int]) -> None:
+        """Raise ServerMismatch unless the server serves the board this manager asks for."""
+        if (backend, hostname, config, plant) == (self.backend, self.hostname, self.config,
+                                                  self.plant) and self.ports in (None, ports):
+            return
+        served = runtime.describe_board(backend, hostname, config, plant, *ports)
+        wanted = runtime.describe_board(self.backend, self.hostname, self.config, self.plant,
+                                        *(self.ports or (0, 0)))
+        raise ServerMismatch(
+            f"the PyRPL server on port {self.port} serves {served}, but this plugin asks for "
+            f"{wanted}. Use another port for this board, or stop that server (pymodaq-pyrpl stop "
+            f"--port {self.port}).")
 
     def _check_port_free(self) -> None:
         """Raise PortInUse if something listens on the port without a state file of ours."""
@@ -315,6 +335,10 @@ class TCPServerManager:
     def _server_command(self, token_file: str) -> list[str]:
         board = (["--mock", "--plant", self.plant] if self.backend == "mock"
                  else ["--hostname", self.hostname])
+        if self.hostname == board_address.VIRTUAL:
+            board += ["--plant", self.plant]
+        if self.ports is not None:
+            board += ["--ssh-port", str(self.ports[0]), "--board-port", str(self.ports[1])]
         command = [self.python, "-m", runtime.SERVER_MODULE, *board, "--port", str(self.port),
                    "--bind", "127.0.0.1", "--token-file", token_file,
                    "--auto-stop", str(self.auto_stop), "--session-grace", str(self.session_grace),
@@ -482,8 +506,10 @@ def takeover_local_server(port: int, startup_timeout: float = 60.0, auto_stop: f
         runtime.write_state(dataclasses.replace(old, token=token))
         _terminate(old, 10.0)
         manager = TCPServerManager(port=port, hostname=old.hostname if old.backend != "mock"
-                                   else None, config=old.config, plant=old.plant, python=python,
-                                   startup_timeout=startup_timeout, auto_stop=auto_stop)
+                                   else None, config=old.config, plant=old.plant,
+                                   ssh_port=old.ssh_port or 0, board_port=old.board_port or 0,
+                                   python=python, startup_timeout=startup_timeout,
+                                   auto_stop=auto_stop)
         return manager._spawn(token)
 
 

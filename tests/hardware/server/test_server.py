@@ -30,6 +30,7 @@ def test_ready_line_token_file_and_hello(mock_server: ServerProcess) -> None:
         assert status["server"]["port"] == mock_server.port
         assert status["device"] == {"state": "ready", "reason": None, "backend": "mock",
                                     "hostname": "", "session": status["device"]["session"],
+                                    "ssh_port": 0, "board_port": 0,
                                     "plant": "loopback:delay=1.6e-08,bandwidth=60000000,noise=0.001"}
     assert mock_server.stdout_lines() == []  # exactly one line on stdout
 

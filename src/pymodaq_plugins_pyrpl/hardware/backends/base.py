@@ -40,8 +40,13 @@ class Backend(Protocol):
     hostname: str
     """Board hostname (``""`` for the simulator, ``"_FAKE_"`` for PyRPL's fake board)."""
     plant: str
-    """The simulator's plant, what connects its outputs to its inputs (canonical spec, see
-    ``physics.plants.plant_spec``); ``""`` for a real board (or PyRPL's fake one)."""
+    """The simulated board's plant, what connects its outputs to its inputs (canonical spec, see
+    ``physics.plants.plant_spec``): the simulator's, or the virtual board's (hostname
+    ``virtual``); ``""`` for a real board (or PyRPL's fake one)."""
+    ssh_port: int
+    board_port: int
+    """The ports PyRPL reaches the board at (``sshport``, ``port``; the virtual board's once
+    open); 0 for the simulator and PyRPL's fake board."""
     needs_own_thread: bool
     """True if every call must run on the one backend thread (PyRPL); False if the calls are short
     computations the server may run on its event loop (the simulator)."""

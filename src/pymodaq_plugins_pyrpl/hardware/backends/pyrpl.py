@@ -1,5 +1,8 @@
-"""The PyRPL backend: a real Red Pitaya driven through PyRPL 0.9.9 (``--hostname HOST``), or PyRPL's own
-fake board (``--hostname _FAKE_``).
+"""The PyRPL backend: a real Red Pitaya driven through PyRPL 0.9.9 (``--hostname HOST``, at PyRPL's
+ssh and monitor ports or others: ``--ssh-port``, ``--board-port``), PyRPL's own fake board
+(``--hostname _FAKE_``), or a virtual board (``--hostname virtual``): a ``pymodaq-pyrpl
+virtual-board`` child process started by :meth:`PyrplBackend.open` on free ports of 127.0.0.1 and
+stopped by :meth:`PyrplBackend.close`, which PyRPL drives over real sockets like a board.
 
 Threading ("Pattern A" of the PyRPL notes): the server calls every method, ``open()`` included, from one
 dedicated backend thread. ``open()`` gives that thread its own asyncio event loop, then imports PyRPL
@@ -65,12 +68,16 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .. import catalogue, errors
+from .. import board_address, catalogue, errors
+from ..physics.plants import plant_spec
 from .base import ScopeTrace
+
+if TYPE_CHECKING:
+    from ...virtual_board.process import VirtualBoardProcess
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +192,28 @@ class PyrplBackend:
     """A Red Pitaya through PyRPL. See the module docstring for the threading rules and caveats."""
 
     name = "pyrpl"
-    plant = ""
     needs_own_thread = True
 
-    def __init__(self, hostname: str, config: str = "", user_dir: str | os.PathLike[str] | None = None
-                 ) -> None:
+    def __init__(self, hostname: str, config: str = "",
+                 user_dir: str | os.PathLike[str] | None = None, *,
+                 ssh_port: int = board_address.DEFAULT_SSH_PORT,
+                 board_port: int = board_address.DEFAULT_BOARD_PORT,
+                 plant: str = "loopback") -> None:
+        """``ssh_port`` and ``board_port`` are PyRPL's ``sshport`` and ``port`` for a network
+        board; ``plant`` is the virtual board's (hostname ``virtual``, see
+        :mod:`..board_address`). Raises ValueError if ``plant`` is not a plant."""
         self.hostname = hostname
         self.config = config
         self.user_dir = user_dir
+        self.virtual = hostname.strip() == board_address.VIRTUAL
+        self.plant = plant_spec(plant) if self.virtual else ""
+        """The virtual board's plant (canonical spec); "" for any other board."""
+        network = board_address.has_ports(hostname.strip())
+        self.ssh_port = ssh_port if network else 0
+        self.board_port = board_port if network else 0
+        """The ports PyRPL reaches the board at (the virtual board's once open); 0 for PyRPL's
+        fake board."""
+        self._virtual_board: VirtualBoardProcess | None = None
         self._pyrpl: Any = None
         self._rp: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,7 +245,9 @@ class PyrplBackend:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         started = time.perf_counter()
-        failure = self._connect(host)
+        failure = self._start_virtual_board() if self.virtual else None
+        if failure is None:
+            failure = self._connect("127.0.0.1" if self.virtual else host)
         if failure is not None:
             # Nothing of PyRPL may outlive this thread (see close()): the exception and its frames
             # are gone by now, so collect the half-built objects here, then drop the QApplication.
@@ -233,6 +256,18 @@ class PyrplBackend:
             raise errors.BackendUnavailable(failure)
         logger.info("PyRPL %s connected to %s in %.2f s", sys.modules["pyrpl"].__version__, host,
                     time.perf_counter() - started)
+
+    def _start_virtual_board(self) -> str | None:
+        """Start the virtual board this backend connects to (hostname ``virtual``) and take its
+        ports; the reason of a failure, or None."""
+        from ...virtual_board.process import VirtualBoardError, start_virtual_board
+
+        try:
+            self._virtual_board = start_virtual_board(self.plant)
+        except VirtualBoardError as exc:
+            return f"cannot start the virtual board: {exc}"
+        self.ssh_port, self.board_port = self._virtual_board.ssh_port, self._virtual_board.port
+        return None
 
     def _connect(self, host: str) -> str | None:
         """Import PyRPL and build ``Pyrpl``; the reason of a failure, or None."""
@@ -252,10 +287,14 @@ class PyrplBackend:
             if failure is not None:
                 return failure
         try:
-            p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error")
+            ports = {"sshport": self.ssh_port, "port": self.board_port} if self.ssh_port else {}
+            p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error",
+                            **ports)
         except Exception as exc:
             logger.debug("Pyrpl() failed", exc_info=True)
-            return (f"cannot connect to the Red Pitaya at {host!r} ({_connect_reason(exc)}). "
+            return (f"cannot connect to the Red Pitaya at {host!r}"
+                    f"{board_address.describe_ports(self.ssh_port, self.board_port)} "
+                    f"({_connect_reason(exc)}). "
                     "Check the hostname, that the board is on the network "
                     "(ping it, open it in a web browser), and the ssh user/password (PyRPL's "
                     "defaults root/root, or the redpitaya section of the PyRPL config); only one "
@@ -293,6 +332,9 @@ class PyrplBackend:
             except Exception as exc:  # a dead link must not prevent the server from stopping
                 logger.warning("PyRPL did not shut down cleanly: %s", _one_line(exc))
             del p
+        virtual_board, self._virtual_board = self._virtual_board, None
+        if virtual_board is not None:
+            virtual_board.stop()
         if self._loop is not None:  # open() ran in this thread
             gc.collect()  # PyRPL's Qt objects go in this thread, before their QApplication
             _destroy_qt_application()

@@ -74,6 +74,8 @@ class SimulatorBackend:
 
     name = "mock"
     hostname = ""
+    ssh_port = 0
+    board_port = 0
     needs_own_thread = False
 
     def __init__(self, seed: int | None = None, plant: str = "loopback",

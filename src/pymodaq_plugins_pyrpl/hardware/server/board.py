@@ -52,6 +52,7 @@ class Board:
         state, reason = self.state()
         return {"state": state, "reason": reason, "session": self.session,
                 "backend": self.backend.name, "hostname": self.backend.hostname,
+                "ssh_port": self.backend.ssh_port, "board_port": self.backend.board_port,
                 "plant": self.backend.plant}
 
     async def open(self) -> None:

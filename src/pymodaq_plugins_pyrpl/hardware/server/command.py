@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ... import __version__
-from .. import protocol, runtime, tls
+from .. import board_address, protocol, runtime, tls
 from ..backends.base import Backend
 from ..errors import BackendUnavailable, ServerError
 from ..sockets import is_loopback
@@ -54,13 +54,22 @@ def raise_open_files_limit() -> None:
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
+    """The backend the options ask for. Raises ValueError (a usage error, the message says
+    which) for ``--ssh-port``/``--board-port`` without a network board, or a plant that is not
+    one."""
+    ports = {"ssh_port": args.ssh_port, "board_port": args.board_port}
+    given = {name: port for name, port in ports.items() if port is not None}
+    if given and not board_address.has_ports((args.hostname or "").strip()):
+        raise ValueError("--ssh-port and --board-port are for a network board (--hostname HOST): "
+                         "the simulated board, PyRPL's fake board and the virtual board (its "
+                         "ports are chosen when it starts) have none")
     if args.mock:
         from ..backends.simulator import SimulatorBackend
 
         return SimulatorBackend(seed=args.seed, plant=args.plant)
     from ..backends.pyrpl import PyrplBackend
 
-    return PyrplBackend(hostname=args.hostname, config=args.config)
+    return PyrplBackend(hostname=args.hostname, config=args.config, plant=args.plant, **given)
 
 
 def _port(text: str) -> int:
@@ -106,7 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="PyRPL server: serves one Red Pitaya (or the simulated board) to many clients.")
     board = parser.add_mutually_exclusive_group(required=True)
     board.add_argument("--mock", action="store_true", help="serve the simulated Red Pitaya")
-    board.add_argument("--hostname", help="Red Pitaya hostname or IP ('_FAKE_': PyRPL's fake board)")
+    board.add_argument("--hostname",
+                       help="Red Pitaya hostname or IP ('_FAKE_': PyRPL's fake board; "
+                            f"'{board_address.VIRTUAL}': a virtual board started for this server "
+                            "and driven through PyRPL like a real one)")
+    parser.add_argument("--ssh-port", type=_port, metavar="N",
+                        help="the board's ssh port (PyRPL's sshport; default "
+                             f"{board_address.DEFAULT_SSH_PORT}), e.g. behind port forwarding")
+    parser.add_argument("--board-port", type=_port, metavar="M",
+                        help="the port of the board's monitor_server (PyRPL's port; default "
+                             f"{board_address.DEFAULT_BOARD_PORT})")
     parser.add_argument("--port", type=_port, default=protocol.DEFAULT_PORT,
                         help="TCP port (0: pick a free one); default %(default)s")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
@@ -134,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_seed,
                         help="simulator: random seed, >= 0 (deterministic noise)")
     parser.add_argument("--plant", default="loopback",
-                        help="simulator: what connects the outputs to the inputs, 'loopback' (cable "
-                             "out1->in1, out2->in2) or 'resonator[:f0=HZ,q=Q,gain=G]'; "
-                             "default %(default)s")
+                        help="simulated and virtual board: what connects the outputs to the "
+                             "inputs, 'loopback' (cable out1->in1, out2->in2) or "
+                             "'resonator[:f0=HZ,q=Q,gain=G]'; default %(default)s")
     parser.add_argument("--tls-cert", type=Path, metavar="PATH",
                         help="serve TLS with this certificate (PEM; with --tls-key). The log shows "
                              "its SHA-256 fingerprint, for clients to pin")
@@ -259,7 +277,8 @@ def register(server: Server, args: argparse.Namespace, token: str, port: int) ->
         pid=os.getpid(), port=port, token=token, backend=server.backend.name,
         hostname=server.backend.hostname, config=args.config, plant=server.backend.plant,
         version=__version__, started_at=server.started_iso(),
-        process_start=runtime.process_start(os.getpid())))
+        process_start=runtime.process_start(os.getpid()), ssh_port=server.backend.ssh_port,
+        board_port=server.backend.board_port))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,6 +166,7 @@ class Server:
         return {"server_version": __version__, "protocol": protocol.PROTOCOL_VERSION,
                 "session": session.id, "resumed": resumed, "leases": sorted(session.leases),
                 "backend": self.backend.name, "hostname": self.backend.hostname,
+                "ssh_port": self.backend.ssh_port, "board_port": self.backend.board_port,
                 "plant": self.backend.plant, "device": self.board.status()}
 
     async def _ping(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:

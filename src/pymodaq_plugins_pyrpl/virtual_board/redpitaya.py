@@ -1,0 +1,93 @@
+"""The whole virtual Red Pitaya on the network: one :class:`~.board.VirtualBoard` (registers and
+physics), its ssh server (:mod:`.ssh_server`) and the ``monitor_server`` processes started on it
+(:class:`~.monitor_server.MonitorServer`), as unmodified PyRPL finds them on a board.
+
+At power-on (:meth:`VirtualRedPitaya.start`) PyRPL's bitfile is loaded and a monitor server
+listens on the data port, as on a board where PyRPL ran before; PyRPL's start-up ends it
+(``killall monitor_server``) and starts its own on the port it was given. The ssh commands map to
+the board: ``killall monitor_server`` ends every monitor server, ``monitor_server PORT`` starts
+one (a new :class:`MonitorServer`), ``overlay.sh`` loads the bitfile
+(:meth:`VirtualBoard.load_bitfile`: registers back to reset values).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Literal
+
+from .board import LinkSettings, VirtualBoard
+from .files import BoardFiles
+from .monitor_server import MonitorServer
+from .ssh_server import SshServer
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["shared", "faithful"]
+
+
+class VirtualRedPitaya:
+    """A virtual board serving ssh and ``monitor_server`` on ``host``.
+
+    ``plant`` connects its outputs to its inputs (``physics.plants.parse_plant``), ``mode`` is how
+    its monitor servers take clients (:class:`~.board.LinkSettings`), ``user``/``password`` the
+    ssh login (PyRPL's default root/root), ``seed`` seeds its noise. Raises ValueError for a
+    plant or mode that does not exist. Thread-safe; :meth:`close` ends everything.
+    """
+
+    def __init__(self, plant: str = "loopback", mode: Mode = "shared", host: str = "127.0.0.1",
+                 user: str = "root", password: str = "root", seed: int | None = None) -> None:
+        self.host = host
+        self.board = VirtualBoard(plant, seed)
+        self.board.link = LinkSettings(mode=mode, killall_close=self.board.link.killall_close)
+        self.files = BoardFiles()
+        self.ssh = SshServer(self.files, self, host, user, password)
+        self._lock = threading.Lock()
+        self._monitors: list[MonitorServer] = []
+        self.ssh_port = 0
+        self.port = 0
+        """The ssh port and the data port (of the power-on monitor server), once started."""
+
+    def start(self, ssh_port: int = 0, port: int = 0) -> tuple[int, int]:
+        """Start the power-on monitor server on ``port`` and ssh on ``ssh_port`` (0: free ports);
+        return both ports (ssh, data). Raises OSError if a port cannot be opened (then nothing
+        is left listening)."""
+        try:
+            self.port = self.start_monitor(port).port or 0
+            self.ssh_port = self.ssh.start(ssh_port)
+        except OSError:
+            self.close()
+            raise
+        logger.info("virtual Red Pitaya on %s: ssh port %d, monitor port %d (plant %s, %s)",
+                    self.host, self.ssh_port, self.port, self.board.plant, self.board.link.mode)
+        return self.ssh_port, self.port
+
+    def close(self) -> None:
+        """Stop ssh (closing its sessions) and every monitor server. Idempotent."""
+        self.ssh.close()
+        with self._lock:
+            monitors, self._monitors = self._monitors, []
+        for monitor in monitors:
+            monitor.stop()
+
+    # -- what the ssh side asks of the board (shell.BoardControl) --------------------------------
+
+    def start_monitor(self, port: int) -> MonitorServer:
+        """``monitor_server PORT``: a new monitor server on ``port`` (0: a free one). Raises
+        OSError if it cannot listen there (``BoardDown`` while the board reboots)."""
+        monitor = MonitorServer(self.board, self.host)
+        monitor.start(port)
+        with self._lock:
+            self._monitors = [m for m in self._monitors if m.listening] + [monitor]
+        return monitor
+
+    def killall_monitors(self) -> int:
+        """``killall monitor_server``: end every monitor server still running; how many were."""
+        with self._lock:
+            running = [m for m in self._monitors if m.listening]
+            self._monitors = []
+        for monitor in running:
+            monitor.killall()
+        return len(running)
+
+    def load_bitfile(self) -> None:
+        self.board.load_bitfile()

@@ -1,0 +1,90 @@
+"""The whole virtual Red Pitaya (ssh + monitor servers + board) driven by unmodified PyRPL (in a
+subprocess) and by paramiko: PyRPL's start-up, ``reloadfpga=True``, and the ssh commands that
+end and start monitor servers."""
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+
+from .pyrpl_probe import run_probe
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.pyrpl]
+
+LEDS = 0x40000030
+"""hk register of the 8 LEDs."""
+
+
+@pytest.fixture
+def board() -> Iterator[VirtualRedPitaya]:
+    board = VirtualRedPitaya(seed=3)
+    board.start(0, 0)
+    yield board
+    board.close()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_unmodified_pyrpl_starts_against_the_virtual_board(board: VirtualRedPitaya,
+                                                           tmp_path: Path) -> None:
+    result = run_probe("pyrpl", board.ssh_port, board.port, tmp_path)
+    assert result["port"] == board.port  # PyRPL started its monitor server where it was told
+    assert result["led"] == 0b1010
+    assert result["frequency"] == pytest.approx(12345.0, abs=0.06)
+    assert board.board.counts.writes > 0
+    assert _refused(board.port)  # Pyrpl._clear() ended its monitor server over ssh
+
+
+def test_reloadfpga_true_loads_the_bitfile_and_resets_the_registers(board: VirtualRedPitaya,
+                                                                    tmp_path: Path) -> None:
+    import numpy as np
+
+    board.board.write(LEDS, np.array([0b101], dtype=np.uint32))
+    result = run_probe("reloadfpga", board.ssh_port, board.port, tmp_path)
+    assert result["led"] == 0
+    assert board.files.read("/tmp/loaded_fpga.inf") == b"pyrpl"
+    assert not board.files.is_file("/opt/pyrpl/fpga.bin")  # removed after a successful load
+    assert b"failed" not in (board.files.read("/tmp/update_fpga.txt") or b"failed")
+
+
+def _exec(client: paramiko.SSHClient, command: str) -> tuple[int, str]:
+    _, out, _ = client.exec_command(command, timeout=10)
+    text = out.read().decode()
+    return out.channel.recv_exit_status(), text
+
+
+def test_ssh_commands_end_and_start_monitor_servers(board: VirtualRedPitaya) -> None:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port=board.ssh_port, username="root", password="root",
+                   timeout=5, look_for_keys=False, allow_agent=False)
+    data = socket.create_connection(("127.0.0.1", board.port), timeout=5)
+    try:
+        assert _exec(client, "killall monitor_server") == (0, "")
+        assert data.recv(8) == b""  # the power-on server's connection ended
+        assert _refused(board.port)
+        assert _exec(client, f"/opt/pyrpl/monitor_server {board.port}") == (0, "")
+        socket.create_connection(("127.0.0.1", board.port), timeout=5).close()
+        status, text = _exec(client, f"/opt/pyrpl/monitor_server {board.port}")
+        assert (status, text) == (1, "ERROR on binding: Address already in use\n")
+        assert _exec(client, "killall monitor_server") == (0, "")
+        assert _exec(client, "killall monitor_server") == (1, "monitor_server: no process found\n")
+    finally:
+        data.close()
+        client.close()
+
+
+def test_close_ends_everything(board: VirtualRedPitaya) -> None:
+    board.close()
+    assert _refused(board.ssh_port) and _refused(board.port)
