@@ -262,3 +262,24 @@ def test_initializing_again_after_a_failure_gives_one_actuator(qtbot, port):
         assert len(done) == 1
     finally:
         actuator.quit_fun()
+
+
+@pytest.mark.pyrpl
+def test_hostname_virtual_drives_a_virtual_board_through_pyrpl(qtbot, port):
+    """The hostname ``virtual``: the plugin's server runs PyRPL against a virtual board it starts;
+    an ASG offset set through the plugin comes back on in1 through the board's loopback."""
+    actuator = asg_actuator(port, None)
+    actuator.settings.child("actuator_settings", "pyrpl", "hostname").setValue("virtual")
+    try:
+        with qtbot.waitSignal(actuator.init_signal, timeout=90000) as init:
+            actuator.init_hardware(True)
+        assert init.args[0] is True
+        with server_client(port) as observer:
+            device = observer.status()["device"]
+            assert (device["backend"], device["hostname"]) == ("pyrpl", "virtual")
+            select_axis(qtbot, actuator, "Offset", "V")
+            move(qtbot, actuator, 0.2)
+            assert observer.acquire("sampler")["in1"] == pytest.approx(0.2, abs=0.01)
+    finally:
+        actuator.quit_fun()
+        stop_local_server(port)

@@ -36,14 +36,19 @@ def _refused(port: int) -> bool:
     return False
 
 
-def test_unmodified_pyrpl_starts_against_the_virtual_board(board: VirtualRedPitaya,
-                                                           tmp_path: Path) -> None:
-    result = run_probe("pyrpl", board.ssh_port, board.port, tmp_path)
+@pytest.mark.parametrize("mode", ["shared", "faithful"])
+def test_unmodified_pyrpl_starts_against_the_virtual_board(mode: str, tmp_path: Path) -> None:
+    board = VirtualRedPitaya(mode=mode, seed=3)  # type: ignore[arg-type]
+    board.start(0, 0)
+    try:
+        result = run_probe("pyrpl", board.ssh_port, board.port, tmp_path)
+        assert _refused(board.port)  # Pyrpl._clear() ended its monitor server over ssh
+    finally:
+        board.close()
     assert result["port"] == board.port  # PyRPL started its monitor server where it was told
     assert result["led"] == 0b1010
     assert result["frequency"] == pytest.approx(12345.0, abs=0.06)
     assert board.board.counts.writes > 0
-    assert _refused(board.port)  # Pyrpl._clear() ended its monitor server over ssh
 
 
 def test_reloadfpga_true_loads_the_bitfile_and_resets_the_registers(board: VirtualRedPitaya,
