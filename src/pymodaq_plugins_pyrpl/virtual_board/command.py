@@ -123,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the board until SIGINT or SIGTERM (or, with ``--until-stdin-closes``, the end of
     standard input); the exit status."""
     args = build_parser().parse_args(argv)
-    # Blocked in every thread (they inherit the mask), received by sigwait below: a handler would
-    # run only in the main thread, which a signal delivered to another thread does not wake.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING - 10 * args.verbose,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not is_loopback(args.host):
@@ -137,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    stop = _stop_pipe()
     try:
         ssh_port, port = board.start(args.ssh_port, args.port)
     except OSError as exc:
@@ -144,19 +142,33 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         if args.until_stdin_closes:
-            threading.Thread(target=_stop_at_end_of_input, daemon=True, name="stdin-watch").start()
+            threading.Thread(target=_stop_at_end_of_input, args=(stop[1],), daemon=True,
+                             name="stdin-watch").start()
         ready = Ready(args.host, ssh_port, port, os.getpid())
         print(ready_line(ready), flush=True)
         print(how_to_connect(ready, args.user, args.password), file=sys.stderr, flush=True)
-        signal.sigwait(STOP_SIGNALS)
+        os.read(stop[0], 1)  # blocks until a stop signal or the end of the input
     finally:
         board.close()
     return 0
 
 
-def _stop_at_end_of_input() -> None:
-    """Send this process SIGTERM when standard input reaches its end (the parent holding it
+def _stop_pipe() -> tuple[int, int]:
+    """A pipe (read end, write end) to which SIGINT and SIGTERM write a byte, whichever thread
+    the kernel delivers them to: a Python handler alone runs in the main thread only when it
+    wakes, and a signal delivered to another thread (an ssh or monitor thread, numpy's) does not
+    wake it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda number, frame: None)
+    return read_end, write_end
+
+
+def _stop_at_end_of_input(stop: int) -> None:
+    """Write to the ``stop`` pipe when standard input reaches its end (the parent holding it
     exited)."""
     while sys.stdin.buffer.read1(4096):
         pass
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.write(stop, b"\0")

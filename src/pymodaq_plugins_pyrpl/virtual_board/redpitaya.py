@@ -62,12 +62,11 @@ class VirtualRedPitaya:
         return self.ssh_port, self.port
 
     def close(self) -> None:
-        """Stop ssh (closing its sessions) and every monitor server. Idempotent."""
+        """Stop ssh (closing its sessions) and the board (every monitor server). Idempotent."""
         self.ssh.close()
         with self._lock:
-            monitors, self._monitors = self._monitors, []
-        for monitor in monitors:
-            monitor.stop()
+            self._monitors = []
+        self.board.close()
 
     # -- what the ssh side asks of the board (shell.BoardControl) --------------------------------
 
