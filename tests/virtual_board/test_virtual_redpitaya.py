@@ -1,12 +1,13 @@
 """The whole virtual Red Pitaya (ssh + monitor servers + board) driven by unmodified PyRPL (in a
-subprocess) and by paramiko: PyRPL's start-up, ``reloadfpga=True``, and the ssh commands that
-end and start monitor servers."""
+subprocess) and by paramiko: PyRPL's start-up, ``reloadfpga=True``, the ssh commands that end and
+start monitor servers, and a reboot."""
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import paramiko
 import pytest
 
@@ -53,14 +54,20 @@ def test_unmodified_pyrpl_starts_against_the_virtual_board(mode: str, tmp_path: 
 
 def test_reloadfpga_true_loads_the_bitfile_and_resets_the_registers(board: VirtualRedPitaya,
                                                                     tmp_path: Path) -> None:
-    import numpy as np
-
     board.board.write(LEDS, np.array([0b101], dtype=np.uint32))
     result = run_probe("reloadfpga", board.ssh_port, board.port, tmp_path)
     assert result["led"] == 0
     assert board.files.read("/tmp/loaded_fpga.inf") == b"pyrpl"
     assert not board.files.is_file("/opt/pyrpl/fpga.bin")  # removed after a successful load
     assert b"failed" not in (board.files.read("/tmp/update_fpga.txt") or b"failed")
+
+
+def _login(ssh_port: int) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", port=ssh_port, username="root", password="root", timeout=5,
+                   look_for_keys=False, allow_agent=False)
+    return client
 
 
 def _exec(client: paramiko.SSHClient, command: str) -> tuple[int, str]:
@@ -70,10 +77,7 @@ def _exec(client: paramiko.SSHClient, command: str) -> tuple[int, str]:
 
 
 def test_ssh_commands_end_and_start_monitor_servers(board: VirtualRedPitaya) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect("127.0.0.1", port=board.ssh_port, username="root", password="root",
-                   timeout=5, look_for_keys=False, allow_agent=False)
+    client = _login(board.ssh_port)
     data = socket.create_connection(("127.0.0.1", board.port), timeout=5)
     try:
         assert _exec(client, "killall monitor_server") == (0, "")
@@ -93,3 +97,25 @@ def test_ssh_commands_end_and_start_monitor_servers(board: VirtualRedPitaya) -> 
 def test_close_ends_everything(board: VirtualRedPitaya) -> None:
     board.close()
     assert _refused(board.ssh_port) and _refused(board.port)
+
+
+def test_reboot_ends_ssh_too_and_brings_it_back(board: VirtualRedPitaya) -> None:
+    client = _login(board.ssh_port)
+    key = client.get_transport().get_remote_server_key()
+    shell = client.invoke_shell()
+    shell.settimeout(5)
+    assert shell.recv(100).endswith(b"# ")
+    board.files.write("/tmp/mark", b"x")
+    board.board.write(LEDS, np.array([0b11], dtype=np.uint32))
+    board.reboot(2.0)
+    try:
+        assert shell.recv(100) == b""  # the session ended with the reboot
+        assert _refused(board.ssh_port) and _refused(board.port)
+        assert board.wait_rebooted(10)
+        again = _login(board.ssh_port)
+        assert again.get_transport().get_remote_server_key() == key  # the board's own key
+        assert _exec(again, "cat /tmp/mark")[0] == 1  # its files are the power-on ones
+        again.close()
+        assert board.board.read(LEDS, 1)[0] == 0
+    finally:
+        client.close()

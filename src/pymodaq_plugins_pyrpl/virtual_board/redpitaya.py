@@ -7,13 +7,16 @@ listens on the data port, as on a board where PyRPL ran before; PyRPL's start-up
 (``killall monitor_server``) and starts its own on the port it was given. The ssh commands map to
 the board: ``killall monitor_server`` ends every monitor server, ``monitor_server PORT`` starts
 one (a new :class:`MonitorServer`), ``overlay.sh`` loads the bitfile
-(:meth:`VirtualBoard.load_bitfile`: registers back to reset values).
+(:meth:`VirtualBoard.load_bitfile`: registers back to reset values). :meth:`VirtualRedPitaya.reboot`
+is the board's reboot with its ssh side.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from typing import Literal
+
+import paramiko
 
 from .board import LinkSettings, VirtualBoard
 from .files import BoardFiles
@@ -23,6 +26,8 @@ from .ssh_server import SshServer
 logger = logging.getLogger(__name__)
 
 Mode = Literal["shared", "faithful"]
+REBOOT_MARGIN = 30.0
+"""Seconds past a reboot's duration after which ssh gives up waiting for the board."""
 
 
 class VirtualRedPitaya:
@@ -39,9 +44,15 @@ class VirtualRedPitaya:
         self.host = host
         self.board = VirtualBoard(plant, seed)
         self.board.link = LinkSettings(mode=mode, killall_close=self.board.link.killall_close)
+        self._login = (user, password)
+        self._host_key = paramiko.ECDSAKey.generate()
         self.files = BoardFiles()
-        self.ssh = SshServer(self.files, self, host, user, password)
+        self.ssh = self._new_ssh()
         self._lock = threading.Lock()
+        self._closed = False
+        self._up = threading.Event()
+        """Set while ssh listens (cleared by a reboot until ssh is back)."""
+        self._up.set()
         self._monitors: list[MonitorServer] = []
         self.ssh_port = 0
         self.port = 0
@@ -63,10 +74,52 @@ class VirtualRedPitaya:
 
     def close(self) -> None:
         """Stop ssh (closing its sessions) and the board (every monitor server). Idempotent."""
-        self.ssh.close()
         with self._lock:
+            self._closed = True
             self._monitors = []
+            ssh = self.ssh
+        ssh.close()
         self.board.close()
+
+    def reboot(self, seconds: float) -> None:
+        """The board reboots: its ssh sessions and monitor servers end, both ports refuse
+        connections for ``seconds``, the registers and the files go back to their power-on state
+        (:meth:`VirtualBoard.reboot`); then ssh listens again on its port, with the same host
+        key, and the monitor servers as :meth:`VirtualBoard.reboot` says. Returns at once.
+        Raises ValueError if ``seconds`` is negative."""
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, not {seconds!r}")
+        with self._lock:
+            old, self.files = self.ssh, BoardFiles()
+            self.ssh = self._new_ssh()
+            self._up.clear()
+        old.close()
+        self.board.reboot(seconds)
+        threading.Thread(target=self._ssh_after_reboot, args=(self.ssh, seconds), daemon=True,
+                         name="virtual-board-ssh-reboot").start()
+
+    def _ssh_after_reboot(self, ssh: SshServer, seconds: float) -> None:
+        if not self.board.wait_rebooted(seconds + REBOOT_MARGIN):
+            logger.error("the board did not come back from its reboot: ssh stays down")
+            return
+        with self._lock:
+            if self._closed or ssh is not self.ssh:
+                return
+            try:
+                ssh.start(self.ssh_port)
+            except OSError as exc:
+                logger.error("ssh could not listen again on port %d after the reboot: %s",
+                             self.ssh_port, exc)
+                return
+            self._up.set()
+
+    def wait_rebooted(self, timeout: float) -> bool:
+        """Wait until the last :meth:`reboot` is over, ssh listening again; False on timeout."""
+        return self._up.wait(timeout)
+
+    def _new_ssh(self) -> SshServer:
+        user, password = self._login
+        return SshServer(self.files, self, self.host, user, password, self._host_key)
 
     # -- what the ssh side asks of the board (shell.BoardControl) --------------------------------
 

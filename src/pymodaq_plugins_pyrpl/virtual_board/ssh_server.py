@@ -39,20 +39,22 @@ _CONNECTION_ENDED = (OSError, EOFError, paramiko.SSHException)
 class SshServer:
     """Serves ssh on ``host`` for one board: its ``files`` and its ``control``.
 
-    ``user``/``password`` is the one login accepted (PyRPL's default root/root). :meth:`start`
-    listens; :meth:`close` closes the listener and every connection. Sessions run on threads of
+    ``user``/``password`` is the one login accepted (PyRPL's default root/root); ``host_key``
+    its key (default: a new one). :meth:`start` listens; :meth:`close` closes the listener and
+    every connection, for good. Sessions run on threads of
     their own; the files and the control must be thread-safe.
     """
 
     def __init__(self, files: BoardFiles, control: BoardControl, host: str = "127.0.0.1",
-                 user: str = "root", password: str = "root") -> None:
+                 user: str = "root", password: str = "root",
+                 host_key: paramiko.PKey | None = None) -> None:
         self.files = files
         self.control = control
         self.host = host
         self.user = user
         self.password = password
         self.port = 0
-        self._host_key = paramiko.ECDSAKey.generate()
+        self._host_key = host_key or paramiko.ECDSAKey.generate()
         self._listener: socket.socket | None = None
         self._accepting: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -223,7 +225,7 @@ def _interactive(shell: BoardShell, channel: paramiko.Channel, terminal: bool) -
     except _CONNECTION_ENDED as exc:  # the connection broke, or the server closes
         logger.debug("ssh shell ended: %s", exc)
     finally:
-        channel.close()
+        _close(channel)
 
 
 def _execute(server: SshServer, channel: paramiko.Channel, line: str) -> None:
@@ -243,7 +245,15 @@ def _execute(server: SshServer, channel: paramiko.Channel, line: str) -> None:
     except (*_CONNECTION_ENDED, ValueError) as exc:  # broke, stalled, closed; bad quoting
         logger.info("ssh command %r ended: %s", line[:80], exc)
     finally:
+        _close(channel)
+
+
+def _close(channel: paramiko.Channel) -> None:
+    """Close ``channel``; nothing if its connection has ended (paramiko raises then)."""
+    try:
         channel.close()
+    except _CONNECTION_ENDED as exc:
+        logger.debug("ssh channel closed with its connection: %s", exc)
 
 
 def _wait_closed_by_client(channel: paramiko.Channel) -> None:
