@@ -6,8 +6,7 @@ import errno
 from pymodaq_plugins_pyrpl.virtual_board import files
 from pymodaq_plugins_pyrpl.virtual_board.files import BoardFiles
 from pymodaq_plugins_pyrpl.virtual_board.shell import BoardShell
-
-from .recording import RecordingControl
+from tests.helpers.recording_control import RecordingControl
 
 
 def _shell() -> tuple[BoardShell, RecordingControl, BoardFiles]:

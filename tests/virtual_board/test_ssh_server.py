@@ -13,9 +13,8 @@ import pytest
 from pymodaq_plugins_pyrpl.virtual_board.files import BoardFiles
 from pymodaq_plugins_pyrpl.virtual_board.scp_sink import MAX_FILE_SIZE
 from pymodaq_plugins_pyrpl.virtual_board.ssh_server import SshServer
-
-from .pyrpl_probe import run_probe
-from .recording import RecordingControl
+from tests.helpers.pyrpl_ssh import run_probe
+from tests.helpers.recording_control import RecordingControl
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,8 +12,7 @@ import paramiko
 import pytest
 
 from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
-
-from .pyrpl_probe import run_probe
+from tests.helpers.pyrpl_ssh import run_probe
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.pyrpl]
 

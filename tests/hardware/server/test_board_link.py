@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from tests.helpers.support import ServerProcess
 
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.errors import ServerMismatch
@@ -17,6 +16,7 @@ from pymodaq_plugins_pyrpl.hardware.physics.plants import plant_spec
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+from tests.helpers.support import ServerProcess
 
 pytestmark = [pytest.mark.pyrpl, pytest.mark.timeout(180)]
 

@@ -2,7 +2,8 @@
 JSON (the last stdout line starting with ``PROBE_RESULT``).
 
 Usage: ``python pyrpl_ssh_probe.py SCENARIO SSH_PORT PORT [FOLDER]``, the board on 127.0.0.1.
-Run by the tests in a subprocess: importing PyRPL creates a QApplication and configures logging.
+Run by ``tests/helpers/pyrpl_ssh.py`` in a subprocess: importing PyRPL creates a QApplication and
+configures logging.
 
 Scenarios:
 - ``startserver``: ``RedPitaya(autostart=False)`` (ssh, OS version, loaded bitfile), then PyRPL's

@@ -1,5 +1,5 @@
-"""Runs ``pyrpl_ssh_probe.py`` (PyRPL's own ssh code against a board of the test) in a subprocess
-isolated from the user's machine, and returns what it observed."""
+"""Runs ``scripts/pyrpl_ssh_probe.py`` (PyRPL's own ssh code against a board of the test) in a
+subprocess isolated from the user's machine, and returns what it observed."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PROBE = Path(__file__).with_name("pyrpl_ssh_probe.py")
+from .scripts import PYRPL_SSH_PROBE
 
 
 def run_probe(scenario: str, ssh_port: int, port: int, folder: Path,
@@ -21,7 +21,7 @@ def run_probe(scenario: str, ssh_port: int, port: int, folder: Path,
         path.mkdir(mode=0o700, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
     env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.run([sys.executable, str(PROBE), scenario, str(ssh_port), str(port),
+    proc = subprocess.run([sys.executable, str(PYRPL_SSH_PROBE), scenario, str(ssh_port), str(port),
                            str(folder)], check=False, capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
