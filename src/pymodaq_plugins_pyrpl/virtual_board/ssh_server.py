@@ -101,9 +101,10 @@ class SshServer:
             with self._lock:
                 self._transports = {t for t in self._transports if t.is_active()}
                 full = len(self._transports) >= MAX_CONNECTIONS
-            if full or self._closed.is_set():
+            if full:
                 logger.warning("ssh connection from %s refused: %d connections already",
                                peer, MAX_CONNECTIONS)
+            if full or self._closed.is_set():
                 sock.close()
                 continue
             self._serve(sock)
