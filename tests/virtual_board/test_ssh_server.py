@@ -12,7 +12,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl.virtual_board.files import BoardFiles
 from pymodaq_plugins_pyrpl.virtual_board.scp_sink import MAX_FILE_SIZE
-from pymodaq_plugins_pyrpl.virtual_board.ssh_server import SshServer
+from pymodaq_plugins_pyrpl.virtual_board.ssh_server import MAX_CONNECTIONS, SshServer
 from tests.helpers.pyrpl_ssh import run_probe
 from tests.helpers.recording_control import RecordingControl
 
@@ -98,3 +98,16 @@ def test_close_ends_sessions_and_stops_listening(ssh: SshServer) -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", ssh.port), timeout=2).close()
     client.close()
+
+
+def test_connections_beyond_the_limit_are_closed(ssh: SshServer) -> None:
+    held = [socket.create_connection(("127.0.0.1", ssh.port), timeout=5)
+            for _ in range(MAX_CONNECTIONS)]
+    try:
+        for sock in held:
+            assert sock.recv(4).startswith(b"SSH-")  # each one served: the server's banner
+        with socket.create_connection(("127.0.0.1", ssh.port), timeout=5) as extra:
+            assert extra.recv(4) == b""  # closed at once
+    finally:
+        for sock in held:
+            sock.close()
