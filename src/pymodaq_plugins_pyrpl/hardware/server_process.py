@@ -44,7 +44,7 @@ def start_server(command: Sequence[str], timeout: float, *, stderr: Stderr = Non
                                stderr=stderr, env=None if env is None else dict(env),
                                preexec_fn=preexec_fn, start_new_session=start_new_session)
     try:
-        line = _first_line(process, deadline)
+        line = first_line(process, deadline)
         ready = None if line is None else protocol.parse_ready_line(line)
         if ready is not None:
             return process, ready
@@ -69,10 +69,11 @@ def start_server(command: Sequence[str], timeout: float, *, stderr: Stderr = Non
         raise
 
 
-def _first_line(process: subprocess.Popen[bytes], deadline: float) -> str | None:
+def first_line(process: subprocess.Popen[bytes], deadline: float) -> str | None:
     """The first line of the process's stdout (without newline), read byte by byte so nothing
-    after it is consumed; None if stdout closed first or no whole line came before ``deadline``.
-    A line longer than READY_LINE_MAX bytes is returned cut there."""
+    after it is consumed; None if stdout closed first or no whole line came before ``deadline``
+    (``time.monotonic()``). A line longer than READY_LINE_MAX bytes is returned cut there. Also
+    how a virtual board's ready line is awaited (``virtual_board.process``)."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     line = bytearray()

@@ -7,12 +7,11 @@ The child holds this process's end of a pipe as its standard input and stops whe
 from __future__ import annotations
 
 import logging
-import os
-import selectors
 import subprocess
 import sys
 import time
 
+from ..hardware.server_process import first_line
 from .command import Ready, parse_ready_line
 
 logger = logging.getLogger(__name__)
@@ -21,7 +20,6 @@ START_TIMEOUT = 30.0
 """Seconds the child has to print its ready line."""
 STOP_TIMEOUT = 5.0
 """Seconds the child has to exit after its input closes, and again after SIGTERM."""
-READY_LINE_MAX = 4096
 
 
 class VirtualBoardError(Exception):
@@ -67,7 +65,7 @@ def start_virtual_board(plant: str, mode: str = "shared",
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     except OSError as exc:
         raise VirtualBoardError(f"{sys.executable} cannot be run: {exc}") from None
-    line = _first_line(process, time.monotonic() + timeout)
+    line = first_line(process, time.monotonic() + timeout)
     ready = None if line is None else parse_ready_line(line)
     if ready is None:
         board = VirtualBoardProcess(process, Ready("", 0, 0, process.pid))
@@ -78,26 +76,3 @@ def start_virtual_board(plant: str, mode: str = "shared",
     logger.info("virtual board started (pid %d): ssh port %d, monitor port %d", process.pid,
                 ready.ssh_port, ready.port)
     return VirtualBoardProcess(process, ready)
-
-
-def _first_line(process: subprocess.Popen[bytes], deadline: float) -> str | None:
-    """The first line of the process's stdout (without its newline), read without consuming more;
-    None if stdout closed first or no whole line came before ``deadline``."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    line = bytearray()
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while len(line) < READY_LINE_MAX:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if not selector.select(timeout=min(0.1, remaining)):
-                if process.poll() is not None:
-                    return None
-                continue
-            byte = os.read(fd, 1)
-            if not byte or byte == b"\n":
-                return line.decode(errors="replace") if byte else None
-            line += byte
-    return line.decode(errors="replace")
