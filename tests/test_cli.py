@@ -85,6 +85,8 @@ def _foreign_state(port: int, pid: int, kind: str) -> dict:
     state = {"pid": pid, "port": port, "token": "t", "backend": "mock", "hostname": "",
              "config": "", "version": "0", "started_at": "2026-01-01T00:00:00+00:00"}
     start = runtime.process_start(pid)
+    if kind != "older version":
+        state.update(plant="loopback", ssh_port=0, board_port=0)
     if kind == "reused":
         state["process_start"] = start - 100
     elif kind == "other program":
