@@ -13,6 +13,15 @@ from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
 from pymodaq_plugins_pyrpl.hardware.errors import InternalError, InvalidParams
 
 LSB = 2.0**-13
+IQ_PIPELINE = 3 / catalogue.FPGA_CLOCK
+"""An IQ module's excitation, demodulated by the same module, lags by 3 FPGA cycles
+(red_pitaya_iq_modulator_block.v: 2 output registers; red_pitaya_iq_demodulator_block.v: the
+input register before the multiplier; no input filter)."""
+
+
+def pipeline_lag(f: float) -> complex:
+    """The phase factor of IQ_PIPELINE at ``f``."""
+    return np.exp(-2j * math.pi * f * IQ_PIPELINE)
 DURATIONS = catalogue.SCOPE_DURATIONS
 
 
@@ -356,7 +365,8 @@ def test_iq_on_loopback_returns_the_excitation(sim, clock):
     reading = settled_iq(sim, clock, "iq0")
     z = reading["i"] + 1j * reading["q"]
     assert abs(z) == pytest.approx(0.3, abs=1e-3)
-    delay_and_lowpass = -360 * 1e6 * 16e-9 - math.degrees(math.atan(1e6 / 60e6))
+    delay_and_lowpass = (-360 * 1e6 * (16e-9 + IQ_PIPELINE)
+                         - math.degrees(math.atan(1e6 / 60e6)))
     assert math.degrees(np.angle(z)) == pytest.approx(delay_and_lowpass, abs=0.2)
 
     phase = configure(sim, "iq0", phase=30.0)["phase"]
@@ -364,8 +374,9 @@ def test_iq_on_loopback_returns_the_excitation(sim, clock):
     rotated = math.degrees(np.angle(reading["i"] + 1j * reading["q"]))
     assert rotated == pytest.approx(delay_and_lowpass + phase, abs=0.2)  # as PyRPL on a board
 
-    configure(sim, "iq0", input="out1", phase=0.0)  # no cable: no delay, no noise
-    assert settled_iq(sim, clock, "iq0") == pytest.approx({"i": 0.3, "q": 0.0}, abs=1e-4)
+    configure(sim, "iq0", input="out1", phase=0.0)  # no cable: the pipeline's lag, no noise
+    z = 0.3 * pipeline_lag(1e6)
+    assert settled_iq(sim, clock, "iq0") == pytest.approx({"i": z.real, "q": z.imag}, abs=1e-4)
 
 
 def test_iq_follows_the_resonator(resonator, clock):
@@ -397,16 +408,17 @@ def iq(sim: SimulatorBackend, module: str = "iq0") -> complex:
 
 def test_iq_filter_settles_exponentially_after_a_change(sim, clock):
     cutoff = catalogue.MODULES["iq0"].attributes["bandwidth"].validate([500.0])[0]
-    amplitude = configure(sim, "iq0", input="out1", output_direct="out1", amplitude=0.3,
-                          frequency=1e5, bandwidth=[cutoff, 0.0])["amplitude"]
+    settings = configure(sim, "iq0", input="out1", output_direct="out1", amplitude=0.3,
+                         frequency=1e5, bandwidth=[cutoff, 0.0])
+    amplitude, lag = settings["amplitude"], pipeline_lag(settings["frequency"])
     assert sim.iq_settle_remaining("iq0") == pytest.approx(
         catalogue.filter_settle_time([cutoff, 0.0]))
     settled_iq(sim, clock)
     before = iq(sim)
-    assert before == pytest.approx(0.3, abs=0.3 * catalogue.SETTLE_FRACTION)  # out1: no noise
+    assert before == pytest.approx(0.3 * lag, abs=0.3 * catalogue.SETTLE_FRACTION)  # no noise
     phase = configure(sim, "iq0", phase=90.0)["phase"]
     changed = clock.t
-    after = amplitude * np.exp(1j * math.radians(phase))
+    after = amplitude * np.exp(1j * math.radians(phase)) * lag
     assert iq(sim) == pytest.approx(before, abs=1e-9)  # the filter's output is continuous
     tau = 1.0 / (2 * math.pi * cutoff)
     for elapsed in (0.5 * tau, tau, 3 * tau):  # a first-order low-pass: exp(-t / tau)
@@ -440,7 +452,8 @@ def test_resonator_rings_up_with_time_constant_q_over_pi_f0(clock):
         readings.append(iq(resonator))
     steady = readings[-1]
     assert f == pytest.approx(100e3, abs=0.03)
-    assert steady == pytest.approx(-30j * amplitude, abs=1e-5)  # at f0: gain q, -90°
+    # at f0: gain q, -90°, and the IQ pipeline's lag
+    assert steady == pytest.approx(-30j * amplitude * pipeline_lag(f), abs=1e-5)
     ratio = abs(readings[1] - steady) / abs(readings[0] - steady)
     assert ratio == pytest.approx(math.exp(-2), rel=1e-3)
 
@@ -512,6 +525,71 @@ def test_iq_gain_is_a_band_pass(sim, clock):
     trace = acquire(sim, clock)
     attenuation = 1 / math.hypot(1, offset / bandwidth)
     assert np.std(trace.ch1) == pytest.approx(2.0 * np.std(trace.ch2) * attenuation, rel=0.02)
+
+
+def cycles_lag(f: float, cycles: float) -> complex:
+    """Phase factor of a delay of ``cycles`` FPGA cycles at ``f``."""
+    return np.exp(-2j * math.pi * f * cycles / catalogue.FPGA_CLOCK)
+
+
+def network_analysis(sim: SimulatorBackend, clock: FakeClock, f: float, **iq0: Any) -> complex:
+    """iq0 as PyRPL's network analyzer at ``f``: its excitation on the bus (not on an output),
+    its own input ``iq0[input]``; the settled reading divided by the amplitude."""
+    settings = {"output_signal": "output_direct", "output_direct": "off", "amplitude": 0.1,
+                "bandwidth": [1000.0, 1000.0], "frequency": f}
+    amplitude = configure(sim, "iq0", **{**settings, **iq0})["amplitude"]
+    reading = settled_iq(sim, clock)
+    return (reading["i"] + 1j * reading["q"]) / amplitude
+
+
+def test_iq_reading_its_own_excitation_lags_three_cycles_plus_its_input_filter(sim, clock):
+    """red_pitaya_iq_modulator_block.v puts the excitation out 2 cycles after the oscillator,
+    red_pitaya_iq_demodulator_block.v registers its input once before the multiplier, and the
+    acbandwidth high-pass (red_pitaya_lpf_block.v) adds one cycle: PyRPL's
+    NetworkAnalyzer.transfer_function (3 cycles, +1 per high-pass) divides exactly that out."""
+    f = configure(sim, "iq0", frequency=10e6)["frequency"]
+    settled = 2 * catalogue.SETTLE_FRACTION  # what a settled filter may still miss of a step
+    assert network_analysis(sim, clock, f, input="iq0") == pytest.approx(
+        cycles_lag(f, 3), abs=settled)
+    acbandwidth = configure(sim, "iq0", acbandwidth=1000.0)["acbandwidth"]
+    highpass = 1 / (1 - 1j * acbandwidth / f)
+    assert network_analysis(sim, clock, f, input="iq0") == pytest.approx(
+        highpass * cycles_lag(f, 4), abs=settled)
+
+
+@pytest.mark.parametrize("gains", [{"p": 10.0, "i": 0.0}, {"p": 0.025, "i": 250.0}])
+def test_a_pid_passes_ac_signals_with_its_transfer_function(sim, clock, gains):
+    """iq0's excitation through pid0 back into iq0 (PyRPL's test_pid_na): the PID's p and i with
+    the delays of red_pitaya_pid_block.v (proportional path 4 registers, integrator 5), its input
+    filter with the stages' delays (low-pass 2 cycles, high-pass 1), after the network
+    analysis's own 3 cycles."""
+    applied = configure(sim, "pid0", input="iq0", setpoint=0.0, inputfilter=[-5e3, 150e3],
+                        **gains)
+    p, i, cutoffs = applied["p"], applied["i"], applied["inputfilter"]
+    for f in (3e3, 30e3, 300e3):
+        f = configure(sim, "iq0", frequency=f)["frequency"]
+        measured = network_analysis(sim, clock, f, input="pid0")
+        pid = p * cycles_lag(f, 4) + i / (1j * f) * cycles_lag(f, 5)
+        inputfilter = cycles_lag(f, 3) / (1 - 1j * -cutoffs[0] / f) / (1 + 1j * f / cutoffs[1])
+        assert measured == pytest.approx(cycles_lag(f, 3) * pid * inputfilter, rel=1e-3)
+
+
+def test_a_high_pass_input_filter_blocks_the_dc_of_a_pid_input(sim, clock):
+    run_asg(sim, waveform="dc", offset=0.5, output_direct="off")
+    configure(sim, "pid0", input="asg0", p=1.0, setpoint=0.1)
+    assert sim.sampler_read()["pid0"] == pytest.approx(0.4, abs=2 * LSB)
+    configure(sim, "pid0", inputfilter=[-1000.0])  # the error is -setpoint
+    assert sim.sampler_read()["pid0"] == pytest.approx(-0.1, abs=2 * LSB)
+
+
+def test_a_pid_copies_an_ac_input_onto_the_scope(sim, clock):
+    """PyRPL's lockbox calibration sweeps an output through a PID: its output follows the sweep."""
+    f = run_asg(sim, frequency=1e3, amplitude=0.3, offset=0.1, output_direct="off")["frequency"]
+    configure(sim, "pid0", input="asg0", p=1.0)
+    trace = acquire(sim, clock, input1="pid0", input2="asg0", duration=DURATIONS[10])
+    assert trace.ch1.max() == pytest.approx(0.4, abs=2e-3)
+    assert trace.ch1.min() == pytest.approx(-0.2, abs=2e-3)
+    assert dominant_frequency(trace, trace.ch1) == pytest.approx(f, abs=1 / DURATIONS[10])
 
 
 def test_iq_read_rejects_other_modules(sim):

@@ -35,7 +35,12 @@ Physics
   within ~1 ms, positive gains run away to the limits. ``paused`` zeroes the proportional term
   and/or freezes the integrator as ``pause_gains`` selects (there is no d gain).
   ``differential_mode_enabled`` on pid0/pid1 replaces the setpoint by the other one's input
-  (ignored on pid2). ``inputfilter`` is ignored.
+  (ignored on pid2). The ``inputfilter`` stages pass DC (low-pass) or block it (any high-pass)
+  in the loop model and filter the AC response. AC inputs (tones) go through the PID's transfer
+  function ``p + i / (j f)`` with its input filter and the pipeline delays of
+  ``red_pitaya_pid_block.v`` (proportional path 4 cycles, integrator 5, filter stages 2 per
+  low-pass and 1 per high-pass): on the bus, on the outputs and into the IQ demodulators, as
+  PyRPL's ``Pid.transfer_function`` describes (its network-analyzer tests measure it).
 - IQ: ``I + jQ`` is the input demodulated at ``frequency`` (twice that with
   ``demodulation_at_2f``) and rotated by ``+phase``, as PyRPL's accumulators on a board: with
   theta the input's phase relative to the excitation, ``i = A cos(theta + phase)`` and
@@ -45,7 +50,11 @@ Physics
   ``output_direct``, plus, when ``gain`` is not 0, PyRPL's band-pass
   ``gain * L(f_in - f) * exp(j phase)`` of the input. On the bus, ``iqN`` is
   ``I * quadrature_factor`` for ``output_signal`` 'quadrature' or 'quadrature_hf', the output
-  for 'output_direct', else 0; ``iq2_2`` is ``Q * quadrature_factor``.
+  for 'output_direct', else 0; ``iq2_2`` is ``Q * quadrature_factor``. The FPGA's pipeline
+  delays (``red_pitaya_iq_block.v``, see :mod:`.iq`) are included: an excitation demodulated by
+  its own module reads ``exp(-2 j pi f 3 T)``, T = 8 ns, one cycle more per high-pass stage of
+  the input filter (PyRPL's ``NetworkAnalyzer.transfer_function``), and the band-pass output
+  has the delays of PyRPL's ``Iq.transfer_function``.
 - Transients: at every change (a ``set`` of any module but the scope), the quadrature filter
   of each IQ module in use (set at least once) keeps its state and relaxes from there to its
   new steady state through its stages (PyRPL's cascaded first-order low- and high-passes,
@@ -63,8 +72,12 @@ Physics
 
 Approximations
 --------------
-- Quasi-static PID loops: a PID acts on the DC part of its input (ASG waveforms and IQ
-  excitations count with their mean, so the proportional term does not copy AC signals); the
+- Quasi-static PID loops: the loops (integrators, clamps, feedback through the plant) act on
+  the DC part of the PIDs' inputs (ASG waveforms and IQ excitations count with their mean); the
+  AC part of an input reaches the PID's output as a linear response on top, open loop (a PID's
+  own output counts with its DC level while its response is computed, so an AC loop through the
+  plant is not closed), unclipped, from the tones of the input (ASG waveforms other than sin/cos
+  by their harmonics near the frequency of interest, the first ones on a trace); the
   proportional loop through the analog path is solved algebraically (a loop gain
   ``|p H(0)| >= 1``, which would oscillate or latch on a board, only logs a warning); the loop
   algebra ignores the ±1 V clipping of outputs and inputs (the PID's own limits hold). The

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from .. import catalogue
-from . import iq
+from . import iq, pid
 from .asg import Asg
-from .filters import steady_state
+from .filters import delay, filter_response, steady_state
 from .pid import LoopModel, PidLoops, Recorder
 from .plants import OutSources, Plant
 from .signals import LSB, TWO_PI, Context, Grid, Phase, Tone, gaussian, quantize
@@ -50,6 +50,7 @@ class Board:
         self._iq_phases = [Phase() for _ in range(3)]
         self._settling: dict[int, Settling] = {}  # the IQ modules set so far: their filters
         self._rings: dict[str, Ring] = {}  # in1/in2 → the plant's free oscillation
+        self._open_pids: set[int] = set()  # the PIDs whose AC response is being evaluated
         self.pids = PidLoops(self._loop_model, 3, 0.0, np.random.default_rng(
             np.random.SeedSequence(seed).spawn(1)[0]))
 
@@ -76,7 +77,8 @@ class Board:
         the IQ modules, its sync bit set again), with the transients of that phase step."""
         before = self._transients_before(t)
         self._iq_phases[n] = Phase(self.values[f"iq{n}"]["frequency"], t, 0.0)
-        self.pids.invalidate()
+        if self._pids_active():
+            self.pids.invalidate()
         self._transients_after(t, *before)
 
     def _apply(self, module: str, old: Mapping[str, Any], values: Mapping[str, Any],
@@ -91,7 +93,12 @@ class Board:
             self._iq_phases[n] = self._iq_phases[n].retuned(now, state["frequency"])
         elif module.startswith("pid") and "ival" in values:
             self.pids.preset(n, values["ival"])
-        self.pids.invalidate()
+        if module.startswith("pid") or self._pids_active():
+            self.pids.invalidate()  # else the loop model has no gain and depends on PIDs only
+
+    def _pids_active(self) -> bool:
+        """True if some PID has a gain (its loop model depends on the other modules)."""
+        return any(any(pid.gains(self.values[f"pid{k}"])) for k in range(3))
 
     # -- readings ---------------------------------------------------------------------------------
 
@@ -150,7 +157,10 @@ class Board:
         if signal.startswith("asg"):
             return quantize(self.asgs[int(signal[3])].evaluate(grid, ctx.rng))
         if signal.startswith("pid"):
-            return quantize(ctx.pid(int(signal[3]), grid))
+            k = int(signal[3])
+            ac = sum((t.evaluate(grid) for t in self._pid_ac_tones(k, 0.0, ctx.u, 0)),
+                     np.zeros(grid.n))
+            return quantize(ctx.pid(k, grid) + ac)
         if signal.startswith("iq"):
             tones = self._bus_tones(signal, ctx.u, 0)
             values = sum((t.evaluate(grid) for t in tones), np.zeros(grid.n))
@@ -176,6 +186,7 @@ class Board:
         pids = self._routed(out, "pid", 3)
         tones = [t for n in self._routed(out, "iq", 3)
                  for t in self._iq_output_tones(n, ctx.u, True, 0)]
+        tones += [t for k in pids for t in self._pid_ac_tones(k, 0.0, ctx.u, 0)]
 
         def total(grid: Grid) -> np.ndarray:
             x = np.zeros(grid.n)
@@ -204,16 +215,41 @@ class Board:
                     for t in self._tones(CHANNEL[signal], near, u, bandpass, depth + 1)]
         if signal in ROUTES:
             return ([t for n in self._routed(signal, "asg", 2) for t in self.asgs[n].tones(near)]
-                    + [Tone(complex(u[k])) for k in self._routed(signal, "pid", 3)]
+                    + [t for k in self._routed(signal, "pid", 3)
+                       for t in (Tone(complex(u[k])), *self._pid_ac_tones(k, near, u, depth + 1))]
                     + [t for n in self._routed(signal, "iq", 3)
                        for t in self._iq_output_tones(n, u, bandpass, depth + 1)])
         if signal.startswith("asg"):
             return self.asgs[int(signal[3])].tones(near)
         if signal.startswith("pid"):
-            return [Tone(complex(u[int(signal[3])]))]
+            k = int(signal[3])
+            return [Tone(complex(u[k])), *self._pid_ac_tones(k, near, u, depth + 1)]
         if signal.startswith("iq"):
             return self._bus_tones(signal, u, depth + 1)
         return []
+
+    def _pid_ac_tones(self, k: int, near: float, u: np.ndarray, depth: int) -> list[Tone]:
+        """pid ``k``'s linear response to the AC tones of its error (its filtered input, minus
+        the other one's in differential mode, :func:`pid.response`), open loop: while it is
+        evaluated, its own output counts with its DC level only."""
+        cfg = self.values[f"pid{k}"]
+        if k in self._open_pids or not any(pid.gains(cfg)):
+            return []
+        sources = [(cfg["input"], cfg["inputfilter"], 1.0)]
+        if k in (0, 1) and cfg["differential_mode_enabled"]:
+            other = self.values[f"pid{1 - k}"]
+            sources.append((other["input"], other["inputfilter"], -1.0))
+        tones = []
+        self._open_pids.add(k)
+        try:
+            for signal, cutoffs, sign in sources:
+                for tone in self._tones(signal, near, u, False, depth):
+                    if not tone.static:
+                        tones.append(tone.scaled(sign * pid.input_response(cutoffs, tone.freq)
+                                                 * pid.response(cfg, tone.freq)))
+        finally:
+            self._open_pids.discard(k)
+        return tones
 
     def _bus_tones(self, signal: str, u: np.ndarray, depth: int) -> list[Tone]:
         """Tones of ``iqN`` (per ``output_signal``) or ``iq2_2`` on the DSP bus."""
@@ -222,7 +258,8 @@ class Board:
         if signal == "iq2_2" or v["output_signal"] in ("quadrature", "quadrature_hf"):
             difference, total = self._demodulated(n, u, depth)
             k = v["quadrature_factor"] * (-1j if signal == "iq2_2" else 1.0)
-            return [t.scaled(k) for t in difference + total]
+            return [t.scaled(k * delay(iq.QUADRATURE_OUTPUT_CYCLES, t.freq))
+                    for t in difference + total]
         if v["output_signal"] == "output_direct":
             return self._iq_output_tones(n, u, True, depth)
         return []
@@ -348,21 +385,23 @@ class Board:
         """Linearize every PID's error in the PID outputs (the plant and wiring are linear)."""
         cfg = [self.values[f"pid{k}"] for k in range(3)]
         n = len(cfg)
-        p = np.array([0.0 if c["paused"] and "p" in c["pause_gains"] else c["p"] for c in cfg])
-        k = np.array([0.0 if c["paused"] and "i" in c["pause_gains"] else TWO_PI * c["i"]
-                      for c in cfg])
+        p, k = (np.array(column) for column in zip(*(pid.gains(c) for c in cfg)))
         lo = np.array([max(c["min_voltage"], -1.0) for c in cfg])
         hi = np.array([min(c["max_voltage"], 1.0 - LSB) for c in cfg])
         inputs = np.zeros((n, n))  # d input / d u
         offset = np.zeros(n)  # error at u = 0
         noise = np.zeros((n, len(CHANNEL)))  # white noise of each error per ADC input
         if p.any() or k.any():
-            x0 = np.array([self._dc(c["input"], np.zeros(n)) for c in cfg])
+            # the input filters pass DC (low-pass stages) or block it (any high-pass stage)
+            dc = np.array([filter_response(c["inputfilter"], 0.0).real for c in cfg])
+            x0 = dc * np.array([self._dc(c["input"], np.zeros(n)) for c in cfg])
             for j in range(n):
-                inputs[:, j] = np.array([self._dc(c["input"], np.eye(n)[j]) for c in cfg]) - x0
+                inputs[:, j] = dc * np.array([self._dc(c["input"], np.eye(n)[j])
+                                              for c in cfg]) - x0
             error, offset = inputs.copy(), x0 - np.array([c["setpoint"] for c in cfg])
             adc = self.plant.noise / math.sqrt(catalogue.FPGA_CLOCK)
-            direct = np.array([[adc * (c["input"] == ch) for ch in CHANNEL] for c in cfg])
+            direct = np.array([[adc * d * (c["input"] == ch) for ch in CHANNEL]
+                               for c, d in zip(cfg, dc)])
             noise = direct.copy()
             for a in (0, 1):
                 if cfg[a]["differential_mode_enabled"]:

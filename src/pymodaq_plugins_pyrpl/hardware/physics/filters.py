@@ -1,19 +1,42 @@
 """PyRPL's cascaded first-order filters (the IQ quadrature filters, the ``acbandwidth``
-high-pass): their transfer function and their state-space form."""
+high-pass, the PID input filters): their transfer function, their pipeline delay and their
+state-space form; the phase factor of a delay in clock cycles."""
 from __future__ import annotations
 
+import cmath
 import functools
 from collections.abc import Sequence
 
 import numpy as np
 
+from .. import catalogue
 from .signals import TWO_PI
+
+LOWPASS_CYCLES = 2
+"""Pipeline delay of a low-pass stage (``red_pitaya_lpf_block.v``: the ``delta`` register, then
+``y``, whose top bits are the output)."""
+HIGHPASS_CYCLES = 1
+"""Pipeline delay of a high-pass stage (its output is the ``delta`` register). An off stage
+passes its input through without a register."""
+
+
+def delay(cycles: float, f: float) -> complex:
+    """Phase factor ``exp(-2j pi f cycles / 125 MHz)`` of a delay of ``cycles`` FPGA clock cycles
+    at frequency ``f`` (Hz, either sign)."""
+    return cmath.exp(-1j * TWO_PI * f * cycles / catalogue.FPGA_CLOCK) if cycles and f else 1.0
+
+
+def filter_delay(cutoffs: Sequence[float]) -> int:
+    """Pipeline delay (clock cycles) of the filter stages ``cutoffs`` (> 0 low-pass, < 0
+    high-pass, 0 off)."""
+    return sum(LOWPASS_CYCLES if c > 0 else HIGHPASS_CYCLES for c in cutoffs if c)
 
 
 def filter_response(cutoffs: Sequence[float], f: float) -> complex:
     """PyRPL's cascaded first-order filters at ``f`` (cutoff > 0: low-pass, < 0: high-pass, 0: off).
 
-    The model of PyRPL's ``Pid._filter_transfer_function`` / ``Iq.transfer_function``, without delays.
+    The model of PyRPL's ``Pid._filter_transfer_function`` / ``Iq.transfer_function``, without
+    their pipeline delay (:func:`filter_delay`).
     """
     h = 1.0 + 0j
     for fc in cutoffs:

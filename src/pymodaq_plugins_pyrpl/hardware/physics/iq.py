@@ -4,6 +4,20 @@ outputs, the ADC noise on the quadratures and the transients its filter reads.
 
 The input tones come from the caller (the board's signal graph); conventions: see the package
 docstring.
+
+Pipeline delays (``red_pitaya_iq_block.v`` and its blocks; T = one 8 ns cycle, f the input's
+frequency, f_d the demodulation frequency): the input passes the input filter (the ``acbandwidth``
+high-pass, :func:`.filters.filter_delay`) and one register (``firstproduct_reg``) before it
+meets the oscillator, so the quadrature is ``s(t - T_in) e^{-j theta(t)}``, T_in = 1 cycle + the
+input filter's delay; the product register and the quadrature filter stages then delay the
+quadrature itself (1 cycle + ``filter_delay(bandwidth)``). The modulator puts out
+``amplitude sin(theta)`` two cycles late (``firstproduct1_reg``, ``secondproduct_sum``,
+``secondproduct_out``) and multiplies the band-pass quadrature, one cycle older, with that
+oscillator; the quadrature outputs on the bus pass one more register (``q1_product_reg``). So an
+excitation demodulated by its own module lags by 3 cycles plus the input filter's delay (PyRPL's
+``NetworkAnalyzer._delay = 3``, +1 per high-pass), and the band-pass output lags by
+``2 + filter_delay(bandwidth)`` cycles at f - f_d and ``3 + input filter`` cycles at f (PyRPL's
+``Iq.transfer_function``).
 """
 from __future__ import annotations
 
@@ -12,9 +26,26 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .filters import filter_response, filter_system
+from .. import catalogue
+from .filters import delay, filter_delay, filter_response, filter_system
 from .signals import NYQUIST, TWO_PI, Phase, Tone
 from .transients import Ring, Settling
+
+DEMODULATOR_INPUT_CYCLES = 1
+"""The input's register before the multiplier (``firstproduct_reg``, iq_demodulator_block.v)."""
+PRODUCT_CYCLES = 1
+"""The product register (``product1``/``product2``): the quadrature's own delay."""
+MODULATOR_CYCLES = 2
+"""Oscillator to output (``secondproduct_sum``, ``secondproduct_out``, iq_modulator_block.v)."""
+BANDPASS_QUADRATURE_CYCLES = 1
+"""The band-pass quadrature's register before the output multiplier (``firstproduct1_reg``)."""
+QUADRATURE_OUTPUT_CYCLES = 1
+"""The quadrature outputs' register on the bus (``q1_product_reg``, ``q2_product_reg``)."""
+
+
+def input_cycles(v: Mapping[str, Any]) -> int:
+    """Delay (cycles) of the input relative to the oscillator it is multiplied with."""
+    return DEMODULATOR_INPUT_CYCLES + filter_delay([-v["acbandwidth"]])
 
 
 def demodulator(v: Mapping[str, Any], lo: Phase) -> tuple[Phase, int, float]:
@@ -30,41 +61,51 @@ def demodulate(v: Mapping[str, Any], lo: Phase, inputs: Sequence[Tone], filtered
 
     An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo + phase)}``
     and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter
-    (left out if not ``filtered``: the filter's input).
+    (left out if not ``filtered``: the filter's input), with the pipeline delays (module
+    docstring; the quadrature filter's own delay only if ``filtered``).
     """
     lo, harmonic, f_d = demodulator(v, lo)
     rotation = cmath.exp(1j * math.radians(v["phase"]))
     cutoffs = v["bandwidth"] if filtered else []
+    lag, quadrature_lag = input_cycles(v), PRODUCT_CYCLES + filter_delay(cutoffs)
     difference, total = [], []
     for tone in inputs:
-        a = tone.amp * filter_response([-v["acbandwidth"]], tone.freq)
+        a = tone.amp * filter_response([-v["acbandwidth"]], tone.freq) * delay(lag, tone.freq)
         if abs(a) < 1e-12:
             continue
+        f = tone.freq - f_d
         difference.append(Tone(a, tone.terms).mixed(
-            lo, -harmonic, rotation * filter_response(cutoffs, tone.freq - f_d)))
+            lo, -harmonic, rotation * filter_response(cutoffs, f) * delay(quadrature_lag, f)))
+        f = -tone.freq - f_d
         total.append(Tone(a, tone.terms).conj().mixed(
-            lo, -harmonic, rotation * filter_response(cutoffs, -tone.freq - f_d)))
+            lo, -harmonic, rotation * filter_response(cutoffs, f) * delay(quadrature_lag, f)))
     return difference, [t for t in total if abs(t.amp) > 1e-12]
 
 
 def excitation(v: Mapping[str, Any], lo: Phase) -> list[Tone]:
-    """The excitation ``amplitude * cos`` at the oscillator (its 2f with ``modulation_at_2f``);
-    none at amplitude 0."""
+    """The excitation ``amplitude * cos`` at the oscillator (its 2f with ``modulation_at_2f``),
+    ``MODULATOR_CYCLES`` late; none at amplitude 0."""
     if not v["amplitude"]:
         return []
     harmonic = 2 if v["modulation_at_2f"] == "on" else 1
-    return [Tone(complex(v["amplitude"]), ((lo, harmonic),))]
+    return [Tone(delay(MODULATOR_CYCLES, harmonic * lo.freq) * v["amplitude"],
+                 ((lo, harmonic),))]
 
 
 def bandpass(v: Mapping[str, Any], f_d: float, inputs: Sequence[Tone]) -> list[Tone]:
     """PyRPL's band-pass output ``gain * L(f_in - f_d) * exp(j phase)`` of the input tones
-    ``inputs`` (through the ``acbandwidth`` high-pass), ``f_d`` the demodulation frequency."""
+    ``inputs`` (through the ``acbandwidth`` high-pass), ``f_d`` the demodulation frequency, with
+    the pipeline delays (module docstring)."""
     k = v["gain"] * cmath.exp(1j * math.radians(v["phase"]))
+    lag = input_cycles(v) + MODULATOR_CYCLES
+    quadrature_lag = PRODUCT_CYCLES + filter_delay(v["bandwidth"]) + BANDPASS_QUADRATURE_CYCLES
     tones = []
     for tone in inputs:
         tone = tone.conj() if tone.freq < 0 else tone
-        tones.append(tone.scaled(k * filter_response(v["bandwidth"], tone.freq - f_d)
-                                 * filter_response([-v["acbandwidth"]], tone.freq)))
+        f = tone.freq - f_d
+        tones.append(tone.scaled(k * filter_response(v["bandwidth"], f) * delay(quadrature_lag, f)
+                                 * filter_response([-v["acbandwidth"]], tone.freq)
+                                 * delay(lag, tone.freq)))
     return tones
 
 
@@ -84,7 +125,8 @@ def demodulated_ring(v: Mapping[str, Any], lo: Phase, ring: Ring, t: float
     lo, harmonic, f_d = demodulator(v, lo)
     rotation = cmath.exp(1j * math.radians(v["phase"]))
     highpass = filter_response([-v["acbandwidth"]], ring.s / (TWO_PI * 1j))
-    u = highpass * rotation * ring.at(t) * cmath.exp(-TWO_PI * 1j * harmonic * lo.at(t))
+    lagged = ring.at(t) * cmath.exp(-ring.s * input_cycles(v) / catalogue.FPGA_CLOCK)
+    u = highpass * rotation * lagged * cmath.exp(-TWO_PI * 1j * harmonic * lo.at(t))
     return u, ring.s - TWO_PI * 1j * f_d
 
 

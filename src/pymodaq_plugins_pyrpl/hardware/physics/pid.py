@@ -1,5 +1,6 @@
 """The PID loops pid0..pid2: their quasi-static loop model, the integrators advanced exactly in
-simulated time (ADC noise included), and the recording of their outputs across a scope window.
+simulated time (ADC noise included), the recording of their outputs across a scope window, and
+their linear response to AC inputs.
 
 Sign convention, limits and approximations: see the package docstring.
 """
@@ -7,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .filters import delay, filter_delay, filter_response
 from .linalg import expm, noisy_step, square_root
-from .signals import LSB, Grid
+from .signals import LSB, TWO_PI, Grid
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,36 @@ MAX_STEPS = 32
 limits take one or two per switch): beyond, the loops skip the rest of the time in their state."""
 MAX_RECORD_STEPS = 4 * RECORD_POINTS
 """Further steps allowed in one advance that crosses a pending scope window (its trace's detail)."""
+PROPORTIONAL_CYCLES = 4
+"""Filtered input to output through the proportional path (``red_pitaya_pid_block.v``: the
+``error``, ``kp_reg``, ``pid_out`` and ``out_buffer`` registers; PyRPL's ``Pid._delay`` = 3 plus
+the extra delay its test allows)."""
+INTEGRAL_CYCLES = 5
+"""Filtered input to output through the integrator (``error``, ``ki_mult``, ``int_reg``,
+``pid_out``, ``out_buffer``): one cycle more than the proportional path."""
+
+
+def gains(cfg: Mapping[str, Any]) -> tuple[float, float]:
+    """(p, integrator rate ``2 pi i``) of a PID's settings ``cfg``, zero where ``paused`` freezes
+    them per ``pause_gains``."""
+    paused = cfg["paused"]
+    p = 0.0 if paused and "p" in cfg["pause_gains"] else cfg["p"]
+    k = 0.0 if paused and "i" in cfg["pause_gains"] else TWO_PI * cfg["i"]
+    return p, k
+
+
+def input_response(cutoffs: Sequence[float], f: float) -> complex:
+    """The input filter ``cutoffs`` at ``f``, its pipeline delay included (the signal the
+    error and, in differential mode, the other PID see)."""
+    return filter_response(cutoffs, f) * delay(filter_delay(cutoffs), f)
+
+
+def response(cfg: Mapping[str, Any], f: float) -> complex:
+    """Output per unit error at ``f`` != 0 (Hz, either sign) of a PID with settings ``cfg``,
+    ignoring its limits: ``p`` and the integrator ``2 pi i / (2 j pi f)`` with their pipeline
+    delays (PyRPL's ``Pid._pid_transfer_function`` with ``Pid._delay``)."""
+    p, k = gains(cfg)
+    return p * delay(PROPORTIONAL_CYCLES, f) + k / (TWO_PI * 1j * f) * delay(INTEGRAL_CYCLES, f)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class OutSources:
     asgs: list[Asg]
     pids: list[int]
     tones: list[Tone]
-    """IQ outputs (excitations and band-pass outputs)."""
+    """IQ outputs (excitations and band-pass outputs) and the PIDs' response to AC inputs."""
     total: Callable[[Grid], np.ndarray]
     """The output voltage itself (summed, clipped, 14-bit) on a grid."""
 
