@@ -76,10 +76,18 @@ def load_resonance_experiment(qtbot):
     return shared_ui, dashboard
 
 
+IQ_PIPELINE = 3 / catalogue.FPGA_CLOCK
+"""s: the IQ module's excitation, demodulated by the same module, lags by 3 FPGA cycles
+(red_pitaya_iq_modulator_block.v: 2 output registers; red_pitaya_iq_demodulator_block.v: the input
+register before the multiplier), a phase linear in f that the fit divides out."""
+
+
 def fit_resonance(f: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    """(f0, Q) of ``z = k / (1 - (f/f0)**2 + j f/(f0 Q))`` (complex k), by linear least squares
-    on ``1/z = (1 - f**2/f0**2 + j f/(f0 Q)) / k``: ``1/z = a + b f**2 + c j f``, weighted by |z|**2
-    (the noise of 1/z is that of z divided by |z|**2)."""
+    """(f0, Q) of ``z = k exp(-2 j pi f IQ_PIPELINE) / (1 - (f/f0)**2 + j f/(f0 Q))`` (complex k),
+    by linear least squares on ``1/z = (1 - f**2/f0**2 + j f/(f0 Q)) / k`` once the pipeline's lag
+    is divided out: ``1/z = a + b f**2 + c j f``, weighted by |z|**2 (the noise of 1/z is that of
+    z divided by |z|**2)."""
+    z = z * np.exp(2j * np.pi * f * IQ_PIPELINE)
     design = np.stack([np.ones_like(f), f**2, 1j * f], axis=1) * (np.abs(z) ** 2)[:, None]
     a, b, c = np.linalg.lstsq(design, np.abs(z) ** 2 / z, rcond=None)[0]
     f0 = np.sqrt((-a / b).real)
