@@ -150,6 +150,17 @@ def test_stopped_asg_outputs_nothing(sim, clock):
     assert not trace.ch1.any() and not trace.ch2.any()
 
 
+def test_asg_trigger_source_high_runs_the_generator(sim, clock):
+    """'high' holds the trigger input at 1 (red_pitaya_asg_ch.v: trig_in <= 1'b1): the generator
+    runs as with 'immediately' (PyRPL's spectrum-analyzer tests drive the ASG this way)."""
+    run_asg(sim, frequency=1e5, amplitude=0.4, trigger_source="high")
+    trace = acquire(sim, clock, input1="asg0", input2="out1", duration=DURATIONS[3])
+    assert trace.ch1.max() == pytest.approx(0.4, abs=2 * LSB)
+    assert trace.ch1.min() == pytest.approx(-0.4, abs=2 * LSB)
+    configure(sim, "asg0", trigger_source="off")
+    assert not acquire(sim, clock).ch1.any()
+
+
 def test_outputs_sum_clip_and_are_14_bit(sim, clock):
     run_asg(sim, 0, frequency=1e4, amplitude=0.8, offset=0.1)
     run_asg(sim, 1, waveform="dc", offset=0.4, output_direct="both")

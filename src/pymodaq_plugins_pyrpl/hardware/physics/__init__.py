@@ -22,10 +22,10 @@ Physics
   scope or the sampler is 14-bit; the sampler divides by 2**13 - 1 like PyRPL's.
 - ASG: PyRPL's waveform tables (sin, cos, ramp = triangle, halframp = sawtooth, square, dc,
   noise = Gaussian of rms ``amplitude``) times ``amplitude`` plus ``offset``.
-  ``trigger_source='immediately'`` starts it at ``start_phase``; 'off' stops it (0 V); the
-  external sources arm it for a trigger that never comes (0 V). Changing ``frequency`` keeps the
-  phase continuous; ``start_phase`` applies at the next start; sending 'immediately' to a running
-  ASG does not restart it. ``cycles_per_burst`` is not simulated (continuous output).
+  ``trigger_source='immediately'`` or 'high' (a trigger input always at 1) starts it at
+  ``start_phase``; 'off' stops it (0 V); the external sources arm it for a trigger that never
+  comes (0 V). Changing ``frequency`` keeps the phase continuous; ``start_phase`` applies at the
+  next start; sending 'immediately' or 'high' to a running ASG does not restart it. ``cycles_per_burst`` is not simulated (continuous output).
 - PID, sign convention: PyRPL's FPGA (``fpga/rtl/red_pitaya_pid_block.v``:
   ``error <= $signed(dat_i) - $signed(set_sp)``, confirmed by PyRPL's ``test_pid_paused`` and
   ``test_diff_pid``) uses ``error = input - setpoint``, ``output = p * error + ival`` and

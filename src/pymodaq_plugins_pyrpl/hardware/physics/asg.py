@@ -47,11 +47,17 @@ def _harmonics(f: float, near: float) -> list[int]:
     return sorted({1, *around})
 
 
+RUNNING_SOURCES = ("immediately", "high")
+"""The trigger sources that start a generator at once: the software trigger and 'high', whose
+trigger input is always 1 (``red_pitaya_asg_ch.v``: ``3'd5 : trig_in <= 1'b1``); switching
+between them does not restart it (no new trigger while the table is being read, ``dac_do``)."""
+
+
 class Asg:
     """Phase accumulator and output of one signal generator; its settings live in ``values``.
 
-    Only a running generator (``trigger_source == 'immediately'``) outputs anything: ``'off'`` stops
-    it and the external trigger sources arm it for a trigger that never comes.
+    Only a running generator (``trigger_source`` in RUNNING_SOURCES) outputs anything: ``'off'``
+    stops it and the external trigger sources arm it for a trigger that never comes.
     """
 
     def __init__(self, values: dict[str, Any]) -> None:
@@ -61,7 +67,7 @@ class Asg:
 
     def update(self, old: Mapping[str, Any], t: float) -> None:
         """Apply changed settings at time ``t``: start at ``start_phase``, or retune continuously."""
-        running = self.values["trigger_source"] == "immediately"
+        running = self.values["trigger_source"] in RUNNING_SOURCES
         if running and not self.running:
             self.phase = Phase(self.values["frequency"], t, self.values["start_phase"] / 360.0)
         elif self.values["frequency"] != old["frequency"]:
