@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..hardware import catalogue
+from ..hardware.physics import iir as iir_physics
 from ..hardware.physics.asg import WAVEFORMS
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,47 @@ def iq(n: int, input_select: int, output_select: int, flags: int, phase: int, fr
         "modulation_at_2f": "on" if flags >> 2 & 0x3 == 0x3 else "off",
         "demodulation_at_2f": "on" if flags >> 4 & 0x3 == 0x3 else "off",
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# IIR
+
+IIR_INPUT_FILTER = catalogue.FilterRegister(1, 3, 1000)
+"""The IIR's input filter (``FILTERSTAGES``, ``FILTERSHIFTBITS``, ``FILTERMINBW``)."""
+IIR_COEFFICIENT_BITS = 32
+"""``IIRBITS``: the coefficients' two's complement width (the low word of each pair PyRPL
+writes; the high word is ignored)."""
+IIR_COEFFICIENT_SHIFT = 29
+"""``IIRSHIFT``: a coefficient of 1 is ``2**29``."""
+IIR_WORDS_PER_BIQUAD = 8
+"""Biquad ``k`` is written at ``0x8000 + 32 k``: b0, b1, -a1, -a2, each a (low, high) pair."""
+IIR_ON, IIR_BYPASS = 0x1, 0x2
+"""Register 0x104: {shortcut, on}."""
+
+
+def iir(input_select: int, output_select: int, loops: int, flags: int, inputfilter: int,
+        coefficients: np.ndarray) -> iir_physics.IirSettings:
+    """The IIR's settings from its DSP selects, its registers 0x100 (loops), 0x104 (on, bypass),
+    0x120 (input filter) and its ``STAGES * 8`` coefficient words (PyRPL's
+    ``IIR.coefficients`` encoding: ``round(c * 2**29)`` as 32-bit two's complement, the
+    denominator's ``a1``, ``a2`` negated)."""
+
+    def coefficient(index: int) -> float:
+        return to_signed(int(coefficients[index]), IIR_COEFFICIENT_BITS) / 2**IIR_COEFFICIENT_SHIFT
+
+    biquads = []
+    for k in range(iir_physics.STAGES):
+        b0, b1, c1, c2 = (coefficient(IIR_WORDS_PER_BIQUAD * k + 2 * i) for i in range(4))
+        biquads.append(iir_physics.Biquad(b0, b1, -c1, -c2))
+    return iir_physics.IirSettings(
+        input=signal(input_select),
+        output_direct=output_direct(output_select),
+        on=bool(flags & IIR_ON),
+        bypass=bool(flags & IIR_BYPASS),
+        loops=loops,
+        inputfilter=tuple(cutoffs(IIR_INPUT_FILTER, inputfilter)),
+        biquads=tuple(biquads),
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..hardware import catalogue
+from ..hardware.physics.iir import STAGES, IirSettings
 from . import decode
 from .registers import Reg, RegisterFile, const
 from .trig import Trig
@@ -86,16 +87,20 @@ IQ_NA_DATA = 0x140
 NA_SCALE = 2**22
 """The NA accumulators add ``(I + jQ) * 2**22`` per cycle for a quadrature of I + jQ volts."""
 
+IIR_LOOPS, IIR_FLAGS, IIR_OVERFLOW, IIR_FILTER = 0x100, 0x104, 0x108, 0x120
 IIR_TABLE = {
-    0x100: Reg(10),  # loops
-    0x104: Reg(2),  # {shortcut, on}
-    0x108: const(0),  # overflow
-    0x120: Reg(32),  # input filter
-    0x200: const(32), 0x204: const(29), 0x208: const(14),  # IIRBITS IIRSHIFT IIRSTAGES
-    0x220: const(1), 0x224: const(3), 0x228: const(1000),
+    IIR_LOOPS: Reg(10),
+    IIR_FLAGS: Reg(2),  # {shortcut, on}
+    IIR_FILTER: Reg(32),
+    0x200: const(decode.IIR_COEFFICIENT_BITS), 0x204: const(decode.IIR_COEFFICIENT_SHIFT),
+    0x208: const(STAGES),  # IIRBITS IIRSHIFT IIRSTAGES
+    0x220: const(decode.IIR_INPUT_FILTER.stages), 0x224: const(decode.IIR_INPUT_FILTER.shiftbits),
+    0x228: const(decode.IIR_INPUT_FILTER.minbw),
 }
-"""The IIR's coefficients (0x8000 on) are write-only on the FPGA: writes are ignored here, reads
-return 0 as on the board. The IIR's output is not modelled (it reads 0)."""
+IIR_COEFFICIENTS = 0x8000
+"""Offsets with bit 15 set write coefficient ``offset[11:2]`` (write-only: they read 0); the
+overflow register (0x108) is the physics' (:meth:`..hardware.physics.board.Board.iir_overflow`)."""
+IIR_COEFFICIENT_WORDS = STAGES * decode.IIR_WORDS_PER_BIQUAD
 
 
 class NaAverager:
@@ -149,6 +154,7 @@ class Dsp:
         self.averagers = [NaAverager() for _ in IQS]
         self.trig = Trig(fpga)
         self.iir = RegisterFile(IIR_TABLE)
+        self.iir_coefficients = np.zeros(IIR_COEFFICIENT_WORDS, dtype=np.uint32)
 
     # -- decoded settings --------------------------------------------------------------------------
 
@@ -163,6 +169,11 @@ class Dsp:
         return decode.iq(k, self.input_select[n], self.output_select[n], r.get(0x100),
                          r.get(0x104), r.get(0x108), r.get(0x10C), r.get(0x110), r.get(0x114),
                          r.get(0x118), r.get(0x120), r.get(0x124))
+
+    def iir_settings(self) -> IirSettings:
+        r = self.iir
+        return decode.iir(self.input_select[IIR], self.output_select[IIR], r.get(IIR_LOOPS),
+                          r.get(IIR_FLAGS), r.get(IIR_FILTER), self.iir_coefficients)
 
     # -- bus ---------------------------------------------------------------------------------------
 
@@ -206,6 +217,8 @@ class Dsp:
         if n == TRIG:
             return self.trig.read_word(sub)
         if n == IIR:
+            if sub == IIR_OVERFLOW:
+                return self.fpga.model.iir_overflow(self.fpga.time.now())
             return self.iir.get(sub)
         return 0
 
@@ -248,7 +261,12 @@ class Dsp:
         if n == TRIG:
             self.trig.write_word(sub, value)
         elif n == IIR:
-            self.iir.set(sub, value)
+            if sub & IIR_COEFFICIENTS:
+                index = sub >> 2 & 0x3FF
+                if index < IIR_COEFFICIENT_WORDS:
+                    self.iir_coefficients[index] = value
+                return {"iir"}
+            return {"iir"} if self.iir.set(sub, value) else set()
         return set()
 
     def _na_words(self, k: int) -> list[int]:
@@ -267,4 +285,6 @@ def _module_of(n: int) -> set[str]:
         return {f"iq{IQS.index(n)}"}
     if n in (8, 9):
         return {f"asg{n - 8}"}
+    if n == IIR:
+        return {"iir"}
     return set()

@@ -77,10 +77,14 @@ class Fpga:
         return self.dsp.iq_settings(n)
 
     def refresh(self, modules: Iterable[str]) -> None:
-        """Registers of ``modules`` were written: the physics takes up their settings now."""
+        """Registers of ``modules`` (catalogue names, and ``iir``) were written: the physics takes
+        up their settings now."""
         t = self.time.now()
         for module in sorted(modules):
-            self.model.update(module, self.settings(module), t)
+            if module == "iir":  # not a catalogue module: settings of its own
+                self.model.update_iir(self.dsp.iir_settings(), t)
+            else:
+                self.model.update(module, self.settings(module), t)
         if modules:
             self.scope.settings_changed()
             self.dsp.trig.settings_changed()

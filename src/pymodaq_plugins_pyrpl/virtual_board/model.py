@@ -16,6 +16,7 @@ import numpy as np
 
 from ..hardware import catalogue
 from ..hardware.physics.board import Board
+from ..hardware.physics.iir import IirSettings
 from ..hardware.physics.pid import Recorder
 from ..hardware.physics.plants import parse_plant
 from ..hardware.physics.signals import Grid
@@ -52,6 +53,19 @@ class BoardModel:
         changed = {k: v for k, v in settings.items() if state[k] != v}
         if changed:
             self._change(module, changed, t)
+
+    def update_iir(self, settings: IirSettings, t: float) -> None:
+        """The IIR filter has the (decoded) ``settings`` from time ``t`` on."""
+        if settings != self.board.iir:
+            self.sync(t)
+            self.board.set_iir(settings, t)
+            if self.recorder is not None:
+                self.recorder.add(t, self.board.pids.outputs())
+
+    def iir_overflow(self, t: float) -> int:
+        """The IIR's overflow flags at ``t`` (register 0x108)."""
+        self.sync(t)
+        return self.board.iir_overflow()
 
     def preset_ival(self, n: int, volts: float, t: float) -> None:
         """Write PID ``n``'s integrator (a write to its 0x100)."""

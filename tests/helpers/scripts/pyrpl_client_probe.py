@@ -108,6 +108,44 @@ def iq_amplitude(rp: RedPitaya) -> dict[str, Any]:
     return {"amplitude": abs(z)}
 
 
+def quadratures(iq: Any, settle: float = 0.01, averages: int = 12500) -> complex:
+    """iq's accumulators over ``averages`` cycles after ``settle`` seconds (a write of its
+    frequency starts them, as PyRPL's network analyzer does), in volts."""
+    iq._na_averages, iq._na_sleepcycles = averages, int(settle * 125e6)
+    iq.frequency = iq.frequency
+    wait_for(lambda: not any(int(v) >> 31 for v in iq._reads(0x140, 4)), "IQ accumulators")
+    return complex(iq._nadata_total / averages * 2.0**-22)
+
+
+IIR_FREQUENCIES = (10e3, 50e3, 200e3, 1e6)
+
+
+def iir_filter(rp: RedPitaya) -> dict[str, Any]:
+    """PyRPL designs and writes an IIR filter (the design of its ``test_iirsimple_na_generator``)
+    fed by iq0's excitation; iq0 measures its output against the excitation itself, as PyRPL's
+    network analyzer does; then the same with the filter bypassed. Returns the measured and
+    PyRPL's predicted (``tf_final``) transfer functions and the overflow register."""
+    iir, iq = rp.iir, rp.iq0
+    iir.setup(zeros=[1e5j - 3e3], poles=[5e4j - 3e3], gain=1.0, loops=35, input="iq0",
+              output_direct="off", inputfilter=0, bypass=False)
+
+    def measure(f: float) -> complex:
+        iq.setup(frequency=f, bandwidth=[1e3, 1e3], gain=0.0, phase=0.0, acbandwidth=0.0,
+                 amplitude=0.05, input="iir", output_direct="off", output_signal="output_direct")
+        through = quadratures(iq)
+        iq.input = "iq0"
+        return through / quadratures(iq)
+
+    measured = [measure(f) for f in IIR_FREQUENCIES]
+    theory = iir.transfer_function_by_kind(np.array(IIR_FREQUENCIES), kind="final")
+    overflow = int(iir.overflow_bitfield)
+    iir.bypass = True
+    bypassed = measure(50e3)
+    return {"loops": int(iir.loops), "measured": [[z.real, z.imag] for z in measured],
+            "theory": [[complex(z).real, complex(z).imag] for z in theory],
+            "overflow": overflow, "bypassed": [bypassed.real, bypassed.imag]}
+
+
 def sampler(rp: RedPitaya) -> dict[str, Any]:
     rp.asg0.setup(waveform="dc", offset=0.25, amplitude=0.0, trigger_source="immediately",
                   output_direct="out1")
@@ -158,8 +196,8 @@ def round_trip(rp: RedPitaya) -> dict[str, Any]:
     return {"register_s": register, "scope_read_s": time.perf_counter() - start}
 
 
-SCENARIOS = (asg_readback, scope_sine, scope_edge, iq_amplitude, sampler, pid_settles, registers,
-             round_trip)
+SCENARIOS = (asg_readback, scope_sine, scope_edge, iq_amplitude, sampler, pid_settles, iir_filter,
+             registers, round_trip)
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ the catalogue; never a backend, Qt or PyMoDAQ.
 One module per job: ``signals`` (grids, phases, tones, the 14-bit bus, noise), ``asg`` (the signal
 generators), ``plants`` (cables, resonator), ``filters`` (PyRPL's cascaded first-order filters),
 ``transients`` (free oscillation, filter settling), ``linalg`` (matrix exponentials), ``pid`` (the
-PID loops), ``board`` (the modules wired together: routing, IQ demodulation, the loop model) and
-``triggers`` (the scope's trigger search).
+PID loops), ``iir`` (PyRPL's IIR filter: biquads, hold, bypass, overflow flags), ``board`` (the
+modules wired together: routing, IQ demodulation, the IIR, the loop model) and ``triggers`` (the
+scope's trigger search).
 
 Physics
 -------
@@ -64,7 +65,11 @@ Physics
   with the ring-up time constant ``q / (pi f0)``; it shows on in1/in2 (scope, sampler) and,
   demodulated and filtered, in ``iq_read``. So a reading taken too soon after a frequency step
   lags the sweep.
-- Scope: 16384 samples, PyRPL's 17 durations, any bus signal as input (trig, iir and off read
+- IIR (not a catalogue module: the register-level board sets it with ``Board.set_iir``): its
+  input's tones through the FPGA's biquads, sum and hold (``iir.response``), on the bus as
+  ``iir`` and on ``output_direct``; a PID sees its DC gain. Its model and approximations: see
+  ``iir``.
+- Scope: 16384 samples, PyRPL's 17 durations, any bus signal as input (trig and off read
   0). Triggers: 'immediately' (t0 = 0); ch1/ch2 edges with threshold and hysteresis (the signal
   must first be beyond threshold ∓ hysteresis, then cross threshold); asg0/asg1 at the start of
   a period (phase 0 of the table); off, ext_* and dsp never fire. The trigger is at t = 0 and the

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import catalogue
-from . import iq, pid
+from . import iir, iq, pid
 from .asg import Asg
 from .filters import delay, filter_response, steady_state
 from .pid import LoopModel, PidLoops, Recorder
@@ -53,6 +53,9 @@ class Board:
         self._open_pids: set[int] = set()  # the PIDs whose AC response is being evaluated
         self.pids = PidLoops(self._loop_model, 3, 0.0, np.random.default_rng(
             np.random.SeedSequence(seed).spawn(1)[0]))
+        self.iir = iir.IirSettings()
+        """The IIR filter (not a catalogue module: set by :meth:`set_iir`)."""
+        self._iir_overflow = 0  # the IIR's overflow flags raised before the current settings
 
     # -- settings ---------------------------------------------------------------------------------
 
@@ -61,6 +64,7 @@ class Board:
         effects: ASG and IQ phases continue or restart, a PID integrator is preset, the PID loop
         model is rebuilt, and (for any module but the scope) the plant's free oscillation and the
         IQ filters take up the change. ``t`` must not precede the PID loops' time."""
+        self._iir_overflow = self.iir_overflow()  # what the IIR's input raised until now
         if module.startswith("iq"):  # in use from now on: its filter's state is followed
             n = int(module[2])
             self._settling.setdefault(n, Settling(t, self.cutoffs(n), None))
@@ -80,6 +84,22 @@ class Board:
         if self._pids_active():
             self.pids.invalidate()
         self._transients_after(t, *before)
+
+    def set_iir(self, settings: iir.IirSettings, t: float) -> None:
+        """The IIR filter has ``settings`` from time ``t`` on, with the transients of the step
+        (as :meth:`change`); its overflow flags clear while it is off."""
+        before = self._transients_before(t)
+        self._iir_overflow = self.iir_overflow() if settings.on else 0
+        self.iir = settings
+        self.pids.invalidate()
+        self._transients_after(t, *before)
+
+    def iir_overflow(self) -> int:
+        """The IIR's overflow register: the flags raised since it was switched on."""
+        if not self.iir.on:
+            return 0
+        return self._iir_overflow | iir.overflow(
+            self.iir, self._tones(self.iir.input, 0.0, self.pids.outputs(), True, 1))
 
     def _apply(self, module: str, old: Mapping[str, Any], values: Mapping[str, Any],
                now: float) -> None:
@@ -168,6 +188,9 @@ class Board:
             if ctx.rng is not None and sigma:
                 values = values + gaussian(ctx.rng, sigma, grid.n)
             return quantize(values)
+        if signal == "iir":
+            tones = self._iir_tones(0.0, ctx.u, True, 0)
+            return quantize(sum((t.evaluate(grid) for t in tones), np.zeros(grid.n)))
         return np.zeros(grid.n)
 
     def _bus_noise(self, signal: str) -> float:
@@ -187,6 +210,7 @@ class Board:
         tones = [t for n in self._routed(out, "iq", 3)
                  for t in self._iq_output_tones(n, ctx.u, True, 0)]
         tones += [t for k in pids for t in self._pid_ac_tones(k, 0.0, ctx.u, 0)]
+        tones += self._iir_tones(0.0, ctx.u, True, 0) if self.iir.output_direct in ROUTES[out] else []
 
         def total(grid: Grid) -> np.ndarray:
             x = np.zeros(grid.n)
@@ -218,7 +242,9 @@ class Board:
                     + [t for k in self._routed(signal, "pid", 3)
                        for t in (Tone(complex(u[k])), *self._pid_ac_tones(k, near, u, depth + 1))]
                     + [t for n in self._routed(signal, "iq", 3)
-                       for t in self._iq_output_tones(n, u, bandpass, depth + 1)])
+                       for t in self._iq_output_tones(n, u, bandpass, depth + 1)]
+                    + (self._iir_tones(near, u, bandpass, depth + 1)
+                       if self.iir.output_direct in ROUTES[signal] else []))
         if signal.startswith("asg"):
             return self.asgs[int(signal[3])].tones(near)
         if signal.startswith("pid"):
@@ -226,6 +252,8 @@ class Board:
             return [Tone(complex(u[k])), *self._pid_ac_tones(k, near, u, depth + 1)]
         if signal.startswith("iq"):
             return self._bus_tones(signal, u, depth + 1)
+        if signal == "iir":
+            return self._iir_tones(near, u, bandpass, depth + 1)
         return []
 
     def _pid_ac_tones(self, k: int, near: float, u: np.ndarray, depth: int) -> list[Tone]:
@@ -285,6 +313,15 @@ class Board:
             _, _, f_d = self._demodulator(n)
             tones += iq.bandpass(v, f_d, self._tones(v["input"], f_d, u, False, depth + 1))
         return tones
+
+    def _iir_tones(self, near: float, u: np.ndarray, bandpass: bool, depth: int) -> list[Tone]:
+        """The IIR filter's output: its input's tones (as :meth:`_tones`) through
+        :func:`iir.response`."""
+        if not (self.iir.on or self.iir.bypass):
+            return []
+        inputs = self._tones(self.iir.input, near, u, bandpass, depth + 1)
+        tones = [t.scaled(iir.response(self.iir, t.freq)) for t in inputs]
+        return [t for t in tones if abs(t.amp) > 1e-12]
 
     def _iq_noise(self, n: int) -> float:
         """rms ADC noise on each quadrature of iq ``n`` (0 unless it demodulates in1 or in2)."""
