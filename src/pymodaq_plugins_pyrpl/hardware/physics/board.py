@@ -210,7 +210,8 @@ class Board:
         tones = [t for n in self._routed(out, "iq", 3)
                  for t in self._iq_output_tones(n, ctx.u, True, 0)]
         tones += [t for k in pids for t in self._pid_ac_tones(k, 0.0, ctx.u, 0)]
-        tones += self._iir_tones(0.0, ctx.u, True, 0) if self.iir.output_direct in ROUTES[out] else []
+        if self.iir.output_direct in ROUTES[out]:
+            tones += self._iir_tones(0.0, ctx.u, True, 0)
 
         def total(grid: Grid) -> np.ndarray:
             x = np.zeros(grid.n)
