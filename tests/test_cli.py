@@ -170,3 +170,12 @@ def test_status_and_stop_see_a_server_started_by_hand(port: int, command: list[s
             server.kill()
             server.wait(10)
         server.stdout.close()
+
+
+@pytest.mark.parametrize("command", [["stop", "--port", "70000"], ["takeover", "--port", "-1"],
+                                     ["takeover", "--auto-stop", "nan"],
+                                     ["status", "--timeout", "0"], ["virtual-board", "--seed", "-1"]])
+def test_out_of_range_options_are_usage_errors(command: list[str]) -> None:
+    result = cli(*command)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage:" in result.stderr

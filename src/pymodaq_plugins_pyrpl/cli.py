@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from . import __version__, experiment_states
-from .hardware import board_address, protocol, runtime
+from .hardware import arguments, board_address, protocol, runtime
 from .hardware.client import PyRPLClient
 from .hardware.errors import PyrplPluginError
 from .hardware.server_manager import stop_local_server, takeover_local_server
@@ -233,23 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "prints a table and writes a plot (see demo --help)", add_help=False)
     status = commands.add_parser("status", help="list the running local servers")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument("--timeout", type=float, default=3.0, help="seconds per server")
+    status.add_argument("--timeout", type=arguments.seconds(positive=True), default=3.0, help="seconds per server")
     status.set_defaults(run=cmd_status)
     stop = commands.add_parser("stop", help="stop a local server (its board's outputs keep running)")
     which = stop.add_mutually_exclusive_group()
-    which.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+    which.add_argument("--port", type=arguments.port, default=protocol.DEFAULT_PORT,
                        help="port of the server (default %(default)s)")
     which.add_argument("--all", action="store_true", help="stop every local server")
     stop.set_defaults(run=cmd_stop)
     takeover = commands.add_parser(
         "takeover", help="restart a local server with a new token: programs still using it are "
                          "refused for good, and a new program can use the board")
-    takeover.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+    takeover.add_argument("--port", type=arguments.port, default=protocol.DEFAULT_PORT,
                           help="port of the server (default %(default)s)")
-    takeover.add_argument("--auto-stop", type=float, default=60.0, metavar="SECONDS",
+    takeover.add_argument("--auto-stop", type=arguments.seconds(positive=False), default=60.0, metavar="SECONDS",
                           help="the new server stops after SECONDS without a holding client "
                                "(default %(default)s)")
-    takeover.add_argument("--startup-timeout", type=float, default=60.0, metavar="SECONDS")
+    takeover.add_argument("--startup-timeout", type=arguments.seconds(positive=True), default=60.0, metavar="SECONDS")
     takeover.set_defaults(run=cmd_takeover)
     experiments = commands.add_parser(
         "experiments", help="the PyMoDAQ experiments (presets) shipped with this package")

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..hardware import arguments
 from ..hardware.sockets import is_loopback
 from .redpitaya import VirtualRedPitaya
 
@@ -61,16 +62,6 @@ def parse_ready_line(line: str) -> Ready | None:
     return ready
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pymodaq-pyrpl virtual-board",
@@ -80,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what connects the outputs to the inputs: 'loopback' (cables "
                              "out1->in1, out2->in2) or 'resonator[:f0=HZ,q=Q,gain=G]'; default "
                              "%(default)s")
-    parser.add_argument("--ssh-port", type=_port, default=0, metavar="N",
+    parser.add_argument("--ssh-port", type=arguments.port, default=0, metavar="N",
                         help="ssh port (PyRPL's sshport); default 0: a free port")
-    parser.add_argument("--port", type=_port, default=0, metavar="M",
+    parser.add_argument("--port", type=arguments.port, default=0, metavar="M",
                         help="monitor_server port (PyRPL's port); default 0: a free port")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; default %(default)s")
@@ -92,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "default %(default)s")
     parser.add_argument("--user", default="root", help="ssh user; default %(default)s")
     parser.add_argument("--password", default="root", help="ssh password; default %(default)s")
-    parser.add_argument("--seed", type=int, help="random seed of the noise (reproducible)")
+    parser.add_argument("--seed", type=arguments.seed, help="random seed of the noise (reproducible)")
     parser.add_argument("--until-stdin-closes", action="store_true",
                         help="also stop when standard input closes: a parent process that "
                              "holds it open stops the board by exiting, however it exits")

@@ -6,17 +6,15 @@ import argparse
 import asyncio
 import logging
 import logging.handlers
-import math
 import os
 import secrets
 import signal
 import ssl
 import sys
 from pathlib import Path
-from typing import Callable
 
 from ... import __version__
-from .. import board_address, protocol, runtime, tls
+from .. import arguments, board_address, protocol, runtime, tls
 from ..backends.base import Backend
 from ..errors import BackendUnavailable, ServerError
 from ..sockets import is_loopback
@@ -72,43 +70,6 @@ def make_backend(args: argparse.Namespace) -> Backend:
     return PyrplBackend(hostname=args.hostname, config=args.config, plant=args.plant, **given)
 
 
-def _port(text: str) -> int:
-    """argparse type: a TCP port number, 0 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0 to 65535)")
-    return value
-
-
-def _seed(text: str) -> int:
-    """argparse type: a random seed, an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def _seconds(positive: bool) -> Callable[[str], float]:
-    """argparse type: a finite number of seconds, > 0 (``positive``) or >= 0."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(
-                f"{text} is not a {'positive' if positive else 'non-negative'} finite number of "
-                "seconds")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pymodaq_plugins_pyrpl.hardware.server",
@@ -119,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Red Pitaya hostname or IP ('_FAKE_': PyRPL's fake board; "
                             f"'{board_address.VIRTUAL}': a virtual board started for this server "
                             "and driven through PyRPL like a real one)")
-    parser.add_argument("--ssh-port", type=_port, metavar="N",
+    parser.add_argument("--ssh-port", type=arguments.port, metavar="N",
                         help="the board's ssh port (PyRPL's sshport; default "
                              f"{board_address.DEFAULT_SSH_PORT}), e.g. behind port forwarding")
-    parser.add_argument("--board-port", type=_port, metavar="M",
+    parser.add_argument("--board-port", type=arguments.port, metavar="M",
                         help="the port of the board's monitor_server (PyRPL's port; default "
                              f"{board_address.DEFAULT_BOARD_PORT})")
-    parser.add_argument("--port", type=_port, default=protocol.DEFAULT_PORT,
+    parser.add_argument("--port", type=arguments.port, default=protocol.DEFAULT_PORT,
                         help="TCP port (0: pick a free one); default %(default)s")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
     parser.add_argument("--token-file", type=Path,
@@ -133,23 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "random token if missing); without it, a new random token is written "
                              "to the runtime folder (token-PORT), where local plugins find it")
     parser.add_argument("--config", default="", help="PyRPL config name (default: in-memory config)")
-    parser.add_argument("--auto-stop", type=_seconds(positive=False), metavar="SECONDS",
+    parser.add_argument("--auto-stop", type=arguments.seconds(positive=False), metavar="SECONDS",
                         help="stop when no holding client is left: at once when the last one says "
                              "goodbye or its session expires, or after SECONDS without any")
-    parser.add_argument("--session-grace", type=_seconds(positive=False), default=10.0,
+    parser.add_argument("--session-grace", type=arguments.seconds(positive=False), default=10.0,
                         metavar="SECONDS",
                         help="how long a dropped client's session (and its leases) waits for it to "
                              "resume; default %(default)s")
-    parser.add_argument("--hello-timeout", type=_seconds(positive=True), default=10.0,
+    parser.add_argument("--hello-timeout", type=arguments.seconds(positive=True), default=10.0,
                         metavar="SECONDS",
                         help="close connections that have not said hello by then, counted from "
                              "their acceptance (the TLS handshake included); default %(default)s")
-    parser.add_argument("--auth-cooldown", type=_seconds(positive=False), default=60.0,
+    parser.add_argument("--auth-cooldown", type=arguments.seconds(positive=False), default=60.0,
                         metavar="SECONDS",
                         help=f"after {AUTH_MAX_FAILURES} wrong tokens within {AUTH_WINDOW:g} s from "
                              "one IP address, refuse its wrong tokens with a retryable error for "
                              "SECONDS (the right token is always accepted); default %(default)s")
-    parser.add_argument("--seed", type=_seed,
+    parser.add_argument("--seed", type=arguments.seed,
                         help="simulator: random seed, >= 0 (deterministic noise)")
     parser.add_argument("--plant", default="loopback",
                         help="simulated and virtual board: what connects the outputs to the "
