@@ -28,7 +28,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="pyrpl_bench_xd
 
 import psutil  # noqa: E402
 
-from bench import calls, transport, viewer  # noqa: E402
+from bench import calls, pyrpl_path, transport, viewer  # noqa: E402
 from bench.common import SHORTEST, Server, percentile, summary  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware import protocol  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port  # noqa: E402
@@ -261,17 +261,34 @@ def run(runs: int, quick: bool) -> dict:
     server.close()
     put("client_overhead_rss_mb", "client overhead per plugin process (RSS)",
         summary([w - statistics.median(bare) for w in with_client]), "MB")
+
+    # (7) the real PyRPL path on the virtual board
+    path = pyrpl_path.figures(1 if quick else runs, seconds, 2.0 if quick else 5.0)
+    for key, label in (("mock", "--mock"), ("fake", "PyRPL _FAKE_"),
+                       ("virtual", "PyRPL, --hostname virtual (board started too)"),
+                       ("ports", "PyRPL, a running virtual board by its ports")):
+        xs = path[f"startup_{key}"]
+        pyrpl_board = key in ("virtual", "ports")
+        put(f"vboard_startup_{key}_s", f"server start to ready line, {label}", summary(xs), "s",
+            "≤ 3 s" if pyrpl_board else "", statistics.median(xs) <= 3 if pyrpl_board else None)
+    for key, label in (("mock", "PyRPLClient, --mock server"),
+                       ("server", "PyRPLClient, server on the virtual board"),
+                       ("in_process", "PyRPL in-process scope.single(), same board")):
+        put(f"vboard_rate_{key}_per_s", f"scope traces/s (131 µs), {label}",
+            summary(path[f"rate_{key}"]), "/s")
+    put("vboard_idle_cpu_percent", "virtual board CPU while idle, PyRPL connected",
+        summary(path["idle_cpu"]), "%", "≤ 1 %", statistics.median(path["idle_cpu"]) <= 1)
     fig = dict(sorted(fig.items(), key=lambda item: section(item[0])))  # stable: keeps the order
     return {"machine": machine(), "runs": runs, "quick": quick, "figures": fig}
 
 
 SECTIONS = (("trace_", 1), ("get_", 2), ("set_", 2), ("startup_", 3), ("plugin_first", 3),
-            ("plugin_rate", 4), ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6))
+            ("plugin_rate", 4), ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6), ("vboard_", 7))
 
 
 def section(key: str) -> int:
     """The issue's section of a figure: 1 transport, 2 small calls, 3 start-up, 4 plugin rate,
-    5 scaling, 6 memory."""
+    5 scaling, 6 memory, 7 the real PyRPL path on the virtual board."""
     return next(n for prefix, n in SECTIONS if key.startswith(prefix))
 
 
@@ -281,7 +298,8 @@ def table(result: dict) -> str:
     lines = [f"{m['cores']} cores | Python {m['python']} | {m['platform']}", pk,
              f"runs: {result['runs']}{' (quick)' if result['quick'] else ''}", ""]
     titles = {1: "(1) trace transport, 2×16384 samples", 2: "(2) small calls", 3: "(3) start-up",
-              4: "(4) plugin rate", 5: "(5) scaling, shortest traces", 6: "(6) memory"}
+              4: "(4) plugin rate", 5: "(5) scaling, shortest traces", 6: "(6) memory",
+              7: "(7) real PyRPL path, virtual board (loopback plant)"}
     rows = [(f["section"], f["label"], f"{f['median']:.3f} {f['unit']}",
              f"{f['min']:.3f}–{f['max']:.3f}", f["target"],
              "" if f["ok"] is None else ("ok" if f["ok"] else "MISSED"))

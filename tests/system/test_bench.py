@@ -28,7 +28,10 @@ SCALING = [f"scaling_{n}_{k}" for n in (1, 2, 4, 8, 16)
            for k in ("aggregate", "client_min", "client_max", "fairness", "server_cpu_percent",
                      "server_rss_mb")] + ["scaling_16_retained"]
 MEMORY = ["server_rss_idle_mb", "server_rss_full_rate_mb", "client_overhead_rss_mb"]
-EVERY_FIGURE = TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY
+PYRPL_PATH = [f"vboard_startup_{k}_s" for k in ("mock", "fake", "virtual", "ports")] + [
+    f"vboard_rate_{k}_per_s" for k in ("mock", "server", "in_process")] + [
+    "vboard_idle_cpu_percent"]
+EVERY_FIGURE = TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY + PYRPL_PATH
 
 
 def test_quick_bench_produces_every_figure():

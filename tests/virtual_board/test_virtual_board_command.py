@@ -12,7 +12,11 @@ import psutil
 import pytest
 
 from pymodaq_plugins_pyrpl.virtual_board.command import Ready, parse_ready_line, ready_line
-from pymodaq_plugins_pyrpl.virtual_board.process import VirtualBoardError, start_virtual_board
+from pymodaq_plugins_pyrpl.virtual_board.process import (
+    VirtualBoardError,
+    launch_virtual_board,
+    start_virtual_board,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,6 +95,21 @@ def test_child_board_for_a_server_stops_with_it() -> None:
     board.stop()  # idempotent
     with pytest.raises(VirtualBoardError, match="printed no ready line"):
         start_virtual_board("aquarium")
+
+
+def test_launched_board_is_ready_later_or_stops_unread() -> None:
+    """What the server does for hostname ``virtual``: launch, import PyRPL meanwhile, then wait
+    for the ready line; or stop the launched board (PyRPL not importable) before reading it."""
+    launched = launch_virtual_board("loopback")
+    board = launched.ready()
+    try:
+        assert _listening(board.ssh_port) and _listening(board.port)
+    finally:
+        board.stop()
+    unread = launch_virtual_board("loopback")
+    unread.stop()
+    assert unread.process.returncode is not None  # reaped, whether it got to serve or not
+    unread.stop()  # idempotent
 
 
 def test_child_board_outlives_no_killed_parent(tmp_path) -> None:

@@ -53,26 +53,56 @@ class VirtualBoardProcess:
             self.process.stdout.close()
 
 
-def start_virtual_board(plant: str, mode: str = "shared",
-                        timeout: float = START_TIMEOUT) -> VirtualBoardProcess:
-    """Start a virtual board with ``plant`` and ``mode`` on free ports of 127.0.0.1 and wait (at
-    most ``timeout`` s) for its ready line. Its stderr is this process's. Raises
-    VirtualBoardError if it exits or is not ready in time (then it is not running)."""
+class StartingVirtualBoard:
+    """A virtual board process launched by :func:`launch_virtual_board`, its ready line not read
+    yet: the caller does other work meanwhile (the server imports PyRPL), then :meth:`ready`."""
+
+    def __init__(self, process: subprocess.Popen[bytes], deadline: float) -> None:
+        self.process = process
+        self._deadline = deadline
+
+    def ready(self) -> VirtualBoardProcess:
+        """Wait (until the launch's timeout) for the ready line. Raises VirtualBoardError if the
+        process exits or is not ready in time (then it is not running)."""
+        process = self.process
+        line = first_line(process, self._deadline)
+        ready = None if line is None else parse_ready_line(line)
+        if ready is None:
+            self.stop()
+            said = f"printed {line[:80]!r}" if line else "printed no ready line"
+            raise VirtualBoardError(f"the virtual board process {said} (exit status "
+                                    f"{process.returncode}); its messages are in this log")
+        logger.info("virtual board started (pid %d): ssh port %d, monitor port %d", process.pid,
+                    ready.ssh_port, ready.port)
+        return VirtualBoardProcess(process, ready)
+
+    def stop(self) -> None:
+        """Stop the process without waiting for its ready line (as :meth:`VirtualBoardProcess.stop`).
+        Idempotent."""
+        VirtualBoardProcess(self.process, Ready("", 0, 0, self.process.pid)).stop()
+
+
+def launch_virtual_board(plant: str, mode: str = "shared",
+                         timeout: float = START_TIMEOUT) -> StartingVirtualBoard:
+    """Launch a virtual board with ``plant`` and ``mode`` on free ports of 127.0.0.1 without
+    waiting for it: :meth:`StartingVirtualBoard.ready` waits for its ready line, at most
+    ``timeout`` s after this call. Its stderr is this process's. Raises VirtualBoardError if the
+    Python interpreter cannot be run."""
     command = [sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "virtual-board",
                "--plant", plant, "--mode", mode, "--host", "127.0.0.1", "--ssh-port", "0",
                "--port", "0", "--until-stdin-closes"]
+    deadline = time.monotonic() + timeout
     try:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     except OSError as exc:
         raise VirtualBoardError(f"{sys.executable} cannot be run: {exc}") from None
-    line = first_line(process, time.monotonic() + timeout)
-    ready = None if line is None else parse_ready_line(line)
-    if ready is None:
-        board = VirtualBoardProcess(process, Ready("", 0, 0, process.pid))
-        board.stop()
-        said = f"printed {line[:80]!r}" if line else "printed no ready line"
-        raise VirtualBoardError(f"the virtual board process {said} (exit status "
-                                f"{process.returncode}); its messages are in this log")
-    logger.info("virtual board started (pid %d): ssh port %d, monitor port %d", process.pid,
-                ready.ssh_port, ready.port)
-    return VirtualBoardProcess(process, ready)
+    return StartingVirtualBoard(process, deadline)
+
+
+def start_virtual_board(plant: str, mode: str = "shared",
+                        timeout: float = START_TIMEOUT) -> VirtualBoardProcess:
+    """Start a virtual board with ``plant`` and ``mode`` on free ports of 127.0.0.1 and wait (at
+    most ``timeout`` s) for its ready line: :func:`launch_virtual_board`, then
+    :meth:`StartingVirtualBoard.ready`. Raises VirtualBoardError if it exits or is not ready in
+    time (then it is not running)."""
+    return launch_virtual_board(plant, mode, timeout).ready()

@@ -245,9 +245,8 @@ class PyrplBackend:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         started = time.perf_counter()
-        failure = self._start_virtual_board() if self.virtual else None
-        if failure is None:
-            failure = self._connect("127.0.0.1" if self.virtual else host)
+        failure = self._open_virtual_board() if self.virtual else (self._import_pyrpl()
+                                                                     or self._connect(host))
         if failure is not None:
             # Nothing of PyRPL may outlive this thread (see close()): the exception and its frames
             # are gone by now, so collect the half-built objects here, then drop the QApplication.
@@ -257,29 +256,46 @@ class PyrplBackend:
         logger.info("PyRPL %s connected to %s in %.2f s", sys.modules["pyrpl"].__version__, host,
                     time.perf_counter() - started)
 
-    def _start_virtual_board(self) -> str | None:
-        """Start the virtual board this backend connects to (hostname ``virtual``) and take its
-        ports; the reason of a failure, or None."""
-        from ...virtual_board.process import VirtualBoardError, start_virtual_board
+    def _open_virtual_board(self) -> str | None:
+        """Start the virtual board this backend connects to (hostname ``virtual``), importing PyRPL
+        while its process starts, take its ports and connect; the reason of a failure, or None."""
+        from ...virtual_board.process import VirtualBoardError, launch_virtual_board
 
         try:
-            self._virtual_board = start_virtual_board(self.plant)
+            starting = launch_virtual_board(self.plant)
+        except VirtualBoardError as exc:
+            return f"cannot start the virtual board: {exc}"
+        failure = self._import_pyrpl()
+        if failure is not None:
+            starting.stop()
+            return failure
+        try:
+            self._virtual_board = starting.ready()
         except VirtualBoardError as exc:
             return f"cannot start the virtual board: {exc}"
         self.ssh_port, self.board_port = self._virtual_board.ssh_port, self._virtual_board.port
-        return None
+        return self._connect("127.0.0.1")
 
-    def _connect(self, host: str) -> str | None:
-        """Import PyRPL and build ``Pyrpl``; the reason of a failure, or None."""
+    @staticmethod
+    def _import_pyrpl() -> str | None:
+        """Import PyRPL; the reason of a failure, or None."""
         try:
-            import pyrpl
-            from pyrpl import pyrpl as pyrpl_main
+            import pyrpl  # noqa: F401
+            from pyrpl import pyrpl as pyrpl_main  # noqa: F401
         except Exception as exc:
             logger.debug("import pyrpl failed", exc_info=True)
             return (f"PyRPL cannot be imported in {sys.executable} ({type(exc).__name__}: "
                     f"{_one_line(exc)}). Install it into this Python environment with the "
                     "install-pyrpl script of pymodaq_plugins_pyrpl (see its README), or use --mock "
                     "for the simulator")
+        return None
+
+    def _connect(self, host: str) -> str | None:
+        """Build ``Pyrpl`` (PyRPL imported by :meth:`_import_pyrpl`); the reason of a failure, or
+        None."""
+        import pyrpl
+        from pyrpl import pyrpl as pyrpl_main
+
         # No network analyzer / spectrum analyzer / lockbox: they would own iq2 and pid2.
         pyrpl_main.default_pyrpl_config["modules"] = []
         if self.config:
