@@ -1,0 +1,103 @@
+"""PyRPL's own test suite against the virtual board, as the outside judge of its fidelity.
+
+tests/helpers/scripts/pyrpl_suite.py runs in a private network namespace (``unshare -n``,
+loopback only: PyRPL's suite never reaches the LAN), starts ``pymodaq-pyrpl virtual-board`` there
+and runs ``pyrpl/test`` of the installed PyRPL against it through PyRPL's real ssh and
+monitor_server path. This test reads the JUnit report: the number of passing tests must not fall
+below :data:`PASSED_FLOOR`, and the files of :data:`MUST_PASS` pass in full.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "helpers" / "scripts" / "pyrpl_suite.py"
+
+SUITE_TIMEOUT = 900
+"""Seconds PyRPL's suite may take in all (it took 2 min 50 s to 3 min 25 s on a shared 2-core
+machine under the load of other test runs)."""
+
+PASSED_FLOOR = 89
+"""Passing tests of PyRPL's suite (97 run), at least: the worst of 3 runs passed 90, less
+``test_real_lock`` of :data:`TIMING_BOUND`, which passed in all of them. Per file, in those runs:
+test_registers 5/5, test_hardware_modules: test_scope 7/7, test_scope_asg_ams 8/8, test_sampler
+1/1, test_trig 1/1, test_dsp_inputs 1/1, test_pid_na_iq 9/9, test_na_iir_pytest 16/16;
+test_lockbox 6/6, test_na 8-9/11 (the two speed benchmarks and test_na_running_states: timing),
+test_spectrum_analyzer 4/7, test_widgets 1/2 (test_spin_box_pytest: pid2.ival), the 10 other
+files in full (test_attribute, test_example, test_load_save, test_memory, test_module_widgets,
+test_ownership, test_proxyproperty, test_pyqtgraph_benchmark, test_redpitaya,
+test_validate_and_normalize). docs/virtual_board.md says why the others fail."""
+
+MUST_PASS = ("test_registers", "test_hardware_modules.test_scope_asg_ams",
+             "test_hardware_modules.test_scope", "test_hardware_modules.test_sampler",
+             "test_hardware_modules.test_trig", "test_hardware_modules.test_pid_na_iq",
+             "test_lockbox", "test_na")
+"""PyRPL test modules (under ``pyrpl.test``) of which every test passes, but for
+:data:`TIMING_BOUND`."""
+
+TIMING_BOUND = {"test_na::TestNA::test_benchmark_nogui", "test_na::TestNA::test_benchmark_gui",
+                "test_na::TestNA::test_na_running_states",
+                "test_lockbox::TestLockbox::test_real_lock"}
+"""Tests of :data:`MUST_PASS` exempt from it because they depend on the speed of a loaded test
+machine: the network analyzer's benchmarks want a point in about 3 register round trips, and
+test_real_lock's calibration sweep has failed under load."""
+
+pytestmark = [
+    pytest.mark.pyrpl_suite,
+    pytest.mark.timeout(SUITE_TIMEOUT + 60),
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                       reason="needs root and unshare: PyRPL's suite runs in a private network "
+                              "namespace (CI runs as root)"),
+]
+
+
+def _outcomes(junit: Path) -> dict[str, tuple[str, str]]:
+    """``{test id: (module, outcome)}`` of each test case in a JUnit report written with PyRPL's
+    site-packages folder as the root: ids and modules relative to ``pyrpl.test``
+    (``test_na::TestNA::test_benchmark_gui``, ``test_hardware_modules.test_scope``); outcomes
+    ``passed``, ``failed``, ``error`` or ``skipped``."""
+    outcomes = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        parts = case.get("classname", "").removeprefix("pyrpl.test.").split(".")
+        in_class = parts[-1].startswith("Test")
+        module = ".".join(parts[:-1] if in_class else parts)
+        name = case.get("name", "")
+        names = [module, parts[-1], name] if in_class else [module, name]
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}.get(
+            kinds[0] if kinds else "", "passed")
+        outcomes["::".join(names)] = (module, outcome)
+    return outcomes
+
+
+def test_pyrpl_suite_passes_against_the_virtual_board(tmp_path):
+    junit = tmp_path / "pyrpl-suite.xml"
+    result = subprocess.run(["unshare", "-n", sys.executable, str(SCRIPT), str(junit),
+                             str(tmp_path)], check=False, capture_output=True, text=True,
+                            timeout=SUITE_TIMEOUT)
+    log = result.stdout[-6000:] + result.stderr[-4000:]
+    assert result.returncode in (0, 1) and junit.exists(), log
+    outcomes = _outcomes(junit)
+    counts = Counter(outcome for _, outcome in outcomes.values())
+    per_module: dict[str, Counter] = {}
+    for module, outcome in outcomes.values():
+        per_module.setdefault(module, Counter())[outcome] += 1
+    print("PyRPL's suite:", dict(counts))
+    for module, module_counts in sorted(per_module.items()):
+        print(f"  {module}: {dict(module_counts)}")
+    not_passed = sorted(f"{test_id}: {outcome}" for test_id, (_, outcome) in outcomes.items()
+                        if outcome != "passed")
+    print("not passed:", *not_passed, sep="\n  ")
+    assert counts["passed"] >= PASSED_FLOOR, f"not passed: {not_passed}\n{log}"
+    for module in MUST_PASS:
+        assert per_module.get(module, Counter())["passed"] > 0, f"{module} did not run\n{log}"
+        failing = [test_id for test_id, (of, outcome) in outcomes.items()
+                   if of == module and outcome != "passed" and test_id not in TIMING_BOUND]
+        assert not failing, f"{module}: {failing}\n{log}"
