@@ -49,6 +49,20 @@ class PyRPLPlugin:
     settings: Parameter
     controller: PyRPLClient | None
     link: PyRPLLink | None
+    is_master: bool
+
+    def _open(self, link: PyRPLLink, controller: PyRPLClient | None) -> str | None:
+        """Initialization: use ``link`` (with ``controller``, the master's client, unless this
+        plugin is the master) and send the settings. None once done; else the failure's message
+        (:func:`init_failed`), the controller cleared."""
+        self.link = link
+        try:
+            self.controller = link.open(None if self.is_master else controller)
+            self._apply_settings()
+        except Exception as exc:
+            self.controller = None
+            return init_failed(self, link, exc)
+        return None
 
     def _apply(self, values: dict[str, Any]) -> dict[str, Any]:
         """Set attributes of the module; the values the board applied."""
@@ -164,13 +178,10 @@ class PyRPLActuator(PyRPLPlugin, DAQ_Move_base):
         self._targets: dict[str, float] = {}
 
     def ini_stage(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
-        self.link = PyRPLLink(self, self.settings["module"], reapply=self._reapply)
-        try:
-            self.controller = self.link.open(None if self.is_master else controller)
-            self._apply_settings()
-        except Exception as exc:
-            self.controller = None
-            return init_failed(self, self.link, exc), False
+        failure = self._open(PyRPLLink(self, self.settings["module"], reapply=self._reapply),
+                             controller)
+        if failure is not None:
+            return failure, False
         return self.link.info(), True
 
     def _reapply(self) -> None:
@@ -244,13 +255,10 @@ class PyRPLViewer(PyRPLPlugin, DAQ_Viewer_base):
         self.acquisition: BackgroundAcquisition | None = None
 
     def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
-        self.link = PyRPLLink(self, self._module(), lease=self.LEASE, reapply=self._reapply)
-        try:
-            self.controller = self.link.open(None if self.is_master else controller)
-            self._apply_settings()
-        except Exception as exc:
-            self.controller = None
-            return init_failed(self, self.link, exc), False
+        failure = self._open(PyRPLLink(self, self._module(), lease=self.LEASE,
+                                       reapply=self._reapply), controller)
+        if failure is not None:
+            return failure, False
         self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe)
         return self.link.info(), True
 
