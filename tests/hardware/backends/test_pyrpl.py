@@ -1,9 +1,12 @@
-"""PyrplBackend through real PyRPL code, against PyRPL's fake board (``_FAKE_``).
+"""PyrplBackend through real PyRPL code, against PyRPL's fake board (``_FAKE_``) and a virtual board.
 
 PyRPL is never imported in the pytest process (it creates a QApplication and configures logging at
 import): ``pyrpl_backend_probe.py`` drives the backend in a subprocess, from one dedicated thread as the
-server does, and prints its observations as JSON; the tests assert on them. Fake-board artifacts
-(random scope noise, constant sampler and IQ values, garbage filter cutoffs) are expected here.
+server does, and prints its observations as JSON; the tests assert on them. The module-scoped probe
+runs happen once per board (ids ``fake`` and ``virtual``). Fake-board artifacts (random scope noise,
+constant sampler and IQ values, garbage filter cutoffs) are tolerated on ``fake`` only: on
+``virtual`` the filters quantize like the catalogue, the scope shows the ASG's square wave and the
+sampler reads it.
 """
 from __future__ import annotations
 
@@ -45,14 +48,26 @@ def run_probe(folder: Path, *args: str, env: dict[str, str] | None = None) -> di
     return json.loads(lines[-1].split(" ", 1)[1])
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run_probe(tmp_path_factory.mktemp("full"), "full")
+BOARDS = ("fake", "virtual")
+"""The probe's boards: PyRPL's fake board, a virtual board driven over real sockets."""
+SQUARE_LEVELS = (-0.4, 0.6)
+"""The two levels of the probe's asg1 square wave (amplitude 0.5, offset 0.1) on the scope's ch1."""
+LEVEL_TOLERANCE = 2e-3
+"""Volts a level may differ on the board: its 14-bit quantization (and the sampler's 8192/8191
+scale), with margin."""
 
 
-@pytest.fixture(scope="module")
-def priming(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run_probe(tmp_path_factory.mktemp("priming"), "priming")
+@pytest.fixture(scope="module", params=BOARDS)
+def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> dict[str, Any]:
+    return run_probe(tmp_path_factory.mktemp(f"full-{request.param}"), "full", request.param)
+
+
+@pytest.fixture(scope="module", params=BOARDS)
+def priming(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, Any]:
+    return run_probe(tmp_path_factory.mktemp(f"priming-{request.param}"), "priming",
+                     request.param)
 
 
 def assert_kind(attribute: catalogue.Attribute, value: Any) -> None:
@@ -70,16 +85,24 @@ def assert_kind(attribute: catalogue.Attribute, value: Any) -> None:
         assert isinstance(value, float) and math.isfinite(value), (attribute.name, value)
 
 
-def assert_applied(attribute: catalogue.Attribute, requested: Any, applied: Any) -> None:
+def assert_applied(attribute: catalogue.Attribute, requested: Any, applied: Any, board: str
+                   ) -> None:
     """PyRPL applied the catalogue-quantized value (within one register step)."""
     assert_kind(attribute, applied)
     if attribute.kind in ("bool", "int", "select"):
         assert applied == requested, attribute.name
-    elif attribute.kind == "float" and attribute.name != "acbandwidth":
-        # acbandwidth and the filters snap to cutoffs computed from FPGA constants, which the fake
-        # board gets wrong; every other register quantizes like the catalogue
+    elif attribute.kind == "filter" or attribute.name == "acbandwidth":
+        # the filters snap to cutoffs computed from FPGA constants, which the fake board gets
+        # wrong; a board reports the FPGA's, the catalogue's
+        if board != "fake":
+            assert applied == requested, attribute.name
+    elif attribute.kind == "float":
         step = attribute.step or 1e-9
         assert applied == pytest.approx(requested, abs=step), attribute.name
+
+
+def near_a_square_level(value: float) -> bool:
+    return min(abs(value - level) for level in SQUARE_LEVELS) < LEVEL_TOLERANCE
 
 
 def test_open_runs_pyrpl_in_the_backend_thread(full: dict[str, Any]) -> None:
@@ -108,7 +131,8 @@ def test_set_applies_each_attribute_and_reads_it_back(full: dict[str, Any]) -> N
             assert entry["applied"]["ok"], (name, attr_name, entry["applied"])
             applied = entry["applied"]["value"]
             assert list(applied) == [attr_name]
-            assert_applied(spec.attributes[attr_name], entry["requested"], applied[attr_name])
+            assert_applied(spec.attributes[attr_name], entry["requested"], applied[attr_name],
+                           full["board"])
             # later settings of the same module did not disturb it
             assert full["get_after_set"][name][attr_name] == applied[attr_name], (name, attr_name)
     assert full["get_after_set"]["scope"]["sampling_time"] == pytest.approx(
@@ -140,6 +164,9 @@ def test_scope_immediately(full: dict[str, Any]) -> None:
     assert trace["finite"] and trace["max_abs"] <= 1.0
     assert trace["t0"] == 0.0
     assert trace["dt"] == pytest.approx(duration / catalogue.SCOPE_SAMPLES)
+    if full["board"] != "fake":  # ch1 is asg1's square wave, one period of it at least
+        assert trace["ch1_min"] == pytest.approx(SQUARE_LEVELS[0], abs=LEVEL_TOLERANCE)
+        assert trace["ch1_max"] == pytest.approx(SQUARE_LEVELS[1], abs=LEVEL_TOLERANCE)
 
 
 def test_scope_edge_trigger_time_axis(full: dict[str, Any]) -> None:
@@ -152,6 +179,11 @@ def test_scope_edge_trigger_time_axis(full: dict[str, Any]) -> None:
     post_trigger = (round(delay / dt) + catalogue.SCOPE_SAMPLES // 2) * dt
     assert trace["wait"] == pytest.approx(max(duration, post_trigger))
     assert trace["ch1"] == ["float64", [catalogue.SCOPE_SAMPLES]] and trace["finite"]
+    if full["board"] != "fake":  # the square's rising edge through the threshold is at t = 0
+        threshold = full["scope"]["source"]["threshold"]
+        before, after = trace["ch1_around_t0"][:3], trace["ch1_around_t0"][3:]
+        assert max(before) < threshold < min(after), trace["ch1_around_t0"]
+        assert all(map(near_a_square_level, before + after)), trace["ch1_around_t0"]
 
 
 def test_scope_stop_cancels(full: dict[str, Any]) -> None:
@@ -181,6 +213,8 @@ def test_iq_settle_remaining_after_a_set(full: dict[str, Any]) -> None:
 def test_sampler_read(full: dict[str, Any]) -> None:
     assert list(full["sampler"]) == list(catalogue.SAMPLER_SIGNALS)
     assert all(isinstance(v, float) and -1.01 <= v <= 1.01 for v in full["sampler"].values())
+    if full["board"] != "fake":  # asg1 plays the square wave
+        assert near_a_square_level(full["sampler"]["asg1"]), full["sampler"]
 
 
 def test_silent_board_puts_the_backend_in_error(full: dict[str, Any]) -> None:

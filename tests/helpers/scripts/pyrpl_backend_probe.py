@@ -1,10 +1,12 @@
 """Drives :class:`PyrplBackend` through real PyRPL in a subprocess and prints the results as JSON.
 
-Run by ``test_pyrpl_backend.py``; importing PyRPL inside the pytest process would create a
-QApplication and configure logging there. Usage: ``python pyrpl_backend_probe.py SCENARIO`` with
-SCENARIO one of ``full``, ``priming``, ``open-error`` (HOSTNAME from argv[2]). Every backend call runs
-in one dedicated thread, as in the server. The last stdout line starting with ``PROBE_RESULT`` holds
-the JSON result.
+Run by ``tests/hardware/backends/test_pyrpl.py``; importing PyRPL inside the pytest process would
+create a QApplication and configure logging there. Usage: ``python pyrpl_backend_probe.py SCENARIO
+BOARD`` with SCENARIO one of ``full``, ``priming``, ``closing`` (BOARD ``fake``: PyRPL's fake board
+``_FAKE_``; ``virtual``: a virtual board, the backend's own for ``full``, this probe's own, reached
+at its ports, for ``priming``) or ``open-error HOSTNAME``. Every backend call runs in one dedicated
+thread, as in the server. The last stdout line starting with ``PROBE_RESULT`` holds the JSON
+result.
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def representative(attribute: catalogue.Attribute, current: Any) -> Any:
     if attribute.kind == "bool":
         return not current
     if attribute.kind == "select":
+        if attribute.name == "pause_gains" and current != "pi":
+            return "pi"  # with ``paused`` next, freezes a running integrator: ival reads back
         return next(o for o in attribute.options if o != current and o != "noise")
     if attribute.kind == "filter":
         positive = [o for o in attribute.options if o > 0]
@@ -62,9 +66,13 @@ def representative(attribute: catalogue.Attribute, current: Any) -> Any:
     return attribute.validate(value)
 
 
-def full() -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    backend = PyrplBackend("_FAKE_")
+HOSTNAMES = {"fake": "_FAKE_", "virtual": "virtual"}
+"""The backend's hostname per BOARD argument."""
+
+
+def full(board: str) -> dict[str, Any]:
+    result: dict[str, Any] = {"board": board}
+    backend = PyrplBackend(HOSTNAMES[board])
     result["state_before_open"] = list(backend.device_state())
     started = time.perf_counter()
     run(backend.open)
@@ -95,8 +103,11 @@ def full() -> dict[str, Any]:
         "amplitude": 0.5, "offset": catalogue.MODULES["asg1"].attributes["offset"].validate(0.1)})
     result["set_refused"] = outcome(backend.set, "scope", {"sampling_time": 1e-6})
 
-    # scope: immediately, then an edge trigger with a delay
-    scope: dict[str, Any] = {}
+    # scope: asg1's square of set_many (1 kHz, -0.4 V to 0.6 V, continuous) on ch1, immediately,
+    # then on a rising edge through 0.1 V with a delay
+    scope: dict[str, Any] = {"source": run(backend.set, "scope", {
+        "input1": "asg1", "input2": "out2", "threshold": 0.1, "hysteresis": 0.01})}
+    run(backend.set, "asg1", {"cycles_per_burst": 0})
     for label, settings in (("immediately", {"trigger_source": "immediately", "duration":
                                              catalogue.SCOPE_DURATIONS[3]}),
                             ("edge", {"trigger_source": "ch1_positive_edge", "trigger_delay": 2e-4,
@@ -113,6 +124,7 @@ def full() -> dict[str, Any]:
         fetch_started = time.perf_counter()
         trace = run(backend.scope_fetch)
         fetched = time.perf_counter()
+        at_t0 = round(-trace.t0 / trace.dt)  # the sample at t = 0, the trigger
         scope[label] = {
             "applied": applied, "wait": wait, "ready": ready,
             "ch1": [str(trace.ch1.dtype), list(trace.ch1.shape)],
@@ -120,6 +132,8 @@ def full() -> dict[str, Any]:
             "finite": bool(all(map(math.isfinite, trace.ch1)) and all(map(math.isfinite, trace.ch2))),
             "max_abs": float(max(abs(trace.ch1).max(), abs(trace.ch2).max())),
             "t0": trace.t0, "dt": trace.dt,
+            "ch1_min": float(trace.ch1.min()), "ch1_max": float(trace.ch1.max()),
+            "ch1_around_t0": trace.ch1[max(0, at_t0 - 3):at_t0 + 3].tolist(),
             "fetch_seconds": fetched - fetch_started, "acquire_seconds": fetched - arm_started,
         }
     run(backend.scope_arm)
@@ -222,45 +236,125 @@ PRELOAD = {  # register address -> raw value of a previous session
 }
 
 
-def record_writes(writes: list[int]) -> None:
-    """From now on, append the address of every register write of the fake board to ``writes``."""
+def record_writes(writes: list[int], client_class: type | None = None) -> None:
+    """From now on, append the address of every register write of PyRPL's clients of
+    ``client_class`` (default: the fake board's ``DummyClient``) to ``writes``."""
     from pyrpl.redpitaya_client import DummyClient
 
-    original = DummyClient.writes
+    client_class = client_class or DummyClient
+    original = client_class.writes
 
     def recording(self: Any, addr: int, values: Any) -> Any:
         writes.append(addr)
         return original(self, addr, values)
 
-    DummyClient.writes = recording  # type: ignore[method-assign]
+    client_class.writes = recording  # type: ignore[method-assign]
 
 
-def priming() -> dict[str, Any]:
-    backend = PyrplBackend("_FAKE_")
+class FakeBoardMemory:
+    """The registers of PyRPL's fake board (``DummyClient.fpgamemory``, one for every client)."""
+
+    def backend(self) -> PyrplBackend:
+        return PyrplBackend(HOSTNAMES["fake"])
+
+    @staticmethod
+    def client_class() -> type:
+        from pyrpl.redpitaya_client import DummyClient
+
+        return DummyClient
+
+    def write(self, values: dict[int, int]) -> None:
+        from pyrpl.redpitaya_client import DummyClient
+
+        for addr, value in values.items():
+            DummyClient.fpgamemory[str(addr)] = value
+
+    def read(self, addresses: list[int]) -> dict[str, int]:
+        from pyrpl.redpitaya_client import DummyClient
+
+        return {str(a): DummyClient.fpgamemory[str(a)] for a in addresses}
+
+    def stop(self) -> None:
+        pass
+
+
+class VirtualBoardMemory:
+    """The registers of a virtual board of this probe's own (the backend reaches it at its ports
+    as a network board), through connections of this probe's own to its monitor server: a new
+    one per access, as PyRPL's start-up ends the earlier ones (``killall monitor_server``)."""
+
+    def __init__(self) -> None:
+        from pymodaq_plugins_pyrpl.virtual_board.process import start_virtual_board
+
+        self.board = start_virtual_board("loopback")
+
+    def backend(self) -> PyrplBackend:
+        return PyrplBackend(self.board.host, ssh_port=self.board.ssh_port,
+                            board_port=self.board.port)
+
+    @staticmethod
+    def client_class() -> type:
+        from pyrpl.redpitaya_client import MonitorClient
+
+        return MonitorClient
+
+    def _client(self) -> Any:
+        from pyrpl.redpitaya_client import MonitorClient
+
+        return MonitorClient(self.board.host, self.board.port, restartserver=lambda: None)
+
+    def write(self, values: dict[int, int]) -> None:
+        client = self._client()
+        try:
+            for addr, value in values.items():
+                if client.writes(addr, [value]) is None:
+                    raise OSError(f"writing the virtual board at {addr:#010x} failed")
+        finally:
+            client.close()
+
+    def read(self, addresses: list[int]) -> dict[str, int]:
+        client = self._client()
+        try:
+            return {str(a): int(client.reads(a, 1)[0]) for a in addresses}
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self.board.stop()
+
+
+BOARD_MEMORIES = {"fake": FakeBoardMemory, "virtual": VirtualBoardMemory}
+
+
+def priming(board: str) -> dict[str, Any]:
+    """A previous session's register state (``PRELOAD``) on the board, then open() and read
+    every attribute: which of those registers change, which writes happen."""
+    memory = BOARD_MEMORIES[board]()
+    try:
+        return _priming(board, memory)
+    finally:
+        memory.stop()
+
+
+def _priming(board: str, memory: FakeBoardMemory | VirtualBoardMemory) -> dict[str, Any]:
+    backend = memory.backend()
     writes: list[int] = []
 
     def preload_and_open() -> dict[str, Any]:
-        from pyrpl.redpitaya_client import DummyClient
-
-        for addr, value in PRELOAD.items():
-            DummyClient.fpgamemory[str(addr)] = value
+        memory.write(PRELOAD)
         backend.open()
-        return {str(a): DummyClient.fpgamemory[str(a)] for a in PRELOAD}
-
-    def snapshot() -> dict[str, int]:
-        from pyrpl.redpitaya_client import DummyClient
-
-        return {str(a): DummyClient.fpgamemory[str(a)] for a in PRELOAD}
+        return memory.read(list(PRELOAD))
 
     after_open = run(preload_and_open)
 
-    run(record_writes, writes)
+    run(record_writes, writes, memory.client_class())
     values = {name: run(backend.get, name, list(spec.attributes))
               for name, spec in catalogue.MODULES.items()}
     result = {
+        "board": board,
         "preload": {str(a): v for a, v in PRELOAD.items()},
         "after_open": after_open,
-        "after_get": run(snapshot),
+        "after_get": run(memory.read, list(PRELOAD)),
         "writes_during_get": writes,
         "asg0": {k: values["asg0"][k] for k in ("trigger_source", "output_direct")},
         "pid0": {k: values["pid0"][k] for k in ("input", "output_direct")},
@@ -312,9 +406,9 @@ def main() -> None:
     scenario = sys.argv[1]
     try:
         if scenario == "full":
-            result = full()
+            result = full(sys.argv[2])
         elif scenario == "priming":
-            result = priming()
+            result = priming(sys.argv[2])
         elif scenario == "closing":
             result = closing()
         elif scenario == "open-error":
