@@ -1,7 +1,8 @@
 """The catalogue: validation errors, and quantization identical to PyRPL 0.9.9's read-back.
 
-The unit tests exercise :func:`catalogue.validate` alone. The ``pyrpl`` test sets the same values on
-PyRPL's own fake board, in a subprocess (``pyrpl_quantization_probe.py``), and compares bit for bit.
+The unit tests exercise :func:`catalogue.validate` alone. The ``pyrpl`` test sets the same values
+through PyRPL, in a subprocess (``pyrpl_quantization_probe.py``), on PyRPL's own fake board and on a
+virtual board, and compares bit for bit.
 """
 from __future__ import annotations
 
@@ -374,27 +375,49 @@ def cases_for(attribute: Attribute, rng: random.Random) -> list[Any]:
 COMPARED_MODULES = ("scope", "asg0", "asg1", "pid0", "pid2", "iq0", "iq1", "iq2")
 
 
-def run_probe(cases: list[list[Any]], tmp_path: Path) -> dict[str, Any]:
-    """Run the PyRPL probe on ``cases`` in a subprocess isolated in ``tmp_path``."""
+def run_probe(cases: list[list[Any]], tmp_path: Path, *board: str) -> dict[str, Any]:
+    """Run the PyRPL probe on ``cases`` in a subprocess isolated in ``tmp_path``, on PyRPL's fake
+    board, or on the virtual board at the monitor port ``board``."""
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYRPL_USER_DIR=str(tmp_path),
                HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path))
-    completed = subprocess.run([sys.executable, str(PYRPL_QUANTIZATION_PROBE)],
+    completed = subprocess.run([sys.executable, str(PYRPL_QUANTIZATION_PROBE), *board],
                                input=json.dumps({"cases": cases}), capture_output=True, text=True,
                                env=env, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(params=["fake", "virtual"])
+def pyrpl_board(request: pytest.FixtureRequest) -> Iterator[tuple[str, ...]]:
+    """The quantization probe's board argument: none for PyRPL's fake board, the monitor port of
+    a virtual board served from this process."""
+    if request.param == "fake":
+        yield ()
+        return
+    from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard
+
+    server = MonitorServer(VirtualBoard())
+    port = server.start(0)
+    try:
+        yield (str(port),)
+    finally:
+        server.stop()
+
+
 @pytest.mark.pyrpl
 @pytest.mark.skipif(importlib.util.find_spec("pyrpl") is None, reason="PyRPL is not installed")
-def test_quantization_matches_pyrpl_fake_board(tmp_path: Path) -> None:
+def test_quantization_matches_pyrpl(tmp_path: Path, pyrpl_board: tuple[str, ...]) -> None:
     rng = random.Random(20240611)
-    cases = [[m, a.name, v] for m in COMPARED_MODULES
-             for a in MODULES[m].attributes.values()
-             if not a.readonly and a.kind in ("float", "int", "filter")
-             for v in cases_for(a, rng)]
+    cases: list[list[Any]] = []
+    for m in COMPARED_MODULES:
+        for a in MODULES[m].attributes.values():
+            if a.readonly or a.kind not in ("float", "int", "filter"):
+                continue
+            if a.name == "ival":  # a running integrator (a board's) moves ival before it is read
+                cases.append([m, "i", 0.0])
+            cases += [[m, a.name, v] for v in cases_for(a, rng)]
     overflowing = [["asg0", "start_phase", 1e308], ["iq0", "phase", -1e308]]
-    probe = run_probe(cases + overflowing, tmp_path)
+    probe = run_probe(cases + overflowing, tmp_path, *pyrpl_board)
     results, refusals = probe["results"][: len(cases)], probe["results"][len(cases):]
 
     mismatches = []

@@ -145,12 +145,16 @@ def test_killed_server_is_restarted_and_the_client_resumes(port, cleanup_servers
     manager.release_server()
 
 
-def test_another_board_on_the_port_is_a_clear_error(port, holders, cleanup_servers):
+@pytest.mark.parametrize(("hostname", "wanted"), [
+    pytest.param("_FAKE_", "Red Pitaya '_FAKE_'", id="fake"),
+    pytest.param("virtual", "the virtual Red Pitaya with plant 'loopback", id="virtual")])
+def test_another_board_on_the_port_is_a_clear_error(port, holders, cleanup_servers, hostname,
+                                                    wanted):
     holders(port)  # the simulated board, in another process
     with pytest.raises(ServerMismatch) as info:
-        TCPServerManager(port=port, hostname="_FAKE_").ensure_server_running()
+        TCPServerManager(port=port, hostname=hostname).ensure_server_running()
     message = str(info.value)
-    assert "simulated board" in message and "'_FAKE_'" in message and str(port) in message
+    assert "simulated board" in message and wanted in message and str(port) in message
 
 
 def test_mismatch_within_one_process(port, cleanup_servers):

@@ -1,18 +1,22 @@
-"""Ground truth for the catalogue: set values on PyRPL 0.9.9's fake board and read them back.
+"""Ground truth for the catalogue: set values through PyRPL 0.9.9 and read them back, on PyRPL's
+fake board or on a virtual board.
 
 Run in its own process (importing PyRPL creates a QApplication), with
 ``QT_QPA_PLATFORM=offscreen`` and a private ``PYRPL_USER_DIR``, ``HOME`` and ``XDG_RUNTIME_DIR``::
 
-    python pyrpl_quantization_probe.py < request.json
+    python pyrpl_quantization_probe.py [PORT] < request.json
 
+Without PORT: PyRPL's fake board (``_FAKE_``). With PORT: the virtual board whose monitor server
+listens on 127.0.0.1:PORT, through PyRPL's real ``MonitorClient`` (``pyrpl_client_probe.connect``,
+no ssh).
 stdin: ``{"cases": [[module, attribute, value], ...]}``.
 stdout, one JSON line: ``{"results": [...], "options": {...}}`` where each result is
 ``{"value": <read back>}`` or ``{"error": "<exception>"}``, and ``options`` holds PyRPL's filter
 option lists (``pid0.inputfilter``, ``iqN.inputfilter``, ``iqN.bandwidth``, ``iqN.acbandwidth``).
 
-``DummyClient`` answers made-up filter constants, so the upstream Verilog constants are injected
-into the cache that ``FilterRegister.read_and_save`` fills (``_<attribute>_<constant>`` on the
-module).
+``DummyClient`` answers made-up filter constants, so on the fake board the upstream Verilog
+constants are injected into the cache that ``FilterRegister.read_and_save`` fills
+(``_<attribute>_<constant>`` on the module); the virtual board's registers hold them.
 """
 from __future__ import annotations
 
@@ -63,23 +67,34 @@ def filter_options(rp: Any) -> dict[str, list[float]]:
     return {key: [float(x) for x in values] for key, values in options.items()}
 
 
-def main() -> None:
-    """Read the cases from stdin, run them on a fake board, print one JSON line."""
-    logging.basicConfig(level=logging.CRITICAL)
-    request = json.load(sys.stdin)
+def fake_board() -> Any:
+    """PyRPL's fake board, with the upstream filter constants."""
     import pyrpl
     import pyrpl.pyrpl as pyrpl_module
 
     pyrpl_module.default_pyrpl_config["modules"] = []
     p = pyrpl.Pyrpl(config="", hostname="_FAKE_", gui=False, loglevel="error")
     inject_filter_constants(p.rp)
+    return p.rp
+
+
+def main() -> None:
+    """Read the cases from stdin, run them on the board of argv, print one JSON line."""
+    logging.basicConfig(level=logging.CRITICAL)
+    request = json.load(sys.stdin)
+    if len(sys.argv) > 1:
+        from pyrpl_client_probe import connect  # this script's folder is sys.path[0]
+
+        rp = connect(int(sys.argv[1]))
+    else:
+        rp = fake_board()
     results = []
     for module, attribute, value in request["cases"]:
         try:
-            results.append({"value": read_back(p.rp, module, attribute, value)})
+            results.append({"value": read_back(rp, module, attribute, value)})
         except Exception as exc:  # noqa: BLE001 - reported to the caller, who decides
             results.append({"error": f"{type(exc).__name__}: {exc}"})
-    print(json.dumps({"results": results, "options": filter_options(p.rp)}), flush=True)
+    print(json.dumps({"results": results, "options": filter_options(rp)}), flush=True)
 
 
 if __name__ == "__main__":
