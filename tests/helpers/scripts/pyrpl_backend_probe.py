@@ -4,7 +4,7 @@ Run by ``tests/hardware/backends/test_pyrpl.py``; importing PyRPL inside the pyt
 create a QApplication and configure logging there. Usage: ``python pyrpl_backend_probe.py SCENARIO
 BOARD`` with SCENARIO one of ``full``, ``priming``, ``closing`` (BOARD ``fake``: PyRPL's fake board
 ``_FAKE_``; ``virtual``: a virtual board, the backend's own for ``full``, this probe's own, reached
-at its ports, for ``priming``) or ``open-error HOSTNAME``. Every backend call runs in one dedicated
+at its ports, for ``priming`` and ``closing``) or ``open-error HOSTNAME``. Every backend call runs in one dedicated
 thread, as in the server. The last stdout line starting with ``PROBE_RESULT`` holds the JSON
 result.
 """
@@ -274,6 +274,13 @@ class FakeBoardMemory:
 
         return {str(a): DummyClient.fpgamemory[str(a)] for a in addresses}
 
+    def snapshot(self, addresses: list[int], after_close: bool = False) -> dict[str, int]:
+        """Every register ever written, ``addresses`` among them (the memory is a class
+        attribute: it survives PyRPL's teardown)."""
+        from pyrpl.redpitaya_client import DummyClient
+
+        return dict(DummyClient.fpgamemory)
+
     def stop(self) -> None:
         pass
 
@@ -318,6 +325,27 @@ class VirtualBoardMemory:
             return {str(a): int(client.reads(a, 1)[0]) for a in addresses}
         finally:
             client.close()
+
+    def snapshot(self, addresses: list[int], after_close: bool = False) -> dict[str, int]:
+        """The registers at ``addresses``. PyRPL's close ends its monitor server: after it, one
+        is started again over ssh (as PyRPL does) to read them."""
+        if not after_close:
+            return self.read(addresses)
+        import paramiko
+
+        with paramiko.SSHClient() as ssh:
+            ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            ssh.connect(self.board.host, self.board.ssh_port, "root", "root",
+                        allow_agent=False, look_for_keys=False, timeout=10)
+            ssh.exec_command(f"//opt//pyrpl///monitor_server {self.board.port}", timeout=10)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    return self.read(addresses)
+                except (OSError, ValueError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
 
     def stop(self) -> None:
         self.board.stop()
@@ -365,32 +393,59 @@ def _priming(board: str, memory: FakeBoardMemory | VirtualBoardMemory) -> dict[s
     return result
 
 
-def closing() -> dict[str, Any]:
-    """A running ASG and PID, then close(): which registers does closing write?"""
-    backend = PyrplBackend("_FAKE_")
+CLOSING_SETTINGS = {
+    "asg0": {"frequency": 1000.0, "amplitude": 0.5, "output_direct": "out1",
+             "trigger_source": "immediately"},
+    "pid0": {"setpoint": 0.1, "i": 100.0, "output_direct": "out2"},
+}
+
+
+def closing(board: str) -> dict[str, Any]:
+    """A running ASG and PID, then close(): which registers does closing write, and do the
+    settings' registers keep their values?"""
+    memory = BOARD_MEMORIES[board]()
+    try:
+        return _closing(memory)
+    finally:
+        memory.stop()
+
+
+def _closing(memory: FakeBoardMemory | VirtualBoardMemory) -> dict[str, Any]:
+    backend = memory.backend()
     run(backend.open)
-    run(backend.set, "asg0", {"frequency": 1000.0, "amplitude": 0.5, "output_direct": "out1",
-                              "trigger_source": "immediately"})
-    run(backend.set, "pid0", {"setpoint": 0.1, "i": 100.0, "output_direct": "out2"})
+    for module, settings in CLOSING_SETTINGS.items():
+        run(backend.set, module, settings)
+    addresses = run(_settings_registers, backend)
     writes: list[int] = []
 
     def record_and_snapshot() -> dict[str, int]:
-        from pyrpl.redpitaya_client import DummyClient
-
-        record_writes(writes)
-        return dict(DummyClient.fpgamemory)
+        record_writes(writes, memory.client_class())
+        return memory.snapshot(addresses)
 
     before = run(record_and_snapshot)
 
     def close_and_snapshot() -> dict[str, int]:
-        from pyrpl.redpitaya_client import DummyClient
-
-        memory = DummyClient.fpgamemory  # the class attribute survives PyRPL's teardown
         backend.close()
-        return dict(memory)
+        return memory.snapshot(addresses, after_close=True)
 
     after = run(close_and_snapshot)
-    return {"writes_during_close": writes, "memory_unchanged": before == after}
+    return {"writes_during_close": writes, "memory_unchanged": before == after,
+            "registers": len(before)}
+
+
+def _settings_registers(backend: PyrplBackend) -> list[int]:
+    """The addresses of the registers behind every catalogue attribute of the modules of
+    ``CLOSING_SETTINGS``, but the integrator's ``ival``, which runs."""
+    from pyrpl.attributes import BaseRegister
+
+    addresses = set()
+    for module in CLOSING_SETTINGS:
+        m = getattr(backend._rp, module)
+        for name in catalogue.MODULES[module].attributes:
+            descriptor = getattr(type(m), name, None)
+            if isinstance(descriptor, BaseRegister) and name != "ival":
+                addresses.add(m._addr_base + descriptor.address)
+    return sorted(addresses)
 
 
 def open_error(hostname: str) -> dict[str, Any]:
@@ -410,7 +465,7 @@ def main() -> None:
         elif scenario == "priming":
             result = priming(sys.argv[2])
         elif scenario == "closing":
-            result = closing()
+            result = closing(sys.argv[2])
         elif scenario == "open-error":
             result = open_error(sys.argv[2])
         else:
