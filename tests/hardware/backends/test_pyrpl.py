@@ -273,14 +273,19 @@ def test_unreachable_board(tmp_path: Path) -> None:
     assert "'127.0.0.1'" in result["message"] and "ssh" in result["message"]
     assert "\x1b" not in result["message"]
     assert result["state"][0] == "error"
+    assert result["children"] == []
 
 
-def test_pyrpl_import_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hostname", [pytest.param("_FAKE_", id="fake"),
+                                      pytest.param("virtual", id="virtual")])
+def test_pyrpl_import_failure(tmp_path: Path, hostname: str) -> None:
+    # with ``virtual``, PyRPL is imported while the board's process starts: that one is stopped
     fake = tmp_path / "broken" / "pyrpl"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('simulated broken PyRPL install')\n")
     pythonpath = os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")]))
-    result = run_probe(tmp_path, "open-error", "_FAKE_", env={"PYTHONPATH": pythonpath})
+    result = run_probe(tmp_path, "open-error", hostname, env={"PYTHONPATH": pythonpath})
     assert result["error"] == "BackendUnavailable"
     assert "simulated broken PyRPL install" in result["message"]
     assert "install-pyrpl" in result["message"]
+    assert result["children"] == []

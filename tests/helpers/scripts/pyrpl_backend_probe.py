@@ -449,11 +449,17 @@ def _settings_registers(backend: PyrplBackend) -> list[int]:
 
 
 def open_error(hostname: str) -> dict[str, Any]:
+    """open() fails: its error, the state, and the child processes left running (a virtual
+    board's must not be)."""
+    import psutil
+
     backend = PyrplBackend(hostname)
     started = time.perf_counter()
     result = outcome(backend.open)
     result["seconds"] = time.perf_counter() - started
     result["state"] = list(backend.device_state())
+    result["children"] = [child.pid for child in psutil.Process().children(recursive=True)
+                          if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
     return result
 
 
