@@ -1,4 +1,4 @@
-"""PyrplBackend through real PyRPL code, against PyRPL's fake board (``_FAKE_``) and a virtual board.
+"""PyrplBackend through real PyRPL code, on PyRPL's fake board (``_FAKE_``) and a virtual board.
 
 PyRPL is never imported in the pytest process (it creates a QApplication and configures logging at
 import): ``pyrpl_backend_probe.py`` drives the backend in a subprocess, from one dedicated thread as the

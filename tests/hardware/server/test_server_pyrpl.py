@@ -146,10 +146,11 @@ def test_corrupt_config_file_is_named(tmp_path: Path) -> None:
     assert "cannot connect" not in server.log
 
 
-def test_sigterm_stops_cleanly(pyrpl_server: ServerProcess) -> None:
+def test_sigterm_stops_cleanly(pyrpl_server: ServerProcess, hostname: str) -> None:
     """Last of its board's tests: the shared server stops with status 0 (PyRPL closed on its
     thread), and its virtual board with it."""
     children = psutil.Process(pyrpl_server.proc.pid).children(recursive=True)
+    assert bool(children) == (hostname == "virtual")
     with pyrpl_server.client("holder"):
         assert pyrpl_server.stop(timeout=20) == 0
     assert not [child for child in children if child.is_running()

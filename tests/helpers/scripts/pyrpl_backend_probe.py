@@ -4,9 +4,9 @@ Run by ``tests/hardware/backends/test_pyrpl.py``; importing PyRPL inside the pyt
 create a QApplication and configure logging there. Usage: ``python pyrpl_backend_probe.py SCENARIO
 BOARD`` with SCENARIO one of ``full``, ``priming``, ``closing`` (BOARD ``fake``: PyRPL's fake board
 ``_FAKE_``; ``virtual``: a virtual board, the backend's own for ``full``, this probe's own, reached
-at its ports, for ``priming`` and ``closing``) or ``open-error HOSTNAME``. Every backend call runs in one dedicated
-thread, as in the server. The last stdout line starting with ``PROBE_RESULT`` holds the JSON
-result.
+at its ports, for ``priming`` and ``closing``), or ``open-error HOSTNAME``. Every backend call runs
+in one dedicated thread, as in the server. The last stdout line starting with ``PROBE_RESULT``
+holds the JSON result.
 """
 from __future__ import annotations
 
@@ -236,12 +236,9 @@ PRELOAD = {  # register address -> raw value of a previous session
 }
 
 
-def record_writes(writes: list[int], client_class: type | None = None) -> None:
+def record_writes(writes: list[int], client_class: type) -> None:
     """From now on, append the address of every register write of PyRPL's clients of
-    ``client_class`` (default: the fake board's ``DummyClient``) to ``writes``."""
-    from pyrpl.redpitaya_client import DummyClient
-
-    client_class = client_class or DummyClient
+    ``client_class`` (``DummyClient``, ``MonitorClient``) to ``writes``."""
     original = client_class.writes
 
     def recording(self: Any, addr: int, values: Any) -> Any:
