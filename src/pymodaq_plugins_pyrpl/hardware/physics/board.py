@@ -56,6 +56,9 @@ class Board:
         self.iir = iir.IirSettings()
         """The IIR filter (not a catalogue module: set by :meth:`set_iir`)."""
         self._iir_overflow = 0  # the IIR's overflow flags raised before the current settings
+        self._demodulations: dict[tuple[Any, ...], tuple[list[Tone], list[Tone]]] = {}
+        """The quadrature filters' input tones (:meth:`_demodulated`) for the current settings,
+        by (module, depth, PID outputs, PIDs evaluated open loop); emptied at every change."""
 
     # -- settings ---------------------------------------------------------------------------------
 
@@ -73,6 +76,7 @@ class Board:
         old = dict(state)
         state.update({k: list(v) if isinstance(v, list) else v for k, v in values.items()})
         self._apply(module, old, values, t)
+        self._demodulations.clear()
         if before is not None:
             self._transients_after(t, *before)
 
@@ -81,6 +85,7 @@ class Board:
         the IQ modules, its sync bit set again), with the transients of that phase step."""
         before = self._transients_before(t)
         self._iq_phases[n] = Phase(self.values[f"iq{n}"]["frequency"], t, 0.0)
+        self._demodulations.clear()
         if self._pids_active():
             self.pids.invalidate()
         self._transients_after(t, *before)
@@ -91,6 +96,7 @@ class Board:
         before = self._transients_before(t)
         self._iir_overflow = self.iir_overflow() if settings.on else 0
         self.iir = settings
+        self._demodulations.clear()
         self.pids.invalidate()
         self._transients_after(t, *before)
 
@@ -300,11 +306,16 @@ class Board:
     def _demodulated(self, n: int, u: np.ndarray, depth: int, filtered: bool = True
                      ) -> tuple[list[Tone], list[Tone]]:
         """``I + jQ`` of iq ``n`` as complex exponentials: (difference, sum-frequency) terms
-        (:func:`iq.demodulate`)."""
+        (:func:`iq.demodulate`, :func:`iq.filtered`); the quadrature filter's input if not
+        ``filtered``. The filter's input is computed once per settings (``_demodulations``)."""
         v = self.values[f"iq{n}"]
-        _, _, f_d = self._demodulator(n)
-        inputs = self._tones(v["input"], f_d, u, True, depth + 1)
-        return iq.demodulate(v, self._iq_phases[n], inputs, filtered)
+        key = (n, depth, u.tobytes(), frozenset(self._open_pids))
+        terms = self._demodulations.get(key)
+        if terms is None:
+            _, _, f_d = self._demodulator(n)
+            inputs = self._tones(v["input"], f_d, u, True, depth + 1)
+            terms = self._demodulations[key] = iq.demodulate(v, self._iq_phases[n], inputs)
+        return iq.filtered(v, *terms) if filtered else terms
 
     def _iq_output_tones(self, n: int, u: np.ndarray, bandpass: bool, depth: int) -> list[Tone]:
         """Excitation and (if ``bandpass`` and ``gain`` != 0) band-pass output of iq ``n``."""

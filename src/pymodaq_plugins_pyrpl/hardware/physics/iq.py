@@ -54,20 +54,18 @@ def demodulator(v: Mapping[str, Any], lo: Phase) -> tuple[Phase, int, float]:
     return lo, harmonic, harmonic * lo.freq
 
 
-def demodulate(v: Mapping[str, Any], lo: Phase, inputs: Sequence[Tone], filtered: bool = True
+def demodulate(v: Mapping[str, Any], lo: Phase, inputs: Sequence[Tone]
                ) -> tuple[list[Tone], list[Tone]]:
-    """``I + jQ`` of the input tones ``inputs`` as complex exponentials: (difference,
-    sum-frequency) terms.
+    """The quadrature filter's input for the input tones ``inputs``, as complex exponentials:
+    (difference, sum-frequency) terms (:func:`filtered` gives ``I + jQ``).
 
-    An input tone ``Re(a e^{j theta})`` gives ``a L(f_in - f) e^{j(theta - theta_lo + phase)}``
-    and ``conj(a) L(-f_in - f) e^{-j(theta + theta_lo - phase)}``, L the bandwidth filter
-    (left out if not ``filtered``: the filter's input), with the pipeline delays (module
-    docstring; the quadrature filter's own delay only if ``filtered``).
+    An input tone ``Re(a e^{j theta})`` gives ``a e^{j(theta - theta_lo + phase)}`` and
+    ``conj(a) e^{-j(theta + theta_lo - phase)}``, with the ``acbandwidth`` high-pass and the
+    pipeline delays up to the filter (module docstring).
     """
     lo, harmonic, f_d = demodulator(v, lo)
     rotation = cmath.exp(1j * math.radians(v["phase"]))
-    cutoffs = v["bandwidth"] if filtered else []
-    lag, quadrature_lag = input_cycles(v), PRODUCT_CYCLES + filter_delay(cutoffs)
+    lag = input_cycles(v)
     difference, total = [], []
     for tone in inputs:
         a = tone.amp * filter_response([-v["acbandwidth"]], tone.freq) * delay(lag, tone.freq)
@@ -75,10 +73,22 @@ def demodulate(v: Mapping[str, Any], lo: Phase, inputs: Sequence[Tone], filtered
             continue
         f = tone.freq - f_d
         difference.append(Tone(a, tone.terms).mixed(
-            lo, -harmonic, rotation * filter_response(cutoffs, f) * delay(quadrature_lag, f)))
+            lo, -harmonic, rotation * delay(PRODUCT_CYCLES, f)))
         f = -tone.freq - f_d
         total.append(Tone(a, tone.terms).conj().mixed(
-            lo, -harmonic, rotation * filter_response(cutoffs, f) * delay(quadrature_lag, f)))
+            lo, -harmonic, rotation * delay(PRODUCT_CYCLES, f)))
+    return difference, [t for t in total if abs(t.amp) > 1e-12]
+
+
+def filtered(v: Mapping[str, Any], difference: Sequence[Tone], total: Sequence[Tone]
+             ) -> tuple[list[Tone], list[Tone]]:
+    """``I + jQ``: the terms of :func:`demodulate` through the ``bandwidth`` filter, L(f) and
+    its delay at each term's frequency f."""
+    cutoffs = v["bandwidth"]
+    lag = filter_delay(cutoffs)
+    difference = [t.scaled(filter_response(cutoffs, t.freq) * delay(lag, t.freq))
+                  for t in difference]
+    total = [t.scaled(filter_response(cutoffs, t.freq) * delay(lag, t.freq)) for t in total]
     return difference, [t for t in total if abs(t.amp) > 1e-12]
 
 

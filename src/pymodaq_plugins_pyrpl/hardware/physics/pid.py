@@ -155,6 +155,7 @@ class PidLoops:
         self._outputs: np.ndarray | None = None
         self._affines: dict[tuple[int, ...], _Affine] = {}
         self._propagators: dict[tuple[Any, ...], np.ndarray] = {}
+        self._region_of: tuple[bytes, _Region] | None = None  # the last region, by its ival
         self._state = (0,) * n
         self.ival = np.zeros(n)
         self.t = t
@@ -165,6 +166,7 @@ class PidLoops:
         self._outputs = None
         self._affines.clear()
         self._propagators.clear()
+        self._region_of = None
         self._skip_logged = False
 
     def preset(self, k: int, value: float) -> None:
@@ -230,7 +232,14 @@ class PidLoops:
         return affine, np.clip(u, m.lo, m.hi)
 
     def _region(self) -> _Region:
-        """Linear integrator dynamics around the current state."""
+        """Linear integrator dynamics around the current state (the last one again while the
+        integrators have not moved: e.g. all frozen at their limits)."""
+        key = self.ival.tobytes()
+        if self._region_of is None or self._region_of[0] != key:
+            self._region_of = (key, self._new_region())
+        return self._region_of[1]
+
+    def _new_region(self) -> _Region:
         m, ival = self.model, self.ival
         affine, u = self._locate(ival)
         if not m.k.any():
