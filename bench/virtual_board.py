@@ -1,4 +1,5 @@
-"""The virtual board's own figures: CPU while idle, one register round trip, one scope read.
+"""The virtual board's own figures: CPU while idle, one register round trip, one scope read, one
+network-analyzer point.
 
 Usage: ``python -m bench.virtual_board [--runs N] [--idle SECONDS] [--json]`` from the repository
 root. The board and its monitor server run in this process (threads), the client is a raw socket
@@ -12,6 +13,12 @@ docs/performance.md).
 - scope read: PyRPL's read of a finished trace, two 16384-word requests (ch1, ch2); "computed" is
   the first read of a new acquisition (the physics evaluates 2 × 16384 samples), "cached" a read
   again of the same trace.
+- network-analyzer point: the three requests PyRPL's network analyzer makes per frequency (write
+  iq2's frequency, which starts an average; read its four accumulator words; read its amplitude),
+  median over 500 points per run of a 1 kHz-10 kHz sweep at 1 MHz resolution bandwidth (the
+  average is over before the read), iq2 exciting out1 and demodulating in1 through the loopback
+  with iq0 and iq1 in use too, as after PyRPL's start-up; next to it the same three requests on
+  plain registers, so that the difference is the physics of a frequency step.
 """
 from __future__ import annotations
 
@@ -23,10 +30,13 @@ import time
 
 import psutil
 
-from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard, wire
+from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard, decode, wire
 
 LED, SCOPE = 0x40000030, 0x40100000
+DSP, DSP_SPAN = 0x40300000, 0x10000
 ROUND_TRIPS = 2000
+NA_POINTS = 500
 
 
 def _recv(sock: socket.socket, size: int) -> bytes:
@@ -90,6 +100,49 @@ def scope_read(sock: socket.socket) -> tuple[float, float]:
     return reads[0], reads[1]
 
 
+def _iq(k: int) -> int:
+    return DSP + decode.DSP_NUMBERS[f"iq{k}"] * DSP_SPAN
+
+
+def na_setup(sock: socket.socket) -> None:
+    """iq2 as PyRPL's network analyzer sets it up (1 MHz bandwidth, one average per point), iq0
+    and iq1 demodulating in1 at 100 kHz with a 1 kHz bandwidth."""
+    bandwidth = decode.IQ_QUADRATURE_FILTERS[2]
+    for k in (0, 1):
+        _write(sock, _iq(k) + 0x0, decode.DSP_NUMBERS["in1"])
+        _write(sock, _iq(k) + 0x124, decode.IQ_QUADRATURE_FILTERS[k].word([1e3, 1e3]))
+        _write(sock, _iq(k) + 0x108, catalogue.IQ_FREQUENCY.word(100e3))
+    iq2 = _iq(2)
+    _write(sock, iq2 + 0x0, decode.DSP_NUMBERS["in1"])
+    _write(sock, iq2 + 0x4, 1)  # output_direct: out1
+    _write(sock, iq2 + 0x10C, catalogue.IQ_OUTPUT_SIGNALS.index("output_direct"))
+    _write(sock, iq2 + 0x124, bandwidth.word([1e6, 1e6]))
+    _write(sock, iq2 + 0x130, 125)  # averages: 125 MHz / rbw
+    _write(sock, iq2 + 0x134, 62)  # sleep cycles: half of that
+    _write(sock, iq2 + 0x114, catalogue.IQ_AMPLITUDE.word(0.1))
+    _write(sock, iq2 + 0x100, 1)
+
+
+def na_point(sock: socket.socket, plain: bool) -> float:
+    """Median seconds of one network-analyzer point (its three requests on plain registers if
+    ``plain``)."""
+    iq2 = _iq(2)
+    times = []
+    for i in range(NA_POINTS):
+        word = catalogue.IQ_FREQUENCY.word(1e3 + 9e3 * i / NA_POINTS)
+        start = time.perf_counter()
+        if plain:
+            _write(sock, LED, i & 0xFF)
+            _read(sock, LED, 4)
+            _read(sock, LED, 1)
+        else:
+            _write(sock, iq2 + 0x108, word)
+            _read(sock, iq2 + 0x140, 4)
+            _read(sock, iq2 + 0x114, 1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -105,11 +158,15 @@ def main() -> None:
             figures = {"idle_cpu_fraction": idle_cpu(sock, args.idle)}
             trips = [round_trip(sock) for _ in range(args.runs)]
             scopes = [scope_read(sock) for _ in range(args.runs)]
+            na_setup(sock)
+            points = [(na_point(sock, False), na_point(sock, True)) for _ in range(args.runs)]
     finally:
         server.stop()
     figures["register_round_trip_us"] = statistics.median(trips) * 1e6
     figures["scope_read_computed_ms"] = statistics.median(s[0] for s in scopes) * 1e3
     figures["scope_read_cached_ms"] = statistics.median(s[1] for s in scopes) * 1e3
+    figures["na_point_us"] = statistics.median(p[0] for p in points) * 1e6
+    figures["na_point_plain_registers_us"] = statistics.median(p[1] for p in points) * 1e6
     if args.json:
         print(json.dumps(figures))
         return

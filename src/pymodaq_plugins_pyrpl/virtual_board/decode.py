@@ -7,6 +7,7 @@ takes. The register layout is PyRPL 0.9.9.1's (``hardware_modules/*.py``) and it
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -121,11 +122,16 @@ def asg(config: int, amplitude_word: int, step: int, start_offset: int, cycles: 
 def cutoffs(register: catalogue.FilterRegister, word: int) -> list[float]:
     """The cutoffs of a filter word, a stage whose shift reaches the filter's width (alpha >= 1,
     which PyRPL never writes) counted as off."""
+    return list(_cutoffs(register, word))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cutoffs(register: catalogue.FilterRegister, word: int) -> tuple[float, ...]:
     for stage in range(register.stages):
         byte = word >> 8 * stage & 0xFF
         if byte & (2**register.shiftbits - 1) >= register.maxshift:
             word &= ~(0xFF << 8 * stage)
-    return register.value(word)
+    return tuple(register.value(word))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Sign convention, limits and approximations: see the package docstring.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -125,6 +126,11 @@ class _Region:
     horizon: float
     """Time until a clamped output is expected to come back into range (inf: none)."""
 
+    @functools.cached_property
+    def still(self) -> bool:
+        """True if the integrators do not move here: no rate and no noise driving them."""
+        return not self.rate.any() and not self.affine.N.any()
+
     def live(self, span: float) -> bool:
         """True if an integrator visibly moves (> 1 µV) within ``span`` seconds."""
         return bool(np.max(np.abs(self.rate)) * span > 1e-6)
@@ -187,7 +193,9 @@ class PidLoops:
 
     def advance(self, t: float, recorder: Recorder | None) -> None:
         """Integrate up to time ``t``, recording the outputs across a pending scope window."""
-        if recorder is None and not self.model.k.any():
+        if recorder is not None and self.t > recorder.stop + MIN_STEP:
+            recorder = None  # its window is over: it takes no more outputs
+        if recorder is None and (not self.model.k.any() or self._region().still):
             self.t = max(self.t, t)  # no integrator moves and nothing to record
             return
         start, budget = self.t, MAX_STEPS
@@ -266,7 +274,7 @@ class PidLoops:
     def _propagate(self, region: _Region, h: float) -> float:
         """Exact step of ``h`` seconds (halved while it overflows), noise included; return the
         step taken."""
-        if not region.rate.any() and not region.affine.N.any():
+        if region.still:
             return h
         while True:
             phi, spread = self._propagator(region, h)
