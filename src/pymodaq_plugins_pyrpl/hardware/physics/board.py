@@ -57,8 +57,9 @@ class Board:
         """The IIR filter (not a catalogue module: set by :meth:`set_iir`)."""
         self._iir_overflow = 0  # the IIR's overflow flags raised before the current settings
         self._demodulations: dict[tuple[Any, ...], tuple[list[Tone], list[Tone]]] = {}
-        """The quadrature filters' input tones (:meth:`_demodulated`) for the current settings,
-        by (module, depth, PID outputs, PIDs evaluated open loop); emptied at every change."""
+        """The IQ modules' demodulated tones (:meth:`_demodulated`) for the current settings, by
+        (module, depth, PID outputs, PIDs evaluated open loop, filtered); emptied at every
+        change."""
 
     # -- settings ---------------------------------------------------------------------------------
 
@@ -307,15 +308,19 @@ class Board:
                      ) -> tuple[list[Tone], list[Tone]]:
         """``I + jQ`` of iq ``n`` as complex exponentials: (difference, sum-frequency) terms
         (:func:`iq.demodulate`, :func:`iq.filtered`); the quadrature filter's input if not
-        ``filtered``. The filter's input is computed once per settings (``_demodulations``)."""
+        ``filtered``. Computed once per settings (``_demodulations``)."""
         v = self.values[f"iq{n}"]
-        key = (n, depth, u.tobytes(), frozenset(self._open_pids))
+        key = (n, depth, u.tobytes(), frozenset(self._open_pids), filtered)
         terms = self._demodulations.get(key)
         if terms is None:
-            _, _, f_d = self._demodulator(n)
-            inputs = self._tones(v["input"], f_d, u, True, depth + 1)
-            terms = self._demodulations[key] = iq.demodulate(v, self._iq_phases[n], inputs)
-        return iq.filtered(v, *terms) if filtered else terms
+            if filtered:
+                terms = iq.filtered(v, *self._demodulated(n, u, depth, False))
+            else:
+                _, _, f_d = self._demodulator(n)
+                inputs = self._tones(v["input"], f_d, u, True, depth + 1)
+                terms = iq.demodulate(v, self._iq_phases[n], inputs)
+            self._demodulations[key] = terms
+        return terms
 
     def _iq_output_tones(self, n: int, u: np.ndarray, bandpass: bool, depth: int) -> list[Tone]:
         """Excitation and (if ``bandpass`` and ``gain`` != 0) band-pass output of iq ``n``."""
