@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.hardware.physics.board import Board
@@ -47,3 +48,33 @@ def test_a_board_driven_without_the_backend_shows_its_physics() -> None:
     in1 = board.trace("in1", grid, board.context(None))
     assert abs(np.max(in1) - 0.5) < 2e-3 and abs(np.min(in1) + 0.5) < 2e-3
     assert abs(abs(board.read_iq(0, t)) - 0.5) < 2e-3
+
+
+def test_iq_readings_follow_every_change_along_a_sweep() -> None:
+    """A network-analyzer sweep (iq0 exciting out1, demodulating in1) with a PID and a second IQ
+    module in the chain: after each change, once the filters settled, both IQ modules read what
+    a board given the same settings from the start reads (the tones computed once per settings
+    are never reused across a change)."""
+    steps = [("iq0", {"input": "in1", "output_direct": "out1", "amplitude": 0.2,
+                      "bandwidth": [1e3, 1e3], "frequency": 1e4}),
+             ("iq1", {"input": "in2", "bandwidth": [1e3, 1e3], "frequency": 1e4}),
+             *(("iq0", {"frequency": f}) for f in (2e4, 5e4, 2e5)),
+             ("pid0", {"input": "in1", "output_direct": "out2", "p": 0.5}),
+             ("iq1", {"frequency": 2e5}),
+             ("iq0", {"frequency": 3e5}), ("iq1", {"frequency": 3e5}),
+             ("pid0", {"p": -0.25}),
+             ("iq0", {"amplitude": 0.4})]
+    board = Board(parse_plant("loopback:noise=0"), defaults(), seed=1)
+    settings = defaults()
+    for k, (module, values) in enumerate(steps):
+        t = 0.1 * k
+        board.change(module, values, t)
+        settings[module].update(values)
+        fresh = Board(parse_plant("loopback:noise=0"), defaults(), seed=1)
+        for name in ("iq0", "iq1", "pid0"):
+            fresh.change(name, settings[name], 0.0)
+        board.pids.advance(t + 0.05, None)
+        fresh.pids.advance(0.05, None)
+        assert board.read_iq(0, t + 0.05) == pytest.approx(fresh.read_iq(0, 0.05), abs=1e-9), k
+        assert abs(board.read_iq(1, t + 0.05)) == pytest.approx(abs(fresh.read_iq(1, 0.05)),
+                                                                abs=1e-9), k
