@@ -25,11 +25,11 @@ SUITE_TIMEOUT = 900
 machine under the load of other test runs)."""
 
 PASSED_FLOOR = 89
-"""Passing tests of PyRPL's suite (97 run), at least: the worst of 3 runs passed 90, less
-``test_real_lock`` of :data:`TIMING_BOUND`, which passed in all of them. Per file, in those runs:
-test_registers 5/5, test_hardware_modules: test_scope 7/7, test_scope_asg_ams 8/8, test_sampler
-1/1, test_trig 1/1, test_dsp_inputs 1/1, test_pid_na_iq 9/9, test_na_iir_pytest 16/16;
-test_lockbox 6/6, test_na 8-9/11 (the two speed benchmarks and test_na_running_states: timing),
+"""Passing tests of PyRPL's suite (97 run), at least: the worse of the last 2 runs (92 and 89; the
+second at a load average of 6 on 2 cores). Per file, in those runs: test_registers 5/5,
+test_hardware_modules: test_scope 7/7, test_scope_asg_ams 8/8, test_sampler 1/1, test_trig 1/1,
+test_dsp_inputs 1/1, test_pid_na_iq 9/9, test_na_iir_pytest 16/16; test_lockbox 6/6 and 5/6
+(test_auto_relock, under that load), test_na 10/11 and 8/11 (:data:`TIMING_BOUND`),
 test_spectrum_analyzer 4/7, test_widgets 1/2 (test_spin_box_pytest: pid2.ival), the 10 other
 files in full (test_attribute, test_example, test_load_save, test_memory, test_module_widgets,
 test_ownership, test_proxyproperty, test_pyqtgraph_benchmark, test_redpitaya,
@@ -45,9 +45,12 @@ MUST_PASS = ("test_registers", "test_hardware_modules.test_scope_asg_ams",
 TIMING_BOUND = {"test_na::TestNA::test_benchmark_nogui", "test_na::TestNA::test_benchmark_gui",
                 "test_na::TestNA::test_na_running_states",
                 "test_lockbox::TestLockbox::test_real_lock"}
-"""Tests of :data:`MUST_PASS` exempt from it because they depend on the speed of a loaded test
-machine: the network analyzer's benchmarks want a point in about 3 register round trips, and
-test_real_lock's calibration sweep has failed under load."""
+"""Tests of :data:`MUST_PASS` exempt from it because they time PyRPL's own event loop on the test
+machine more than the board (docs/virtual_board.md): the network analyzer's benchmarks want a
+point within 3.1 (with the GUI 5.8, the sweep within 10 s) of the round trips PyRPL timed at
+start-up, and PyRPL's own Python per point takes more than the 0.1 round trip of slack even
+against a board without physics; test_na_running_states races a sweep restarted at 10 kHz against the 1 kHz one within
+PyRPL's 50 ms Qt pumps; test_real_lock's calibration sweep has failed under load."""
 
 pytestmark = [
     pytest.mark.pyrpl_suite,
