@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from pymodaq_plugins_pyrpl.demo import samples_until
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -30,3 +33,26 @@ def test_gui_needs_a_display(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "demo", "--gui"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 1 and "needs a display" in result.stderr
+
+
+def test_settling_is_sampled_at_least_once_on_a_slow_machine() -> None:
+    """The setpoint move itself took longer than the settling window (a loaded machine): the
+    demo still reads the PID's input once, instead of failing on an empty list of samples."""
+    reads = []
+
+    def read() -> float:
+        reads.append(time.perf_counter())
+        return 0.3
+
+    t0 = time.perf_counter() - 1.0  # the move returned 1 s after t0, past the 0.2 s window
+    samples = samples_until(read, t0, 0.2)
+    assert len(samples) == len(reads) == 1
+    assert samples[0][0] >= 1.0 and samples[0][1] == 0.3
+
+
+def test_settling_is_sampled_until_its_window_ends() -> None:
+    t0 = time.perf_counter()
+    samples = samples_until(lambda: 0.3, t0, 0.05)
+    assert len(samples) > 1 and samples[0][0] < 0.05 <= time.perf_counter() - t0
+    assert all(start < 0.05 for start, _ in samples)  # each read started within the window
+    assert [start for start, _ in samples] == sorted(start for start, _ in samples)

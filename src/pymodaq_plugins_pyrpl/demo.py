@@ -26,6 +26,9 @@ ASG_AMPLITUDE = 0.5
 PID_SETPOINT = 0.3
 PID_P, PID_I = -0.1, -10.0
 """The FPGA's PID error is input - setpoint: through a direct cable, negative gains are stable."""
+SETTLE_S = 0.2
+"""How long after the setpoint move the PID's settling is sampled (its last sample: the figure
+"PID: in1 after 200 ms")."""
 TIMEOUT_MS = 30000
 
 
@@ -161,9 +164,7 @@ def run(port: int, png: Path) -> dict[str, Any]:
         demo.move(pid, "I", PID_I, "Hz")
         t0 = time.perf_counter()
         demo.move(pid, "Setpoint", PID_SETPOINT, "V")
-        settle: list[tuple[float, float]] = []
-        while time.perf_counter() - t0 < 0.2:
-            settle.append((time.perf_counter() - t0, _channels(demo.snap(sampler))["in1"]))
+        settle = samples_until(lambda: _channels(demo.snap(sampler))["in1"], t0, SETTLE_S)
         figures["pid_settle"] = settle
         figures["pid_final_in1"] = settle[-1][1]
         _plot(png, time_axis, trace.data, settle)
@@ -176,6 +177,19 @@ def run(port: int, png: Path) -> dict[str, Any]:
         time.sleep(0.05)
     figures["server_stopped"] = not runtime.pid_alive(figures.get("server_pid", 0))
     return figures
+
+
+def samples_until(read: Callable[[], float], t0: float, seconds: float
+                  ) -> list[tuple[float, float]]:
+    """``(time since t0, read())`` pairs, one ``read`` started after the other as long as less
+    than ``seconds`` have passed since ``t0`` (``time.perf_counter()``), and at least one even if
+    that time had already passed when called (a slow machine); the time is when the read started."""
+    samples: list[tuple[float, float]] = []
+    while True:
+        started = time.perf_counter() - t0
+        if samples and started >= seconds:
+            return samples
+        samples.append((started, read()))
 
 
 def dominant_frequency(signal: np.ndarray, dt: float) -> float:
