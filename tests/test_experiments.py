@@ -21,7 +21,7 @@ from pymodaq_gui.parameter import Parameter, ioxml
 
 from pymodaq_plugins_pyrpl import cli, experiment_states
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
-from tests.helpers.plugins import default_to_simulated_board
+from tests.helpers.plugins import default_to_board
 from tests.helpers.scripts import DASHBOARD_QUIT
 from tests.helpers.waiting import wait_until
 
@@ -210,7 +210,7 @@ def dashboard_port(port: int, monkeypatch: pytest.MonkeyPatch):
     """Every PyRPL plugin class defaults to ``port`` (an experiment stores no plugin settings; the
     default normally comes from config_pyrpl.toml) and to the simulated board."""
     classes = (plugin_class(kind, dim, plugin) for kind, dim, plugin in PLUGINS)
-    default_to_simulated_board(monkeypatch, [cls for cls in classes if cls is not None], port)
+    default_to_board(monkeypatch, [cls for cls in classes if cls is not None], port)
     return port
 
 

@@ -15,8 +15,10 @@ def server_client(port: int) -> PyRPLClient:
     return client
 
 
-def default_to_simulated_board(monkeypatch: pytest.MonkeyPatch, classes, port: int) -> None:
-    """Make each plugin class in ``classes`` default to the simulated board on ``port``, as
+def default_to_board(monkeypatch: pytest.MonkeyPatch, classes, port: int,
+                     hostname: str = "") -> None:
+    """Make each plugin class in ``classes`` default to the server on ``port`` and the board
+    ``hostname`` ("": the simulated board; "virtual": the real PyRPL path on a virtual board), as
     config_pyrpl.toml would (an experiment stores no plugin settings). "pyrpl" is
     plugin_support.GROUP, not imported: importing plugin_support before PyMoDAQ makes PyMoDAQ's
     plugin discovery miss the plugins (a circular import)."""
@@ -26,7 +28,7 @@ def default_to_simulated_board(monkeypatch: pytest.MonkeyPatch, classes, port: i
             if child["name"] == "server_port":
                 monkeypatch.setitem(child, "value", port)
             elif child["name"] == "hostname":
-                monkeypatch.setitem(child, "value", "")
+                monkeypatch.setitem(child, "value", hostname)
 
 
 def plugin_of(module):

@@ -80,18 +80,3 @@ def test_module_leased_elsewhere_fails_init_with_a_message(qtbot, port, make_vie
         other.lease("iq0")
         messages = failed_init_messages(qtbot, NAME, "DAQ0D", port, "leased")
     assert "leased" in messages[-1]
-
-
-def test_asg_amplitude_is_the_iq_amplitude(qtbot, port, make_viewer, make_actuator):
-    asg = make_actuator("PyRPL_ASG_TCP", port, axis="Frequency")
-    with qtbot.waitSignal(asg.move_done_signal, timeout=10000) as done:
-        asg.move_abs(10000.0)
-    frequency = done.args[0].value()  # on the ASG's 30-bit grid, also on the IQ's 32-bit one
-    viewer = make_viewer(NAME, port, frequency=frequency, bandwidth=BANDWIDTH[12])
-    asg.axis_name = "Amplitude"
-    qtbot.waitUntil(lambda: asg.units == "V", timeout=5000)
-    for target in (0.2, 0.6):
-        with qtbot.waitSignal(asg.move_done_signal, timeout=10000) as done:
-            asg.move_abs(target)
-        amplitude = float(snap(qtbot, viewer).get_data_from_name("Lock-in").data[2][0])
-        assert amplitude == pytest.approx(done.args[0].value(), rel=0.03)

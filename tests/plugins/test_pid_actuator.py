@@ -1,7 +1,7 @@
 """The PID actuator through PyMoDAQ's real DAQ_Move, against an auto-started simulated board.
 
-The server is checked through a separate PyRPLClient observer. The simulated board's loopback plant
-connects out1 to in1, so a PID reading in1 and driving out1 closes a real (simulated) loop.
+The server is checked through a separate PyRPLClient observer. A PID loop closed through the
+loopback cable, on the simulated and the virtual board: test_physics.py.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pymodaq.utils.data import DataActuator
 from pymodaq_plugins_pyrpl.daq_move_plugins.daq_move_PyRPL_PID_TCP import INPUT_FILTERS
 from pymodaq_plugins_pyrpl.hardware import catalogue, runtime
 from tests.helpers.plugins import move, plugin_of, select_axis, server_client
-from tests.helpers.waiting import wait_until
 
 PID = catalogue.MODULES["pid0"].attributes
 
@@ -120,38 +119,6 @@ def test_pid_reset_integrator_zeroes_a_wound_up_integrator(qtbot, port, make_act
         assert observer.get("pid0", ["ival"])["ival"] > 1.0
         actuator.settings.child("actuator_settings", "reset_ival").setValue(True)
         qtbot.waitUntil(lambda: observer.get("pid0", ["ival"])["ival"] == 0.0, timeout=5000)
-
-
-def sampler_in1(qtbot, sampler) -> float:
-    """in1 as the Sampler viewer plugin reads it (one snap)."""
-    with qtbot.waitSignal(sampler.grab_done_signal, timeout=10000) as grabbed:
-        sampler.snap()
-    channels = {label: float(data[0]) for dwa in grabbed.args[0].get_data_from_dim("Data0D")
-                for label, data in zip(dwa.labels, dwa.data)}
-    return channels["in1"]
-
-
-def test_pid_setpoint_move_shows_on_the_sampler(qtbot, port, make_actuator, make_viewer):
-    """Physics through the plugins: pid0 reads in1 and drives out1, the loopback cable closes the
-    loop, and the Sampler viewer sees in1 settle on the setpoint."""
-    actuator = make_actuator("PyRPL_PID_TCP", port, axis="P", input="in1", output_direct="out1")
-    sampler = make_viewer("PyRPL_Sampler_TCP", port)
-    move(qtbot, actuator, -0.1)
-    select_axis(qtbot, actuator, "I", "Hz")
-    move(qtbot, actuator, -1000.0)
-    select_axis(qtbot, actuator, "Setpoint", "V")
-    assert abs(sampler_in1(qtbot, sampler)) < 0.05  # locked on setpoint 0 V so far
-    applied = move(qtbot, actuator, 0.3)
-    assert applied == pytest.approx(0.3, abs=2.0**-13)
-    readings: list[float] = []
-
-    def locked() -> bool:
-        readings.append(sampler_in1(qtbot, sampler))
-        return abs(readings[-1] - 0.3) < 5e-3
-
-    wait_until(locked, 5.0, lambda: f"in1 to reach 0.3 V: last {readings[-5:]}")
-    for _ in range(5):  # and it stays locked
-        assert locked(), readings[-1]
 
 
 def test_pid_settings_and_moves_reapplied_after_a_server_restart(qtbot, port, make_actuator):

@@ -1,7 +1,6 @@
 """The sampler viewer through PyMoDAQ's real DAQ_Viewer, against an auto-started simulated board."""
 from __future__ import annotations
 
-import pytest
 
 from tests.helpers.plugins import (
     continuous_frames,
@@ -50,18 +49,6 @@ def test_no_signal_selected_is_a_status_message(qtbot, port, make_viewer):
 
 def test_continuous_grab_and_stop(qtbot, port, make_viewer):
     continuous_frames(qtbot, make_viewer(NAME, port))
-
-
-def test_asg_offset_is_read_on_out1_and_in1(qtbot, port, make_viewer, make_actuator):
-    asg = make_actuator("PyRPL_ASG_TCP", port, axis="Offset")
-    viewer = make_viewer(NAME, port)
-    with qtbot.waitSignal(asg.move_done_signal, timeout=10000) as done:
-        asg.move_abs(0.3)
-    offset = done.args[0].value()
-    [dwa] = snap(qtbot, viewer).get_data_from_dim("Data0D")
-    values = dict(zip(dwa.labels, (float(a[0]) for a in dwa.data)))
-    assert values["out1"] == pytest.approx(offset, abs=2e-3)
-    assert values["in1"] == pytest.approx(offset, abs=1e-2)  # through the loopback, with noise
 
 
 def test_changing_the_server_port_connects_again(qtbot, port, make_viewer):

@@ -17,7 +17,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl import cli
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from tests.helpers.plugins import default_to_simulated_board, server_client
+from tests.helpers.plugins import default_to_board, server_client
 
 F0, Q = 100e3, 30.0
 """The resonator plant's defaults (hardware/physics/plants.py)."""
@@ -53,7 +53,7 @@ def resonator_port(port: int, monkeypatch: pytest.MonkeyPatch) -> int:
         DAQ_0DViewer_PyRPL_IQ_TCP,
     )
 
-    default_to_simulated_board(monkeypatch, (DAQ_Move_PyRPL_IQ_TCP, DAQ_0DViewer_PyRPL_IQ_TCP), port)
+    default_to_board(monkeypatch, (DAQ_Move_PyRPL_IQ_TCP, DAQ_0DViewer_PyRPL_IQ_TCP), port)
     return port
 
 

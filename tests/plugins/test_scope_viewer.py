@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
@@ -123,25 +122,6 @@ def test_continuous_grab_keeps_waiting_for_a_trigger(qtbot, port, make_viewer):
     assert viewer.settings["detector_settings", "problem"] == ""
     with qtbot.waitSignal(viewer.grab_status, timeout=5000):
         viewer.stop_grab()
-
-
-def test_asg_frequency_is_the_dominant_frequency(qtbot, port, make_viewer, make_actuator):
-    asg = make_actuator("PyRPL_ASG_TCP", port, axis="Amplitude")
-    with qtbot.waitSignal(asg.move_done_signal, timeout=10000):
-        asg.move_abs(0.5)
-    asg.axis_name = "Frequency"
-    qtbot.waitUntil(lambda: asg.units == "Hz", timeout=5000)
-    viewer = make_viewer(NAME, port, dim="DAQ1D", duration=catalogue.SCOPE_DURATIONS[3])
-    for target in (20000.0, 50000.0):
-        with qtbot.waitSignal(asg.move_done_signal, timeout=10000) as done:
-            asg.move_abs(target)
-        frequency = done.args[0].value()
-        dwa = snap(qtbot, viewer).get_data_from_dim("Data1D")[0]
-        ch1 = dwa.data[0]
-        t = dwa.get_axis_from_index(0)[0].get_data()
-        spectrum = np.abs(np.fft.rfft(ch1 - ch1.mean()))
-        bins = np.fft.rfftfreq(ch1.size, t[1] - t[0])
-        assert abs(bins[np.argmax(spectrum)] - frequency) <= bins[1], (target, frequency)
 
 
 def test_initialization_failure_is_shown(qtbot, port):
