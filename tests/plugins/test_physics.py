@@ -149,13 +149,19 @@ def test_pid_setpoint_move_shows_on_the_sampler(qtbot, board_port, make_actuator
         assert locked(), readings[-1]
 
 
-def test_asg_offset_is_read_on_out1_and_in1(qtbot, board_port, make_viewer, make_actuator):
-    asg = make_actuator("PyRPL_ASG_TCP", board_port, axis="Offset")
+def test_asg_offsets_are_read_on_the_outputs_and_the_inputs(qtbot, board_port, make_viewer,
+                                                           make_actuator):
+    """asg0 on out1 and asg1 on out2: the sampler reads each offset on its output and, through
+    its cable, on its input."""
+    offsets = {}
+    for module, output, target in (("asg0", "out1", 0.3), ("asg1", "out2", -0.2)):
+        asg = make_actuator("PyRPL_ASG_TCP", board_port, axis="Offset", module=module,
+                            output_direct=output)
+        offsets[output] = move(qtbot, asg, target)
     viewer = make_viewer("PyRPL_Sampler_TCP", board_port)
-    with qtbot.waitSignal(asg.move_done_signal, timeout=10000) as done:
-        asg.move_abs(0.3)
-    offset = done.args[0].value()
     [dwa] = snap(qtbot, viewer).get_data_from_dim("Data0D")
     values = dict(zip(dwa.labels, (float(a[0]) for a in dwa.data)))
-    assert values["out1"] == pytest.approx(offset, abs=2e-3)
-    assert values["in1"] == pytest.approx(offset, abs=1e-2)  # through the loopback, with noise
+    for output, cable_end in (("out1", "in1"), ("out2", "in2")):
+        assert values[output] == pytest.approx(offsets[output], abs=2e-3)
+        # through the loopback, with noise
+        assert values[cable_end] == pytest.approx(offsets[output], abs=1e-2)
