@@ -44,13 +44,16 @@ MUST_PASS = ("test_registers", "test_hardware_modules.test_scope_asg_ams",
 
 TIMING_BOUND = {"test_na::TestNA::test_benchmark_nogui", "test_na::TestNA::test_benchmark_gui",
                 "test_na::TestNA::test_na_running_states",
-                "test_lockbox::TestLockbox::test_real_lock"}
+                "test_lockbox::TestLockbox::test_real_lock",
+                "test_lockbox::TestLockbox::test_auto_relock"}
 """Tests of :data:`MUST_PASS` exempt from it because they time PyRPL's own event loop on the test
 machine more than the board (docs/virtual_board.md): the network analyzer's benchmarks want a
 point within 3.1 (with the GUI 5.8, the sweep within 10 s) of the round trips PyRPL timed at
 start-up, and PyRPL's own Python per point takes more than the 0.1 round trip of slack even
-against a board without physics; test_na_running_states races a sweep restarted at 10 kHz against the 1 kHz one within
-PyRPL's 50 ms Qt pumps; test_real_lock's calibration sweep has failed under load."""
+against a board without physics; test_na_running_states races a sweep restarted at 10 kHz
+against the 1 kHz one within PyRPL's 50 ms Qt pumps; test_real_lock's calibration sweep and
+test_auto_relock's own writes to pid1 1 s and 2 s after a forced unlock, which race the relock
+sequence, have failed under load (each passed alone and in the unloaded runs)."""
 
 pytestmark = [
     pytest.mark.pyrpl_suite,
