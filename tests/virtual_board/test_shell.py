@@ -5,7 +5,7 @@ import errno
 
 from pymodaq_plugins_pyrpl.virtual_board import files
 from pymodaq_plugins_pyrpl.virtual_board.files import BoardFiles
-from pymodaq_plugins_pyrpl.virtual_board.shell import BoardShell
+from pymodaq_plugins_pyrpl.virtual_board.shell import BoardShell, Result, encode
 from tests.helpers.recording_control import RecordingControl
 
 
@@ -86,3 +86,22 @@ def test_folders_and_relative_paths() -> None:
     assert control.calls == [("start", 2300)]
     assert shell.run("cd /nowhere").status == 1
     assert files.normalize("..//x/./y", "/opt/pyrpl") == "/opt/x/y"
+
+
+def test_output_redirection_writes_the_file_not_the_terminal() -> None:
+    """PyRPL's flashing on an OS it does not recognise, ``cat BITFILE > //dev//xdevcfg``, prints
+    nothing (it printed the bitfile, which PyRPL cannot decode); ``cat`` keeps a file's bytes."""
+    shell, _, board_files = _shell()
+    bitfile = bytes(range(256)) * 4
+    board_files.make_folders("/opt/pyrpl")
+    board_files.write("/opt/pyrpl/fpga.bin", bitfile)
+    assert shell.run("cat //opt//pyrpl//fpga.bin > //dev//xdevcfg") == Result("")
+    assert board_files.read("/dev/xdevcfg") == bitfile
+    assert encode(shell.run("cat /opt/pyrpl/fpga.bin").output) == bitfile
+    assert shell.run("echo a >/tmp/x") == shell.run("echo b >> /tmp/x") == Result("")
+    assert board_files.read("/tmp/x") == b"a\nb\n"
+    failed = shell.run("cat /nowhere > /tmp/x")  # errors stay on the terminal; ">" emptied it
+    assert (failed.output, failed.status) == ("cat: /nowhere: No such file or directory\n", 1)
+    assert board_files.read("/tmp/x") == b""
+    assert shell.run("echo 1 > /sys/class/gpio/export").status == 1
+    assert shell.run("echo 1 >").status == 2

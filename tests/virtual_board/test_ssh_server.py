@@ -15,6 +15,7 @@ from pymodaq_plugins_pyrpl.virtual_board.scp_sink import MAX_FILE_SIZE
 from pymodaq_plugins_pyrpl.virtual_board.ssh_server import MAX_CONNECTIONS, SshServer
 from tests.helpers.pyrpl_ssh import run_probe
 from tests.helpers.recording_control import RecordingControl
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,6 +46,36 @@ def test_pyrpl_starts_its_monitor_server_over_ssh(ssh: SshServer, tmp_path: Path
     # endserver: Ctrl-C ends the server started last in the session, then killall
     assert ssh.control.calls == [("killall",), ("start", 2345), ("start", 2346), ("stop", 2346),
                                  ("killall",)]
+
+
+def test_connections_are_interactive_tcp_without_nagle(ssh: SshServer) -> None:
+    """As OpenSSH's sshd: TCP_NODELAY (else each small answer waits for the client's delayed
+    ACK, ~40 ms) and keepalive on every accepted connection."""
+    client = _client(ssh)
+    try:
+        wait_until(lambda: len(ssh._transports) == 1, 5, "the connection's transport")
+        (transport,) = ssh._transports
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert transport.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    finally:
+        client.close()
+
+
+def test_the_answer_to_a_line_arrives_whole(ssh: SshServer) -> None:
+    """The echo, the output and the prompt of a typed line leave in one packet, so a client that
+    reads what has arrived as soon as something has (PyRPL's ``SshShell.read``) gets all of it."""
+    client = _client(ssh)
+    try:
+        shell = client.invoke_shell()
+        shell.settimeout(5)
+        assert shell.recv(4096).endswith(b"# ")
+        for _ in range(5):
+            shell.send("cat /root/.version\n")
+            wait_until(shell.recv_ready, 5, "an answer", interval=0.001)
+            assert shell.recv(65536) == (b"cat /root/.version\r\n2.00-35\r\n"
+                                         b"root@rp-virtual:~# ")
+    finally:
+        client.close()
 
 
 def test_scp_sink_receives_files(ssh: SshServer, tmp_path: Path) -> None:

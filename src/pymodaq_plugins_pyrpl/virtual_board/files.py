@@ -58,7 +58,7 @@ class BoardFiles:
         self._lock = threading.Lock()
         now = time.time()
         self._files = {path: BoardFile(data, now) for path, data in INITIAL_FILES.items()}
-        self._folders = {"/", "/root", "/tmp"}
+        self._folders = {"/", "/dev", "/root", "/tmp"}
 
     def read(self, path: str) -> bytes | None:
         """The contents of the file ``path`` (absolute, normalized), None if there is none."""

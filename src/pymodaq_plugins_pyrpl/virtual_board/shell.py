@@ -19,6 +19,13 @@ What PyRPL 0.9.9 sends (``redpitaya.py``) and what it is told:
 - ``rw``, ``ro``, ``mkdir``, ``rm``, ``cd``, ``chmod``, ``echo``: what a shell does, on the
   in-memory files; ``led_control``, ``killall nginx``, ``systemctl …``, ``nginx …``: accepted,
   silent.
+- ``COMMAND > FILE`` and ``>> FILE``: the output of a command that succeeds goes to FILE (created,
+  or appended to), not to the terminal, e.g. PyRPL's ``cat BITFILE > //dev//xdevcfg`` of an OS it
+  does not recognise; a failing command's output (its error messages) stays on the terminal
+  (``>`` has emptied FILE).
+  ``2>&1`` is ignored. ``cat`` passes a file's bytes unchanged: :attr:`Result.output` carries
+  bytes that are not UTF-8 as surrogates (``errors="surrogateescape"``), which :func:`encode`
+  turns back into the same bytes.
 - Anything else: ``-bash: NAME: command not found`` (status 127).
 
 No answer contains "sh" unless a real shell's would (PyRPL takes "sh" in the answer to the
@@ -71,8 +78,40 @@ class BoardControl(Protocol):
 @dataclass(frozen=True)
 class Result:
     output: str
-    """What the command prints (``\\n`` line ends; the terminal adds ``\\r``)."""
+    """What the command prints (``\\n`` line ends; the terminal adds ``\\r``); bytes that are
+    not UTF-8 as surrogates (:func:`encode`)."""
     status: int = 0
+
+
+def encode(text: str) -> bytes:
+    """The bytes of a command's output (:attr:`Result.output`), a file's bytes unchanged."""
+    return text.encode(errors="surrogateescape")
+
+
+def _decode(data: bytes) -> str:
+    return data.decode(errors="surrogateescape")
+
+
+_REDIRECT = re.compile(r"^(>>?)(.*)$")
+"""An output redirection word: ``>``, ``>>``, or either glued to its file name."""
+
+
+def _redirection(words: list[str]) -> tuple[list[str], tuple[str, bool] | None, str | None]:
+    """``words`` without their output redirections; the last one's file and whether it appends;
+    an error (a redirection without a file name) or None."""
+    kept: list[str] = []
+    target: tuple[str, bool] | None = None
+    it = iter(words)
+    for word in it:
+        match = _REDIRECT.match(word)
+        if match is None:
+            kept.append(word)
+            continue
+        name = match.group(2) or next(it, "")
+        if not name:
+            return kept, None, "-bash: syntax error near unexpected token `newline'\n"
+        target = (name, match.group(1) == ">>")
+    return kept, target, None
 
 
 def _atoi(text: str) -> int:
@@ -134,6 +173,27 @@ class BoardShell:
             words = [w for w in shlex.split(line) if w != "2>&1"]
         except ValueError as exc:
             return Result(f"-bash: syntax error: {exc}\n", 2)
+        words, target, error = _redirection(words)
+        if error is not None:
+            return Result(error, 2)
+        if target is not None and not self._can_write(target[0]):
+            return Result(f"-bash: {target[0]}: No such file or directory\n", 1)
+        result = self._run_words(words) if words else Result("")
+        if target is None:
+            return result
+        path, append = self._path(target[0]), target[1]
+        kept = (self.files.read(path) or b"") if append else b""  # ">" truncates it first
+        if result.status != 0:  # its error messages stay on the terminal
+            self.files.write(path, kept)
+            return result
+        self.files.write(path, kept + encode(result.output))
+        return Result("")
+
+    def _can_write(self, name: str) -> bool:
+        path = self._path(name)
+        return not self.files.is_folder(path) and self.files.is_folder(posixpath.dirname(path))
+
+    def _run_words(self, words: list[str]) -> Result:
         name, args = words[0], words[1:]
         if "/" in name:
             return self._run_program(name, args)
@@ -192,7 +252,7 @@ class BoardShell:
                 out.append(f"cat: {name}: No such file or directory\n")
                 status = 1
             else:
-                out.append(data.decode(errors="replace"))
+                out.append(_decode(data))
         return Result("".join(out), status)
 
     def _ls(self, args: list[str]) -> Result:

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import paramiko
 
-from ..hardware.sockets import close_listener
+from ..hardware.sockets import close_listener, configure_stream
 from .files import BoardFiles
 from .scp_sink import ScpError, receive
-from .shell import HOME, BoardControl, BoardShell
+from .shell import HOME, BoardControl, BoardShell, encode
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class SshServer:
             self._serve(sock)
 
     def _serve(self, sock: socket.socket) -> None:
+        configure_stream(sock)  # as OpenSSH's sshd: TCP_NODELAY and keepalive
         transport = paramiko.Transport(sock)
         transport.add_server_key(self._host_key)
         with self._lock:
@@ -187,15 +188,25 @@ class _Login(paramiko.ServerInterface):
 def _interactive(shell: BoardShell, channel: paramiko.Channel, terminal: bool) -> None:
     """An interactive shell on ``channel`` until the client closes it or types ``exit``. With a
     ``terminal`` (pty), typed characters are echoed, line ends are ``\\r\\n`` and a prompt is
-    shown, except while a monitor server started here runs in the foreground."""
+    shown, except while a monitor server started here runs in the foreground.
+
+    What the typed text of one received packet produces (its echo, the commands' output, the
+    prompts) leaves in one packet: an answer is never split, however late the client reads it."""
     end = "\r\n" if terminal else "\n"
+    pending: list[str] = []
 
     def send(text: str) -> None:
-        channel.sendall(text.replace("\n", end).encode())
+        pending.append(text)
+
+    def flush() -> None:
+        if pending:
+            channel.sendall(encode("".join(pending).replace("\n", end)))
+            pending.clear()
 
     try:
         if terminal:
             send(shell.prompt())
+            flush()
         line = ""
         while data := channel.recv(4096):
             for char in data.decode(errors="replace"):
@@ -209,6 +220,7 @@ def _interactive(shell: BoardShell, channel: paramiko.Channel, terminal: bool) -
                         send("\n")
                     if line.strip() in ("exit", "logout"):
                         send("logout\n")
+                        flush()
                         channel.send_exit_status(0)
                         return
                     send(shell.run(line).output)
@@ -223,6 +235,7 @@ def _interactive(shell: BoardShell, channel: paramiko.Channel, terminal: bool) -
                     line += char
                     if terminal:
                         send(char)
+            flush()
     except _CONNECTION_ENDED as exc:  # the connection broke, or the server closes
         logger.debug("ssh shell ended: %s", exc)
     finally:
@@ -239,7 +252,7 @@ def _execute(server: SshServer, channel: paramiko.Channel, line: str) -> None:
             status = _scp(server, channel, words)
         else:
             result = server.new_shell().run(line)
-            channel.sendall(result.output.encode())
+            channel.sendall(encode(result.output))
             status = result.status
         channel.send_exit_status(status)
         _wait_closed_by_client(channel)
