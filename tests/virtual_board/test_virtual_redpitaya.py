@@ -51,6 +51,18 @@ def test_unmodified_pyrpl_starts_against_the_virtual_board(mode: str, tmp_path: 
     assert board.board.counts.writes > 0
 
 
+def test_pyrpl_starts_with_the_short_ssh_delay_of_the_virtual_board(board: VirtualRedPitaya,
+                                                                    tmp_path: Path) -> None:
+    """With the PyRPL backend's ``delay`` for the virtual board, PyRPL reads every answer of its
+    start-up in time: the OS version, the loaded bitfile (no flashing: no upload, no
+    ``overlay.sh``, no ``cat BITFILE > //dev//xdevcfg``)."""
+    result = run_probe("pyrpl_virtual_delay", board.ssh_port, board.port, tmp_path)
+    assert result["os_version"] == "2.00"
+    assert (result["port"], result["led"]) == (board.port, 0b1010)
+    for flashed in ("/opt/pyrpl/fpga.bin", "/tmp/update_fpga.txt", "/dev/xdevcfg"):
+        assert not board.files.is_file(flashed), flashed
+
+
 def test_reloadfpga_true_loads_the_bitfile_and_resets_the_registers(board: VirtualRedPitaya,
                                                                     tmp_path: Path) -> None:
     board.board.write(LEDS, np.array([0b101], dtype=np.uint32))

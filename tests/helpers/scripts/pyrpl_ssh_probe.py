@@ -12,6 +12,8 @@ Scenarios:
   a folder that does not exist.
 - ``pyrpl``: unmodified ``Pyrpl(config=..., hostname, sshport, port, gui=False)``, timed; LEDs
   and an ASG frequency through it; ``_clear()``.
+- ``pyrpl_virtual_delay``: the same with the ssh ``delay`` the PyRPL backend gives PyRPL for the
+  virtual board; the OS version PyRPL read.
 - ``reloadfpga``: ``RedPitaya(reloadfpga=True)``, timed; the LEDs read after the reload.
 """
 from __future__ import annotations
@@ -67,17 +69,23 @@ def scp(ssh_port: int, port: int, folder: str) -> dict[str, Any]:
         shell.ssh.close()
 
 
-def pyrpl(ssh_port: int, port: int, folder: str) -> dict[str, Any]:
+def pyrpl(ssh_port: int, port: int, folder: str, **options: Any) -> dict[str, Any]:
     started = time.perf_counter()
-    p = Pyrpl(config="probe", hostname=HOST, sshport=ssh_port, port=port, gui=False)
+    p = Pyrpl(config="probe", hostname=HOST, sshport=ssh_port, port=port, gui=False, **options)
     seconds = time.perf_counter() - started
     try:
         p.rp.hk.led = 0b1010
         p.rp.asg0.frequency = 12345.0
         return {"seconds": seconds, "led": p.rp.hk.led, "frequency": p.rp.asg0.frequency,
-                "port": p.rp.parameters["port"]}
+                "port": p.rp.parameters["port"], "os_version": p.rp.os_version}
     finally:
         p._clear()
+
+
+def pyrpl_virtual_delay(ssh_port: int, port: int, folder: str) -> dict[str, Any]:
+    from pymodaq_plugins_pyrpl.hardware.backends.pyrpl import VIRTUAL_SSH_DELAY
+
+    return pyrpl(ssh_port, port, folder, delay=VIRTUAL_SSH_DELAY)
 
 
 def reloadfpga(ssh_port: int, port: int, folder: str) -> dict[str, Any]:

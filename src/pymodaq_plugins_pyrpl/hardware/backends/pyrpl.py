@@ -99,6 +99,13 @@ _IQ_SLOWEST_SETTLE = catalogue.filter_settle_time(
 """Settle time of the slowest quadrature filter (iq2's four stages at 1.19 Hz: 2.1 s)."""
 
 
+VIRTUAL_SSH_DELAY = 0.02
+"""PyRPL's ``delay`` for the virtual board (hostname ``virtual``), in s. PyRPL paces each ssh
+question by 3 × ``delay`` (PyRPL's default 0.05 s, for a board's console) and takes what arrives
+within 11 × ``delay`` as the answer; the virtual board answers a line in one packet, within a
+millisecond on an idle machine. Every other board keeps PyRPL's default (or its config's)."""
+
+
 def default_user_dir() -> Path:
     """The private ``PYRPL_USER_DIR`` used when neither the caller nor the environment names one.
 
@@ -302,10 +309,14 @@ class PyrplBackend:
             failure = _check_config_file(self.config)
             if failure is not None:
                 return failure
+        options: dict[str, Any] = (
+            {"sshport": self.ssh_port, "port": self.board_port} if self.ssh_port else {})
+        kept_delay = _stored_ssh_delay(self.config) if self.virtual and self.config else None
+        if self.virtual:
+            options["delay"] = VIRTUAL_SSH_DELAY
         try:
-            ports = {"sshport": self.ssh_port, "port": self.board_port} if self.ssh_port else {}
             p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error",
-                            **ports)
+                            **options)
         except Exception as exc:
             logger.debug("Pyrpl() failed", exc_info=True)
             return (f"cannot connect to the Red Pitaya at {host!r}"
@@ -316,6 +327,14 @@ class PyrplBackend:
                     "defaults root/root, or the redpitaya section of the PyRPL config); only one "
                     "PyRPL client may use a board at a time")
         self._pyrpl, self._rp = p, p.rp
+        if self.virtual and p.c._filename is not None:
+            # PyRPL stores every connection setting in the named config: keep its delay for the
+            # boards the config is used with later
+            p.c.redpitaya.delay = kept_delay
+            try:
+                self._write_pending_config()
+            except errors.InternalError as exc:
+                return str(exc)
         if p.c._filename is not None:
             _make_private(p.c._filename)
         modules = list(getattr(p.c.pyrpl, "modules", []) or [])
@@ -636,6 +655,20 @@ class PyrplBackend:
                     setattr(m, name, value)
             return
         setattr(m, name, value)
+
+
+def _stored_ssh_delay(name: str) -> float:
+    """PyRPL's ssh ``delay`` for the boards of the config file ``name`` (checked by
+    :func:`_check_config_file`): the one stored there, else PyRPL's default. Call it before
+    ``Pyrpl()``, which writes its own into the file (and into PyRPL's defaults)."""
+    from pyrpl.memory import get_config_file, load
+    from pyrpl.redpitaya import defaultparameters
+
+    with open(get_config_file(name), encoding="utf-8") as f:
+        data = load(f) or {}
+    branch = data.get("redpitaya")
+    stored = branch.get("delay") if isinstance(branch, dict) else None
+    return stored if isinstance(stored, (int, float)) else defaultparameters["delay"]
 
 
 def _check_config_file(name: str) -> str | None:
