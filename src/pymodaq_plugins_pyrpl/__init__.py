@@ -3,12 +3,8 @@
 Importing this package has no side effects: the PyMoDAQ configuration object ``config`` is created
 on first access, so the server process (``hardware.server``) never imports PyMoDAQ or Qt.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("pymodaq_plugins_pyrpl")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+__version__ = "0.1.0"
+"""The package's version (the wheel's too: pyproject.toml reads it here)."""
 
 
 def __getattr__(name: str):

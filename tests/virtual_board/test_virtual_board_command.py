@@ -127,3 +127,19 @@ def test_child_board_outlives_no_killed_parent(tmp_path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_launching_a_board_imports_none_of_it() -> None:
+    """A server on the hostname ``virtual`` launches the board's process before PyRPL's import
+    and its own board: its path there imports neither the board (its model, paramiko) nor
+    ``importlib.metadata`` (the package's version), which the board's process imports itself."""
+    code = ("import sys\n"
+            "import pymodaq_plugins_pyrpl.hardware.server\n"
+            "import pymodaq_plugins_pyrpl.hardware.backends.pyrpl\n"
+            "import pymodaq_plugins_pyrpl.virtual_board.process\n"
+            "print(' '.join(sorted(m for m in sys.modules if m in {'paramiko', "
+            "'importlib.metadata', 'pymodaq_plugins_pyrpl.virtual_board.board', 'pyrpl'})))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

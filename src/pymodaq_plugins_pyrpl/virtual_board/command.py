@@ -23,7 +23,6 @@ from typing import Any
 
 from ..hardware import arguments
 from ..hardware.sockets import is_loopback
-from .redpitaya import VirtualRedPitaya
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if not is_loopback(args.host):
         logger.warning("listening on %s: anyone who can reach it logs in with the password and "
                        "drives the virtual board", args.host)
+    from .redpitaya import VirtualRedPitaya  # here: the ready line's parser stays light (process)
+
     try:
         board = VirtualRedPitaya(args.plant, args.mode, args.host, args.user, args.password,
                                  args.seed)
