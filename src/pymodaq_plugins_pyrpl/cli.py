@@ -3,6 +3,9 @@ Pitaya; install the shipped PyMoDAQ experiments and their default states.
 
 Exit status: 0 success; 1 the operation failed or there was nothing to act on (the message says
 which); 2 wrong usage. ``pymodaq-pyrpl server`` and ``virtual-board`` exit with their own status.
+
+The commands import the client, the runtime folder and the server manager when they run, so
+``virtual-board`` (the child process of a server on the hostname ``virtual``) starts without them.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, experiment_states
-from .hardware import arguments, board_address, protocol, runtime
-from .hardware.client import PyRPLClient
+from .hardware import arguments, board_address, protocol
 from .hardware.errors import PyrplPluginError
-from .hardware.server_manager import stop_local_server, takeover_local_server
 
 
 def _status_rows(timeout: float) -> list[dict[str, Any]]:
+    from .hardware import runtime
+    from .hardware.client import PyRPLClient
+
     rows = []
     for state in runtime.live_states():
         row: dict[str, Any] = {"port": state.port, "pid": state.pid, "backend": state.backend,
@@ -52,6 +56,8 @@ def _lease_holder(client: dict[str, Any], module: str) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    from .hardware import runtime
+
     if not rows:
         print(f"no local PyRPL server is running (runtime folder {runtime.runtime_dir()})")
         return
@@ -89,6 +95,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from .hardware import runtime
+    from .hardware.server_manager import stop_local_server
+
     ports = [s.port for s in runtime.live_states()] if args.all else [args.port]
     stopped = 0
     for port in ports:
@@ -102,6 +111,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_takeover(args: argparse.Namespace) -> int:
+    from .hardware.server_manager import takeover_local_server
+
     state = takeover_local_server(args.port, startup_timeout=args.startup_timeout,
                                   auto_stop=args.auto_stop)
     print(f"took over port {args.port}: the PyRPL server for {state.describes()} runs again with a new "

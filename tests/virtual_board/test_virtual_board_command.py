@@ -129,17 +129,29 @@ def test_child_board_outlives_no_killed_parent(tmp_path) -> None:
         parent.wait()
 
 
+def _imported(code: str, modules: set[str]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    report = f"import sys\nprint(' '.join(sorted(set(sys.modules) & {modules!r})))"
+    done = subprocess.run([sys.executable, "-c", f"{code}\n{report}"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
 def test_launching_a_board_imports_none_of_it() -> None:
     """A server on the hostname ``virtual`` launches the board's process before PyRPL's import
     and its own board: its path there imports neither the board (its model, paramiko) nor
     ``importlib.metadata`` (the package's version), which the board's process imports itself."""
-    code = ("import sys\n"
-            "import pymodaq_plugins_pyrpl.hardware.server\n"
+    code = ("import pymodaq_plugins_pyrpl.hardware.server\n"
             "import pymodaq_plugins_pyrpl.hardware.backends.pyrpl\n"
-            "import pymodaq_plugins_pyrpl.virtual_board.process\n"
-            "print(' '.join(sorted(m for m in sys.modules if m in {'paramiko', "
-            "'importlib.metadata', 'pymodaq_plugins_pyrpl.virtual_board.board', 'pyrpl'})))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=30, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == []
+            "import pymodaq_plugins_pyrpl.virtual_board.process")
+    assert _imported(code, {"paramiko", "importlib.metadata", "pyrpl",
+                            "pymodaq_plugins_pyrpl.virtual_board.board"}) == []
+
+
+def test_the_board_command_imports_none_of_the_other_commands() -> None:
+    """``pymodaq-pyrpl virtual-board`` (the child process of a server) imports neither the client
+    nor the server manager nor the runtime folder of the CLI's other commands."""
+    assert _imported("import pymodaq_plugins_pyrpl.cli", {
+        "pymodaq_plugins_pyrpl.hardware.client", "pymodaq_plugins_pyrpl.hardware.server_manager",
+        "pymodaq_plugins_pyrpl.hardware.runtime", "importlib.metadata"}) == []

@@ -1,6 +1,5 @@
-"""A virtual board in a child process (``pymodaq-pyrpl virtual-board`` on free ports, run as
-``python -m pymodaq_plugins_pyrpl.virtual_board``): what a server asked for the hostname
-``virtual`` connects PyRPL to.
+"""A virtual board in a child process (``pymodaq-pyrpl virtual-board`` on free ports): what a
+server asked for the hostname ``virtual`` connects PyRPL to.
 
 The child holds this process's end of a pipe as its standard input and stops when it closes
 (``--until-stdin-closes``), so it never outlives its parent, even one killed by SIGKILL.
@@ -89,7 +88,7 @@ def launch_virtual_board(plant: str, mode: str = "shared",
     waiting for it: :meth:`StartingVirtualBoard.ready` waits for its ready line, at most
     ``timeout`` s after this call. Its stderr is this process's. Raises VirtualBoardError if the
     Python interpreter cannot be run."""
-    command = [sys.executable, "-m", "pymodaq_plugins_pyrpl.virtual_board",
+    command = [sys.executable, "-m", "pymodaq_plugins_pyrpl.cli", "virtual-board",
                "--plant", plant, "--mode", mode, "--host", "127.0.0.1", "--ssh-port", "0",
                "--port", "0", "--until-stdin-closes"]
     deadline = time.monotonic() + timeout
