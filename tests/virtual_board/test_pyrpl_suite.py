@@ -24,9 +24,12 @@ SUITE_TIMEOUT = 900
 """Seconds PyRPL's suite may take in all (it took 2 min 50 s to 3 min 25 s on a shared 2-core
 machine under the load of other test runs)."""
 
-PASSED_FLOOR = 89
-"""Passing tests of PyRPL's suite (97 run), at least: the worse of the last 2 runs (92 and 89; the
-second at a load average of 6 on 2 cores). Per file, in those runs: test_registers 5/5,
+PASSED_FLOOR = 87
+"""Passing tests of PyRPL's suite (97 run), at least: 90 on a quiet machine (7 failing in every
+run: 3 of test_na, 3 of test_spectrum_analyzer, test_spin_box_pytest), less the three
+load-sensitive tests that have each failed once under load (test_auto_relock, test_real_lock,
+test_memory's test_two_trees, which waits 50 ms past a Qt timer). Runs: 90 quiet; 92 and 89 at a
+load average up to 6 on 2 cores. Per file, in the loaded runs: test_registers 5/5,
 test_hardware_modules: test_scope 7/7, test_scope_asg_ams 8/8, test_sampler 1/1, test_trig 1/1,
 test_dsp_inputs 1/1, test_pid_na_iq 9/9, test_na_iir_pytest 16/16; test_lockbox 6/6 and 5/6
 (test_auto_relock, under that load), test_na 10/11 and 8/11 (:data:`TIMING_BOUND`),
