@@ -305,13 +305,14 @@ class PyrplBackend:
 
         # No network analyzer / spectrum analyzer / lockbox: they would own iq2 and pid2.
         pyrpl_main.default_pyrpl_config["modules"] = []
+        kept_delay = None
         if self.config:
-            failure = _check_config_file(self.config)
+            stored, failure = _read_config_file(self.config)
             if failure is not None:
                 return failure
+            kept_delay = _ssh_delay(stored) if self.virtual else None
         options: dict[str, Any] = (
             {"sshport": self.ssh_port, "port": self.board_port} if self.ssh_port else {})
-        kept_delay = _stored_ssh_delay(self.config) if self.virtual and self.config else None
         if self.virtual:
             options["delay"] = VIRTUAL_SSH_DELAY
         try:
@@ -657,24 +658,21 @@ class PyrplBackend:
         setattr(m, name, value)
 
 
-def _stored_ssh_delay(name: str) -> float:
-    """PyRPL's ssh ``delay`` for the boards of the config file ``name`` (checked by
-    :func:`_check_config_file`): the one stored there, else PyRPL's default. Call it before
-    ``Pyrpl()``, which writes its own into the file (and into PyRPL's defaults)."""
-    from pyrpl.memory import get_config_file, load
+def _ssh_delay(stored: dict[str, Any]) -> float:
+    """PyRPL's ssh ``delay`` in a config file's content ``stored`` (:func:`_read_config_file`,
+    read before ``Pyrpl()``, which writes its own into the file and into PyRPL's defaults): the
+    ``redpitaya`` section's, else PyRPL's default."""
     from pyrpl.redpitaya import defaultparameters
 
-    with open(get_config_file(name), encoding="utf-8") as f:
-        data = load(f) or {}
-    branch = data.get("redpitaya")
-    stored = branch.get("delay") if isinstance(branch, dict) else None
-    return stored if isinstance(stored, (int, float)) else defaultparameters["delay"]
+    branch = stored.get("redpitaya")
+    delay = branch.get("delay") if isinstance(branch, dict) else None
+    return delay if isinstance(delay, (int, float)) else defaultparameters["delay"]
 
 
-def _check_config_file(name: str) -> str | None:
-    """Why PyRPL's config file ``name`` cannot be used (not YAML, not a mapping), or None.
-
-    PyRPL's own lookup: ``<user dir>/config/NAME.yml``, created empty if missing."""
+def _read_config_file(name: str) -> tuple[dict[str, Any], str | None]:
+    """PyRPL's config file ``name`` (PyRPL's own lookup: ``<user dir>/config/NAME.yml``, created
+    empty if missing): its settings, and why it cannot be used (not YAML, not a mapping) or None.
+    The settings are empty if it cannot be used."""
     import yaml
     from pyrpl.memory import get_config_file, load
 
@@ -686,10 +684,10 @@ def _check_config_file(name: str) -> str | None:
         reason = _one_line(exc)
     else:
         if data is None or isinstance(data, dict):
-            return None
+            return data or {}, None
         reason = f"it holds a {type(data).__name__}, not a mapping of settings"
-    return (f"the PyRPL config file {path} (--config {name}) is corrupt: {reason}. Fix it, or "
-            "move it away to start from an empty config")
+    return {}, (f"the PyRPL config file {path} (--config {name}) is corrupt: {reason}. Fix it, "
+                "or move it away to start from an empty config")
 
 
 def _make_private(config_file: str) -> None:
