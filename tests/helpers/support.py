@@ -1,4 +1,5 @@
-"""Test helpers: a server subprocess with guaranteed cleanup, and a raw-socket protocol client.
+"""Test helpers: a server subprocess with guaranteed cleanup, a raw-socket protocol client, and
+whether a local port accepts connections.
 
 ``RawClient`` speaks docs/protocol.md by hand (no package client), so the tests also check that the
 documentation is enough to talk to the server.
@@ -237,3 +238,13 @@ def acquire_while_scope_settings_change(server: ServerProcess, timeout: float,
         answered.set()
         changer.join(limit + 10)
     return reply, elapsed, changes[0]
+
+
+def accepts_connections(port: int, timeout: float = 2.0) -> bool:
+    """True if something listens on 127.0.0.1:``port``, False if the connection is refused; other
+    failures (e.g. ``socket.timeout`` after ``timeout`` s) raise."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return False
+    return True

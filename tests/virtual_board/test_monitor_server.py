@@ -21,6 +21,7 @@ from pymodaq_plugins_pyrpl.virtual_board import (
     VirtualBoard,
     wire,
 )
+from tests.helpers.support import accepts_connections
 
 TIMEOUT = 5.0
 """Seconds any socket operation of a test may block."""
@@ -78,11 +79,6 @@ def assert_closed(sock: socket.socket, how: str) -> None:
     else:
         with pytest.raises(ConnectionResetError):
             sock.recv(1)
-
-
-def assert_refused(port: int) -> None:
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
 
 
 # -- protocol --------------------------------------------------------------------------------------
@@ -157,7 +153,7 @@ def test_closing_the_board_stops_its_servers(board: VirtualBoard, server: Monito
         read(sock, HK_ID)
         board.close()
         assert_closed(sock, "fin")
-    assert_refused(server.port)
+    assert not accepts_connections(server.port, TIMEOUT)
 
 
 def test_shared_mode_serves_many_clients_on_one_board(server: MonitorServer) -> None:
@@ -183,7 +179,7 @@ def test_faithful_mode_serves_one_client_and_ends_with_it(board: VirtualBoard) -
         second.settimeout(TIMEOUT)
         first.close()  # the client leaves: the C server exits
         assert_closed(second, "rst")
-        assert_refused(port)
+        assert not accepts_connections(port, TIMEOUT)
         assert not server.listening
         assert server.start(port) == port  # started again, as PyRPL does over ssh
         with connect(port) as third:
@@ -200,7 +196,7 @@ def test_faithful_mode_ends_on_an_unknown_command(board: VirtualBoard) -> None:
         with connect(port) as sock:
             sock.sendall(wire.header(b"x", 1, HK_ID))
             assert_closed(sock, "fin")
-        assert_refused(port)
+        assert not accepts_connections(port, TIMEOUT)
     finally:
         server.stop()
 
@@ -215,7 +211,7 @@ def test_killall_ends_every_connection_with_fin_or_rst(board: VirtualBoard, serv
         server.killall()
         assert_closed(a, how)
         assert_closed(b, how)
-    assert_refused(server.port)
+    assert not accepts_connections(server.port, TIMEOUT)
     assert server.connections == 0
 
 
@@ -253,7 +249,7 @@ def test_reboot_resets_connections_refuses_the_port_then_comes_back(
         started = time.monotonic()
         board.reboot(downtime)
         assert_closed(sock, "rst")
-    assert_refused(port)
+    assert not accepts_connections(port, TIMEOUT)
     with pytest.raises(BoardDown):
         MonitorServer(board).start(0)
     assert board.wait_rebooted(TIMEOUT)
@@ -267,7 +263,7 @@ def test_reboot_in_faithful_mode_leaves_the_server_down(board: VirtualBoard,
     board.link.mode = "faithful"
     board.reboot(0.0)
     assert board.wait_rebooted(TIMEOUT)
-    assert_refused(server.port)
+    assert not accepts_connections(server.port, TIMEOUT)
 
 
 def test_corrupted_echo_executes_the_request(board: VirtualBoard, server: MonitorServer) -> None:

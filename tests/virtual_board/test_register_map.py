@@ -11,6 +11,7 @@ import pytest
 from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
 from pymodaq_plugins_pyrpl.virtual_board import VirtualBoard
+from tests.helpers.clock import FakeClock
 
 HK, SCOPE, ASG, DSP, AMS = 0x40000000, 0x40100000, 0x40200000, 0x40300000, 0x40400000
 PID0, IQ0, IQ2 = DSP, DSP + 5 * 0x10000, DSP + 7 * 0x10000
@@ -19,23 +20,13 @@ DSP_NUMBER = {"in1": 10, "in2": 11, "out1": 12, "out2": 13, "asg0": 8, "asg1": 9
 ALL_ONES = 0xFFFFFFFF
 
 
-class Clock:
-    """A monotonic clock the test sets."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(100.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def board(clock: Clock) -> VirtualBoard:
+def board(clock: FakeClock) -> VirtualBoard:
     return VirtualBoard(seed=3, clock=clock)
 
 
@@ -129,7 +120,7 @@ def test_pwm_outputs_follow_their_dsp_signal(board: VirtualBoard) -> None:
 
 
 def test_buffer_reads_across_a_boundary_take_each_word_from_its_own_place(
-        board: VirtualBoard, clock: Clock) -> None:
+        board: VirtualBoard, clock: FakeClock) -> None:
     """The end of ch1 and the start of ch2 in one read; the end of asg0's table and 0x20000."""
     asg_dc(board, 0, 0.25, 1)
     put(board, SCOPE + 0x14, 1)
@@ -167,7 +158,7 @@ def test_reboot_restores_power_up_values(board: VirtualBoard) -> None:
 # -- time base -------------------------------------------------------------------------------------
 
 
-def test_the_cycle_counter_follows_the_clock(board: VirtualBoard, clock: Clock) -> None:
+def test_the_cycle_counter_follows_the_clock(board: VirtualBoard, clock: FakeClock) -> None:
     low, high = board.read(SCOPE + 0x15C, 2)
     start = int(high) << 32 | int(low)
     clock.t += 40.0  # 5e9 cycles: the high word moves
@@ -175,7 +166,7 @@ def test_the_cycle_counter_follows_the_clock(board: VirtualBoard, clock: Clock) 
     assert (int(high) << 32 | int(low)) - start == 40 * 125_000_000
 
 
-def test_scope_acquisition_immediately(board: VirtualBoard, clock: Clock) -> None:
+def test_scope_acquisition_immediately(board: VirtualBoard, clock: FakeClock) -> None:
     """PyRPL's sequence: reset, delay 16384, arm, source 1 (the software trigger)."""
     put(board, SCOPE + 0x14, 1)  # decimation 1: 16384 samples in 131 µs
     put(board, SCOPE + 0x0, 0b10)
@@ -195,7 +186,7 @@ def test_scope_acquisition_immediately(board: VirtualBoard, clock: Clock) -> Non
 
 
 def test_scope_edge_trigger_waits_for_the_pre_trigger_samples(board: VirtualBoard,
-                                                              clock: Clock) -> None:
+                                                              clock: FakeClock) -> None:
     """An ASG square wave on out1 → in1, trigger on ch1's rising edge at 0 V, delay 8192."""
     table = np.where(np.arange(16384) < 8192, 8191, -8191 & 0x3FFF)
     put(board, ASG + 0x10000, *table)
@@ -222,7 +213,7 @@ def test_scope_edge_trigger_waits_for_the_pre_trigger_samples(board: VirtualBoar
     assert abs(np.max(trace) - 0.5) < 0.02 and abs(np.min(trace) + 0.5) < 0.02
 
 
-def test_scope_trigger_comes_once_its_generator_starts(board: VirtualBoard, clock: Clock) -> None:
+def test_scope_trigger_comes_once_its_generator_starts(board: VirtualBoard, clock: FakeClock) -> None:
     """Source asg1 with asg1 stopped: no trigger; asg1 started after the arm: it triggers."""
     put(board, SCOPE + 0x14, 1)
     put(board, SCOPE + 0x0, 0b10)
@@ -237,7 +228,7 @@ def test_scope_trigger_comes_once_its_generator_starts(board: VirtualBoard, cloc
     assert word(board, SCOPE + 0x0) == 0  # triggered within a period, then done
 
 
-def test_asg_output_peaks_at_the_tables_full_scale(board: VirtualBoard, clock: Clock) -> None:
+def test_asg_output_peaks_at_the_tables_full_scale(board: VirtualBoard, clock: FakeClock) -> None:
     """The FPGA outputs table * amplitude / 2**13 and PyRPL's tables peak at 2**13 - 1: a 0.5 V sine
     with 0.1 V offset never reaches 0.6 V (PyRPL's test_sampler)."""
     x = np.arange(16384) / 16384
@@ -258,7 +249,7 @@ def test_asg_output_peaks_at_the_tables_full_scale(board: VirtualBoard, clock: C
 
 
 def test_trig_module_fires_on_its_edge_and_records_the_asg_phase(board: VirtualBoard,
-                                                                  clock: Clock) -> None:
+                                                                  clock: FakeClock) -> None:
     """PyRPL's test_trig: asg0 sine 0.4 V around 0.5 V; trigger on asg0 through 0.5 V."""
     trig = DSP + 3 * 0x10000
     x = np.arange(16384) / 16384
@@ -284,7 +275,7 @@ def test_trig_module_fires_on_its_edge_and_records_the_asg_phase(board: VirtualB
         put(board, ASG + 0x0, 0)  # stop asg0 for the next round
 
 
-def test_rolling_mode_keeps_writing(board: VirtualBoard, clock: Clock) -> None:
+def test_rolling_mode_keeps_writing(board: VirtualBoard, clock: FakeClock) -> None:
     put(board, SCOPE + 0x14, 1)
     put(board, SCOPE + 0x0, 0b10)
     put(board, SCOPE + 0x0, 0b01)  # armed, source off: never triggered
@@ -297,7 +288,7 @@ def test_rolling_mode_keeps_writing(board: VirtualBoard, clock: Clock) -> None:
     assert all(abs(step - 6250) <= 1 for step in steps), pointers
 
 
-def test_iq_averager_is_busy_for_its_cycles(board: VirtualBoard, clock: Clock) -> None:
+def test_iq_averager_is_busy_for_its_cycles(board: VirtualBoard, clock: FakeClock) -> None:
     put(board, IQ0 + 0x130, 125_000)  # averages: 1 ms
     put(board, IQ0 + 0x134, 12_500)  # sleep: 0.1 ms
     put(board, IQ0 + 0x108, 1000)  # a frequency write starts the series
@@ -340,7 +331,7 @@ def test_sampler_paths_read_the_outputs_as_the_simulator(board: VirtualBoard) ->
         expected["in1"], abs=0.01)
 
 
-def test_iq_quadratures_agree_with_the_simulator(board: VirtualBoard, clock: Clock) -> None:
+def test_iq_quadratures_agree_with_the_simulator(board: VirtualBoard, clock: FakeClock) -> None:
     """A 0.3 V ASG sine through the loopback, demodulated by iq0 at its frequency."""
     frequency, amplitude = 50e3, 0.3
     x = np.arange(16384) / 16384
@@ -359,7 +350,7 @@ def test_iq_quadratures_agree_with_the_simulator(board: VirtualBoard, clock: Clo
     i = ((b << 31 | a) ^ 1 << 61) - (1 << 61)
     q = ((d << 31 | c) ^ 1 << 61) - (1 << 61)
     board_amplitude = math.hypot(i, q) / 125_000 * 2**-22
-    simulator_clock = Clock()
+    simulator_clock = FakeClock(100.0)
     simulator = SimulatorBackend(seed=3, clock=simulator_clock)
     simulator.set("asg0", {"waveform": "sin", "frequency": frequency, "amplitude": amplitude,
                            "trigger_source": "immediately", "output_direct": "out1"})

@@ -17,6 +17,7 @@ from pymodaq_plugins_pyrpl.virtual_board.process import (
     launch_virtual_board,
     start_virtual_board,
 )
+from tests.helpers.support import accepts_connections
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,25 +33,17 @@ def _start(*args: str, stdin: int = subprocess.DEVNULL) -> tuple[subprocess.Pope
     return process, ready
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ready_line_then_a_signal_stops_it(sig: signal.Signals) -> None:
     process, ready = _start()
     try:
         assert (ready.host, ready.pid) == ("127.0.0.1", process.pid)
-        assert _listening(ready.ssh_port) and _listening(ready.port)
+        assert accepts_connections(ready.ssh_port) and accepts_connections(ready.port)
         process.send_signal(sig)
         assert process.wait(15) == 0
         assert process.stdout.read() == ""  # exactly one line on stdout
         assert f"sshport={ready.ssh_port}, port={ready.port}" in process.stderr.read()
-        assert not _listening(ready.ssh_port) and not _listening(ready.port)
+        assert not accepts_connections(ready.ssh_port) and not accepts_connections(ready.port)
     finally:
         process.kill()
         process.wait()
@@ -88,7 +81,7 @@ def test_child_board_for_a_server_stops_with_it() -> None:
     board = start_virtual_board("loopback")
     child = psutil.Process(board.process.pid)
     try:
-        assert _listening(board.ssh_port) and _listening(board.port)
+        assert accepts_connections(board.ssh_port) and accepts_connections(board.port)
     finally:
         board.stop()
     assert not child.is_running()
@@ -103,7 +96,7 @@ def test_launched_board_is_ready_later_or_stops_unread() -> None:
     launched = launch_virtual_board("loopback")
     board = launched.ready()
     try:
-        assert _listening(board.ssh_port) and _listening(board.port)
+        assert accepts_connections(board.ssh_port) and accepts_connections(board.port)
     finally:
         board.stop()
     unread = launch_virtual_board("loopback")

@@ -13,6 +13,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
 from tests.helpers.pyrpl_ssh import run_probe
+from tests.helpers.support import accepts_connections
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.pyrpl]
 
@@ -28,21 +29,14 @@ def board() -> Iterator[VirtualRedPitaya]:
     board.close()
 
 
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize("mode", ["shared", "faithful"])
 def test_unmodified_pyrpl_starts_against_the_virtual_board(mode: str, tmp_path: Path) -> None:
     board = VirtualRedPitaya(mode=mode, seed=3)  # type: ignore[arg-type]
     board.start(0, 0)
     try:
         result = run_probe("pyrpl", board.ssh_port, board.port, tmp_path)
-        assert _refused(board.port)  # Pyrpl._clear() ended its monitor server over ssh
+        # Pyrpl._clear() ended its monitor server over ssh
+        assert not accepts_connections(board.port)
     finally:
         board.close()
     assert result["port"] == board.port  # PyRPL started its monitor server where it was told
@@ -93,7 +87,7 @@ def test_ssh_commands_end_and_start_monitor_servers(board: VirtualRedPitaya) -> 
     try:
         assert _exec(client, "killall monitor_server") == (0, "")
         assert data.recv(8) == b""  # the power-on server's connection ended
-        assert _refused(board.port)
+        assert not accepts_connections(board.port)
         assert _exec(client, f"/opt/pyrpl/monitor_server {board.port}") == (0, "")
         socket.create_connection(("127.0.0.1", board.port), timeout=5).close()
         status, text = _exec(client, f"/opt/pyrpl/monitor_server {board.port}")
@@ -107,7 +101,7 @@ def test_ssh_commands_end_and_start_monitor_servers(board: VirtualRedPitaya) -> 
 
 def test_close_ends_everything(board: VirtualRedPitaya) -> None:
     board.close()
-    assert _refused(board.ssh_port) and _refused(board.port)
+    assert not accepts_connections(board.ssh_port) and not accepts_connections(board.port)
 
 
 def test_reboot_ends_ssh_too_and_brings_it_back(board: VirtualRedPitaya) -> None:
@@ -121,7 +115,7 @@ def test_reboot_ends_ssh_too_and_brings_it_back(board: VirtualRedPitaya) -> None
     board.reboot(2.0)
     try:
         assert shell.recv(100) == b""  # the session ended with the reboot
-        assert _refused(board.ssh_port) and _refused(board.port)
+        assert not accepts_connections(board.ssh_port) and not accepts_connections(board.port)
         assert board.wait_rebooted(10)
         again = _login(board.ssh_port)
         assert again.get_transport().get_remote_server_key() == key  # the board's own key

@@ -11,6 +11,7 @@ from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.hardware.backends.base import ScopeTrace
 from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
 from pymodaq_plugins_pyrpl.hardware.errors import InternalError, InvalidParams
+from tests.helpers.clock import FakeClock
 
 LSB = 2.0**-13
 IQ_PIPELINE = 3 / catalogue.FPGA_CLOCK
@@ -23,19 +24,6 @@ def pipeline_lag(f: float) -> complex:
     """The phase factor of IQ_PIPELINE at ``f``."""
     return np.exp(-2j * math.pi * f * IQ_PIPELINE)
 DURATIONS = catalogue.SCOPE_DURATIONS
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, t: float = 1234.5) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @pytest.fixture
