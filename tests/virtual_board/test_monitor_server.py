@@ -14,13 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pymodaq_plugins_pyrpl.virtual_board import (
-    BoardDown,
-    LinkSettings,
-    MonitorServer,
-    VirtualBoard,
-    wire,
-)
+from pymodaq_plugins_pyrpl.hardware import monitor_wire
+from pymodaq_plugins_pyrpl.virtual_board import BoardDown, LinkSettings, MonitorServer, VirtualBoard
 from tests.helpers.support import accepts_connections
 
 TIMEOUT = 5.0
@@ -61,15 +56,16 @@ def recv_exact(sock: socket.socket, size: int) -> bytes:
 
 def read(sock: socket.socket, address: int, length: int = 1) -> tuple[bytes, np.ndarray]:
     """(echoed header, words) of a read request."""
-    sock.sendall(wire.header(b"r", length, address))
-    echo = recv_exact(sock, wire.HEADER_SIZE)
+    sock.sendall(monitor_wire.header(b"r", length, address))
+    echo = recv_exact(sock, monitor_wire.HEADER_SIZE)
     return echo, np.frombuffer(recv_exact(sock, 4 * length), dtype="<u4")
 
 
 def write(sock: socket.socket, address: int, *words: int) -> bytes:
     """The echoed header of a write request."""
-    sock.sendall(wire.header(b"w", len(words), address) + struct.pack(f"<{len(words)}I", *words))
-    return recv_exact(sock, wire.HEADER_SIZE)
+    payload = struct.pack(f"<{len(words)}I", *words)
+    sock.sendall(monitor_wire.header(b"w", len(words), address) + payload)
+    return recv_exact(sock, monitor_wire.HEADER_SIZE)
 
 
 def assert_closed(sock: socket.socket, how: str) -> None:
@@ -87,28 +83,29 @@ def assert_closed(sock: socket.socket, how: str) -> None:
 def test_read_echoes_the_header_then_the_words(server: MonitorServer) -> None:
     with connect(server.port) as sock:
         echo, words = read(sock, HK_ID, 3)
-    assert echo == wire.header(b"r", 3, HK_ID)
+    assert echo == monitor_wire.header(b"r", 3, HK_ID)
     assert words[0] == 1  # board id: release 1
 
 
 def test_write_echoes_the_header_and_keeps_the_register_width(server: MonitorServer) -> None:
     with connect(server.port) as sock:
-        assert write(sock, LED, 0xFFFFFFFF) == wire.header(b"w", 1, LED)
+        assert write(sock, LED, 0xFFFFFFFF) == monitor_wire.header(b"w", 1, LED)
         assert read(sock, LED)[1][0] == 0xFF  # 8 LEDs
 
 
 def test_zero_length_requests_are_ignored_whatever_the_command(server: MonitorServer) -> None:
     with connect(server.port) as sock:
-        sock.sendall(wire.header(b"r", 0, LED) + wire.header(b"c", 0, 0) + wire.header(b"x", 0, 0))
+        sock.sendall(monitor_wire.header(b"r", 0, LED) + monitor_wire.header(b"c", 0, 0)
+                     + monitor_wire.header(b"x", 0, 0))
         echo, words = read(sock, HK_ID)
-    assert echo == wire.header(b"r", 1, HK_ID) and words[0] == 1
+    assert echo == monitor_wire.header(b"r", 1, HK_ID) and words[0] == 1
 
 
 @pytest.mark.parametrize("command", [b"x", b"c"])
 def test_unknown_or_close_command_ends_the_connection(server: MonitorServer,
                                                       command: bytes) -> None:
     with connect(server.port) as sock:
-        sock.sendall(wire.header(command, 1, HK_ID))
+        sock.sendall(monitor_wire.header(command, 1, HK_ID))
         assert_closed(sock, "fin")
     with connect(server.port) as sock:  # shared mode: the server goes on
         assert read(sock, HK_ID)[1][0] == 1
@@ -117,16 +114,16 @@ def test_unknown_or_close_command_ends_the_connection(server: MonitorServer,
 def test_a_request_crossing_a_128_kib_window_resets_the_connection(
         server: MonitorServer) -> None:
     with connect(server.port) as sock:
-        sock.sendall(wire.header(b"r", 2, 0x40100000 + wire.WINDOW - 4))
+        sock.sendall(monitor_wire.header(b"r", 2, 0x40100000 + monitor_wire.WINDOW - 4))
         assert_closed(sock, "rst")
 
 
 def test_the_largest_request_fills_one_window(server: MonitorServer) -> None:
     """32768 words (128 KiB) from the start of a window: the most one request can read."""
     with connect(server.port) as sock:
-        echo, words = read(sock, 0x40100000, wire.WINDOW // 4)
-    assert echo == wire.header(b"r", wire.WINDOW // 4, 0x40100000)
-    assert len(words) == wire.WINDOW // 4
+        echo, words = read(sock, 0x40100000, monitor_wire.WINDOW // 4)
+    assert echo == monitor_wire.header(b"r", monitor_wire.WINDOW // 4, 0x40100000)
+    assert len(words) == monitor_wire.WINDOW // 4
 
 
 def test_writes_are_counted(board: VirtualBoard, server: MonitorServer) -> None:
@@ -172,7 +169,7 @@ def test_faithful_mode_serves_one_client_and_ends_with_it(board: VirtualBoard) -
         first = connect(port)
         assert read(first, HK_ID)[1][0] == 1
         second = connect(port)  # queued in the listen backlog, never served
-        second.sendall(wire.header(b"r", 1, HK_ID))
+        second.sendall(monitor_wire.header(b"r", 1, HK_ID))
         second.settimeout(QUIET)
         with pytest.raises(TimeoutError):
             second.recv(1)
@@ -194,7 +191,7 @@ def test_faithful_mode_ends_on_an_unknown_command(board: VirtualBoard) -> None:
     port = server.start(0)
     try:
         with connect(port) as sock:
-            sock.sendall(wire.header(b"x", 1, HK_ID))
+            sock.sendall(monitor_wire.header(b"x", 1, HK_ID))
             assert_closed(sock, "fin")
         assert not accepts_connections(port, TIMEOUT)
     finally:
@@ -269,11 +266,11 @@ def test_reboot_in_faithful_mode_leaves_the_server_down(board: VirtualBoard,
 def test_corrupted_echo_executes_the_request(board: VirtualBoard, server: MonitorServer) -> None:
     with connect(server.port) as sock:
         board.faults.corrupt_echoes(1)
-        sent = wire.header(b"w", 1, LED)
+        sent = monitor_wire.header(b"w", 1, LED)
         echo = write(sock, LED, 0x33)
         assert echo != sent and echo[0] == sent[0] and echo[2:] == sent[2:]
         echo, words = read(sock, LED)
-        assert echo == wire.header(b"r", 1, LED) and list(words) == [0x33]
+        assert echo == monitor_wire.header(b"r", 1, LED) and list(words) == [0x33]
 
 
 def test_latency_delays_every_answer(board: VirtualBoard, server: MonitorServer) -> None:
@@ -289,14 +286,14 @@ def test_a_stalled_port_answers_nothing_until_resumed(board: VirtualBoard,
                                                       server: MonitorServer) -> None:
     with connect(server.port) as sock:
         board.faults.stall()
-        sock.sendall(wire.header(b"w", 1, LED) + struct.pack("<I", 7))
+        sock.sendall(monitor_wire.header(b"w", 1, LED) + struct.pack("<I", 7))
         sock.settimeout(QUIET)
         with pytest.raises(TimeoutError):
             sock.recv(1)
         assert board.counts.writes == 0  # not executed either
         sock.settimeout(TIMEOUT)
         board.faults.resume()
-        assert recv_exact(sock, 8) == wire.header(b"w", 1, LED)
+        assert recv_exact(sock, 8) == monitor_wire.header(b"w", 1, LED)
         assert read(sock, LED)[1][0] == 7
 
 
@@ -304,7 +301,7 @@ def test_killall_ends_a_stalled_connection(board: VirtualBoard, server: MonitorS
     board.link.killall_close = "rst"
     with connect(server.port) as sock:
         board.faults.stall()
-        sock.sendall(wire.header(b"r", 1, HK_ID))
+        sock.sendall(monitor_wire.header(b"r", 1, HK_ID))
         server.killall()  # returns once the connection's thread ended
         assert server.connections == 0
         assert_closed(sock, "rst")

@@ -1,5 +1,5 @@
 """The data port of the virtual board: PyRPL's ``monitor_server`` on TCP (wire format:
-:mod:`.wire`), serving the registers of a :class:`~.board.VirtualBoard`.
+:mod:`..hardware.monitor_wire`), serving the registers of a :class:`~.board.VirtualBoard`.
 
 Behaviour, per :attr:`~.board.LinkSettings.mode` of the board:
 
@@ -27,8 +27,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from ..hardware import monitor_wire
 from ..hardware.sockets import close_listener
-from . import wire
 
 if TYPE_CHECKING:
     from .board import VirtualBoard
@@ -219,34 +219,34 @@ class MonitorServer:
 
     def _handle(self, conn: _Connection) -> bool:
         """Read and answer one request; False when the connection is to end."""
-        raw = _recv_exact(conn.sock, wire.HEADER_SIZE)
+        raw = _recv_exact(conn.sock, monitor_wire.HEADER_SIZE)
         if raw is None:
             return False
-        header = wire.Header.parse(raw)
+        header = monitor_wire.Header.parse(raw)
         if header.length == 0:
             return True  # ignored by the C server, whatever the command
         payload = b""
-        if header.command == wire.WRITE:
-            payload = _recv_exact(conn.sock, wire.WORD_SIZE * header.length)
+        if header.command == monitor_wire.WRITE:
+            payload = _recv_exact(conn.sock, monitor_wire.WORD_SIZE * header.length)
             if payload is None:
                 return False
-        elif header.command != wire.READ:
-            if header.command != wire.CLOSE:
+        elif header.command != monitor_wire.READ:
+            if header.command != monitor_wire.CLOSE:
                 logger.warning("monitor_server: unknown command byte 0x%02x: ending the "
                                "connection", header.command)
             return False
         if not self.board.faults.wait_turn(conn.cancelled):
             return False
-        if wire.crosses_window(header.address, header.length):
+        if monitor_wire.crosses_window(header.address, header.length):
             logger.warning("monitor_server: %d words at 0x%08x cross a 128 KiB window: the C "
                            "server crashes here", header.length, header.address)
             conn.close_with = "rst"
             return False
         try:
-            if header.command == wire.READ:
-                reply = wire.pack_words(self.board.read(header.address, header.length))
+            if header.command == monitor_wire.READ:
+                reply = monitor_wire.pack_words(self.board.read(header.address, header.length))
             else:
-                self.board.write(header.address, wire.unpack_words(payload))
+                self.board.write(header.address, monitor_wire.unpack_words(payload))
                 reply = b""
         except Exception:  # a defect of the board model: end like a crashed server, loudly
             logger.exception("monitor_server: %d words at 0x%08x failed", header.length,

@@ -1,5 +1,7 @@
-"""The data port's wire format: PyRPL's ``monitor_server`` protocol (``monitor_server.c`` of PyRPL
-0.9.9.1, the client in ``pyrpl/redpitaya_client.py``).
+"""The Red Pitaya data port's wire format: PyRPL's ``monitor_server`` protocol (``monitor_server.c``
+of PyRPL 0.9.9.1, PyRPL's client in ``pyrpl/redpitaya_client.py``). One protocol, one place: the
+virtual board's server (:mod:`..virtual_board.monitor_server`) and the PyRPL backend's board client
+(:mod:`.backends.board_link.client`) both speak it from here.
 
 Every request starts with an 8-byte header:
 
@@ -63,6 +65,12 @@ class Header:
 def header(command: bytes, length: int, address: int) -> bytes:
     """The 8 header bytes of a request (as PyRPL's ``MonitorClient`` builds them)."""
     return _HEADER.pack(ord(command), 0, length, address)
+
+
+def reply_size(command: bytes, length: int) -> int:
+    """Bytes the server answers to a request of ``length`` words (> 0): the header echo, plus the
+    words for a read."""
+    return HEADER_SIZE + (WORD_SIZE * length if ord(command) == READ else 0)
 
 
 def crosses_window(address: int, length: int) -> bool:
