@@ -1,5 +1,5 @@
-"""PyRPL's real ``MonitorClient`` and hardware modules against the virtual board, over a real socket
-(no ssh): register read-back, a sine through the loopback on the scope, the IQ amplitude, the
+"""PyRPL's hardware modules against the virtual board, over a real socket (no ssh), on PyRPL's real
+``MonitorClient`` and on the PyRPL backend's own ``BoardClient``: register read-back, a sine through the loopback on the scope, the IQ amplitude, the
 sampler, a PID loop settling, an IIR filter against PyRPL's prediction, and PyRPL's own
 ``test_registers`` check on all 219 registers.
 
@@ -24,13 +24,23 @@ from tests.helpers.scripts import PYRPL_CLIENT_PROBE
 pytestmark = pytest.mark.pyrpl
 
 
+CLIENTS = {"pyrpl": "MonitorClient", "board": "BoardClient"}
+"""The probe's client argument -> the class PyRPL's modules then use."""
+
+
+@pytest.fixture(scope="module", params=list(CLIENTS))
+def client(request: pytest.FixtureRequest) -> str:
+    """Which client PyRPL's modules run on (each one gets a fresh board)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def board() -> VirtualBoard:
+def board(client: str) -> VirtualBoard:
     return VirtualBoard(seed=7)
 
 
 @pytest.fixture(scope="module")
-def probe(board: VirtualBoard, tmp_path_factory: pytest.TempPathFactory
+def probe(client: str, board: VirtualBoard, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[dict[str, Any]]:
     server = MonitorServer(board)
     port = server.start(0)
@@ -41,8 +51,8 @@ def probe(board: VirtualBoard, tmp_path_factory: pytest.TempPathFactory
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
     env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
     try:
-        proc = subprocess.run([sys.executable, str(PYRPL_CLIENT_PROBE), str(port)], check=False,
-                              capture_output=True, text=True, timeout=180, env=env,
+        proc = subprocess.run([sys.executable, str(PYRPL_CLIENT_PROBE), str(port), client],
+                              check=False, capture_output=True, text=True, timeout=180, env=env,
                               stdin=subprocess.DEVNULL)
     finally:
         server.stop()
@@ -58,8 +68,11 @@ def scenario(probe: dict[str, Any], name: str) -> dict[str, Any]:
     return result
 
 
-def test_pyrpl_uses_its_real_client(probe: dict[str, Any]) -> None:
-    assert probe["client"] == "MonitorClient"
+def test_pyrpl_modules_use_the_client_given(probe: dict[str, Any], client: str) -> None:
+    assert probe["client"] == CLIENTS[client]
+    assert probe["modules_share_it"]
+    reads, writes = probe["counters"]  # PyRPL's own test_na reads these two counters
+    assert reads > 500 and writes > 100
 
 
 def test_asg_settings_read_back_as_set(probe: dict[str, Any]) -> None:

@@ -1,11 +1,13 @@
 """Drives a virtual board through PyRPL's real ``MonitorClient`` and hardware modules, without ssh,
 and prints what it observed as JSON (the last stdout line starting with ``PROBE_RESULT``).
 
-Usage: ``python pyrpl_client_probe.py PORT`` (the board serves on 127.0.0.1:PORT, with the
-``loopback`` plant). Run by ``tests/virtual_board/test_pyrpl_client.py`` in a subprocess:
+Usage: ``python pyrpl_client_probe.py PORT [board]`` (the board serves on 127.0.0.1:PORT, with
+the ``loopback`` plant). Run by ``tests/virtual_board/test_pyrpl_client.py`` in a subprocess:
 importing PyRPL creates a QApplication and configures logging. PyRPL's client is reached without
 ssh: ``RedPitaya(hostname="_FAKE_")``, then ``parameters.update(hostname, port)`` and
-``startclient()``.
+``startclient()``. With ``board``, PyRPL's modules run on the PyRPL backend's own
+``BoardClient`` instead (``rp.client`` replaced, then ``makemodules()``; run by
+``tests/hardware/backends/test_board_client.py``).
 """
 from __future__ import annotations
 
@@ -25,12 +27,18 @@ from pyrpl.modules import Module
 from pyrpl.redpitaya import RedPitaya
 from pyrpl.test.test_registers import TestRegisters
 
+from pymodaq_plugins_pyrpl.hardware.backends.board_link.client import BoardClient
+
 DEADLINE = 10.0
 """Seconds any wait for the board may take."""
 
 
-def connect(port: int) -> RedPitaya:
+def connect(port: int, client: str) -> RedPitaya:
     rp = RedPitaya(hostname="_FAKE_")
+    if client == "board":
+        rp.client = BoardClient.connect("127.0.0.1", port)
+        rp.makemodules()
+        return rp
     rp.parameters.update(hostname="127.0.0.1", port=port)
     rp.startclient()
     return rp
@@ -201,13 +209,16 @@ SCENARIOS = (asg_readback, scope_sine, scope_edge, iq_amplitude, sampler, pid_se
 
 
 def main() -> None:
-    rp = connect(int(sys.argv[1]))
-    result: dict[str, Any] = {"client": type(rp.client).__name__}
+    rp = connect(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "pyrpl")
+    result: dict[str, Any] = {"client": type(rp.client).__name__,
+                              "modules_share_it": all(m._client is rp.client
+                                                      for m in rp.modules.values())}
     for scenario in SCENARIOS:
         try:
             result[scenario.__name__] = scenario(rp)
         except Exception:  # noqa: BLE001 - reported to the test
             result[scenario.__name__] = {"error": traceback.format_exc()}
+    result["counters"] = [rp.client._read_counter, rp.client._write_counter]
     print("PROBE_RESULT " + json.dumps(result), flush=True)
 
 
