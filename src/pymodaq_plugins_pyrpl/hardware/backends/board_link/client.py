@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -196,6 +197,9 @@ class BoardClient:
                 self._owed = None
                 logger.debug("drained %d late bytes of the %s at %#010x", len(owed.buffer),
                              owed.operation, owed.address)
+            if time.monotonic() >= deadline:
+                raise LinkTimeout(operation, address, length, "not sent: draining the late reply "
+                                  "to an earlier request used up the deadline")
             header = monitor_wire.header(command, length, address)
             reply = _Reply(operation, address, length, header,
                            bytearray(monitor_wire.reply_size(command, length)))
@@ -258,7 +262,7 @@ class BoardClient:
                     self._fail(LinkGarbage, reply, f"the board echoed {echo.hex()} instead of "
                                                    f"{reply.header.hex()}; connection closed")
 
-    def _timeout(self, reply: _Reply, draining_for: tuple[str, int, int] | None) -> None:
+    def _timeout(self, reply: _Reply, draining_for: tuple[str, int, int] | None) -> NoReturn:
         got = f"{reply.received} of {len(reply.buffer)} bytes"
         if draining_for is None:
             raise LinkTimeout(reply.operation, reply.address, reply.length,
@@ -269,7 +273,7 @@ class BoardClient:
                           f"{reply.length} word(s) at {reply.address:#010x} was still "
                           f"incomplete at the deadline ({got})")
 
-    def _fail_os(self, exc: OSError, reply: _Reply) -> None:
+    def _fail_os(self, exc: OSError, reply: _Reply) -> NoReturn:
         if self._closed:
             self._fail(LinkNotConnected, reply, "the client was closed during the request")
         if isinstance(exc, ConnectionResetError) or exc.errno in _RESET_ERRNOS:
@@ -279,7 +283,7 @@ class BoardClient:
         self._fail(LinkError, reply, f"socket error: {exc}", exc)
 
     def _fail(self, kind: type[LinkError], reply: _Reply, what: str,
-              cause: BaseException | None = None) -> None:
+              cause: BaseException | None = None) -> NoReturn:
         """Close the client and raise ``kind`` for ``reply``."""
         if self._closed and kind is not LinkNotConnected:
             kind, what = LinkNotConnected, "the client was closed during the request"

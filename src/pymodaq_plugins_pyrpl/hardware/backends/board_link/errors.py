@@ -34,7 +34,8 @@ class LinkError(OSError):
 class LinkTimeout(LinkError):
     """The request's deadline passed before the reply was complete. The connection stays open:
     the bytes still owed are drained before the next request is sent. A write that timed out has
-    an unknown outcome (it may have been executed)."""
+    an unknown outcome (it may have been executed). Exception: a request that could not even be
+    sent whole before its deadline closes the client (the stream is out of step)."""
 
 
 class LinkClosed(LinkError):
