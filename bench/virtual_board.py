@@ -30,8 +30,8 @@ import time
 
 import psutil
 
-from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard, decode, wire
+from pymodaq_plugins_pyrpl.hardware import catalogue, monitor_wire
+from pymodaq_plugins_pyrpl.virtual_board import MonitorServer, VirtualBoard, decode
 
 LED, SCOPE = 0x40000030, 0x40100000
 DSP, DSP_SPAN = 0x40300000, 0x10000
@@ -50,12 +50,12 @@ def _recv(sock: socket.socket, size: int) -> bytes:
 
 
 def _read(sock: socket.socket, address: int, length: int) -> bytes:
-    sock.sendall(wire.header(b"r", length, address))
+    sock.sendall(monitor_wire.header(b"r", length, address))
     return _recv(sock, 8 + 4 * length)
 
 
 def _write(sock: socket.socket, address: int, value: int) -> None:
-    sock.sendall(wire.header(b"w", 1, address) + value.to_bytes(4, "little"))
+    sock.sendall(monitor_wire.header(b"w", 1, address) + value.to_bytes(4, "little"))
     _recv(sock, 8)
 
 
