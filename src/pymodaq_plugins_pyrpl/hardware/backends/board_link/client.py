@@ -126,13 +126,13 @@ class BoardClient:
         return words.astype(np.uint32, copy=False)
 
     def writes(self, addr: int, values: Iterable[int] | np.ndarray) -> bool:
-        """Write ``values`` (converted to uint32 as PyRPL's client does) from byte address
-        ``addr``; True once the board echoed the request.
+        """Write ``values`` from byte address ``addr``; True once the board echoed the request.
+        The values are converted as PyRPL's client converts them (``np.asarray(values,
+        dtype=np.uint32)``, so numpy decides about values out of the uint32 range).
 
         Raises ValueError (nothing sent) for an empty or too long ``values`` or a request
-        crossing a 128 KiB window, OverflowError for values that do not fit in uint32,
-        :class:`~.errors.LinkError` if the request failed (a :class:`~.errors.LinkTimeout`
-        leaves the outcome unknown).
+        crossing a 128 KiB window, :class:`~.errors.LinkError` if the request failed (a
+        :class:`~.errors.LinkTimeout` leaves the outcome unknown).
         """
         self._write_counter += 1
         words = np.asarray(values, dtype=np.uint32).ravel()
