@@ -33,7 +33,9 @@ DEADLINE = 10.0
 """Seconds any wait for the board may take."""
 
 
-def connect(port: int, client: str) -> RedPitaya:
+def connect(port: int, client: str = "pyrpl") -> RedPitaya:
+    """PyRPL's ``RedPitaya`` on 127.0.0.1:``port`` without ssh, its modules on PyRPL's
+    ``MonitorClient`` (``client="pyrpl"``) or the backend's ``BoardClient`` (``"board"``)."""
     rp = RedPitaya(hostname="_FAKE_")
     if client == "board":
         rp.client = BoardClient.connect("127.0.0.1", port)
@@ -209,7 +211,7 @@ SCENARIOS = (asg_readback, scope_sine, scope_edge, iq_amplitude, sampler, pid_se
 
 
 def main() -> None:
-    rp = connect(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "pyrpl")
+    rp = connect(int(sys.argv[1]), *sys.argv[2:3])
     result: dict[str, Any] = {"client": type(rp.client).__name__,
                               "modules_share_it": all(m._client is rp.client
                                                       for m in rp.modules.values())}
