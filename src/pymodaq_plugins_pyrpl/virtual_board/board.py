@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 
 from .faults import LinkFaults
 from .fpga import Fpga
+from .proc_net_tcp import TcpSocket
 
 if TYPE_CHECKING:
     from .monitor_server import MonitorServer
@@ -86,6 +88,9 @@ class VirtualBoard:
         self.lock = threading.RLock()
         """Held while a request runs: hold it to read several registers at one instant."""
         self._closed = threading.Event()
+        self.boot_id = str(uuid.uuid4())
+        """The board's boot id (``/proc/sys/kernel/random/boot_id``): a new one at each
+        :meth:`reboot`, not at a bitfile load."""
         self.fpga = Fpga(plant, seed, clock)
         self._servers: set[MonitorServer] = set()
         self._down_until = -float("inf")
@@ -126,6 +131,19 @@ class VirtualBoard:
         with self.lock:
             self._servers.discard(server)
 
+    def monitor_clients(self) -> list[tuple[str, int]]:
+        """The (host, port) of every client its monitor servers are serving now (in faithful
+        mode at most one per server; connections waiting in a backlog are not served)."""
+        with self.lock:
+            servers = list(self._servers)
+        return [client for server in servers for client in server.clients()]
+
+    def tcp_sockets(self) -> list[TcpSocket]:
+        """The TCP sockets of its monitor servers: listeners and the connections served."""
+        with self.lock:
+            servers = list(self._servers)
+        return [sock for server in servers for sock in server.tcp_sockets()]
+
     def check_up(self) -> None:
         """Raise :class:`BoardDown` while the board reboots."""
         remaining = self.down_for()
@@ -140,7 +158,7 @@ class VirtualBoard:
 
     def reboot(self, seconds: float) -> None:
         """The board reboots: every monitor server ends and its connections are reset (RST), the
-        registers go back to their power-up values, and the ports refuse connections for
+        registers go back to their power-up values, the boot id changes, and the ports refuse connections for
         ``seconds`` (:meth:`check_up`). Then servers in ``"shared"`` mode listen again on their
         port (standing in for an init script); in ``"faithful"`` mode they stay down until started
         again, as PyRPL does over ssh. Returns at once; :meth:`wait_rebooted` waits for the end."""
@@ -149,6 +167,7 @@ class VirtualBoard:
         with self.lock:
             servers = list(self._servers)
             self._down_until = self.clock() + seconds
+            self.boot_id = str(uuid.uuid4())
             self._reboot_done.clear()
         ports = [(server, server.port) for server in servers]
         for server in servers:

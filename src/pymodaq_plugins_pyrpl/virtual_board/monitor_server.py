@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..hardware import monitor_wire
 from ..hardware.sockets import close_listener
+from .proc_net_tcp import ESTABLISHED, LISTEN, NO_PEER, TcpSocket
 
 if TYPE_CHECKING:
     from .board import VirtualBoard
@@ -46,6 +47,7 @@ class _Connection:
     def __init__(self, sock: socket.socket, peer: tuple) -> None:
         self.sock = sock
         self.peer = peer
+        self.local: tuple[str, int] = sock.getsockname()[:2]
         self.cancelled = threading.Event()
         self.close_with: Close = "fin"
         self.thread: threading.Thread | None = None
@@ -88,6 +90,7 @@ class MonitorServer:
         self._accept_thread: threading.Thread | None = None
         self._connections: set[_Connection] = set()
         self._port: int | None = None
+        self._bound_host = host
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class MonitorServer:
                 raise
             self._listener = listener
             self._port = listener.getsockname()[1]
+            self._bound_host = listener.getsockname()[0]
             faithful = self.board.link.mode == "faithful"
             self.board.register_server(self)
             self._accept_thread = threading.Thread(
@@ -136,6 +140,23 @@ class MonitorServer:
         """Number of open client connections."""
         with self._lock:
             return len(self._connections)
+
+    def clients(self) -> list[tuple[str, int]]:
+        """The (host, port) of every client being served. In faithful mode, connections waiting
+        in the listen backlog are not clients (nor known to the server)."""
+        with self._lock:
+            return [(c.peer[0], c.peer[1]) for c in self._connections]
+
+    def tcp_sockets(self) -> list[TcpSocket]:
+        """The listening socket (while listening) and the connections being served, as the
+        board's ``/proc/net/tcp`` shows them (:mod:`.proc_net_tcp`)."""
+        with self._lock:
+            listener = self._listener
+            connections = list(self._connections)
+            local = (self._bound_host, self._port or 0)
+        sockets = [] if listener is None else [TcpSocket(local, NO_PEER, LISTEN)]
+        return sockets + [TcpSocket(c.local, (c.peer[0], c.peer[1]), ESTABLISHED)
+                          for c in connections]
 
     def killall(self) -> None:
         """``killall monitor_server``: stop listening and end every connection with FIN or RST

@@ -9,6 +9,12 @@ the board: ``killall monitor_server`` ends every monitor server, ``monitor_serve
 one (a new :class:`MonitorServer`), ``overlay.sh`` loads the bitfile
 (:meth:`VirtualBoard.load_bitfile`: registers back to reset values). :meth:`VirtualRedPitaya.reboot`
 is the board's reboot with its ssh side.
+
+For the tests of the board link: :attr:`VirtualRedPitaya.commands` logs every ssh command line by
+session (``killall monitor_server`` counted by :meth:`~.command_log.CommandLog.killalls`), the
+shell answers ``cat /proc/sys/kernel/random/boot_id`` (new at each reboot) and ``cat
+/proc/net/tcp`` (:meth:`VirtualRedPitaya.tcp_sockets`), and ``board.monitor_clients()`` lists the
+clients the monitor servers serve.
 """
 from __future__ import annotations
 
@@ -18,9 +24,12 @@ from typing import Literal
 
 import paramiko
 
+from . import proc_net_tcp
 from .board import LinkSettings, VirtualBoard
+from .command_log import CommandLog
 from .files import BoardFiles
 from .monitor_server import MonitorServer
+from .proc_net_tcp import TcpSocket
 from .ssh_server import SshServer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +56,8 @@ class VirtualRedPitaya:
         self._login = (user, password)
         self._host_key = paramiko.ECDSAKey.generate()
         self.files = BoardFiles()
+        self.commands = CommandLog(self.board.clock)
+        """The ssh sessions and the command lines they ran (kept across reboots)."""
         self.ssh = self._new_ssh()
         self._lock = threading.Lock()
         self._closed = False
@@ -143,3 +154,22 @@ class VirtualRedPitaya:
 
     def load_bitfile(self) -> None:
         self.board.load_bitfile()
+
+    def boot_id(self) -> str:
+        return self.board.boot_id
+
+    def tcp_sockets(self) -> list[TcpSocket]:
+        """The board's TCP sockets: its monitor servers' (:meth:`VirtualBoard.tcp_sockets`) and
+        its ssh server's (listener and connections)."""
+        with self._lock:
+            ssh = self.ssh
+        return self.board.tcp_sockets() + ssh.tcp_sockets()
+
+    def net_tcp(self) -> str:
+        return proc_net_tcp.render(self.tcp_sockets())
+
+    def new_session(self, peer: tuple[str, int]) -> int:
+        return self.commands.new_session(peer)
+
+    def log_command(self, session: int, line: str) -> None:
+        self.commands.record(session, line)

@@ -16,6 +16,9 @@ What PyRPL 0.9.9 sends (``redpitaya.py``) and what it is told:
 - ``/opt/redpitaya/sbin/overlay.sh pyrpl BIN [DTBO]``: loads the uploaded bitfile, the registers go
   back to their reset values (:meth:`BoardControl.load_bitfile`); writes ``/tmp/loaded_fpga.inf``
   and ``/tmp/update_fpga.txt`` (``failed`` if a file is missing).
+- ``cat /proc/sys/kernel/random/boot_id``: the board's boot id (a new one at each reboot);
+  ``cat /proc/net/tcp``: the TCP sockets of its monitor servers and of its ssh server as a Linux
+  kernel prints them (:mod:`.proc_net_tcp`), e.g. to see another client on the data port.
 - ``rw``, ``ro``, ``mkdir``, ``rm``, ``cd``, ``chmod``, ``echo``: what a shell does, on the
   in-memory files; ``led_control``, ``killall nginx``, ``systemctl …``, ``nginx …``: accepted,
   silent.
@@ -27,6 +30,8 @@ What PyRPL 0.9.9 sends (``redpitaya.py``) and what it is told:
   bytes that are not UTF-8 as surrogates (``errors="surrogateescape"``), which :func:`encode`
   turns back into the same bytes.
 - Anything else: ``-bash: NAME: command not found`` (status 127).
+
+Every line run is reported to :meth:`BoardControl.log_command` with the shell's ssh session.
 
 No answer contains "sh" unless a real shell's would (PyRPL takes "sh" in the answer to the
 monitor server's start as a wrong binary and installs its own). A monitor server started here does
@@ -48,6 +53,9 @@ from .files import BoardFiles, normalize
 HOME = "/root"
 HOSTNAME = "rp-virtual"
 """The board's host name, in the prompt (``root@rp-virtual:~# ``)."""
+
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+NET_TCP_FILE = "/proc/net/tcp"
 
 _DATE_AGE = re.compile(
     r'^echo \$\(\(\$\(date \+%s\) - \$\(date \+%s -r "?(?P<path>[^"()]+?)"?\)\)\)$')
@@ -73,6 +81,18 @@ class BoardControl(Protocol):
 
     def load_bitfile(self) -> None:
         """Load PyRPL's FPGA bitfile: every register goes back to its reset value."""
+
+    def boot_id(self) -> str:
+        """The board's boot id (a UUID, new at each reboot)."""
+
+    def net_tcp(self) -> str:
+        """The contents of ``/proc/net/tcp`` now."""
+
+    def new_session(self, peer: tuple[str, int]) -> int:
+        """A new ssh connection from ``peer`` (client host, port): its session number."""
+
+    def log_command(self, session: int, line: str) -> None:
+        """``line`` is run by the shell of ssh ``session``."""
 
 
 @dataclass(frozen=True)
@@ -123,17 +143,23 @@ def _atoi(text: str) -> int:
 class BoardShell:
     """One ssh session's shell: its working folder and the monitor server it started.
 
-    :meth:`run` executes one command line; :meth:`interrupt` is Ctrl-C. Not thread-safe: one
+    :meth:`run` executes one command line; :meth:`interrupt` is Ctrl-C. ``session`` is the ssh
+    session the lines are logged under (:meth:`BoardControl.log_command`). Not thread-safe: one
     session, one thread; the files and the control are shared and thread-safe.
     """
 
-    def __init__(self, files: BoardFiles, control: BoardControl, user: str = "root") -> None:
+    def __init__(self, files: BoardFiles, control: BoardControl, user: str = "root",
+                 session: int = 0) -> None:
         self.files = files
         self.control = control
         self.user = user
+        self.session = session
         self.cwd = HOME
         self._foreground: RunningMonitor | None = None
         """The monitor server this session started and has not interrupted."""
+        self._proc: dict[str, Callable[[], str]] = {
+            BOOT_ID_FILE: lambda: control.boot_id() + "\n", NET_TCP_FILE: control.net_tcp}
+        """The kernel's files this board has, read when read."""
         self._commands: dict[str, Callable[[list[str]], Result]] = {
             "cat": self._cat, "ls": self._ls, "rm": self._rm, "mkdir": self._mkdir,
             "cd": self._cd, "echo": self._echo, "killall": self._killall,
@@ -166,6 +192,7 @@ class BoardShell:
         line = line.strip()
         if not line:
             return Result("")
+        self.control.log_command(self.session, line)
         match = _DATE_AGE.match(line)
         if match:
             return self._file_age(match.group("path"))
@@ -247,7 +274,9 @@ class BoardShell:
     def _cat(self, args: list[str]) -> Result:
         out, status = [], 0
         for name in args:
-            data = self.files.read(self._path(name))
+            path = self._path(name)
+            proc = self._proc.get(path)
+            data = self.files.read(path) if proc is None else proc().encode()
             if data is None:
                 out.append(f"cat: {name}: No such file or directory\n")
                 status = 1

@@ -19,6 +19,7 @@ import paramiko
 
 from ..hardware.sockets import close_listener, configure_stream
 from .files import BoardFiles
+from .proc_net_tcp import ESTABLISHED, LISTEN, NO_PEER, TcpSocket
 from .scp_sink import ScpError, receive
 from .shell import HOME, BoardControl, BoardShell, encode
 
@@ -58,7 +59,8 @@ class SshServer:
         self._listener: socket.socket | None = None
         self._accepting: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._transports: set[paramiko.Transport] = set()
+        self._transports: dict[paramiko.Transport, tuple[tuple[str, int], tuple[str, int]]] = {}
+        """The connections, each with its (local, peer) address as accepted."""
         self._sessions: set[threading.Thread] = set()
         self._closed = threading.Event()
 
@@ -67,7 +69,8 @@ class SshServer:
         cannot listen there."""
         listener = socket.create_server((self.host, port), reuse_port=False)
         self._listener = listener
-        self.port = listener.getsockname()[1]
+        self._bound: tuple[str, int] = listener.getsockname()[:2]
+        self.port = self._bound[1]
         self._accepting = threading.Thread(target=self._accept_loop, name=f"ssh-{self.port}",
                                            daemon=True)
         self._accepting.start()
@@ -99,7 +102,7 @@ class SshServer:
             except OSError:  # closed by close()
                 return
             with self._lock:
-                self._transports = {t for t in self._transports if t.is_active()}
+                self._transports = {t: a for t, a in self._transports.items() if t.is_active()}
                 full = len(self._transports) >= MAX_CONNECTIONS
             if full:
                 logger.warning("ssh connection from %s refused: %d connections already",
@@ -107,17 +110,18 @@ class SshServer:
             if full or self._closed.is_set():
                 sock.close()
                 continue
-            self._serve(sock)
+            self._serve(sock, peer)
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _serve(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         configure_stream(sock)  # as OpenSSH's sshd: TCP_NODELAY and keepalive
         transport = paramiko.Transport(sock)
         transport.add_server_key(self._host_key)
         with self._lock:
-            self._transports.add(transport)
+            self._transports[transport] = (sock.getsockname()[:2], peer[:2])
+        session = self.control.new_session(peer)
         try:
             # with an event the negotiation runs on the transport's own thread
-            transport.start_server(threading.Event(), server=_Login(self))
+            transport.start_server(threading.Event(), server=_Login(self, session))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             logger.info("ssh negotiation failed: %s", exc)
             transport.close()
@@ -136,15 +140,25 @@ class SshServer:
             self._sessions.add(thread)
         thread.start()
 
-    def new_shell(self) -> BoardShell:
-        return BoardShell(self.files, self.control, self.user)
+    def new_shell(self, session: int) -> BoardShell:
+        """A shell for a channel of ssh ``session`` (:meth:`.shell.BoardControl.new_session`)."""
+        return BoardShell(self.files, self.control, self.user, session)
+
+    def tcp_sockets(self) -> list[TcpSocket]:
+        """The listening socket (while listening) and the open connections."""
+        with self._lock:
+            listener = None if self._closed.is_set() else self._listener
+            connections = [a for t, a in self._transports.items() if t.is_active()]
+        sockets = [] if listener is None else [TcpSocket(self._bound, NO_PEER, LISTEN)]
+        return sockets + [TcpSocket(local, peer, ESTABLISHED) for local, peer in connections]
 
 
 class _Login(paramiko.ServerInterface):
     """One connection's answers to the client's requests."""
 
-    def __init__(self, server: SshServer) -> None:
+    def __init__(self, server: SshServer, session: int) -> None:
         self.server = server
+        self.session = session
         self._pty: set[int] = set()
         """Ids of the channels with a pty (echo, ``\\r\\n``, prompt)."""
 
@@ -174,13 +188,14 @@ class _Login(paramiko.ServerInterface):
 
     def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
         terminal = channel.get_id() in self._pty
-        self.server.run_session(lambda: _interactive(self.server.new_shell(), channel, terminal),
+        shell = self.server.new_shell(self.session)
+        self.server.run_session(lambda: _interactive(shell, channel, terminal),
                                 f"ssh-shell-{self.server.port}")
         return True
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         line = command.decode(errors="replace")
-        self.server.run_session(lambda: _execute(self.server, channel, line),
+        self.server.run_session(lambda: _execute(self.server, channel, line, self.session),
                                 f"ssh-exec-{self.server.port}")
         return True
 
@@ -242,16 +257,16 @@ def _interactive(shell: BoardShell, channel: paramiko.Channel, terminal: bool) -
         _close(channel)
 
 
-def _execute(server: SshServer, channel: paramiko.Channel, line: str) -> None:
-    """One command (``ssh board COMMAND``), or the scp sink for ``scp -t TARGET``; then the exit
-    status and the channel's end."""
+def _execute(server: SshServer, channel: paramiko.Channel, line: str, session: int) -> None:
+    """One command (``ssh board COMMAND``) of ssh ``session``, or the scp sink for ``scp -t
+    TARGET``; then the exit status and the channel's end."""
     status = 0
     try:
         words = shlex.split(line) if line.startswith("scp ") else []
         if words[:1] == ["scp"]:
             status = _scp(server, channel, words)
         else:
-            result = server.new_shell().run(line)
+            result = server.new_shell(session).run(line)
             channel.sendall(encode(result.output))
             status = result.status
         channel.send_exit_status(status)
