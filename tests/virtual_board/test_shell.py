@@ -105,3 +105,18 @@ def test_output_redirection_writes_the_file_not_the_terminal() -> None:
     assert board_files.read("/tmp/x") == b""
     assert shell.run("echo 1 > /sys/class/gpio/export").status == 1
     assert shell.run("echo 1 >").status == 2
+
+
+def test_proc_files_answer_from_the_board_and_every_line_is_logged_by_session() -> None:
+    control, board_files = RecordingControl(), BoardFiles()
+    shell = BoardShell(board_files, control, session=7)
+    control.tcp = "  sl  local_address rem_address   st\n"
+    assert shell.run("cat /proc/sys/kernel/random/boot_id") == Result(control.boot + "\n")
+    control.boot = "00000000-0000-4000-8000-000000000002"  # read when read: a reboot shows
+    assert shell.run("cat /proc/sys/kernel/random/boot_id").output == control.boot + "\n"
+    assert shell.run("cat //proc//net//tcp") == Result(control.tcp)
+    shell.run("  killall monitor_server ")
+    shell.run("")
+    assert control.lines == [(7, "cat /proc/sys/kernel/random/boot_id"),
+                             (7, "cat /proc/sys/kernel/random/boot_id"),
+                             (7, "cat //proc//net//tcp"), (7, "killall monitor_server")]

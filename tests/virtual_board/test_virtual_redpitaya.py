@@ -1,6 +1,7 @@
 """The whole virtual Red Pitaya (ssh + monitor servers + board) driven by unmodified PyRPL (in a
 subprocess) and by paramiko: PyRPL's start-up, ``reloadfpga=True``, the ssh commands that end and
-start monitor servers, and a reboot."""
+start monitor servers, a reboot, and what a program sees of the board over ssh (boot id, the data
+port's connections in ``/proc/net/tcp``) and the log of the commands it ran."""
 from __future__ import annotations
 
 import socket
@@ -11,9 +12,11 @@ import numpy as np
 import paramiko
 import pytest
 
+from pymodaq_plugins_pyrpl.virtual_board.proc_net_tcp import hex_address
 from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
 from tests.helpers.pyrpl_ssh import run_probe
 from tests.helpers.support import accepts_connections
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.pyrpl]
 
@@ -124,3 +127,66 @@ def test_reboot_ends_ssh_too_and_brings_it_back(board: VirtualRedPitaya) -> None
         assert board.board.read(LEDS, 1)[0] == 0
     finally:
         client.close()
+
+
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+
+
+def _tcp_rows(text: str) -> set[tuple[str, str, str]]:
+    """(local, remote, state) of every row of a ``/proc/net/tcp`` text."""
+    return {tuple(line.split()[1:4]) for line in text.splitlines()[1:]}  # type: ignore[misc]
+
+
+def test_boot_id_over_ssh_is_new_after_a_reboot_only(board: VirtualRedPitaya) -> None:
+    client = _login(board.ssh_port)
+    status, first = _exec(client, BOOT_ID)
+    client.close()
+    assert status == 0 and first == board.boot_id() + "\n" and len(first.strip()) == 36
+    board.load_bitfile()  # an FPGA reload is not a reboot
+    board.board.write(LEDS, np.array([0b11], dtype=np.uint32))
+    board.reboot(0.5)
+    assert board.wait_rebooted(10)
+    client = _login(board.ssh_port)
+    try:
+        status, second = _exec(client, BOOT_ID)
+    finally:
+        client.close()
+    assert status == 0 and second != first and second == board.boot_id() + "\n"
+    assert board.board.read(LEDS, 1)[0] == 0  # and the registers are back to reset values
+
+
+def test_proc_net_tcp_shows_the_client_of_the_data_port_until_killall() -> None:
+    """Faithful mode: the client being served appears as an ESTABLISHED row of the data port
+    (and in ``board.monitor_clients()``), one waiting in the backlog does not; after ``killall``
+    the port has no row; the log has that killall under the session that ran it."""
+    board = VirtualRedPitaya(mode="faithful", seed=3)
+    board.start(0, 0)
+    data = socket.create_connection(("127.0.0.1", board.port), timeout=5)
+    queued = socket.create_connection(("127.0.0.1", board.port), timeout=5)
+    client = _login(board.ssh_port)
+    try:
+        wait_until(lambda: board.board.monitor_clients() == [data.getsockname()], 5,
+                   lambda: f"the served client, saw {board.board.monitor_clients()}")
+        ssh_local = client.get_transport().sock.getsockname()
+        status, text = _exec(client, "cat /proc/net/tcp")
+        assert status == 0 and text == board.net_tcp()
+        port, ssh_port = hex_address(("127.0.0.1", board.port)), \
+            hex_address(("127.0.0.1", board.ssh_port))
+        assert _tcp_rows(text) == {
+            (port, "00000000:0000", "0A"), (port, hex_address(data.getsockname()), "01"),
+            (ssh_port, "00000000:0000", "0A"), (ssh_port, hex_address(ssh_local), "01")}
+        assert _exec(client, "killall monitor_server")[0] == 0
+        assert data.recv(8) == b""
+        assert board.board.monitor_clients() == []
+        rows = _tcp_rows(_exec(client, "cat /proc/net/tcp")[1])
+        assert not [row for row in rows if row[0] == port]
+        (session,) = {c.session for c in board.commands.entries()}
+        assert board.commands.peer(session) == ssh_local
+        assert board.commands.killalls(session=session) == 1
+        assert [c.line for c in board.commands.entries()] == [
+            "cat /proc/net/tcp", "killall monitor_server", "cat /proc/net/tcp"]
+    finally:
+        for sock in (data, queued):
+            sock.close()
+        client.close()
+        board.close()
