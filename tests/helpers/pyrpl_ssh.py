@@ -12,17 +12,25 @@ from typing import Any
 from .scripts import PYRPL_SSH_PROBE
 
 
+def probe_command(scenario: str, ssh_port: int, port: int,
+                  folder: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of the probe running ``scenario`` against the board at
+    127.0.0.1:``ssh_port`` (and ``port``): HOME and PyRPL's user folder in ``folder`` (made)."""
+    dirs = {name: folder / name.lower() for name in ("HOME", "PYRPL_USER_DIR")}
+    for path in dirs.values():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
+    env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
+    args = [sys.executable, str(PYRPL_SSH_PROBE), scenario, str(ssh_port), str(port), str(folder)]
+    return args, env
+
+
 def run_probe(scenario: str, ssh_port: int, port: int, folder: Path,
               timeout: float = 90.0) -> dict[str, Any]:
     """The result of ``scenario`` against the board at 127.0.0.1:``ssh_port`` (and ``port``);
     fails the test if the probe failed. HOME and PyRPL's user folder are in ``folder``."""
-    dirs = {name: folder / name.lower() for name in ("HOME", "PYRPL_USER_DIR")}
-    for path in dirs.values():
-        path.mkdir(mode=0o700, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
-    env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.run([sys.executable, str(PYRPL_SSH_PROBE), scenario, str(ssh_port), str(port),
-                           str(folder)], check=False, capture_output=True, text=True,
+    args, env = probe_command(scenario, ssh_port, port, folder)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]

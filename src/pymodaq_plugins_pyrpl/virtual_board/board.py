@@ -158,10 +158,11 @@ class VirtualBoard:
 
     def reboot(self, seconds: float) -> None:
         """The board reboots: every monitor server ends and its connections are reset (RST), the
-        registers go back to their power-up values, the boot id changes, and the ports refuse connections for
-        ``seconds`` (:meth:`check_up`). Then servers in ``"shared"`` mode listen again on their
-        port (standing in for an init script); in ``"faithful"`` mode they stay down until started
-        again, as PyRPL does over ssh. Returns at once; :meth:`wait_rebooted` waits for the end."""
+        registers go back to their power-up values, the boot id changes, and the ports refuse
+        connections for ``seconds`` (:meth:`check_up`). Then servers in ``"shared"`` mode listen
+        again on their port (standing in for an init script); in ``"faithful"`` mode they stay
+        down until started again, as PyRPL does over ssh. Returns at once; :meth:`wait_rebooted`
+        waits for the end."""
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, not {seconds!r}")
         with self.lock:

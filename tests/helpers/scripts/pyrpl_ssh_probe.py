@@ -15,11 +15,17 @@ Scenarios:
 - ``pyrpl_virtual_delay``: the same with the ssh ``delay`` the PyRPL backend gives PyRPL for the
   virtual board; the OS version PyRPL read.
 - ``reloadfpga``: ``RedPitaya(reloadfpga=True)``, timed; the LEDs read after the reload.
+- ``hold``: unmodified ``Pyrpl(...)`` as in ``pyrpl`` (config FOLDER's name), sets the LEDs, then
+  prints ``PROBE_READY {json}`` (its data and ssh connections' local addresses) and holds the
+  board until a line arrives on stdin; then reports, without reading a register (PyRPL's client
+  would spin on a closed connection), whether its data connection was ended by the board (an
+  orderly close, FIN, or a reset), and exits at once: no ``_clear()``, so no ``killall``.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -98,6 +104,26 @@ def reloadfpga(ssh_port: int, port: int, folder: str) -> dict[str, Any]:
     finally:
         rp.end_all()
         rp.ssh.ssh.close()
+
+
+def hold(ssh_port: int, port: int, folder: str) -> dict[str, Any]:
+    p = Pyrpl(config=os.path.basename(folder) or "hold", hostname=HOST, sshport=ssh_port,
+              port=port, gui=False)
+    p.rp.hk.led = 0b0110
+    data = p.rp.client.socket
+    ready = {"data": data.getsockname(), "ssh": p.rp.ssh.ssh.get_transport().sock.getsockname(),
+             "led": p.rp.hk.led}
+    print("PROBE_READY " + json.dumps(ready), flush=True)
+    sys.stdin.readline()
+    data.setblocking(False)
+    try:
+        ended = "fin" if data.recv(1) == b"" else "data"
+    except BlockingIOError:
+        ended = "open"
+    except ConnectionResetError:
+        ended = "rst"
+    print("PROBE_RESULT " + json.dumps({"data_connection": ended}), flush=True)
+    os._exit(0)  # no _clear(), no destructors: the board is left as it is
 
 
 def main() -> None:
