@@ -120,3 +120,15 @@ def test_proc_files_answer_from_the_board_and_every_line_is_logged_by_session() 
     assert control.lines == [(7, "cat /proc/sys/kernel/random/boot_id"),
                              (7, "cat /proc/sys/kernel/random/boot_id"),
                              (7, "cat //proc//net//tcp"), (7, "killall monitor_server")]
+
+
+def test_commands_separated_by_semicolons_run_in_turn_logged_as_one_line() -> None:
+    shell, control, _ = _shell()
+    control.tcp = "table\n"
+    line = "cat /proc/sys/kernel/random/boot_id; cat /proc/net/tcp"
+    assert shell.run(line) == Result(control.boot + "\ntable\n")
+    assert shell.run("cat /nowhere; echo 'a;b';") == Result(
+        "cat: /nowhere: No such file or directory\na;b\n", 0)
+    assert shell.run("echo a; cat /nowhere").status == 1
+    assert shell.run(" ; ") == Result("")
+    assert [entry for _, entry in control.lines][:2] == [line, "cat /nowhere; echo 'a;b';"]

@@ -31,7 +31,9 @@ What PyRPL 0.9.9 sends (``redpitaya.py``) and what it is told:
   turns back into the same bytes.
 - Anything else: ``-bash: NAME: command not found`` (status 127).
 
-Every line run is reported to :meth:`BoardControl.log_command` with the shell's ssh session.
+Commands separated by ``;`` run one after the other (e.g. ``cat
+/proc/sys/kernel/random/boot_id; cat /proc/net/tcp``); no pipes, ``&&`` or substitutions. Every
+line run is reported to :meth:`BoardControl.log_command` with the shell's ssh session.
 
 No answer contains "sh" unless a real shell's would (PyRPL takes "sh" in the answer to the
 monitor server's start as a wrong binary and installs its own). A monitor server started here does
@@ -134,6 +136,24 @@ def _redirection(words: list[str]) -> tuple[list[str], tuple[str, bool] | None, 
     return kept, target, None
 
 
+def _sequence(line: str) -> list[str]:
+    """The commands of ``line`` separated by ``;`` outside quotes, stripped, empty ones left
+    out."""
+    commands, current, quote = [], [], ""
+    for char in line:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ";":
+            commands.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    commands.append("".join(current))
+    return [c.strip() for c in commands if c.strip()]
+
+
 def _atoi(text: str) -> int:
     """C's ``atoi``: the leading decimal integer of ``text``, 0 if there is none."""
     match = re.match(r"\s*([+-]?\d+)", text)
@@ -187,12 +207,19 @@ class BoardShell:
             monitor.stop()
 
     def run(self, line: str) -> Result:
-        """Execute one command line; never raises (a failure is the command's output and
-        status, as in a shell)."""
+        """Execute one command line, commands separated by ``;`` one after the other (their
+        outputs in turn, the last one's status); never raises (a failure is the command's output
+        and status, as in a shell)."""
         line = line.strip()
         if not line:
             return Result("")
         self.control.log_command(self.session, line)
+        results = [self._run_command(command) for command in _sequence(line)]
+        if not results:
+            return Result("")
+        return Result("".join(r.output for r in results), results[-1].status)
+
+    def _run_command(self, line: str) -> Result:
         match = _DATE_AGE.match(line)
         if match:
             return self._file_age(match.group("path"))
