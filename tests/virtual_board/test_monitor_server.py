@@ -16,6 +16,12 @@ import pytest
 
 from pymodaq_plugins_pyrpl.hardware import monitor_wire
 from pymodaq_plugins_pyrpl.virtual_board import BoardDown, LinkSettings, MonitorServer, VirtualBoard
+from pymodaq_plugins_pyrpl.virtual_board.proc_net_tcp import (
+    ESTABLISHED,
+    LISTEN,
+    NO_PEER,
+    TcpSocket,
+)
 from tests.helpers.support import accepts_connections
 
 TIMEOUT = 5.0
@@ -159,6 +165,26 @@ def test_shared_mode_serves_many_clients_on_one_board(server: MonitorServer) -> 
         assert read(b, LED)[1][0] == 0x5A
         write(b, LED, 0x11)
         assert read(a, LED)[1][0] == 0x11
+
+
+def test_clients_and_tcp_sockets_name_the_connections_served(board: VirtualBoard,
+                                                             server: MonitorServer) -> None:
+    clients = [connect(server.port), connect(server.port)]
+    try:
+        for sock in clients:
+            read(sock, HK_ID)  # served: accepted by the server
+        names = {sock.getsockname() for sock in clients}
+        assert set(server.clients()) == set(board.monitor_clients()) == names
+        assert board.counts.connections == 2
+        local = ("127.0.0.1", server.port)
+        assert set(board.tcp_sockets()) == {TcpSocket(local, NO_PEER, LISTEN)} | {
+            TcpSocket(local, name, ESTABLISHED) for name in names}
+    finally:
+        for sock in clients:
+            sock.close()
+    server.killall()
+    assert board.monitor_clients() == [] and board.tcp_sockets() == []
+    assert board.counts.connections == 2
 
 
 def test_faithful_mode_serves_one_client_and_ends_with_it(board: VirtualBoard) -> None:

@@ -98,7 +98,7 @@ def test_a_second_pyrpl_takes_the_board_from_the_first(faithful_board: VirtualRe
         assert held["led"] == 0b0110
         assert board.board.monitor_clients() == [tuple(held["data"])]
         assert _established_on(board) == {hex_address(tuple(held["data"]))}
-        taken_at = board.board.clock()
+        taken_at, connects = board.board.clock(), board.board.counts.connections
 
         second = Holder(board, tmp_path / "second")
         took = second.report("PROBE_READY")
@@ -108,10 +108,12 @@ def test_a_second_pyrpl_takes_the_board_from_the_first(faithful_board: VirtualRe
         sessions = {c.session for c in board.commands.entries(since=taken_at)}
         assert {board.commands.peer(s) for s in sessions} == {tuple(took["ssh"])}
         assert board.commands.killalls(since=taken_at) == 1  # the second's start-up's
+        assert board.board.counts.connections == connects + 1  # the second's one connect
 
         assert first.release() == {"data_connection": killall_close}
         assert second.release() == {"data_connection": "open"}
         assert board.commands.killalls(since=taken_at) == 1  # neither ran another
+        assert board.board.counts.connections == connects + 1  # nor reconnected
     finally:
         for holder in (first, second):
             if holder is not None:

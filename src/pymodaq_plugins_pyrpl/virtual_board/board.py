@@ -54,11 +54,14 @@ class LinkSettings:
 @dataclass
 class AccessCounts:
     """Register requests served since the board was made (reads and writes, not reset by a
-    reboot); ``words_written`` counts the 32-bit words of all writes."""
+    reboot); ``words_written`` counts the 32-bit words of all writes; ``connections`` the
+    data-port connections its monitor servers accepted (a client's connects, e.g. its
+    reconnections; in faithful mode one waiting in a backlog counts once it is served)."""
 
     reads: int = 0
     writes: int = 0
     words_written: int = 0
+    connections: int = 0
 
 
 WRITE_LOG = 10000

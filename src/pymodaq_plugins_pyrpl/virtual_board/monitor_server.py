@@ -207,6 +207,8 @@ class MonitorServer:
                     sock.close()
                     return
                 self._connections.add(conn)
+            with self.board.lock:
+                self.board.counts.connections += 1
             if faithful:
                 self._serve(conn, lambda: self._end_after_client(listener))
                 return
