@@ -39,14 +39,16 @@ def test_addresses_are_little_endian_words_and_ports_plain_hex() -> None:
         hex_address(("localhost", 22))
 
 
-def test_render_lists_listeners_first_every_line_padded() -> None:
+def test_render_lists_listeners_first_every_line_padded_ipv4_only() -> None:
     table = render([TcpSocket(("127.0.0.1", 2222), ("127.0.0.1", 40000), ESTABLISHED),
+                    TcpSocket(("::1", 22), ("::", 0), LISTEN),
                     TcpSocket(("127.0.0.1", 2222), NO_PEER, LISTEN)])
     lines = table.split("\n")
     assert lines[-1] == "" and all(len(line) == WIDTH for line in lines[:-1])
     assert lines[0].split()[:4] == ["sl", "local_address", "rem_address", "st"]
     assert lines[1].split()[:4] == ["0:", "0100007F:08AE", "00000000:0000", "0A"]
     assert lines[2].split()[:4] == ["1:", "0100007F:08AE", "0100007F:9C40", "01"]
+    assert len(lines) == 4
 
 
 @pytest.mark.skipif(not KERNEL_TABLE.exists(), reason="needs Linux's /proc/net/tcp")

@@ -10,6 +10,7 @@ address is ``00000000:0000``.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import zlib
 from dataclasses import dataclass
@@ -40,10 +41,19 @@ def hex_address(address: tuple[str, int]) -> str:
     return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
 
 
+def _is_ipv4(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 4
+    except ValueError:
+        return False
+
+
 def render(sockets: list[TcpSocket]) -> str:
     """The contents of ``/proc/net/tcp`` for ``sockets`` (listeners first, as the kernel walks
-    its listening hash before the established one)."""
-    ordered = sorted(sockets, key=lambda s: s.state != LISTEN)
+    its listening hash before the established one); IPv6 sockets are left out (a kernel lists
+    them in ``/proc/net/tcp6``)."""
+    ipv4 = [s for s in sockets if _is_ipv4(s.local[0]) and _is_ipv4(s.remote[0])]
+    ordered = sorted(ipv4, key=lambda s: s.state != LISTEN)
     lines = [HEADER.ljust(WIDTH)]
     for row, sock in enumerate(ordered):
         local, remote = hex_address(sock.local), hex_address(sock.remote)
