@@ -132,3 +132,62 @@ def test_commands_separated_by_semicolons_run_in_turn_logged_as_one_line() -> No
     assert shell.run("echo a; cat /nowhere").status == 1
     assert shell.run(" ; ") == Result("")
     assert [entry for _, entry in control.lines][:2] == [line, "cat /nowhere; echo 'a;b';"]
+
+
+def test_a_detached_monitor_server_neither_holds_the_terminal_nor_ends_with_ctrl_c() -> None:
+    """``nohup SERVER PORT > LOG 2>&1 < /dev/null &``, the board link's start without killall:
+    status 0, nothing printed, the server not in the foreground (Ctrl-C leaves it running)."""
+    shell, control, board_files = _shell()
+    line = "nohup //opt//pyrpl///monitor_server 2222 > /tmp/monitor_server.log 2>&1 < /dev/null &"
+    assert shell.run(line) == Result("")
+    assert control.calls == [("start", 2222)] and not shell.in_foreground()
+    shell.interrupt()
+    assert control.calls == [("start", 2222)]
+    assert board_files.read("/tmp/monitor_server.log") == b""
+    control.refuse = OSError(errno.EADDRINUSE, "Address already in use")
+    assert shell.run(line) == Result("")  # a background job's status is 0: its errors are logged
+    assert board_files.read("/tmp/monitor_server.log") == \
+        b"ERROR on binding: Address already in use\n"
+    assert shell.run("nohup //opt//pyrpl///monitor_server 2222") == Result(
+        "ERROR on binding: Address already in use\n", 1)  # in the foreground: its status
+
+
+def test_nohup_runs_programs_and_says_when_it_cannot() -> None:
+    shell, control, _ = _shell()
+    assert shell.run("nohup echo hi") == Result("hi\n")
+    missing = shell.run("nohup /opt/pyrpl/other_server 2222")
+    assert missing == Result(
+        "nohup: failed to run command '/opt/pyrpl/other_server': No such file or directory\n", 127)
+    assert shell.run("nohup /root/.version").status == 126
+    assert shell.run("nohup frobnicate").status == 127
+    assert shell.run("nohup").status == 125
+    assert shell.run("nohup /opt/pyrpl/monitor_server 2222") == Result("")
+    assert shell.in_foreground()  # no "&": it holds the terminal
+    assert control.calls == [("start", 2222)]
+
+
+def test_redirections_of_errors_and_input_and_dev_null() -> None:
+    shell, _, board_files = _shell()
+    assert shell.run("cat /nowhere > /tmp/log 2>&1") == Result("", 1)
+    assert board_files.read("/tmp/log") == b"cat: /nowhere: No such file or directory\n"
+    assert shell.run("cat /nowhere 2>&1 > /tmp/log") == Result(  # 2>&1 first: the terminal
+        "cat: /nowhere: No such file or directory\n", 1)
+    assert board_files.read("/tmp/log") == b""
+    assert shell.run("echo a > /dev/null") == Result("")
+    assert shell.run("cat /dev/null") == Result("") and board_files.read("/dev/null") is None
+    assert shell.run("cat /nowhere > /dev/null") == Result(
+        "cat: /nowhere: No such file or directory\n", 1)
+    assert shell.run("echo a < /dev/null") == Result("a\n")
+    assert shell.run("echo a <") == Result(
+        "-bash: syntax error near unexpected token `newline'\n", 2)
+    assert shell.run("echo a < /tmp/none") == Result(
+        "-bash: /tmp/none: No such file or directory\n", 1)
+
+
+def test_an_ampersand_ends_a_background_job_but_not_a_redirection_or_and_list() -> None:
+    shell, control, _ = _shell()
+    assert shell.run("echo a & echo b") == Result("a\nb\n")
+    assert shell.run("cat /nowhere &") == Result("cat: /nowhere: No such file or directory\n", 0)
+    assert shell.run("echo 'a & b'") == Result("a & b\n")
+    assert shell.run("echo a && echo b") == Result("a && echo b\n")  # no "&&": words, as before
+    assert control.lines[-1] == (0, "echo a && echo b")

@@ -22,18 +22,27 @@ What PyRPL 0.9.9 sends (``redpitaya.py``) and what it is told:
 - ``rw``, ``ro``, ``mkdir``, ``rm``, ``cd``, ``chmod``, ``echo``: what a shell does, on the
   in-memory files; ``led_control``, ``killall nginx``, ``systemctl …``, ``nginx …``: accepted,
   silent.
+- ``nohup COMMAND ARGS``: runs COMMAND, as coreutils' nohup without a terminal (an ssh exec):
+  nothing of its own printed; ``nohup: failed to run command 'NAME': …`` (status 127 or 126) if
+  it cannot.
 - ``COMMAND > FILE`` and ``>> FILE``: the output of a command that succeeds goes to FILE (created,
   or appended to), not to the terminal, e.g. PyRPL's ``cat BITFILE > //dev//xdevcfg`` of an OS it
   does not recognise; a failing command's output (its error messages) stays on the terminal
-  (``>`` has emptied FILE).
-  ``2>&1`` is ignored. ``cat`` passes a file's bytes unchanged: :attr:`Result.output` carries
-  bytes that are not UTF-8 as surrogates (``errors="surrogateescape"``), which :func:`encode`
-  turns back into the same bytes.
+  (``>`` has emptied FILE), unless ``2>&1`` follows the ``>``: then it goes to FILE too.
+  ``< FILE`` needs FILE to exist (the commands here read no input). ``/dev/null`` reads empty and
+  swallows what is written to it. ``cat`` passes a file's bytes unchanged: :attr:`Result.output`
+  carries bytes that are not UTF-8 as surrogates (``errors="surrogateescape"``), which
+  :func:`encode` turns back into the same bytes.
 - Anything else: ``-bash: NAME: command not found`` (status 127).
 
 Commands separated by ``;`` run one after the other (e.g. ``cat
-/proc/sys/kernel/random/boot_id; cat /proc/net/tcp``); no pipes, ``&&`` or substitutions. Every
-line run is reported to :meth:`BoardControl.log_command` with the shell's ssh session.
+/proc/sys/kernel/random/boot_id; cat /proc/net/tcp``); a command ended by ``&`` runs in the
+background: its status is 0 whatever it does, its output not redirected still reaches the
+terminal (an interactive bash's job number ``[1] PID`` is not printed), and a monitor server it
+starts does not hold the terminal: Ctrl-C does not end it, nor does the end of the session, as
+on a board where ``nohup //opt//pyrpl///monitor_server PORT > LOG 2>&1 < /dev/null &`` outlives
+the ssh exec that started it. No pipes, ``&&`` or substitutions. Every line run is reported to
+:meth:`BoardControl.log_command` with the shell's ssh session.
 
 No answer contains "sh" unless a real shell's would (PyRPL takes "sh" in the answer to the
 monitor server's start as a wrong binary and installs its own). A monitor server started here does
@@ -58,6 +67,7 @@ HOSTNAME = "rp-virtual"
 
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 NET_TCP_FILE = "/proc/net/tcp"
+DEV_NULL = "/dev/null"
 
 _DATE_AGE = re.compile(
     r'^echo \$\(\(\$\(date \+%s\) - \$\(date \+%s -r "?(?P<path>[^"()]+?)"?\)\)\)$')
@@ -114,44 +124,72 @@ def _decode(data: bytes) -> str:
     return data.decode(errors="surrogateescape")
 
 
-_REDIRECT = re.compile(r"^(>>?)(.*)$")
-"""An output redirection word: ``>``, ``>>``, or either glued to its file name."""
+_REDIRECT = re.compile(r"^(>>?|<)(.*)$")
+"""A redirection word: ``>``, ``>>`` or ``<``, or either glued to its file name."""
+_ERRORS_TO_OUTPUT = "2>&1"
 
 
-def _redirection(words: list[str]) -> tuple[list[str], tuple[str, bool] | None, str | None]:
-    """``words`` without their output redirections; the last one's file and whether it appends;
+@dataclass(frozen=True)
+class _Redirections:
+    """A command's redirections: its output to ``output`` (appended if ``append``), its error
+    messages too if ``errors_too`` (``2>&1`` after the ``>``), its input from ``input``."""
+
+    output: str | None = None
+    append: bool = False
+    errors_too: bool = False
+    input: str | None = None
+
+
+def _redirection(words: list[str]) -> tuple[list[str], _Redirections, str | None]:
+    """``words`` without their redirections; the redirections (the last of each kind counts);
     an error (a redirection without a file name) or None."""
     kept: list[str] = []
-    target: tuple[str, bool] | None = None
+    output, append, errors_too, source = None, False, False, None
     it = iter(words)
     for word in it:
+        if word == _ERRORS_TO_OUTPUT:
+            errors_too = output is not None  # before any ">": to the terminal, as stdout is
+            continue
         match = _REDIRECT.match(word)
         if match is None:
             kept.append(word)
             continue
         name = match.group(2) or next(it, "")
         if not name:
-            return kept, None, "-bash: syntax error near unexpected token `newline'\n"
-        target = (name, match.group(1) == ">>")
-    return kept, target, None
+            return kept, _Redirections(), "-bash: syntax error near unexpected token `newline'\n"
+        if match.group(1) == "<":
+            source = name
+        else:
+            output, append, errors_too = name, match.group(1) == ">>", False
+    return kept, _Redirections(output, append, errors_too, source), None
 
 
-def _sequence(line: str) -> list[str]:
-    """The commands of ``line`` separated by ``;`` outside quotes, stripped, empty ones left
-    out."""
-    commands, current, quote = [], [], ""
-    for char in line:
+def _sequence(line: str) -> list[tuple[str, bool]]:
+    """The commands of ``line`` separated by ``;`` or ``&`` outside quotes, stripped, empty ones
+    left out; each with whether it runs in the background (ended by ``&``; the ``&`` of ``2>&1``,
+    ``&>`` or ``&&`` ends nothing)."""
+    commands: list[tuple[str, bool]] = []
+    current: list[str] = []
+    quote = ""
+    for i, char in enumerate(line):
         if quote:
             quote = "" if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char == ";":
-            commands.append("".join(current))
+        elif char == ";" or (char == "&" and _ends_job(line, i)):
+            commands.append(("".join(current), char == "&"))
             current = []
             continue
         current.append(char)
-    commands.append("".join(current))
-    return [c.strip() for c in commands if c.strip()]
+    commands.append(("".join(current), False))
+    return [(c.strip(), background) for c, background in commands if c.strip()]
+
+
+def _ends_job(line: str, i: int) -> bool:
+    """Whether the ``&`` at ``line[i]`` sends the command before it to the background."""
+    before = line[i - 1] if i else ""
+    after = line[i + 1] if i + 1 < len(line) else ""
+    return before not in ("<", ">", "&") and after not in ("&", ">")
 
 
 def _atoi(text: str) -> int:
@@ -178,11 +216,12 @@ class BoardShell:
         self._foreground: RunningMonitor | None = None
         """The monitor server this session started and has not interrupted."""
         self._proc: dict[str, Callable[[], str]] = {
-            BOOT_ID_FILE: lambda: control.boot_id() + "\n", NET_TCP_FILE: control.net_tcp}
-        """The kernel's files this board has, read when read."""
+            BOOT_ID_FILE: lambda: control.boot_id() + "\n", NET_TCP_FILE: control.net_tcp,
+            DEV_NULL: str}
+        """The kernel's files this board has (and ``/dev/null``), read when read."""
         self._commands: dict[str, Callable[[list[str]], Result]] = {
             "cat": self._cat, "ls": self._ls, "rm": self._rm, "mkdir": self._mkdir,
-            "cd": self._cd, "echo": self._echo, "killall": self._killall,
+            "cd": self._cd, "echo": self._echo, "killall": self._killall, "nohup": self._nohup,
             "chmod": self._quiet, "rw": self._quiet, "ro": self._quiet,
             "systemctl": self._quiet, "nginx": self._quiet, "sync": self._quiet,
         }
@@ -214,38 +253,55 @@ class BoardShell:
         if not line:
             return Result("")
         self.control.log_command(self.session, line)
-        results = [self._run_command(command) for command in _sequence(line)]
+        results = [self._run_command(command, background)
+                   for command, background in _sequence(line)]
         if not results:
             return Result("")
         return Result("".join(r.output for r in results), results[-1].status)
 
-    def _run_command(self, line: str) -> Result:
+    def _run_command(self, line: str, background: bool = False) -> Result:
         match = _DATE_AGE.match(line)
         if match:
             return self._file_age(match.group("path"))
         try:
-            words = [w for w in shlex.split(line) if w != "2>&1"]
+            words = shlex.split(line)
         except ValueError as exc:
             return Result(f"-bash: syntax error: {exc}\n", 2)
-        words, target, error = _redirection(words)
+        words, redirections, error = _redirection(words)
         if error is not None:
             return Result(error, 2)
-        if target is not None and not self._can_write(target[0]):
-            return Result(f"-bash: {target[0]}: No such file or directory\n", 1)
+        source, target = redirections.input, redirections.output
+        if source is not None and not self._can_read(source):
+            return Result(f"-bash: {source}: No such file or directory\n", 1)
+        if target is not None and not self._can_write(target):
+            return Result(f"-bash: {target}: No such file or directory\n", 1)
+        foreground = self._foreground
         result = self._run_words(words) if words else Result("")
-        if target is None:
-            return result
-        path, append = self._path(target[0]), target[1]
-        kept = (self.files.read(path) or b"") if append else b""  # ">" truncates it first
-        if result.status != 0:  # its error messages stay on the terminal
-            self.files.write(path, kept)
-            return result
-        self.files.write(path, kept + encode(result.output))
-        return Result("")
+        if background:  # the job does not hold the terminal, and the shell does not wait for it
+            self._foreground = foreground
+        if target is not None:
+            result = self._redirect(result, redirections)
+        return Result(result.output, 0) if background else result
+
+    def _redirect(self, result: Result, redirections: _Redirections) -> Result:
+        """What ``result`` leaves on the terminal once its output went to the redirection's
+        file: nothing, or its error messages (a failure without ``2>&1``)."""
+        assert redirections.output is not None
+        path = self._path(redirections.output)
+        errors_stay = result.status != 0 and not redirections.errors_too
+        kept = (self.files.read(path) or b"") if redirections.append else b""  # ">" truncates
+        if path != DEV_NULL:
+            self.files.write(path, kept if errors_stay else kept + encode(result.output))
+        return result if errors_stay else Result("", result.status)
+
+    def _can_read(self, name: str) -> bool:
+        path = self._path(name)
+        return path in self._proc or self.files.is_file(path)
 
     def _can_write(self, name: str) -> bool:
         path = self._path(name)
-        return not self.files.is_folder(path) and self.files.is_folder(posixpath.dirname(path))
+        return path == DEV_NULL or (not self.files.is_folder(path)
+                                    and self.files.is_folder(posixpath.dirname(path)))
 
     def _run_words(self, words: list[str]) -> Result:
         name, args = words[0], words[1:]
@@ -269,6 +325,26 @@ class BoardShell:
         if program is None:
             return Result(f"-bash: {name}: Permission denied\n", 126)
         return program(args)
+
+    def _nohup(self, args: list[str]) -> Result:
+        if not args:
+            return Result("nohup: missing operand\nTry 'nohup --help' for more information.\n",
+                          125)
+        name = args[0]
+        if "/" not in name:
+            command = self._commands.get(name)
+            if command is None or name == "cd":
+                return Result(f"nohup: failed to run command '{name}': No such file or "
+                              "directory\n", 127)
+            return command(args[1:])
+        path = self._path(name)
+        if not self.files.is_file(path):
+            return Result(f"nohup: failed to run command '{name}': No such file or directory\n",
+                          127)
+        program = self._programs.get(posixpath.basename(path))
+        if program is None:
+            return Result(f"nohup: failed to run command '{name}': Permission denied\n", 126)
+        return program(args[1:])
 
     def _monitor_server(self, args: list[str]) -> Result:
         if not args:
