@@ -9,6 +9,7 @@ Every wait has a deadline: the call's own (asserted with :data:`MARGIN`) or pyte
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ import pytest
 
 from pymodaq_plugins_pyrpl.hardware.backends.board_link.client import BoardClient
 from pymodaq_plugins_pyrpl.hardware.backends.board_link.errors import (
+    LinkClosed,
     LinkRefused,
+    LinkReset,
     LinkTimeout,
 )
 from pymodaq_plugins_pyrpl.hardware.backends.board_link.probe import (
@@ -48,15 +51,22 @@ SERVER = "//opt//pyrpl///monitor_server"
 """The binary's path as PyRPL 0.9.9 names it (``serverdirname + "/" + name``)."""
 HK_ID = 0x40000000
 
-KERNEL_TABLE = """\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1322 1 00000000ea0b90ce 100 0 0 10 0
-   1: 00000000:08AE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5521 1 00000000c1a2b3d4 100 0 0 10 0
-   2: 6401A8C0:08AE 6501A8C0:C448 01 00000000:00000000 00:00000000 00000000     0        0 5530 1 000000007fe974d9 20 4 30 10 -1
-   3: 6401A8C0:08AE 0A01A8C0:9C40 06 00000000:00000000 03:0000166F 00000000     0        0 0 3 0000000031f81d01
-   4: 6401A8C0:0016 6501A8C0:D2F0 01 00000000:00000000 02:000A7D4C 00000000     0        0 5540 2 00000000f7d0f28f 20 4 29 10 -1
-   5: 0100007F:08AF 0100007F:08AE 01 00000000:00000000 00:00000000 00000000     0        0 5550 1 000000001f2e3d4c 20 4 30 10 -1
-"""
+KERNEL_TABLE = "".join(line + "\n" for line in (
+    ('  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt  '
+     ' uid  timeout inode'),
+    ('   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000    '
+     ' 0        0 1322 1 00000000ea0b90ce 100 0 0 10 0'),
+    ('   1: 00000000:08AE 00000000:0000 0A 00000000:00000000 00:00000000 00000000    '
+     ' 0        0 5521 1 00000000c1a2b3d4 100 0 0 10 0'),
+    ('   2: 6401A8C0:08AE 6501A8C0:C448 01 00000000:00000000 00:00000000 00000000    '
+     ' 0        0 5530 1 000000007fe974d9 20 4 30 10 -1'),
+    ('   3: 6401A8C0:08AE 0A01A8C0:9C40 06 00000000:00000000 03:0000166F 00000000    '
+     ' 0        0 0 3 0000000031f81d01'),
+    ('   4: 6401A8C0:0016 6501A8C0:D2F0 01 00000000:00000000 02:000A7D4C 00000000    '
+     ' 0        0 5540 2 00000000f7d0f28f 20 4 29 10 -1'),
+    ('   5: 0100007F:08AF 0100007F:08AE 01 00000000:00000000 00:00000000 00000000    '
+     ' 0        0 5550 1 000000001f2e3d4c 20 4 30 10 -1'),
+))
 """``/proc/net/tcp`` of a board at 192.168.1.100 as its kernel prints it (the padding of each row
 to 149 characters left out): ssh and data port listeners, a data client, a TIME_WAIT, an ssh
 client, a connection of the board's own from port 2223 to 2222."""
@@ -206,6 +216,22 @@ def test_an_ssh_server_that_never_answers_times_out_at_the_deadline() -> None:
         with pytest.raises(LinkTimeout):
             shell.look(2222, timeout=SHORT)
         assert time.monotonic() - begun < SHORT + MARGIN
+
+
+def test_an_ssh_port_that_hangs_up_at_once_is_a_closed_link() -> None:
+    """The connection accepted, then reset (a board going down); paramiko reports the reset
+    during login as an end of file, so either class is right."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def hang_up() -> None:
+            sock, _ = listener.accept()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        with pytest.raises((LinkClosed, LinkReset)):
+            BoardShell("127.0.0.1", listener.getsockname()[1]).look(2222, timeout=5.0)
+        thread.join(5.0)
 
 
 class _StuckControl(RecordingControl):

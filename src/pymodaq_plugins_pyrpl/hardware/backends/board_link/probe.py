@@ -9,8 +9,8 @@ the clients connected to it (:func:`parse_net_tcp`; IPv4 only, as ``monitor_serv
 IPv4). Nothing here reads or writes a register, and nothing runs ``killall``.
 
 Failures are typed: a refused ssh login is :class:`LoginRefused` (the user must act); a
-connection that cannot be made, breaks or misses its deadline is a
-:class:`~.errors.LinkError` (:class:`~.errors.LinkRefused`, :class:`~.errors.LinkClosed`,
+connection that cannot be made, breaks or misses its deadline is a :class:`~.errors.LinkError`
+(:class:`~.errors.LinkRefused`, :class:`~.errors.LinkClosed`, :class:`~.errors.LinkReset`,
 :class:`~.errors.LinkTimeout`, operation ``"ssh"``); an answer that is not what a Red Pitaya
 says is :class:`BoardCommandError`.
 """
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-from .errors import LinkClosed, LinkError, LinkRefused, LinkTimeout
+from .errors import LinkClosed, LinkError, LinkRefused, LinkReset, LinkTimeout
 
 if TYPE_CHECKING:
     import paramiko
@@ -95,7 +95,9 @@ def parse_net_tcp(text: str, port: int) -> tuple[bool, tuple[Address, ...]]:
     """From the contents of ``/proc/net/tcp``: whether a socket listens on local ``port`` and the
     remote (host, port) of every ESTABLISHED connection to it. Rows in other states (TIME_WAIT…)
     and on other ports are left out. Addresses are as the kernel prints them on a little-endian
-    CPU (the Red Pitaya's ARM): ``0100007F:08AE`` is 127.0.0.1:2222.
+    CPU (the Red Pitaya's ARM): ``0100007F:08AE`` is 127.0.0.1:2222. On a real board a
+    connection the kernel completed but the server has not accepted (a second client waiting in
+    the backlog of a one-client ``monitor_server``) is ESTABLISHED too, so it is listed.
 
     Raises ValueError if ``text`` is not that table.
     """
@@ -297,11 +299,14 @@ def _execute(transport: paramiko.Transport, command: str,
 
 def _raise_link_error(expired: bool, what: str, exc: BaseException) -> NoReturn:
     """Raise the LinkError for ``exc`` during ``what``: a timeout if the deadline closed the
-    connection or the socket timed out, else the connection ended."""
+    connection or the socket timed out, a reset for an RST, else the connection ended."""
     if expired or isinstance(exc, TimeoutError):
         raise LinkTimeout("ssh", None, None, f"{what}: not done in time") from exc
-    raise LinkClosed("ssh", None, None, f"{what}: the connection ended ({exc or type(exc)})") \
-        from exc
+    said = str(exc) or type(exc).__name__
+    if isinstance(exc, ConnectionResetError):
+        raise LinkReset("ssh", None, None, f"{what}: the board reset the connection ({said})") \
+            from exc
+    raise LinkClosed("ssh", None, None, f"{what}: the connection ended ({said})") from exc
 
 
 def _remaining(deadline: float) -> float:
