@@ -320,19 +320,33 @@ QUIT_SCENARIOS = (["Scope"], ["IQ"], ["Sampler"], ["Scope", "IQ", "Sampler"])
 """Viewers of pyrpl_demo grabbing continuously when the Dashboard quits, one Dashboard each."""
 
 
+def _stages_and_end(stderr: bytes | str | None) -> str:
+    """The stages dashboard_quit.py announced on ``stderr``, then the end of it (a stack dump)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
+    stages = [line for line in text.splitlines() if line.startswith("STAGE ")]
+    return "\n".join(stages) + "\n...\n" + text[-8000:]
+
+
 def test_quitting_the_dashboard_while_viewers_grab():
     """Quitting a headless Dashboard while our viewers grab continuously (each viewer alone, then
     all three): every worker thread ends by itself (PyMoDAQ terminates a worker still busy after
     5 s, and a terminated worker can freeze the process for good), and the auto-started server
     stops. Run in a subprocess (tests/helpers/scripts/dashboard_quit.py), so a freeze fails the
-    test instead of hanging the suite. How long each quit took is printed (a figure, not asserted)."""
+    test instead of hanging the suite; the failure shows the script's stderr, where it names each
+    stage as it begins and dumps the stacks of a stage frozen for its STALL_S. How long each quit
+    took is printed (a figure, not asserted)."""
     from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 
     args = [str(DASHBOARD_QUIT)]
     for detectors in QUIT_SCENARIOS:
         args += [str(free_port()), ",".join(detectors)]
-    run = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    try:
+        run = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240,
+                             check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"no end within {exc.timeout} s; stdout: {exc.stdout!r}; stderr:\n"
+                    + _stages_and_end(exc.stderr))
+    assert run.returncode == 0, run.stdout + _stages_and_end(run.stderr)
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert [r["detectors"] for r in results] == list(QUIT_SCENARIOS)
     for result in results:

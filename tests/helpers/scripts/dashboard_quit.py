@@ -9,19 +9,33 @@ continuously until each has delivered frames, and the Dashboard quits while they
 one JSON line per pair: ``{"detectors", "frames", "quit_s", "terminated", "server_pid"}``;
 ``terminated`` lists PyMoDAQ's warnings about a worker thread it had to terminate. The environment
 (isolated folders) comes from the calling test.
+
+Each stage of a pair (load, init, grab, quit) and the process's exit are announced on stderr as
+they begin (``STAGE time scenario: stage``); a stage still going after STALL_S is a freeze: the stacks of all threads are written to
+stderr and the process exits with status 1, so a failing test names the stage and the blocking call.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 FRAMES = 3
 """Frames each grabbing detector delivers before the Dashboard quits."""
 GROUP = "pyrpl"
+STALL_S = 75.0
+"""A stage lasting longer than this is frozen (its longest wait for a condition is 60 s)."""
+
+
+def stage(scenario: str, name: str) -> None:
+    """Announce on stderr that stage ``name`` of ``scenario`` begins; STALL_S later, unless the
+    next stage has begun, the stacks of all threads are dumped there and the process exits."""
+    print(f"STAGE {time.strftime('%H:%M:%S')} {scenario}: {name}", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback_later(STALL_S, exit=True)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> None:
@@ -79,6 +93,8 @@ def run(port: int, detectors: list[str], terminated: _Terminated) -> dict:
     from pymodaq_plugins_pyrpl import cli
     from pymodaq_plugins_pyrpl.hardware import runtime
 
+    scenario = ",".join(detectors)
+    stage(scenario, "load")
     default_port(port)
     shipped = cli.EXPERIMENTS / "pyrpl_demo.xml"
     path = Path(get_set_experiment_path()) / shipped.name
@@ -89,8 +105,10 @@ def run(port: int, detectors: list[str], terminated: _Terminated) -> dict:
     applied = []
     manager.applied_entry.connect(applied.append)
     manager.execute_entry(path)
+    stage(scenario, "init")
     wait_until(lambda: applied, 60)
     server_pid = runtime.read_live_state(port).pid
+    stage(scenario, "grab")
     frames = {name: 0 for name in detectors}
     for name in detectors:
         module = dashboard.modules_manager.get_mod_from_name(name, "det")
@@ -100,6 +118,7 @@ def run(port: int, detectors: list[str], terminated: _Terminated) -> dict:
         module.grab_done_signal.connect(count)
         module.grab_data(grab_state=True)
     wait_until(lambda: all(n >= FRAMES for n in frames.values()), 30)
+    stage(scenario, "quit")
     start = time.perf_counter()
     dashboard.quit_fun()
     quit_s = time.perf_counter() - start
@@ -120,6 +139,7 @@ def main(argv: list[str]) -> None:
     for port, names in zip(argv[::2], argv[1::2]):
         terminated.messages.clear()
         print(json.dumps(run(int(port), names.split(","), terminated)), flush=True)
+    stage("all", "exit")
 
 
 if __name__ == "__main__":
