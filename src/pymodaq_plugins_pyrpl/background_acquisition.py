@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -25,6 +26,9 @@ RETRY_DELAY_MS = 1000
 """Live grabbing: delay before a new attempt after an error (other than an acquisition timeout)."""
 GUI_BACKLOG = 3
 """Live grabbing: at most this many frames handed over and not yet taken in by the GUI thread."""
+END_CHECK_S = 0.5
+"""How often the acquisition thread, idle or waiting for room in the GUI thread, checks whether the
+program's main thread (PyMoDAQ's GUI thread) has ended."""
 
 Job = Callable[[Callable[[], bool]], Any]
 """A blocking acquisition; its argument tells whether its result is still wanted (to end early)."""
@@ -75,7 +79,10 @@ class BackgroundAcquisition(QObject):
 
     All methods are called in the plugin's thread. ``close`` (also when that thread ends) stops
     and lets the worker thread end after the job it runs, without waiting for it; a ``grab``
-    after ``close`` raises RuntimeError.
+    after ``close`` raises RuntimeError. A program that ends while grabbing, without closing,
+    waits at exit for the job running only (:class:`_JobThread`): a live acquisition waiting for
+    room in the GUI thread is abandoned once the program's main thread (the GUI thread) has
+    ended, within END_CHECK_S.
     """
 
     _done = Signal(object, int)  # an acquisition ended: its Future and generation
@@ -89,7 +96,7 @@ class BackgroundAcquisition(QObject):
         self._make_job = make_job
         self._on_data = on_data
         self._describe_error = describe_error
-        self._executor = ThreadPoolExecutor(1, f"acquisition {plugin_title(plugin)}")
+        self._executor = _JobThread(f"acquisition {plugin_title(plugin)}")
         self._generation = 0  # read by the worker thread: whether a job's result is still wanted
         self._pending: Future | None = None  # the latest acquisition, until its result is taken
         self._stream: _Stream | None = None  # the live grab going on
@@ -129,10 +136,9 @@ class BackgroundAcquisition(QObject):
 
     def close(self) -> None:
         """Stop; the worker thread ends after the job it runs, which is not waited for here (the
-        interpreter waits for it at exit, as for any executor's thread: at most its own timeout).
-        """
+        interpreter waits for it at exit: at most that job's own timeout)."""
         self.stop()
-        self._executor.shutdown(wait=False)
+        self._executor.shutdown()
 
     def _start(self, naverage: int, live: bool) -> None:
         """A new generation: a snap, or the first frame of a live grab."""
@@ -173,7 +179,7 @@ class BackgroundAcquisition(QObject):
             if after is not None and after.exception() is not None:  # done: one worker, in order
                 return None
             if room is not None:
-                room.acquire()  # GUI_BACKLOG frames wait for the GUI thread: wait for one
+                _wait_for_room(room)
             return job(wanted) if wanted() else None
 
         future = self._executor.submit(acquire)
@@ -227,6 +233,84 @@ class BackgroundAcquisition(QObject):
     def _rearm(self, generation: int) -> None:
         if generation == self._generation and self._stream is not None:
             self._start(self._stream.naverage, live=True)
+
+
+def _program_running() -> bool:
+    """The program's main thread, where PyMoDAQ runs its GUI, has not ended (once it has, the
+    interpreter is exiting)."""
+    return threading.main_thread().is_alive()
+
+
+class _ProgramEnded(Exception):
+    """The program's main thread has ended: the job is abandoned (see :class:`_JobThread`)."""
+
+
+def _wait_for_room(room: threading.Semaphore) -> None:
+    """Take a place in the GUI thread's backlog (GUI_BACKLOG frames wait for the GUI thread: wait
+    for one). Raises _ProgramEnded if the program's main thread (the GUI thread, which takes no
+    frame in any more) ends first."""
+    while not room.acquire(timeout=END_CHECK_S):
+        if not _program_running():
+            raise _ProgramEnded
+
+
+class _JobThread:
+    """Runs the jobs submitted, one at a time and in order, in a thread of its own (started with
+    the first job). The thread ends after ``shutdown`` once the jobs submitted before it have run,
+    or, once the program's main thread has ended, after the job it runs (within END_CHECK_S when
+    idle): a program that exits without closing its acquisitions waits for that job only (unlike
+    a ThreadPoolExecutor's thread, which the interpreter joins after all its jobs), and the jobs
+    still queued never run. A job that raises _ProgramEnded is abandoned, its Future left
+    running (nobody takes results any more). A job's Future may be cancelled until the job
+    starts. ``submit`` after ``shutdown`` raises RuntimeError. ``submit`` and ``shutdown`` are
+    called from one thread (the plugin's)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[], Any]] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._shut = False
+
+    def submit(self, job: Callable[[], Any]) -> Future:
+        if self._shut:
+            raise RuntimeError(f"{self._name}: closed, no new acquisition")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name)
+            self._thread.start()
+        future: Future = Future()
+        self._jobs.put((future, job))
+        return future
+
+    def shutdown(self) -> None:
+        """No more jobs: the thread ends after those submitted (not waited for)."""
+        if not self._shut:
+            self._shut = True
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while _program_running():
+            try:
+                item = self._jobs.get(timeout=END_CHECK_S)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            self._execute(*item)
+            del item  # no reference to the last job (and its frame) while waiting for the next
+
+    @staticmethod
+    def _execute(future: Future, job: Callable[[], Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled
+        try:
+            result = job()
+        except _ProgramEnded:
+            return
+        except BaseException as exc:  # handed to the Future's owner, as an executor does
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 class _GuiAck(QObject):

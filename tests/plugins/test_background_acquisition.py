@@ -2,10 +2,13 @@
 over before it returns (so PyMoDAQ's worker does not poll meanwhile), frames stay in order, a frame
 slower than the wait still arrives, through the event loop; at most one frame is acquired ahead;
 Stop drops the frame on its way; close does not wait for a running job; with the plugin in a worker
-thread, results come in that thread and live frames wait for an idle GUI thread."""
+thread, results come in that thread and live frames wait for an idle GUI thread; an acquisition
+left waiting for that GUI thread does not keep the process from ending."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -15,6 +18,7 @@ from qtpy.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 from pymodaq_plugins_pyrpl import background_acquisition, plugin_support
 from pymodaq_plugins_pyrpl.background_acquisition import BackgroundAcquisition
 from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPluginError
+from tests.helpers.scripts import UNCLOSED_ACQUISITION
 
 
 class _Plugin:
@@ -272,3 +276,18 @@ def test_a_snap_after_stop_does_not_wait_for_the_gui_thread(in_worker) -> None:
     run(stream.snap_after_stop)
     assert stream.wait_for(lambda: len(stream.frames) == backlog + 1, 5)
     assert stream.frames[-1] == stream.started  # the snap's, not the stopped live frame
+
+
+def test_an_acquisition_waiting_for_the_gui_thread_does_not_keep_the_process_alive() -> None:
+    """A program that ends (an error, an exit) while a viewer grabs, without closing it: its live
+    acquisition waits for room in a GUI thread that takes no more frames in, and the process still
+    ends by itself (tests/helpers/scripts/unclosed_acquisition.py, in a subprocess: a process that
+    cannot end fails here instead of hanging the suite)."""
+    try:
+        run = subprocess.run([sys.executable, str(UNCLOSED_ACQUISITION)], capture_output=True,
+                             text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the process did not end within {exc.timeout} s after its frames came: "
+                    f"stdout {exc.stdout!r}")
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert run.stdout.splitlines() == [f"FRAMES {background_acquisition.GUI_BACKLOG}"]
