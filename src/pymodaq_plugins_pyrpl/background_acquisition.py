@@ -96,7 +96,7 @@ class BackgroundAcquisition(QObject):
         self._make_job = make_job
         self._on_data = on_data
         self._describe_error = describe_error
-        self._executor = _JobThread(f"acquisition {plugin_title(plugin)}")
+        self._job_thread = _JobThread(f"acquisition {plugin_title(plugin)}")
         self._generation = 0  # read by the worker thread: whether a job's result is still wanted
         self._pending: Future | None = None  # the latest acquisition, until its result is taken
         self._stream: _Stream | None = None  # the live grab going on
@@ -138,7 +138,7 @@ class BackgroundAcquisition(QObject):
         """Stop; the worker thread ends after the job it runs, which is not waited for here (the
         interpreter waits for it at exit: at most that job's own timeout)."""
         self.stop()
-        self._executor.shutdown()
+        self._job_thread.shutdown()
 
     def _start(self, naverage: int, live: bool) -> None:
         """A new generation: a snap, or the first frame of a live grab."""
@@ -182,7 +182,7 @@ class BackgroundAcquisition(QObject):
                 _wait_for_room(room)
             return job(wanted) if wanted() else None
 
-        future = self._executor.submit(acquire)
+        future = self._job_thread.submit(acquire)
         future.add_done_callback(lambda done: self._done.emit(done, generation))
         return future
 
