@@ -3,8 +3,8 @@ process that cannot end fails the test instead of hanging the suite):
 
     python tests/helpers/scripts/unclosed_acquisition.py
 
-A plugin's thread (a Python thread standing in for PyMoDAQ's worker, which goes on asking for live
-frames) runs a live BackgroundAcquisition whose frames the GUI thread never takes in: once
+A plugin's thread (a Python thread standing in for PyMoDAQ's worker, which never ends) runs a live
+BackgroundAcquisition whose frames the GUI thread (the main thread) never takes in: once
 GUI_BACKLOG frames are handed over, the next acquisition waits for room in the GUI thread. The
 script then ends without closing the acquisition, as a program does that fails or exits while a
 viewer grabs. Prints ``FRAMES n`` when they are handed over; the process must then end by itself.
@@ -28,9 +28,7 @@ class _Plugin:
 
 
 def main() -> None:
-    app = QCoreApplication([])  # the GUI thread: this one, which takes no frame in
-    main.app = app  # kept until the interpreter ends
-    handed, pause = threading.Semaphore(0), threading.Event()
+    handed, asking, idle = threading.Semaphore(0), threading.Event(), threading.Event()
     numbers = itertools.count()
 
     def make_job(naverage: int):
@@ -38,17 +36,20 @@ def main() -> None:
 
     def plugin_thread() -> None:
         acquisition = BackgroundAcquisition(_Plugin(), make_job, lambda frame: handed.release())
-        while True:  # PyMoDAQ's grab loop: it asks for the next frame, logs an error and goes on
-            try:
-                acquisition.grab(1, live=True)
-            except RuntimeError:  # no new acquisition once the interpreter is ending
-                pause.wait(background_acquisition.LIVE_WAIT_S)
+        asking.set()
+        while asking.is_set():  # PyMoDAQ's grab loop: it asks for the next frame
+            acquisition.grab(1, live=True)
+        idle.set()
+        threading.Event().wait()  # a worker thread that never ends (nor closes the acquisition)
 
     threading.Thread(target=plugin_thread, name="plugin", daemon=True).start()
     for _ in range(background_acquisition.GUI_BACKLOG):
         assert handed.acquire(timeout=10), "a live frame did not come"
+    asking.clear()  # it stops touching Qt before Python ends (a daemon thread that does may crash)
+    assert idle.wait(10), "the plugin thread did not stop asking"
     print(f"FRAMES {background_acquisition.GUI_BACKLOG}", flush=True)
 
 
 if __name__ == "__main__":
+    app = QCoreApplication([])  # in the main thread, the GUI thread; kept until Python ends
     main()
