@@ -248,6 +248,8 @@ def _login(host: str, port: int, user: str, password: str,
         sock = socket.create_connection((host, port), timeout=_remaining(deadline))
     except TimeoutError:
         raise LinkRefused("ssh", None, None, f"{where} did not accept in time") from None
+    except ConnectionResetError as exc:  # accepted, then reset before connect() returned
+        raise LinkReset("ssh", None, None, f"{where}: the board reset the connection") from exc
     except OSError as exc:
         raise LinkRefused("ssh", None, None, f"{where}: {exc.strerror or exc}") from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else ~40 ms per command
