@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 _FOLDER = Path(__file__).parent
+BOARD_LINK_PROBE = _FOLDER / "board_link_probe.py"
 DASHBOARD_QUIT = _FOLDER / "dashboard_quit.py"
 HOLDER = _FOLDER / "holder.py"
 NET_DRIVER = _FOLDER / "net_driver.py"

@@ -24,6 +24,7 @@ from typing import Any, Callable
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, errors  # noqa: E402
+from pymodaq_plugins_pyrpl.hardware.backends.board_link.client import BoardClient  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.backends.pyrpl import PyrplBackend  # noqa: E402
 
 EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
@@ -159,7 +160,7 @@ def full(board: str) -> dict[str, Any]:
     result["iq_settle"] = settle
     result["sampler"] = run(backend.sampler_read)
 
-    # the board stops answering: a real MonitorClient whose server accepts, then goes silent
+    # the board stops answering: a server that accepts, then stays silent
     result["link_loss"] = link_loss(backend, "silent")
 
     run(backend.close)
@@ -182,10 +183,12 @@ def _na_registers(backend: PyrplBackend, name: str) -> list[int]:
 
 
 def link_loss(backend: PyrplBackend, mode: str) -> dict[str, Any]:
-    """Point every module at a real ``MonitorClient`` whose server then fails.
+    """The board's data port fails under the backend: its link is pointed at a server of the
+    probe (a board's backend: its register link reconnects there; PyRPL's fake board: every module
+    gets a board client of its own to it).
 
     ``silent``: the server accepts and never answers (board hung, cable pulled); ``eof``: it closes
-    the connection (monitor server killed). Reconnection attempts are refused afterwards.
+    the connection (monitor server killed). Three calls, with the state after each.
     """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -204,27 +207,26 @@ def link_loss(backend: PyrplBackend, mode: str) -> dict[str, Any]:
     acceptor = threading.Thread(target=accept_once)
     acceptor.start()
 
-    def swap_client() -> None:
-        from pyrpl.redpitaya_client import MonitorClient
-
-        client = MonitorClient("127.0.0.1", port, restartserver=lambda: port)
+    def swap_connection() -> None:
+        if backend._link is not None:
+            backend._link.port = port
+            backend._link.connect()
+            return
+        client = BoardClient.connect("127.0.0.1", port)
         for module in backend._rp.modules.values():
             module._client = client
-        PyrplBackend._install_checked_clients(backend._rp)
 
-    run(swap_client)
+    run(swap_connection)
     acceptor.join(5)
-    started = time.perf_counter()
-    first = outcome(backend.sampler_read)
-    seconds = time.perf_counter() - started
-    state = list(run(backend.device_state))
-    started = time.perf_counter()
-    second = outcome(backend.get, "asg0", ["frequency"])
-    second_seconds = time.perf_counter() - started
+    result: dict[str, Any] = {}
+    for call in ("first", "second", "third"):
+        started = time.perf_counter()
+        result[call] = outcome(backend.sampler_read)
+        result[call]["seconds"] = time.perf_counter() - started
+        result[call]["state"] = list(run(backend.device_state))
     for conn in held:
         conn.close()
-    return {"first": first, "seconds": seconds, "state": state, "second": second,
-            "second_seconds": second_seconds}
+    return result
 
 
 PRELOAD = {  # register address -> raw value of a previous session
@@ -237,8 +239,8 @@ PRELOAD = {  # register address -> raw value of a previous session
 
 
 def record_writes(writes: list[int], client_class: type) -> None:
-    """From now on, append the address of every register write of PyRPL's clients of
-    ``client_class`` (``DummyClient``, ``MonitorClient``) to ``writes``."""
+    """From now on, append the address of every register write of the clients of
+    ``client_class`` (PyRPL's ``DummyClient``, the backend's ``BoardClient``) to ``writes``."""
     original = client_class.writes
 
     def recording(self: Any, addr: int, values: Any) -> Any:
@@ -298,9 +300,7 @@ class VirtualBoardMemory:
 
     @staticmethod
     def client_class() -> type:
-        from pyrpl.redpitaya_client import MonitorClient
-
-        return MonitorClient
+        return BoardClient
 
     def _client(self) -> Any:
         from pyrpl.redpitaya_client import MonitorClient
@@ -324,8 +324,8 @@ class VirtualBoardMemory:
             client.close()
 
     def snapshot(self, addresses: list[int], after_close: bool = False) -> dict[str, int]:
-        """The registers at ``addresses``. PyRPL's close ends its monitor server: after it, one
-        is started again over ssh (as PyRPL does) to read them."""
+        """The registers at ``addresses``. After the backend's close, a monitor server is started
+        over ssh (as PyRPL does) in case the closed connection ended the one it used."""
         if not after_close:
             return self.read(addresses)
         import paramiko

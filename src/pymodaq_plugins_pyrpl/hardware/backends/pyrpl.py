@@ -36,23 +36,31 @@ Behaviour worth knowing:
   PyRPL-side acquisitions (the server re-arms after a settings change).
 * **Filters** (``inputfilter``, ``bandwidth``) are returned as the list PyRPL reports, one cutoff per
   FPGA filter stage. In fake mode the stage counts and cutoffs are garbage (PyRPL's ``DummyClient``).
-* **Named PyRPL configs** (``--config NAME``) keep PyRPL's semantics: ``<user dir>/config/NAME.yml``
-  is created if missing, stored settings are re-applied to the FPGA at start-up and every change is
-  saved there. PyRPL defers a save that follows another within 3 s to a Qt timer, which never runs
-  here: :meth:`PyrplBackend.set` writes such a pending save before it returns, so every accepted
-  change is on disk (a write costs a YAML dump and an fsync). The file holds the board's ssh
-  password: it is kept owner-only (0600), in an owner-only config folder (0700), and the default
-  user dir is created 0700. A file that is not valid YAML (or not a mapping) is refused at ``open()``
-  naming the file. ``config=""`` (the default) keeps PyRPL's settings in memory only.
+* **Named PyRPL configs** (``--config NAME``): ``<user dir>/config/NAME.yml`` is created if
+  missing and every change is saved there, but its stored settings are **not** written to the FPGA
+  at start-up (the write gate, below): the board keeps what it runs, the plugins apply theirs when
+  they initialize. Python-side values (asg ``waveform``) come from the file; readable registers
+  are read live. PyRPL defers a save that follows another within 3 s to a Qt timer, which never
+  runs here: :meth:`PyrplBackend.set` writes such a pending save before it returns, so every
+  accepted change is on disk (a write costs a YAML dump and an fsync). The file holds the board's
+  ssh password: it is kept owner-only (0600), in an owner-only config folder (0700), and the
+  default user dir is created 0700. A file that is not valid YAML (or not a mapping) is refused at
+  ``open()`` naming the file. ``config=""`` (the default) keeps PyRPL's settings in memory only.
 * **Fake board** (``_FAKE_``): scope traces are random noise, ``curve_ready`` is always true, the
   sampler and IQ accumulators return constants, filter cutoffs are garbage. They are not hidden.
 
-Board link: PyRPL's ``MonitorClient`` retries a failed register access 5 times (restarting the
-monitor server over ssh in between) and then returns ``None`` instead of raising. Every hardware module
-gets a thin checking wrapper around that client, so such a failure raises here instead of surfacing as
-a ``TypeError`` deep inside PyRPL (or, for writes, not at all). The first communication failure puts
-the backend in the ``error`` state (:meth:`PyrplBackend.device_state`) and every later call raises
-:class:`~..errors.DeviceNotReady`; the state is sticky: restart the server once the board is back.
+Board link (:mod:`.board_link`): PyRPL's ``MonitorClient`` retries a failed access 5 times with
+``killall monitor_server`` in between, spins forever on a connection the board closed, and returns
+``None`` instead of raising. So while ``Pyrpl()`` runs, PyRPL's ``startclient`` is given this
+backend's :class:`~.board_link.link.RegisterLink` instead: every register access has a deadline
+(:mod:`.board_link.client`), a failure raises, and PyRPL's restart path never runs. Its write gate
+stays closed until :meth:`PyrplBackend.open` returns, so a start-up (a restart of the server, a
+named config) writes no register: the outputs keep running. The only ``killall monitor_server``
+is PyRPL's own at start-up; :meth:`PyrplBackend.close` runs none (it closes the connection: a
+``monitor_server`` ends with its client). A register access that fails on the link raises
+:class:`~..errors.DeviceNotReady` within its deadline; an orderly close (FIN), a reset (RST), a
+garbled reply or :data:`LINK_SILENCE` seconds of silence make the link ``lost``
+(:meth:`PyrplBackend.device_state`), a single missed deadline does not (a lossy link).
 """
 from __future__ import annotations
 
@@ -65,7 +73,6 @@ import re
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -75,6 +82,8 @@ import numpy as np
 from .. import board_address, catalogue, errors
 from ..physics.plants import plant_spec
 from .base import ScopeTrace
+from .board_link.errors import LinkError, LinkTimeout
+from .board_link.link import RegisterLink
 
 if TYPE_CHECKING:
     from ...virtual_board.process import VirtualBoardProcess
@@ -91,6 +100,10 @@ The demodulator multiplies the 14-bit input (1 V = 2**13) by a 17-bit sine (ampl
 keeps product bits [29:6] as a 24-bit quadrature, so an input of amplitude A volts averages to
 A * 2**22 * cos(...). PyRPL's network analyzer uses the same factor (``rescale = 2**-LPFBITS * 4``).
 """
+
+LINK_SILENCE = 3.0
+"""Seconds the board may stay silent while a reply is expected before the link is ``lost``: a
+single missed deadline (a lossy link) is not enough."""
 
 _SCOPE_DATA_LENGTH = catalogue.SCOPE_SAMPLES
 _IQ_SLOWEST_SETTLE = catalogue.filter_settle_time(
@@ -118,72 +131,6 @@ def default_user_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "pymodaq_plugins_pyrpl" / "pyrpl_user_dir"
-
-
-class _LinkError(Exception):
-    """A register access failed: PyRPL's client gave up or its recovery raised."""
-
-
-class _CheckedClient:
-    """Wraps PyRPL's register client so that a failed access raises :class:`_LinkError`.
-
-    ``MonitorClient.reads``/``writes`` return ``None`` after 5 failed attempts, and the ssh restart in
-    between may raise anything (``TypeError``, ``ValueError``, paramiko errors). ``DummyClient.writes``
-    always returns ``None``, so write results are only checked on a real client.
-    """
-
-    def __init__(self, client: Any, check_writes: bool) -> None:
-        self._client = client
-        self._check_writes = check_writes
-
-    def reads(self, addr: int, length: int) -> Any:
-        try:
-            data = self._client.reads(addr, length)
-        except Exception as exc:
-            raise _LinkError(f"reading {length} word(s) at {addr:#010x} failed: "
-                             f"{type(exc).__name__}: {_one_line(exc)}") from exc
-        if data is None:
-            raise _LinkError(f"reading {length} word(s) at {addr:#010x} failed 5 times")
-        return data
-
-    def writes(self, addr: int, values: Any) -> Any:
-        try:
-            result = self._client.writes(addr, values)
-        except Exception as exc:
-            raise _LinkError(f"writing at {addr:#010x} failed: {type(exc).__name__}: "
-                             f"{_one_line(exc)}") from exc
-        if self._check_writes and result is None:
-            raise _LinkError(f"writing at {addr:#010x} failed 5 times")
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
-def _reads_with_eof_check(client: Any, addr: int, length: int) -> Any:
-    """``MonitorClient._reads`` of PyRPL 0.9.9.1 plus the end-of-stream check it lacks.
-
-    PyRPL's version loops ``data += recv(...)`` until the reply is complete, so when the monitor
-    server closes the connection (killed by another PyRPL client's ``killall``, or crashed) it spins
-    forever at 100 % CPU. This one raises ``ConnectionResetError``, which PyRPL's retry logic handles
-    like any socket error. Installed on the client instance by ``PyrplBackend.open``.
-    """
-    length = min(length, 65535)
-    header = b"r" + bytes([0, length & 0xFF, (length >> 8) & 0xFF, addr & 0xFF, (addr >> 8) & 0xFF,
-                           (addr >> 16) & 0xFF, (addr >> 24) & 0xFF])
-    client.socket.send(header)
-    expected = length * 4 + 8
-    data = bytearray()
-    while len(data) < expected:
-        chunk = client.socket.recv(expected - len(data))
-        if not chunk:
-            raise ConnectionResetError("the monitor server closed the connection")
-        data += chunk
-    if bytes(data[:8]) == header:
-        return np.frombuffer(bytes(data[8:]), dtype=np.uint32)
-    client.logger.error("Wrong control sequence from server: %s", bytes(data[:8]))
-    client.emptybuffer()
-    return None
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -224,7 +171,11 @@ class PyrplBackend:
         self._pyrpl: Any = None
         self._rp: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link_error: str | None = None
+        self._link: RegisterLink | None = None
+        """The register client of PyRPL's modules on a network board (None on PyRPL's fake
+        board, whose modules use PyRPL's ``DummyClient``)."""
+        self._state: tuple[str, str | None] = ("ready", None)
+        """The link's state once open: ``ready``, ``lost``, ``taken`` or ``error``, and why."""
         self._open_error: str | None = None
         self._closed = False
         self._asg_started: set[str] = set()
@@ -260,6 +211,10 @@ class PyrplBackend:
             self.close()
             self._open_error = failure
             raise errors.BackendUnavailable(failure)
+        if self._link is not None:
+            if self._link.gated_writes:
+                logger.debug("%d start-up writes of PyRPL not sent", self._link.gated_writes)
+            self._link.open_gate()
         logger.info("PyRPL %s connected to %s in %.2f s", sys.modules["pyrpl"].__version__, host,
                     time.perf_counter() - started)
 
@@ -316,8 +271,9 @@ class PyrplBackend:
         if self.virtual:
             options["delay"] = VIRTUAL_SSH_DELAY
         try:
-            p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False, loglevel="error",
-                            **options)
+            with self._register_link_for_pyrpl():
+                p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False,
+                                loglevel="error", **options)
         except Exception as exc:
             logger.debug("Pyrpl() failed", exc_info=True)
             return (f"cannot connect to the Red Pitaya at {host!r}"
@@ -342,31 +298,62 @@ class PyrplBackend:
         if modules:
             logger.warning("PyRPL config %r loads software modules %s: they may own iq2/pid2",
                            self.config, modules)
-        self._install_checked_clients(p.rp)
         try:
             self._prime_select_caches(p.rp)
             if p.rp.scope.running_state != "stopped":  # a named config may have started the scope
-                p.rp.scope.stop()
-        except _LinkError as exc:
+                p.rp.scope.stop()  # its writes stay behind the closed write gate
+        except LinkError as exc:
             return f"the Red Pitaya at {host!r} stopped answering right after connecting ({exc})"
         return None
+
+    @contextlib.contextmanager
+    def _register_link_for_pyrpl(self) -> Iterator[None]:
+        """While ``Pyrpl()`` runs, PyRPL's ``RedPitaya.startclient`` builds this backend's
+        :class:`RegisterLink` (connected, its write gate closed) instead of PyRPL's
+        ``MonitorClient``: every register access has a deadline from the first one, no restart
+        callback (``killall monitor_server``) can ever run, and PyRPL's start-up writes are not
+        sent. PyRPL's fake board keeps its ``DummyClient``. Only this thread uses PyRPL, so the
+        module-level substitution is seen by this backend's ``Pyrpl()`` alone."""
+        from pyrpl import redpitaya_client
+
+        def register_link(hostname: str, port: int, restartserver: Any = None) -> RegisterLink:
+            link = RegisterLink(hostname, port)
+            link.connect()
+            self._link = link
+            return link
+
+        original = redpitaya_client.MonitorClient
+        redpitaya_client.MonitorClient = register_link
+        try:
+            yield
+        finally:
+            redpitaya_client.MonitorClient = original
 
     def close(self) -> None:
         """Disconnect without touching the outputs (a running lock keeps running). Idempotent.
 
-        ``Pyrpl._clear()`` stops PyRPL's timers, writes a named config file and, on a real board, ends
-        the monitor server over ssh; the FPGA keeps its configuration. Then PyRPL's QApplication is
-        destroyed in this thread: Qt crashes the interpreter at exit (SIGSEGV) when the application
-        of a finished thread is destroyed from the main thread. So a closed backend cannot be
-        reopened in the same process, and the server must call ``close()`` before it exits.
+        Does what ``Pyrpl._clear()`` does but its ``killall monitor_server`` (which would end
+        another program's server when the board was taken): stops PyRPL's timers, writes a named
+        config file, closes the data connection (a ``monitor_server`` ends with its client) and
+        the ssh session; the FPGA keeps its configuration. Then PyRPL's QApplication is destroyed
+        in this thread: Qt crashes the interpreter at exit (SIGSEGV) when the application of a
+        finished thread is destroyed from the main thread. So a closed backend cannot be reopened
+        in the same process, and the server must call ``close()`` before it exits.
         """
         self._closed = True
         p, self._pyrpl, self._rp = self._pyrpl, None, None
+        link, self._link = self._link, None
         if p is not None:
             try:
-                p._clear()
+                for module in p.modules:
+                    module._clear()
+                p.c._write_to_file()
             except Exception as exc:  # a dead link must not prevent the server from stopping
                 logger.warning("PyRPL did not shut down cleanly: %s", _one_line(exc))
+        if link is not None:
+            link.close()
+        if p is not None:
+            _close_ssh(p.rp)
             del p
         virtual_board, self._virtual_board = self._virtual_board, None
         if virtual_board is not None:
@@ -380,16 +367,17 @@ class PyrplBackend:
             self._loop = None
 
     def device_state(self) -> tuple[str, str | None]:
-        """``("ready", None)`` while the board answers, else ``("error", reason)``."""
+        """Once open: ``("ready", None)`` while the board answers, ``("lost", reason)`` while the
+        link is down (:meth:`maintain` reconnects), ``("taken", reason)`` when another program
+        took the board, ``("error", reason)`` when the user must act; ``("error", reason)`` also
+        before :meth:`open` succeeded and after :meth:`close`."""
         if self._open_error is not None:
             return "error", self._open_error
         if self._closed:
             return "error", "closed"
-        if self._link_error is not None:
-            return "error", self._not_answering()
         if self._rp is None:
             return "error", "not connected"
-        return "ready", None
+        return self._state
 
     # -------------------------------------------------------------------------------------------------
     # settings
@@ -552,28 +540,38 @@ class PyrplBackend:
                 f"be written ({_one_line(exc)})") from None
         _make_private(tree._filename)
 
-    def _not_answering(self) -> str:
-        """The sticky error state's reason, after a communication failure."""
-        return (f"the Red Pitaya at {self.hostname!r} is not answering ({self._link_error}); "
-                "check the board and the network, then restart the server")
-
     @contextlib.contextmanager
     def _board(self) -> Iterator[Any]:
-        """The RedPitaya object; turns a communication failure into the sticky error state."""
+        """The RedPitaya object while the link is ready; a register access that fails on the link
+        raises DeviceNotReady (and, unless it only missed its deadline on a link not yet silent
+        for :data:`LINK_SILENCE`, makes the link ``lost``)."""
         if self._closed:
             raise errors.DeviceNotReady("the PyRPL backend is closed")
-        if self._link_error is not None:
-            raise errors.DeviceNotReady(self._not_answering())
         if self._rp is None:
             raise errors.DeviceNotReady("the PyRPL backend is not connected")
+        state, reason = self._state
+        if state != "ready":
+            raise errors.DeviceNotReady(reason or state)
         try:
             yield self._rp
-        except (_LinkError, OSError) as exc:  # socket.timeout is an OSError
-            self._link_error = _one_line(exc)
-            logger.error("lost the Red Pitaya at %s: %s", self.hostname, self._link_error)
-            raise errors.DeviceNotReady(
-                f"lost the Red Pitaya at {self.hostname!r} ({self._link_error}); check the board "
-                "and the network, then restart the server") from exc
+        except LinkError as exc:
+            raise errors.DeviceNotReady(self._link_failed(exc)) from exc
+
+    def _link_failed(self, exc: LinkError) -> str:
+        """Note a failed register access: the link is ``lost`` unless ``exc`` is a missed
+        deadline on a link silent for less than :data:`LINK_SILENCE` (a lossy link, not a dead
+        one). The sentence for the caller."""
+        if isinstance(exc, LinkTimeout) and self._link is not None and \
+                self._link.connected and self._link.silent_for() < LINK_SILENCE:
+            return (f"the Red Pitaya at {self.hostname!r} did not answer in time ({exc.what}); "
+                    "a write may or may not have been applied")
+        self._lose(_one_line(exc))
+        return self._state[1] or "lost"
+
+    def _lose(self, why: str) -> None:
+        """The link is ``lost`` because of ``why``."""
+        logger.warning("lost the Red Pitaya at %s: %s", self.hostname, why)
+        self._state = ("lost", f"lost the Red Pitaya at {self.hostname} ({why}); reconnecting")
 
     def _prepare_environment(self) -> None:
         """Environment PyRPL reads at import: Qt platform, user dir (the default one owner-only),
@@ -589,18 +587,6 @@ class PyrplBackend:
         os.environ["PYRPL_USER_DIR"] = str(user_dir)
         if os.name == "posix" and not os.environ.get("XDG_RUNTIME_DIR"):
             os.environ["XDG_RUNTIME_DIR"] = _private_runtime_dir()
-
-    @staticmethod
-    def _install_checked_clients(rp: Any) -> None:
-        from pyrpl.redpitaya_client import MonitorClient
-
-        for m in rp.modules.values():
-            client = getattr(m, "_client", None)
-            if client is not None and not isinstance(client, _CheckedClient):
-                real = isinstance(client, MonitorClient)
-                if real:
-                    client._reads = types.MethodType(_reads_with_eof_check, client)
-                m._client = _CheckedClient(client, check_writes=real)
 
     @staticmethod
     def _prime_select_caches(rp: Any) -> None:
@@ -759,6 +745,19 @@ def _connect_reason(exc: BaseException) -> str:
     if match:
         return f"ssh on port {match[1]} as {match[2]} failed: {match[3]}"
     return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _close_ssh(rp: Any) -> None:
+    """Close PyRPL's ssh session to the board (``RedPitaya.end_ssh`` and the connection under
+    it); nothing for PyRPL's fake board."""
+    shell = getattr(rp, "ssh", None)
+    if shell is None:
+        return
+    try:
+        shell.channel.close()
+        shell.ssh.close()
+    except OSError as exc:
+        logger.warning("PyRPL's ssh session did not close cleanly: %s", _one_line(exc))
 
 
 def _destroy_qt_application() -> None:

@@ -1,0 +1,89 @@
+"""The PyRPL backend's board link against a virtual board in this process (its register writes and
+ssh command lines counted here), PyRPL and the backend in a subprocess
+(``tests/helpers/scripts/board_link_probe.py``): a restart of the backend writes no register
+(PyRPL's start-up writes are kept behind the write gate, with or without a named config) and
+closing runs no ``killall monitor_server``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+from tests.helpers.scripts import BOARD_LINK_PROBE
+
+pytestmark = [pytest.mark.pyrpl, pytest.mark.timeout(240)]
+
+PROBE_TIMEOUT = 120.0
+"""Seconds one probe run may take (PyRPL's import and start-up on a loaded machine)."""
+
+RUNNING = {
+    "asg0": {"waveform": "sin", "frequency": 10e3, "amplitude": 0.4, "offset": 0.0,
+             "output_direct": "out1", "trigger_source": "immediately"},
+    "pid0": {"setpoint": 0.1, "p": 0.5, "i": 100.0, "input": "in1", "output_direct": "out2"},
+}
+"""Settings of a running board: an ASG on out1 and a PID on out2."""
+
+
+def run_probe(folder: Path, *args: str) -> dict[str, Any]:
+    """The probe's JSON result; HOME and PyRPL's user folder in ``folder`` (kept across runs)."""
+    dirs = {name: folder / name.lower() for name in ("HOME", "PYRPL_USER_DIR", "XDG_RUNTIME_DIR")}
+    for path in dirs.values():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
+    env.update({k: str(v) for k, v in dirs.items()}, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run([sys.executable, str(BOARD_LINK_PROBE), *args], capture_output=True,
+                          text=True, timeout=PROBE_TIMEOUT, env=env, stdin=subprocess.DEVNULL,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(lines[-1].split(" ", 1)[1])
+
+
+@pytest.fixture
+def board() -> Iterator[VirtualRedPitaya]:
+    board = VirtualRedPitaya(mode="faithful", seed=3)
+    board.start(0, 0)
+    yield board
+    board.close()
+
+
+def session(board: VirtualRedPitaya, folder: Path, config: str,
+            settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return run_probe(folder, "session", str(board.ssh_port), str(board.port), config,
+                     json.dumps(settings))
+
+
+@pytest.mark.parametrize("config", ["-", "stored"])
+def test_a_restart_of_the_backend_writes_no_register(board: VirtualRedPitaya, tmp_path: Path,
+                                                     config: str) -> None:
+    first = session(board, tmp_path, config, RUNNING)
+    assert first["state"] == ["ready", None]
+    assert first["gated_writes"] > 0  # PyRPL's start-up writes (counter_wrap, ...): not sent
+    registers = board.board.fpga.read(0x40200000, 16).tolist()
+    writes = board.board.counts.writes
+
+    second = session(board, tmp_path, config, {})
+    assert second["state"] == ["ready", None]
+    # with config "stored", PyRPL's _load_setup_attributes wanted to rewrite every setting
+    assert second["gated_writes"] >= first["gated_writes"]
+    assert board.board.counts.writes == writes  # none reached the board
+    assert board.board.fpga.read(0x40200000, 16).tolist() == registers
+
+
+def test_closing_runs_no_killall(board: VirtualRedPitaya, tmp_path: Path) -> None:
+    session(board, tmp_path, "-", RUNNING)
+    sessions = {c.session for c in board.commands.entries()}
+    # PyRPL's start-up ran its one killall, before our monitor server started; none after
+    lines = [c.line for c in board.commands.entries()]
+    assert board.commands.killalls() == 1 and len(sessions) == 1
+    assert "monitor_server" in lines[-1]
+    assert board.board.monitor_clients() == []  # our closed connection ended its server
