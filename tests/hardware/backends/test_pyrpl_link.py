@@ -87,3 +87,39 @@ def test_closing_runs_no_killall(board: VirtualRedPitaya, tmp_path: Path) -> Non
     assert board.commands.killalls() == 1 and len(sessions) == 1
     assert "monitor_server" in lines[-1]
     assert board.board.monitor_clients() == []  # our closed connection ended its server
+
+
+REQUEST_BOUND = 1.5 + 0.4 + 1.0
+"""Seconds a register access may take on a failing link: the board client's request timeout,
+the allowance for its bytes, and a margin for a loaded machine."""
+MARGIN = 1.5
+"""Seconds a detection or a recovery may take beyond its bound on a loaded machine."""
+HEARTBEAT, LINK_SILENCE, TAKEOVER_QUIET = 1.0, 3.0, 3.0
+DETECTION = {"stall": HEARTBEAT + LINK_SILENCE, "fin": HEARTBEAT, "rst": HEARTBEAT,
+             "garbage": 0.0, "reboot": HEARTBEAT}
+"""The bound of each fault's detection (docs/reliability.md, "Board link")."""
+RECOVERY = {"stall": 3.0, "garbage": 3.0, "fin": TAKEOVER_QUIET + 2.0,
+            "rst": TAKEOVER_QUIET + 2.0, "reboot": TAKEOVER_QUIET + 2.0}
+"""The bound of each fault's recovery, from the end of the fault to ``ready``."""
+FAULTS = [("faithful", "stall"), ("faithful", "fin"), ("faithful", "rst"),
+          ("faithful", "garbage"), ("faithful", "reboot"), ("shared", "stall"),
+          ("shared", "reboot")]
+
+
+@pytest.mark.parametrize(("mode", "fault"), FAULTS, ids=[f"{m}-{f}" for m, f in FAULTS])
+def test_a_lost_link_comes_back_by_itself_without_writing(tmp_path: Path, mode: str,
+                                                          fault: str) -> None:
+    result = run_probe(tmp_path, "fault", mode, fault)
+    assert result["states"] == ["ready", "lost", "ready"]  # no error, no flapping
+    assert result["detection"] < DETECTION[fault] + MARGIN
+    assert result["recovery"] < RECOVERY[fault] + MARGIN
+    assert result["writes_before_first_call"] == 0  # recovery writes no register
+    assert result["killalls"] == 0  # and ends no monitor_server
+    assert result["state"] == ["ready", None]
+    assert result["link_info"] == {"attempts": 0, "board_restarted_at": None, "other": None}
+    call = result["outage_call"]
+    if call:  # a call during the fault fails in time, it does not hang
+        assert call["error"] == "DeviceNotReady" and call["seconds"] < REQUEST_BOUND
+    if fault != "reboot":  # the outputs kept running, untouched
+        assert result["after"] == result["before"]
+

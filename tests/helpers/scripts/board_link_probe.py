@@ -8,6 +8,14 @@ Usage: ``python board_link_probe.py SCENARIO ARGS...``:
   data ports; the board runs in the caller's process, which counts its register writes), PyRPL
   config CONFIG (``-`` for none), opens, applies SETTINGS (JSON ``{module: {name: value}}``) and
   closes. Reports the writes PyRPL's start-up wanted and the write gate kept from the board.
+- ``fault MODE FAULT``: a virtual board of MODE (``shared``, ``faithful``) in this process, a
+  backend on it with an ASG and a PID running, its :meth:`~PyrplBackend.maintain` steps run as
+  the server runs them (on the backend thread, sleeping what they return); then FAULT: ``stall``
+  (the data port stops answering for :data:`OUTAGE` s; one call is made meanwhile), ``fin`` /
+  ``rst`` (``killall monitor_server`` by someone else, ending our connection so), ``garbage``
+  (one garbled reply, to a call), ``reboot`` (the board reboots, down :data:`OUTAGE` s).
+  Reports when the link was seen ``lost`` and ``ready`` again, the register writes and
+  ``killall`` lines between the fault and the first call after it, and that call's values.
 
 Run by ``tests/hardware/backends/test_pyrpl_link.py`` in a subprocess: importing PyRPL creates a
 QApplication and configures logging.
@@ -17,12 +25,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # the board's ssh server, probed
 
 from pymodaq_plugins_pyrpl.hardware.backends.pyrpl import PyrplBackend
 
@@ -47,7 +58,142 @@ def session(ssh_port: str, port: str, config: str, settings: str) -> dict[str, A
     return result
 
 
-SCENARIOS = {"session": session}
+OUTAGE = 2.0
+"""Seconds a stall or a reboot lasts."""
+WAIT_STATE = 20.0
+"""Seconds a state change may take to be seen (a loaded machine included)."""
+RUNNING = {
+    "asg0": {"waveform": "sin", "frequency": 10e3, "amplitude": 0.4, "offset": 0.0,
+             "output_direct": "out1", "trigger_source": "immediately"},
+    "pid0": {"setpoint": 0.1, "p": 0.5, "i": 100.0, "input": "in1", "output_direct": "out2"},
+}
+
+
+class Upkeep:
+    """The server's link upkeep: ``maintain()`` on the backend thread, then sleep what it
+    returned; every state seen, with its monotonic time, in :attr:`states`."""
+
+    def __init__(self, backend: PyrplBackend) -> None:
+        self.backend = backend
+        self.states: list[tuple[float, str]] = []
+        self.steps: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        self._watcher.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            delay = run(self.backend.maintain)
+            self.steps.append(time.monotonic() - started)
+            if delay is None:
+                return
+            self._stop.wait(delay)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            state = self.backend.device_state()[0]
+            if not self.states or self.states[-1][1] != state:
+                self.states.append((time.monotonic(), state))
+            self._stop.wait(0.005)
+
+    def wait_for(self, state: str, since: float) -> float:
+        """The time ``state`` was first seen at or after ``since``; raises TimeoutError."""
+        deadline = time.monotonic() + WAIT_STATE
+        while time.monotonic() < deadline:
+            for at, seen in list(self.states):
+                if at >= since and seen == state:
+                    return at
+            time.sleep(0.01)
+        raise TimeoutError(f"{state} not seen within {WAIT_STATE} s: {self.states}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._watcher.join(10)
+
+
+def fault(mode: str, kind: str) -> dict[str, Any]:
+    from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+
+    board = VirtualRedPitaya(mode=mode, seed=11)  # type: ignore[arg-type]
+    board.start(0, 0)
+    backend = PyrplBackend(HOST, ssh_port=board.ssh_port, board_port=board.port)
+    try:
+        run(backend.open)
+        for module, values in RUNNING.items():
+            run(backend.set, module, values)
+        before = run(backend.get, "asg0", list(RUNNING["asg0"]))
+        upkeep = Upkeep(backend)
+        try:
+            return _fault(board, backend, upkeep, kind, before)
+        finally:
+            upkeep.stop()
+    finally:
+        run(backend.close)
+        board.close()
+
+
+def _fault(board: Any, backend: PyrplBackend, upkeep: Upkeep, kind: str,
+           before: dict[str, Any]) -> dict[str, Any]:
+    vboard = board.board
+    time.sleep(1.5)  # heartbeats run
+    writes, clock_at = vboard.counts.writes, vboard.clock()
+    result: dict[str, Any] = {}
+    call: dict[str, Any] = {}
+    started = time.monotonic()
+    if kind == "stall":
+        vboard.faults.stall()
+        call = timed_outcome(backend.get, "asg0", ["frequency"])
+        upkeep.wait_for("lost", started)
+        time.sleep(max(0.0, started + OUTAGE - time.monotonic()))
+        vboard.faults.resume()
+        restored = time.monotonic()
+    elif kind in ("fin", "rst"):
+        vboard.link.killall_close = kind
+        board.killall_monitors()
+        restored = started
+    elif kind == "garbage":
+        vboard.faults.corrupt_echoes(1)
+        call = timed_outcome(backend.get, "asg0", ["frequency"])
+        restored = time.monotonic()
+    elif kind == "reboot":
+        board.reboot(OUTAGE)
+        if not board.wait_rebooted(WAIT_STATE):
+            raise TimeoutError("the board did not come back")
+        restored = time.monotonic()
+    else:
+        raise SystemExit(f"unknown fault {kind!r}")
+    lost = upkeep.wait_for("lost", started)
+    ready = upkeep.wait_for("ready", lost)
+    result.update(
+        detection=lost - started, recovery=ready - restored, outage_call=call,
+        writes_before_first_call=vboard.counts.writes - writes,
+        killalls=board.commands.killalls(since=clock_at),
+        started_monitors=sum("monitor_server" in c.line and "killall" not in c.line
+                             for c in board.commands.entries(since=clock_at)),
+        states=[state for _, state in upkeep.states], link_info=backend.link_info(),
+        longest_step=max(upkeep.steps))
+    result["after"] = run(backend.get, "asg0", list(RUNNING["asg0"]))
+    result["before"] = before
+    result["state"] = list(backend.device_state())
+    return result
+
+
+def timed_outcome(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Call in the backend thread: the result or the exception's class, and the seconds."""
+    started = time.monotonic()
+    try:
+        outcome: dict[str, Any] = {"ok": True, "value": run(function, *args)}
+    except Exception as exc:  # noqa: BLE001 - reported
+        outcome = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+    outcome["seconds"] = time.monotonic() - started
+    return outcome
+
+
+SCENARIOS = {"session": session, "fault": fault}
 
 
 def main() -> None:

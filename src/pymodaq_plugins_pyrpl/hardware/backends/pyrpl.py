@@ -82,8 +82,10 @@ import numpy as np
 from .. import board_address, catalogue, errors
 from ..physics.plants import plant_spec
 from .base import ScopeTrace
-from .board_link.errors import LinkError, LinkTimeout
+from .board_link import probe
+from .board_link.errors import LinkClosed, LinkError, LinkReset, LinkTimeout
 from .board_link.link import RegisterLink
+from .board_link.recovery import BoardAccess, Recovery
 
 if TYPE_CHECKING:
     from ...virtual_board.process import VirtualBoardProcess
@@ -104,6 +106,18 @@ A * 2**22 * cos(...). PyRPL's network analyzer uses the same factor (``rescale =
 LINK_SILENCE = 3.0
 """Seconds the board may stay silent while a reply is expected before the link is ``lost``: a
 single missed deadline (a lossy link) is not enough."""
+HEARTBEAT = 1.0
+"""Seconds without a register access after which :meth:`PyrplBackend.maintain` reads the FPGA's
+cycle counter (liveness and FPGA-reload check in one read, no write)."""
+IDLE_UPKEEP = 1.0
+"""Seconds between two :meth:`PyrplBackend.maintain` steps that have nothing to do (``taken``,
+``error``)."""
+CYCLE_COUNTER = 0x4010015C
+"""The scope's 64-bit count of 125 MHz cycles since the FPGA was reset (least significant word
+first; a scope reset does not clear it, a bitfile load or a reboot does)."""
+EPOCH_SLACK = 0.5
+"""Seconds the FPGA's start time, computed from :data:`CYCLE_COUNTER`, must move later before the
+FPGA counts as reloaded (beyond the read's own uncertainty, which is taken into account)."""
 
 _SCOPE_DATA_LENGTH = catalogue.SCOPE_SAMPLES
 _IQ_SLOWEST_SETTLE = catalogue.filter_settle_time(
@@ -176,6 +190,20 @@ class PyrplBackend:
         board, whose modules use PyRPL's ``DummyClient``)."""
         self._state: tuple[str, str | None] = ("ready", None)
         """The link's state once open: ``ready``, ``lost``, ``taken`` or ``error``, and why."""
+        self._recovery: Recovery | None = None
+        """The current outage's recovery while ``lost``."""
+        self._shell: probe.BoardShell | None = None
+        """Our own ssh connection to the board, to look at it and start its monitor server."""
+        self._ours: set[tuple[str, int]] = set()
+        """Local (ip, port) of every data connection we made: never another program's."""
+        self._boot_id: str | None = None
+        self._epoch: tuple[float, float] | None = None
+        """Bounds of the monotonic time at which the FPGA's cycle counter was 0, last read."""
+        self._other: str | None = None
+        """The other program's client (ip:port) while ``taken``."""
+        self._board_restarted_at: str | None = None
+        self._lost_why = ""
+        """What ended the link, while ``lost``."""
         self._open_error: str | None = None
         self._closed = False
         self._asg_started: set[str] = set()
@@ -215,6 +243,8 @@ class PyrplBackend:
             if self._link.gated_writes:
                 logger.debug("%d start-up writes of PyRPL not sent", self._link.gated_writes)
             self._link.open_gate()
+            if self._link.local_address is not None:
+                self._ours.add(self._link.local_address)
         logger.info("PyRPL %s connected to %s in %.2f s", sys.modules["pyrpl"].__version__, host,
                     time.perf_counter() - started)
 
@@ -352,6 +382,7 @@ class PyrplBackend:
                 logger.warning("PyRPL did not shut down cleanly: %s", _one_line(exc))
         if link is not None:
             link.close()
+        self._forget_shell()
         if p is not None:
             _close_ssh(p.rp)
             del p
@@ -378,6 +409,30 @@ class PyrplBackend:
         if self._rp is None:
             return "error", "not connected"
         return self._state
+
+    def maintain(self) -> float | None:
+        """One bounded step (≤ 2.5 s) of link upkeep, on the backend thread: when ``ready``, a
+        heartbeat (:data:`HEARTBEAT`) if no register access ran for that long; when ``lost``, one
+        recovery phase (:mod:`.board_link.recovery`: no register write, no ``killall``); nothing
+        when ``taken`` or ``error``. Returns seconds until the next step; None when there is no
+        link to keep (PyRPL's fake board, a closed backend)."""
+        if self._link is None or self._rp is None or self._closed:
+            return None
+        state = self._state[0]
+        if state == "ready":
+            return self._heartbeat()
+        if state == "lost":
+            return self._recovery_step()
+        return IDLE_UPKEEP
+
+    def link_info(self) -> dict[str, Any]:
+        """``attempts``: recovery attempts in the current outage (0 when not ``lost``);
+        ``board_restarted_at``: ISO 8601 UTC time of the last detected board reboot or FPGA reload
+        whose settings were restored (None: none); ``other``: the other program's client
+        (``ip:port``) while ``taken``. Only reads (any thread)."""
+        recovery = self._recovery
+        return {"attempts": recovery.attempts if recovery is not None else 0,
+                "board_restarted_at": self._board_restarted_at, "other": self._other}
 
     # -------------------------------------------------------------------------------------------------
     # settings
@@ -565,13 +620,118 @@ class PyrplBackend:
                 self._link.connected and self._link.silent_for() < LINK_SILENCE:
             return (f"the Red Pitaya at {self.hostname!r} did not answer in time ({exc.what}); "
                     "a write may or may not have been applied")
-        self._lose(_one_line(exc))
+        # the board ended the connection (FIN, RST): maybe another program's killall
+        self._lose(exc.what, caused_by_us=not isinstance(exc, (LinkClosed, LinkReset)))
         return self._state[1] or "lost"
 
-    def _lose(self, why: str) -> None:
-        """The link is ``lost`` because of ``why``."""
+    def _lose(self, why: str, caused_by_us: bool) -> None:
+        """The link is ``lost`` because of ``why``; ``caused_by_us``: our side ends it (silence,
+        garbage), not the board."""
         logger.warning("lost the Red Pitaya at %s: %s", self.hostname, why)
-        self._state = ("lost", f"lost the Red Pitaya at {self.hostname} ({why}); reconnecting")
+        self._lost_why = why
+        self._state = ("lost", self._lost_sentence(0))
+        self._armed = None  # a trace armed before the loss is not fetched after it
+        if self._link is not None and self._rp is not None:
+            self._recovery = Recovery(self._link, self._board_access(), self._board_shell,
+                                      self._forget_shell, self._ours, self._boot_id,
+                                      caused_by_us)
+
+    def _lost_sentence(self, attempts: int) -> str:
+        tail = f"; reconnecting (attempt {attempts})" if attempts else "; reconnecting"
+        return f"lost the Red Pitaya at {self.hostname} ({self._lost_why}){tail}"
+
+    def _heartbeat(self) -> float:
+        """Read the cycle counter if the link was idle for :data:`HEARTBEAT` s."""
+        assert self._link is not None
+        idle = time.monotonic() - self._link.last_reply
+        if idle < HEARTBEAT:
+            return HEARTBEAT - idle
+        try:
+            epoch = self._read_epoch()
+        except LinkError as exc:
+            self._link_failed(exc)
+            return 0.0  # lost: recover at once; a missed deadline: read again (drains it)
+        if self._epoch_moved(epoch):
+            self._fpga_reloaded()
+        return HEARTBEAT
+
+    def _recovery_step(self) -> float:
+        recovery = self._recovery
+        assert recovery is not None
+        outcome = recovery.step()
+        self._boot_id = recovery.boot_id
+        if outcome.state == "lost":
+            self._state = ("lost", self._lost_sentence(recovery.attempts))
+            return outcome.delay
+        if outcome.state == "taken":
+            self._recovery = None
+            self._other = outcome.other
+            reason = (f"another program took the Red Pitaya at {self.hostname} (its client at "
+                      f"{outcome.other}); Initialize again to take it back")
+            self._state = ("taken", reason)
+            logger.warning("%s", reason)
+            return IDLE_UPKEEP
+        if outcome.state == "error":
+            self._recovery = None
+            reason = f"the Red Pitaya at {self.hostname} cannot be reconnected: {outcome.reason}"
+            self._state = ("error", reason)
+            logger.error("%s", reason)
+            return IDLE_UPKEEP
+        try:
+            epoch = self._read_epoch()
+        except LinkError as exc:
+            self._lose(exc.what, caused_by_us=not isinstance(exc, (LinkClosed, LinkReset)))
+            return 0.0
+        self._recovery = None
+        self._state = ("ready", None)
+        if self._epoch_moved(epoch) or recovery.rebooted:
+            self._fpga_reloaded()
+        logger.info("the Red Pitaya at %s is back after %d attempt(s)", self.hostname,
+                    recovery.attempts)
+        return HEARTBEAT
+
+    def _read_epoch(self) -> tuple[float, float]:
+        """Bounds of the monotonic time at which the FPGA's cycle counter was 0, from one read
+        (the request's send and reply times). Raises LinkError."""
+        assert self._link is not None
+        sent = time.monotonic()
+        low, high = (int(w) for w in self._link.reads(CYCLE_COUNTER, 2))
+        got = time.monotonic()
+        elapsed = ((high << 32) | low) / catalogue.FPGA_CLOCK
+        return sent - elapsed, got - elapsed
+
+    def _epoch_moved(self, epoch: tuple[float, float]) -> bool:
+        """Whether the FPGA restarted counting since the last read (its start time moved later
+        than the last read allows), remembering ``epoch``."""
+        previous, self._epoch = self._epoch, epoch
+        return previous is not None and epoch[0] > previous[1] + EPOCH_SLACK
+
+    def _fpga_reloaded(self) -> None:
+        """The FPGA was reset (a reboot, a bitfile load): its registers are at their reset
+        values."""
+        logger.warning("the Red Pitaya at %s restarted: its registers are at their reset values",
+                       self.hostname)
+
+    def _board_access(self) -> BoardAccess:
+        parameters = self._rp.parameters
+        return BoardAccess(
+            host=parameters["hostname"], ssh_port=int(parameters["sshport"]),
+            user=parameters["user"], password=parameters["password"],
+            server_path=f"{parameters['serverdirname']}/{parameters['monitor_server_name']}",
+            data_port=int(parameters["port"]))
+
+    def _board_shell(self) -> probe.BoardShell:
+        """Our ssh shell to the board (a new one if there is none)."""
+        if self._shell is None:
+            access = self._board_access()
+            self._shell = probe.BoardShell(access.host, access.ssh_port, access.user,
+                                           access.password)
+        return self._shell
+
+    def _forget_shell(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            shell.close()
 
     def _prepare_environment(self) -> None:
         """Environment PyRPL reads at import: Qt platform, user dir (the default one owner-only),
