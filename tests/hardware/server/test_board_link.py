@@ -85,8 +85,19 @@ def test_nobody_at_the_ssh_port_is_a_clear_error(tmp_path: Path) -> None:
     assert f"(ssh port {ssh_port}, monitor port 2222)" in server.log
 
 
+@pytest.fixture
+def own_board() -> Iterator[VirtualRedPitaya]:
+    """A board of the test's own: a server refuses a board another client is on (the
+    module's ``board_server`` is on ``board``)."""
+    board = VirtualRedPitaya(seed=6)
+    board.start(0, 0)
+    yield board
+    board.close()
+
+
 @pytest.mark.usefixtures("private_runtime")
-def test_board_ports_identify_the_board(board: VirtualRedPitaya) -> None:
+def test_board_ports_identify_the_board(own_board: VirtualRedPitaya) -> None:
+    board = own_board
     port = free_port()
     manager = TCPServerManager(port=port, hostname="127.0.0.1", ssh_port=board.ssh_port,
                                board_port=board.port, startup_timeout=90)

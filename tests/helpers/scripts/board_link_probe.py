@@ -16,6 +16,13 @@ Usage: ``python board_link_probe.py SCENARIO ARGS...``:
   (one garbled reply, to a call), ``reboot`` (the board reboots, down :data:`OUTAGE` s).
   Reports when the link was seen ``lost`` and ``ready`` again, the register writes and
   ``killall`` lines between the fault and the first call after it, and that call's values.
+- ``taken KILLALL_CLOSE``: a faithful virtual board in this process, a backend on it with its
+  upkeep running; another program (unmodified PyRPL, ``pyrpl_ssh_probe.py hold`` in a
+  subprocess) starts on the board, its ``killall`` ending our connection by KILLALL_CLOSE
+  (``fin``, ``rst``). Reports when the backend saw it ``taken``, what a call says then, the
+  other program's connection and our ``killall`` lines while taken, then :meth:`take_board`.
+- ``in-use HOW``: the other program holds the board first; then a backend opens on it
+  (HOW ``refuse``: a default one; ``take-over``: one with ``take_over``).
 
 Run by ``tests/hardware/backends/test_pyrpl_link.py`` in a subprocess: importing PyRPL creates a
 QApplication and configures logging.
@@ -24,12 +31,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -193,7 +204,109 @@ def timed_outcome(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
     return outcome
 
 
-SCENARIOS = {"session": session, "fault": fault}
+class OtherProgram:
+    """Unmodified PyRPL holding the board (``pyrpl_ssh_probe.py hold``) in a subprocess."""
+
+    def __init__(self, board: Any, folder: Path) -> None:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
+        env.update(HOME=str(folder), PYRPL_USER_DIR=str(folder), QT_QPA_PLATFORM="offscreen")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("pyrpl_ssh_probe.py")), "hold",
+             str(board.ssh_port), str(board.port), str(folder)],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
+
+    def report(self, tag: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the test's timeout bounds this
+            if line.startswith(tag + " "):
+                return json.loads(line.split(" ", 1)[1])
+        raise RuntimeError(f"the other program exited without {tag}")
+
+    def release(self) -> dict[str, Any]:
+        """Let it go: how its data connection was (``open``: never ended)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        result = self.report("PROBE_RESULT")
+        self.proc.wait(timeout=10)
+        return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def taken(killall_close: str) -> dict[str, Any]:
+    from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+
+    board = VirtualRedPitaya(mode="faithful", seed=13)
+    board.board.link.killall_close = killall_close  # type: ignore[assignment]
+    board.start(0, 0)
+    backend = PyrplBackend(HOST, ssh_port=board.ssh_port, board_port=board.port)
+    other: OtherProgram | None = None
+    try:
+        run(backend.open)
+        run(backend.set, "asg0", RUNNING["asg0"])
+        upkeep = Upkeep(backend)
+        try:
+            started = time.monotonic()
+            other = OtherProgram(board, Path(tempfile.mkdtemp(prefix="other-pyrpl-")))
+            held = other.report("PROBE_READY")
+            ready_at, clock_at = time.monotonic(), board.board.clock()
+            connections = board.board.counts.connections
+            taken_at = upkeep.wait_for("taken", started)
+            result: dict[str, Any] = {
+                "taken_after_ready": taken_at - ready_at, "held": held,
+                "link_info": backend.link_info(), "reason": backend.device_state()[1],
+                "call": timed_outcome(backend.get, "asg0", ["frequency"])}
+            time.sleep(2.0)  # the other program works undisturbed
+            result.update(
+                states=[state for _, state in upkeep.states],
+                killalls_while_taken=board.commands.killalls(since=clock_at),
+                connections_while_taken=board.board.counts.connections - connections,
+                clients_while_taken=board.board.monitor_clients())
+            result["take_board"] = timed_outcome(backend.take_board)
+            result["after"] = list(backend.device_state())
+            result["get_after"] = timed_outcome(backend.get, "asg0", ["frequency"])
+            result["killalls_of_take_board"] = board.commands.killalls(since=clock_at)
+            result["other"] = other.release()
+            return result
+        finally:
+            upkeep.stop()
+    finally:
+        if other is not None:
+            other.kill()
+        run(backend.close)
+        board.close()
+
+
+def in_use(how: str) -> dict[str, Any]:
+    from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+
+    board = VirtualRedPitaya(mode="faithful", seed=17)
+    board.start(0, 0)
+    other = OtherProgram(board, Path(tempfile.mkdtemp(prefix="other-pyrpl-")))
+    try:
+        held = other.report("PROBE_READY")
+        clock_at = board.board.clock()
+        backend = PyrplBackend(HOST, ssh_port=board.ssh_port, board_port=board.port,
+                               take_over=how == "take-over")
+        result: dict[str, Any] = {"held": held, "open": timed_outcome(backend.open)}
+        result["state"] = list(run(backend.device_state))
+        result["killalls"] = board.commands.killalls(since=clock_at)
+        result["clients"] = board.board.monitor_clients()
+        result["other"] = other.release()
+        run(backend.close)
+        return result
+    finally:
+        other.kill()
+        board.close()
+
+
+SCENARIOS = {"session": session, "fault": fault, "taken": taken, "in-use": in_use}
 
 
 def main() -> None:

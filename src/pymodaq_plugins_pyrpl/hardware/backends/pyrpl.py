@@ -74,6 +74,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -112,6 +113,9 @@ cycle counter (liveness and FPGA-reload check in one read, no write)."""
 IDLE_UPKEEP = 1.0
 """Seconds between two :meth:`PyrplBackend.maintain` steps that have nothing to do (``taken``,
 ``error``)."""
+TAKE_BACK_WAIT = 1.0
+"""Seconds :meth:`PyrplBackend.take_board` waits for the ended ``monitor_server`` to stop
+listening."""
 CYCLE_COUNTER = 0x4010015C
 """The scope's 64-bit count of 125 MHz cycles since the FPGA was reset (least significant word
 first; a scope reset does not clear it, a bitfile load or a reboot does)."""
@@ -166,14 +170,17 @@ class PyrplBackend:
                  user_dir: str | os.PathLike[str] | None = None, *,
                  ssh_port: int = board_address.DEFAULT_SSH_PORT,
                  board_port: int = board_address.DEFAULT_BOARD_PORT,
-                 plant: str = "loopback") -> None:
+                 plant: str = "loopback", take_over: bool = False) -> None:
         """``ssh_port`` and ``board_port`` are PyRPL's ``sshport`` and ``port`` for a network
         board; ``plant`` is the virtual board's (hostname ``virtual``, see
-        :mod:`..board_address`). Raises ValueError if ``plant`` is not a plant."""
+        :mod:`..board_address`). ``take_over``: start even if another program's client is on
+        the board's ``monitor_server`` (PyRPL's start-up then ends it); by default :meth:`open`
+        refuses. Raises ValueError if ``plant`` is not a plant."""
         self.hostname = hostname
         self.config = config
         self.user_dir = user_dir
         self.virtual = hostname.strip() == board_address.VIRTUAL
+        self.take_over = take_over
         self.plant = plant_spec(plant) if self.virtual else ""
         """The virtual board's plant (canonical spec); "" for any other board."""
         network = board_address.has_ports(hostname.strip())
@@ -231,14 +238,20 @@ class PyrplBackend:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         started = time.perf_counter()
-        failure = self._open_virtual_board() if self.virtual else (self._import_pyrpl()
-                                                                     or self._connect(host))
+        if self.virtual:
+            failure = self._open_virtual_board()
+        else:
+            look = self._look_in_background(host) if self.ssh_port else None
+            failure = self._import_pyrpl() or self._connect(host, look)
         if failure is not None:
             # Nothing of PyRPL may outlive this thread (see close()): the exception and its frames
             # are gone by now, so collect the half-built objects here, then drop the QApplication.
             self.close()
             self._open_error = failure
             raise errors.BackendUnavailable(failure)
+        if self._shell is not None and (self._shell.user, self._shell.password) != (
+                self._rp.parameters["user"], self._rp.parameters["password"]):
+            self._forget_shell()  # a named config's login: the next look logs in with it
         if self._link is not None:
             if self._link.gated_writes:
                 logger.debug("%d start-up writes of PyRPL not sent", self._link.gated_writes)
@@ -266,7 +279,7 @@ class PyrplBackend:
         except VirtualBoardError as exc:
             return f"cannot start the virtual board: {exc}"
         self.ssh_port, self.board_port = self._virtual_board.ssh_port, self._virtual_board.port
-        return self._connect("127.0.0.1")
+        return self._connect("127.0.0.1", self._look_in_background("127.0.0.1"))
 
     @staticmethod
     def _import_pyrpl() -> str | None:
@@ -282,9 +295,46 @@ class PyrplBackend:
                     "for the simulator")
         return None
 
-    def _connect(self, host: str) -> str | None:
-        """Build ``Pyrpl`` (PyRPL imported by :meth:`_import_pyrpl`); the reason of a failure, or
-        None."""
+    def _look_in_background(self, host: str) -> Future[probe.BoardLook]:
+        """Start looking at the board over ssh (boot id, clients of its monitor port) in a thread
+        of its own, with PyRPL's default login or the ``REDPITAYA_USER``/``REDPITAYA_PASSWORD``
+        environment variables (a login stored in a named config is PyRPL's to use)."""
+        self._shell = probe.BoardShell(host, self.ssh_port,
+                                       os.environ.get("REDPITAYA_USER", "root"),
+                                       os.environ.get("REDPITAYA_PASSWORD", "root"))
+        looking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="board-look")
+        try:
+            return looking.submit(self._shell.look, self.board_port)
+        finally:
+            looking.shutdown(wait=False)
+
+    def _in_use(self, host: str, look: Future[probe.BoardLook]) -> str | None:
+        """Why the board must not be started (another program's client on its monitor port,
+        unless :attr:`take_over`), or None; remembers its boot id. A look that failed is logged
+        and checks nothing: PyRPL's start-up then says what is wrong with ssh."""
+        try:
+            seen = look.result(timeout=probe.COMMAND_TIMEOUT + 1.0)
+        except (LinkError, probe.LoginRefused, probe.BoardCommandError, TimeoutError) as exc:
+            logger.warning("could not look at the Red Pitaya at %s before starting (%s): not "
+                           "checked for another program", host, _one_line(exc))
+            self._forget_shell()
+            return None
+        self._boot_id = seen.boot_id
+        if not seen.clients:
+            return None
+        ip, port = seen.clients[0]
+        if self.take_over:
+            logger.warning("taking the Red Pitaya at %s over from the client at %s:%d", host, ip,
+                           port)
+            return None
+        return (f"the Red Pitaya at {host} is in use by another program (a client at {ip}:{port} "
+                f"on monitor_server port {self.board_port}); stop it, or take the board over: "
+                "--take-over / the plugin setting 'Take over the board'")
+
+    def _connect(self, host: str, look: Future[probe.BoardLook] | None) -> str | None:
+        """Build ``Pyrpl`` (PyRPL imported by :meth:`_import_pyrpl`), once ``look`` (the board
+        looked at over ssh, None for PyRPL's fake board) shows nobody else on it; the reason of
+        a failure, or None."""
         import pyrpl
         from pyrpl import pyrpl as pyrpl_main
 
@@ -300,6 +350,10 @@ class PyrplBackend:
             {"sshport": self.ssh_port, "port": self.board_port} if self.ssh_port else {})
         if self.virtual:
             options["delay"] = VIRTUAL_SSH_DELAY
+        if look is not None:
+            failure = self._in_use(host, look)
+            if failure is not None:
+                return failure
         try:
             with self._register_link_for_pyrpl():
                 p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False,
@@ -424,6 +478,48 @@ class PyrplBackend:
         if state == "lost":
             return self._recovery_step()
         return IDLE_UPKEEP
+
+    def take_board(self) -> None:
+        """Take the board back when ``taken`` or ``lost``, because the user asked: end every
+        ``monitor_server`` on it (``killall``: another program's connection ends), start ours,
+        connect; then ``ready``. Nothing when ``ready`` or on PyRPL's fake board. Raises
+        BackendUnavailable with the reason (not open, ``error``, ssh or the board failing)."""
+        if self._closed or self._rp is None:
+            raise errors.BackendUnavailable("the PyRPL backend is not open")
+        state, reason = self._state
+        if self._link is None or state == "ready":
+            return
+        if state == "error":
+            raise errors.BackendUnavailable(reason or "error")
+        access = self._board_access()
+        name = self._rp.parameters["monitor_server_name"]
+        try:
+            shell = self._board_shell()
+            self._link.drop(reset=True)
+            shell.run(f"killall {name}")
+            deadline = time.monotonic() + TAKE_BACK_WAIT
+            while shell.look(access.data_port).listening:  # killall is not instantaneous
+                if time.monotonic() > deadline:
+                    raise errors.BackendUnavailable(
+                        f"the monitor_server on the Red Pitaya at {self.hostname} did not end")
+                time.sleep(0.05)
+            shell.start_monitor_server(access.server_path, access.data_port)
+            self._link.connect()
+            epoch = self._read_epoch()
+        except probe.LoginRefused as exc:
+            raise errors.BackendUnavailable(f"cannot take the Red Pitaya at {self.hostname} "
+                                            f"back: {exc}") from None
+        except (LinkError, probe.BoardCommandError) as exc:
+            self._forget_shell()
+            raise errors.BackendUnavailable(f"cannot take the Red Pitaya at {self.hostname} "
+                                            f"back: {_one_line(exc)}") from None
+        if self._link.local_address is not None:
+            self._ours.add(self._link.local_address)
+        self._recovery, self._other = None, None
+        self._state = ("ready", None)
+        if self._epoch_moved(epoch):
+            self._fpga_reloaded()
+        logger.warning("took the Red Pitaya at %s back", self.hostname)
 
     def link_info(self) -> dict[str, Any]:
         """``attempts``: recovery attempts in the current outage (0 when not ``lost``);
