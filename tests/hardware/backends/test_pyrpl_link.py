@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -105,22 +106,40 @@ FAULTS = [("faithful", "stall"), ("faithful", "fin"), ("faithful", "rst"),
           ("shared", "reboot")]
 
 
+def test_a_bitfile_reload_is_seen_and_the_settings_restored(tmp_path: Path) -> None:
+    result = run_probe(tmp_path, "fault", "shared", "reload")
+    assert result["states"] == ["ready"]  # the link itself never failed
+    assert result["detection"] < HEARTBEAT + MARGIN
+    assert result["writes_before_first_call"] == result["setting_writes"]
+    assert result["link_info"]["board_restarted_at"] is not None
+    assert result["after"] == result["before"]
+
+
 @pytest.mark.parametrize(("mode", "fault"), FAULTS, ids=[f"{m}-{f}" for m, f in FAULTS])
-def test_a_lost_link_comes_back_by_itself_without_writing(tmp_path: Path, mode: str,
+def test_a_lost_link_comes_back_by_itself(tmp_path: Path, mode: str,
                                                           fault: str) -> None:
     result = run_probe(tmp_path, "fault", mode, fault)
     assert result["states"] == ["ready", "lost", "ready"]  # no error, no flapping
     assert result["detection"] < DETECTION[fault] + MARGIN
     assert result["recovery"] < RECOVERY[fault] + MARGIN
-    assert result["writes_before_first_call"] == 0  # recovery writes no register
-    assert result["killalls"] == 0  # and ends no monitor_server
+    assert result["killalls"] == 0  # recovery ends no monitor_server
     assert result["state"] == ["ready", None]
-    assert result["link_info"] == {"attempts": 0, "board_restarted_at": None, "other": None}
+    info = result["link_info"]
+    assert (info["attempts"], info["other"]) == (0, None)
+    if fault == "reboot":  # registers at reset values: the settings applied are restored
+        # (the same writes as when they were first applied, to a board just powered on)
+        assert result["writes_before_first_call"] == result["setting_writes"]
+        restarted = datetime.fromisoformat(info["board_restarted_at"])
+        assert restarted.tzinfo is not None
+        assert abs(datetime.now(timezone.utc) - restarted).total_seconds() < 60
+    else:
+        assert result["writes_before_first_call"] == 0  # recovery writes no register
+        assert info["board_restarted_at"] is None
     call = result["outage_call"]
     if call:  # a call during the fault fails in time, it does not hang
         assert call["error"] == "DeviceNotReady" and call["seconds"] < REQUEST_BOUND
-    if fault != "reboot":  # the outputs kept running, untouched
-        assert result["after"] == result["before"]
+    # the outputs kept running, untouched (or, after a reboot, run again as they were)
+    assert result["after"] == result["before"]
 
 
 @pytest.mark.parametrize("killall_close", ["fin", "rst"])

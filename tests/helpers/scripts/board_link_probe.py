@@ -13,9 +13,11 @@ Usage: ``python board_link_probe.py SCENARIO ARGS...``:
   the server runs them (on the backend thread, sleeping what they return); then FAULT: ``stall``
   (the data port stops answering for :data:`OUTAGE` s; one call is made meanwhile), ``fin`` /
   ``rst`` (``killall monitor_server`` by someone else, ending our connection so), ``garbage``
-  (one garbled reply, to a call), ``reboot`` (the board reboots, down :data:`OUTAGE` s).
+  (one garbled reply, to a call), ``reboot`` (the board reboots, down :data:`OUTAGE` s),
+  ``reload`` (someone loads the bitfile again: registers at reset values, the link stays up).
   Reports when the link was seen ``lost`` and ``ready`` again, the register writes and
-  ``killall`` lines between the fault and the first call after it, and that call's values.
+  ``killall`` lines between the fault and the first call after it, that call's values, and the
+  writes the settings took when first applied (what a restore after a reboot writes again).
 - ``taken KILLALL_CLOSE``: a faithful virtual board in this process, a backend on it with its
   upkeep running; another program (unmodified PyRPL, ``pyrpl_ssh_probe.py hold`` in a
   subprocess) starts on the board, its ``killall`` ending our connection by KILLALL_CLOSE
@@ -134,12 +136,17 @@ def fault(mode: str, kind: str) -> dict[str, Any]:
     backend = PyrplBackend(HOST, ssh_port=board.ssh_port, board_port=board.port)
     try:
         run(backend.open)
+        writes = board.board.counts.writes
         for module, values in RUNNING.items():
             run(backend.set, module, values)
-        before = run(backend.get, "asg0", list(RUNNING["asg0"]))
+        setting_writes = board.board.counts.writes - writes
+        before = {module: run(backend.get, module, list(values))
+                  for module, values in RUNNING.items()}
         upkeep = Upkeep(backend)
         try:
-            return _fault(board, backend, upkeep, kind, before)
+            result = _fault(board, backend, upkeep, kind, before)
+            result["setting_writes"] = setting_writes
+            return result
         finally:
             upkeep.stop()
     finally:
@@ -175,22 +182,42 @@ def _fault(board: Any, backend: PyrplBackend, upkeep: Upkeep, kind: str,
         if not board.wait_rebooted(WAIT_STATE):
             raise TimeoutError("the board did not come back")
         restored = time.monotonic()
+    elif kind == "reload":
+        board.load_bitfile()
+        restored = time.monotonic()
     else:
         raise SystemExit(f"unknown fault {kind!r}")
-    lost = upkeep.wait_for("lost", started)
-    ready = upkeep.wait_for("ready", lost)
+    if kind == "reload":  # the link stays up: the heartbeat sees the FPGA's counter restart
+        lost = ready = _restored_at(backend, started)
+    else:
+        lost = upkeep.wait_for("lost", started)
+        ready = upkeep.wait_for("ready", lost)
+    # on the backend thread: after the upkeep step that made it ready, as a client's first call
+    first_call_writes, link_info = run(lambda: (vboard.counts.writes - writes,
+                                                backend.link_info()))
     result.update(
         detection=lost - started, recovery=ready - restored, outage_call=call,
-        writes_before_first_call=vboard.counts.writes - writes,
+        writes_before_first_call=first_call_writes,
         killalls=board.commands.killalls(since=clock_at),
         started_monitors=sum("monitor_server" in c.line and "killall" not in c.line
                              for c in board.commands.entries(since=clock_at)),
-        states=[state for _, state in upkeep.states], link_info=backend.link_info(),
+        states=[state for _, state in upkeep.states], link_info=link_info,
         longest_step=max(upkeep.steps))
-    result["after"] = run(backend.get, "asg0", list(RUNNING["asg0"]))
+    result["after"] = {module: run(backend.get, module, list(values))
+                       for module, values in RUNNING.items()}
     result["before"] = before
     result["state"] = list(backend.device_state())
     return result
+
+
+def _restored_at(backend: PyrplBackend, since: float) -> float:
+    """When the backend reported a board restart (``board_restarted_at``), polled."""
+    deadline = time.monotonic() + WAIT_STATE
+    while backend.link_info()["board_restarted_at"] is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no board restart reported")
+        time.sleep(0.01)
+    return time.monotonic()
 
 
 def timed_outcome(function: Callable[..., Any], *args: Any) -> dict[str, Any]:

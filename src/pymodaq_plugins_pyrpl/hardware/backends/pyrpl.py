@@ -55,12 +55,27 @@ Board link (:mod:`.board_link`): PyRPL's ``MonitorClient`` retries a failed acce
 backend's :class:`~.board_link.link.RegisterLink` instead: every register access has a deadline
 (:mod:`.board_link.client`), a failure raises, and PyRPL's restart path never runs. Its write gate
 stays closed until :meth:`PyrplBackend.open` returns, so a start-up (a restart of the server, a
-named config) writes no register: the outputs keep running. The only ``killall monitor_server``
-is PyRPL's own at start-up; :meth:`PyrplBackend.close` runs none (it closes the connection: a
-``monitor_server`` ends with its client). A register access that fails on the link raises
-:class:`~..errors.DeviceNotReady` within its deadline; an orderly close (FIN), a reset (RST), a
-garbled reply or :data:`LINK_SILENCE` seconds of silence make the link ``lost``
-(:meth:`PyrplBackend.device_state`), a single missed deadline does not (a lossy link).
+named config) writes no register: the outputs keep running. :meth:`PyrplBackend.close` runs no
+``killall`` (it closes the connection: a ``monitor_server`` ends with its client).
+
+States (:meth:`PyrplBackend.device_state`) and upkeep (:meth:`PyrplBackend.maintain`, run by the
+server on the backend thread):
+
+* ``ready``: a register access that fails raises :class:`~..errors.DeviceNotReady` within its
+  deadline. An orderly close (FIN), a reset (RST) or a garbled reply make the link ``lost`` at
+  once, :data:`LINK_SILENCE` s of silence too; one missed deadline does not (a lossy link). When
+  no access ran for :data:`HEARTBEAT` s, ``maintain`` reads the FPGA's cycle counter: liveness,
+  and an FPGA reset (reboot, bitfile load) seen as the counter restarting.
+* ``lost``: calls fail at once; each ``maintain`` step runs one phase of
+  :class:`~.board_link.recovery.Recovery` (no register write, no ``killall``) until ``ready``.
+* ``taken``: another program's client is on the board's monitor port (seen by the recovery's look
+  at the board): nothing is sent to the board until :meth:`PyrplBackend.take_board`, which the user
+  asks for (it runs ``killall``). At :meth:`PyrplBackend.open` such a client makes the backend
+  refuse to start, unless ``take_over``.
+* ``error``: the user must act (ssh refuses the login).
+
+After an FPGA reset the settings last applied through :meth:`PyrplBackend.set` are applied again
+(ASGs, IQs, PIDs, scope), and ``board_restarted_at`` (:meth:`PyrplBackend.link_info`) says when.
 """
 from __future__ import annotations
 
@@ -74,6 +89,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -209,6 +225,11 @@ class PyrplBackend:
         self._other: str | None = None
         """The other program's client (ip:port) while ``taken``."""
         self._board_restarted_at: str | None = None
+        self._applied: dict[str, dict[str, Any]] = {}
+        """Per module, the values last applied through :meth:`set` (as read back), restored
+        after the FPGA was reset."""
+        self._restore_pending = False
+        """The FPGA was reset and the settings are not restored yet."""
         self._lost_why = ""
         """What ended the link, while ``lost``."""
         self._open_error: str | None = None
@@ -554,6 +575,7 @@ class PyrplBackend:
             if spec.kind == "iq":
                 self._iq_changed[module] = time.monotonic()
             applied = {name: self._read(m, spec, name) for name in values}
+        self._applied.setdefault(module, {}).update(applied)
         self._write_pending_config()
         return applied
 
@@ -749,6 +771,8 @@ class PyrplBackend:
             return 0.0  # lost: recover at once; a missed deadline: read again (drains it)
         if self._epoch_moved(epoch):
             self._fpga_reloaded()
+        elif self._restore_pending:
+            self._restore()
         return HEARTBEAT
 
     def _recovery_step(self) -> float:
@@ -782,6 +806,8 @@ class PyrplBackend:
         self._state = ("ready", None)
         if self._epoch_moved(epoch) or recovery.rebooted:
             self._fpga_reloaded()
+        elif self._restore_pending:
+            self._restore()
         logger.info("the Red Pitaya at %s is back after %d attempt(s)", self.hostname,
                     recovery.attempts)
         return HEARTBEAT
@@ -804,9 +830,30 @@ class PyrplBackend:
 
     def _fpga_reloaded(self) -> None:
         """The FPGA was reset (a reboot, a bitfile load): its registers are at their reset
-        values."""
-        logger.warning("the Red Pitaya at %s restarted: its registers are at their reset values",
-                       self.hostname)
+        values; restore the settings."""
+        logger.warning("the Red Pitaya at %s restarted: its registers are at their reset values; "
+                       "restoring the settings applied through this server", self.hostname)
+        self._restore_pending = True
+        self._asg_started.clear()  # PyRPL's asg.setup() rewrites the table of `waveform`
+        self._restore()
+
+    def _restore(self) -> None:
+        """Apply again the values last applied to each module (:attr:`_applied`), ASGs first,
+        then IQs, PIDs, the scope; on success note the time in ``board_restarted_at``. A failure
+        on the link leaves it pending (the link is ``lost``, the next ``ready`` retries)."""
+        order = {"asg": 0, "iq": 1, "pid": 2, "scope": 3}
+        modules = sorted(self._applied, key=lambda m: order.get(catalogue.module(m).kind, 4))
+        try:
+            for module in modules:
+                self.set(module, dict(self._applied[module]))
+        except errors.DeviceNotReady as exc:
+            logger.warning("restoring the settings of the Red Pitaya at %s failed: %s",
+                           self.hostname, exc)
+            return
+        self._restore_pending = False
+        self._board_restarted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        logger.warning("the Red Pitaya at %s restarted; the settings of %s were restored",
+                       self.hostname, ", ".join(modules) or "no module")
 
     def _board_access(self) -> BoardAccess:
         parameters = self._rp.parameters
