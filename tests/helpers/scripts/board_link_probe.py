@@ -18,11 +18,12 @@ Usage: ``python board_link_probe.py SCENARIO ARGS...``:
   Reports when the link was seen ``lost`` and ``ready`` again, the register writes and
   ``killall`` lines between the fault and the first call after it, that call's values, and the
   writes the settings took when first applied (what a restore after a reboot writes again).
-- ``taken KILLALL_CLOSE``: a faithful virtual board in this process, a backend on it with its
-  upkeep running; another program (unmodified PyRPL, ``pyrpl_ssh_probe.py hold`` in a
+- ``taken KILLALL_CLOSE THEN``: a faithful virtual board in this process, a backend on it with
+  its upkeep running; another program (unmodified PyRPL, ``pyrpl_ssh_probe.py hold`` in a
   subprocess) starts on the board, its ``killall`` ending our connection by KILLALL_CLOSE
   (``fin``, ``rst``). Reports when the backend saw it ``taken``, what a call says then, the
-  other program's connection and our ``killall`` lines while taken, then :meth:`take_board`.
+  other program's connection and our ``killall`` lines while taken, then THEN: ``take-back``
+  (:meth:`take_board`) or ``close`` (the backend closed while taken).
 - ``in-use HOW``: the other program holds the board first; then a backend opens on it
   (HOW ``refuse``: a default one; ``take-over``: one with ``take_over``).
 
@@ -266,7 +267,7 @@ class OtherProgram:
         self.proc.wait(timeout=10)
 
 
-def taken(killall_close: str) -> dict[str, Any]:
+def taken(killall_close: str, then: str) -> dict[str, Any]:
     from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
 
     board = VirtualRedPitaya(mode="faithful", seed=13)
@@ -295,10 +296,15 @@ def taken(killall_close: str) -> dict[str, Any]:
                 killalls_while_taken=board.commands.killalls(since=clock_at),
                 connections_while_taken=board.board.counts.connections - connections,
                 clients_while_taken=board.board.monitor_clients())
-            result["take_board"] = timed_outcome(backend.take_board)
-            result["after"] = list(backend.device_state())
-            result["get_after"] = timed_outcome(backend.get, "asg0", ["frequency"])
-            result["killalls_of_take_board"] = board.commands.killalls(since=clock_at)
+            if then == "close":
+                upkeep.stop()
+                run(backend.close)
+                result["killalls_of_close"] = board.commands.killalls(since=clock_at)
+            else:
+                result["take_board"] = timed_outcome(backend.take_board)
+                result["after"] = list(backend.device_state())
+                result["get_after"] = timed_outcome(backend.get, "asg0", ["frequency"])
+                result["killalls_of_take_board"] = board.commands.killalls(since=clock_at)
             result["other"] = other.release()
             return result
         finally:
