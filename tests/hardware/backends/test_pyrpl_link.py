@@ -68,6 +68,7 @@ def test_a_restart_of_the_backend_writes_no_register(board: VirtualRedPitaya, tm
                                                      config: str) -> None:
     first = session(board, tmp_path, config, RUNNING)
     assert first["state"] == ["ready", None]
+    assert first["modules_use_the_link"]  # PyRPL's client and every module's: the backend's
     assert first["gated_writes"] > 0  # PyRPL's start-up writes (counter_wrap, ...): not sent
     registers = board.board.fpga.read(0x40200000, 16).tolist()
     writes = board.board.counts.writes

@@ -7,7 +7,8 @@ Usage: ``python board_link_probe.py SCENARIO ARGS...``:
 - ``session SSH_PORT PORT CONFIG SETTINGS``: a backend on the board at 127.0.0.1 (its ssh and
   data ports; the board runs in the caller's process, which counts its register writes), PyRPL
   config CONFIG (``-`` for none), opens, applies SETTINGS (JSON ``{module: {name: value}}``) and
-  closes. Reports the writes PyRPL's start-up wanted and the write gate kept from the board.
+  closes. Reports the writes PyRPL's start-up wanted and the write gate kept from the board, and
+  whether PyRPL's objects all hold the backend's register link.
 - ``fault MODE FAULT``: a virtual board of MODE (``shared``, ``faithful``) in this process, a
   backend on it with an ASG and a PID running, its :meth:`~PyrplBackend.maintain` steps run as
   the server runs them (on the backend thread, sleeping what they return); then FAULT: ``stall``
@@ -65,7 +66,8 @@ def session(ssh_port: str, port: str, config: str, settings: str) -> dict[str, A
                            board_port=int(port))
     run(backend.open)
     result: dict[str, Any] = {"state": list(run(backend.device_state)),
-                              "gated_writes": backend._link.gated_writes}
+                              "gated_writes": backend._link.gated_writes,
+                              "modules_use_the_link": run(_modules_use_the_link, backend)}
     result["applied"] = {module: run(backend.set, module, values)
                          for module, values in json.loads(settings).items()}
     run(backend.close)
@@ -337,6 +339,13 @@ def in_use(how: str) -> dict[str, Any]:
     finally:
         other.kill()
         board.close()
+
+
+def _modules_use_the_link(backend: PyrplBackend) -> bool:
+    """Whether PyRPL's ``RedPitaya`` and every hardware module hold the backend's link."""
+    rp = backend._rp
+    return rp.client is backend._link and all(
+        m._client is backend._link for m in rp.modules.values())
 
 
 SCENARIOS = {"session": session, "fault": fault, "taken": taken, "in-use": in_use}
