@@ -57,6 +57,7 @@ class Method(str, Enum):
     SUBSCRIBE = "subscribe"
     GOODBYE = "goodbye"
     SHUTDOWN = "shutdown"
+    TAKE_BOARD = "take_board"
 
 
 NOTIFICATION_STATUS = "status"

@@ -29,6 +29,8 @@ def test_ready_line_token_file_and_hello(mock_server: ServerProcess) -> None:
         status = c.call("status")
         assert status["server"]["port"] == mock_server.port
         assert status["device"] == {"state": "ready", "reason": None, "backend": "mock",
+                                    "since": status["device"]["since"], "attempts": 0,
+                                    "board_restarted_at": None, "other": None,
                                     "hostname": "", "session": status["device"]["session"],
                                     "ssh_port": 0, "board_port": 0,
                                     "plant": "loopback:delay=1.6e-08,bandwidth=60000000,noise=0.001"}

@@ -1,12 +1,15 @@
 """The interface every backend implements (simulator, PyRPL).
 
-Threading contract: the server calls every method of a backend (but ``device_state``) from one and
-the same dedicated thread (the backend thread), never concurrently, so a backend needs no locks and PyRPL is driven from
-the thread that imported it. A backend whose ``needs_own_thread`` is False is called from the
+Threading contract: the server calls every method of a backend (but ``device_state`` and
+``link_info``, which only read) from one and the same dedicated thread (the backend thread), never
+concurrently, so a backend needs no locks and PyRPL is driven from the thread that imported it. A backend whose ``needs_own_thread`` is False is called from the
 server's event-loop thread instead (still one call at a time); its calls must then take at most a few
 milliseconds. Methods must not block for long: a scope acquisition is split into
 ``scope_arm`` / ``scope_ready`` / ``scope_fetch`` so the server waits for the trace without holding the
 backend thread, and other clients' ``get``/``set`` are served meanwhile.
+
+A call whose register accesses fail on the board link raises DeviceNotReady (the state is then
+``lost``, or ``taken``) within the access's own deadline: no call blocks on a silent board.
 
 Values passed to ``set`` are already validated and quantized by :mod:`..catalogue`; ``set`` returns the
 values read back from the board after applying them.
@@ -58,10 +61,33 @@ class Backend(Protocol):
         """Disconnect without changing the board's outputs (a running lock keeps running)."""
 
     def device_state(self) -> tuple[str, str | None]:
-        """``("ready", None)`` while the opened board answers, else ``("error", reason)``, the
-        reason a sentence for the user. The one source of the device state the server reports
-        once the backend is open. Only reads: the server calls it from its event-loop thread, at
-        any time, while a call may run on the backend thread."""
+        """The state of the opened board and its reason (a sentence for the user):
+        ``("ready", None)`` while it answers; ``("lost", reason)`` while the link is down and
+        :meth:`maintain` reconnects by itself; ``("taken", reason)`` when another program took the
+        board (the reason says who and that initializing again takes it back: "another program
+        took the Red Pitaya at HOST (its client at IP:PORT); Initialize again to take it back");
+        ``("error", reason)`` when only the user can help (wrong password, no PyRPL bitfile). The
+        one source of the device state the server reports once the backend is open. Only reads:
+        the server calls it from its event-loop thread, at any time, while a call may run on the
+        backend thread."""
+
+    def link_info(self) -> dict[str, Any]:
+        """The link's details the status' ``device`` block shows next to the state, read like
+        :meth:`device_state` (only reads, event-loop thread): ``attempts`` (int: recovery attempts
+        in the current outage, 0 when ready), ``board_restarted_at`` (ISO 8601 UTC time of the
+        last board reboot or FPGA reload after which the server restored the settings, or None)
+        and ``other`` (``"ip:port"`` of the other program's client while taken, else None)."""
+
+    def maintain(self) -> float | None:
+        """One bounded step (at most 2.5 s) of link upkeep, on the backend thread: a heartbeat
+        when ready, one recovery attempt when lost, nothing when taken or in error. Returns the
+        seconds until the next step, or None if this backend needs no upkeep (the server then
+        never calls it again). Raises nothing: a failure is a state (``device_state``)."""
+
+    def take_board(self) -> None:
+        """Take the board back from another program (state taken, or lost): the user asked, so
+        this may end the other program's connection. Ready afterwards. Raises BackendUnavailable
+        with the reason if the board cannot be taken."""
 
     def get(self, module: str, names: Sequence[str]) -> dict[str, Any]:
         """Current values of ``names`` (all valid catalogue attributes of ``module``)."""

@@ -105,6 +105,17 @@ class SimulatorBackend:
         """Always ready: the simulated board never stops answering."""
         return "ready", None
 
+    def link_info(self) -> dict[str, Any]:
+        """No link: no attempts, never restarted, never taken."""
+        return {"attempts": 0, "board_restarted_at": None, "other": None}
+
+    def maintain(self) -> None:
+        """No link to keep up: no upkeep."""
+        return None
+
+    def take_board(self) -> None:
+        """Nothing to take back: no other program can use the simulated board."""
+
     def get(self, module: str, names: Sequence[str]) -> dict[str, Any]:
         """Current values; ``ival`` and the sampler signals evolve with time."""
         names = catalogue.attribute_names(module, list(names))

@@ -51,7 +51,7 @@ class Server:
         self.started_at = time.time()
         self._started_monotonic = time.monotonic()
         self.connections: set[Connection] = set()
-        self.board = Board(backend, self._status_changed)
+        self.board = Board(backend, self._device_changed)
         self.backend = backend
         self.sessions = Sessions(session_grace, auto_stop, self._status_changed, self.stop)
         self.auth = Authenticator(token, auth_cooldown, self.started_iso())
@@ -71,6 +71,7 @@ class Server:
             protocol.Method.SUBSCRIBE: self._subscribe,
             protocol.Method.GOODBYE: self._goodbye,
             protocol.Method.SHUTDOWN: self._shutdown,
+            protocol.Method.TAKE_BOARD: self._take_board,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -241,6 +242,9 @@ class Server:
         asyncio.get_running_loop().call_soon(self.stop, f"shutdown requested by {client!r}")
         return {"stopping": True}
 
+    async def _take_board(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        return {"device": await self.board.take()}
+
     # -- status ------------------------------------------------------------------------------------
 
     def started_iso(self) -> str:
@@ -257,6 +261,13 @@ class Server:
             "device": self.board.status(),
             "clients": self.sessions.clients(),
         }
+
+    def _device_changed(self) -> None:
+        """The device state or link changed: a scope trace under way is not finished with the
+        settings cached before an outage (the board may have restarted); subscribers are told."""
+        if self.board.state()[0] != "ready":
+            self.scope.settings_changed()
+        self._status_changed()
 
     def _status_changed(self) -> None:
         try:
