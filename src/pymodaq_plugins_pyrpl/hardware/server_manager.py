@@ -130,6 +130,9 @@ class TCPServerManager:
     ``auto_stop`` and ``session_grace`` are passed to a spawned server (see its ``--help``).
     ``tls``, ``tls_ca`` and ``tls_fingerprint`` are given to the client of a remote server (see
     :class:`PyRPLClient`); a local server is always plain TCP on the loopback interface.
+    ``take_over``: a server spawned for a network board starts even if another program's client
+    is on the board (``--take-over``); not part of which board a server serves (a running server
+    is used as it is).
     """
 
     def __init__(self, host: str = "localhost", port: int = protocol.DEFAULT_PORT,
@@ -140,7 +143,7 @@ class TCPServerManager:
                  connect_timeout: float = 10.0, auto_stop: float = 10.0,
                  session_grace: float = 5.0, client_name: str | None = None,
                  server_args: tuple[str, ...] = (), tls: bool = False, tls_ca: str | None = None,
-                 tls_fingerprint: str | None = None) -> None:
+                 tls_fingerprint: str | None = None, take_over: bool = False) -> None:
         self.host = host
         self.port = port
         self.backend, self.hostname = requested_backend(hostname)
@@ -157,6 +160,7 @@ class TCPServerManager:
         self.client_name = client_name or f"{os.path.basename(sys.argv[0]) or 'python'} (pid {os.getpid()})"
         self.server_args = tuple(server_args)
         self.tls = {"tls": tls, "tls_ca": tls_ca, "tls_fingerprint": tls_fingerprint}
+        self.take_over = take_over
         self._shared: _Shared | None = None
 
     @property
@@ -339,6 +343,8 @@ class TCPServerManager:
             board += ["--plant", self.plant]
         if self.ports is not None:
             board += ["--ssh-port", str(self.ports[0]), "--board-port", str(self.ports[1])]
+            if self.take_over:
+                board.append("--take-over")
         command = [self.python, "-m", runtime.SERVER_MODULE, *board, "--port", str(self.port),
                    "--bind", "127.0.0.1", "--token-file", token_file,
                    "--auto-stop", str(self.auto_stop), "--session-grace", str(self.session_grace),

@@ -32,10 +32,12 @@ from typing import Any, Callable
 
 from .. import protocol
 from ..errors import (AuthenticationFailed, CallTimeout, CertificateMismatch, ClientClosed,
-                      CommunicationError, ConnectionFailed, ConnectionLost, RemoteError,
-                      RequestTooLarge, RetryLater, UnsupportedProtocol, error_from_wire)
+                      CommunicationError, ConnectionFailed, ConnectionLost, DeviceNotReady,
+                      RemoteError, RequestTooLarge, RetryLater, UnsupportedProtocol,
+                      error_from_wire)
 from ..tls import client_context, normalize_fingerprint
 from .calls import Call, CallTable
+from .device import DeviceWatch
 from .events import ConnectionCallback, EventDispatcher, StatusCallback, join_until
 from .session import Session, exchange
 from .transport import (SLICE, Broken, Connector, Link, Stopped, WriteTimeout,
@@ -62,6 +64,9 @@ PROBE_AFTER = 1.0
 """Seconds without a byte from the server while a call waits, before the io thread sends a ping."""
 PROBE_TIMEOUT = 1.5
 """Seconds more without a byte after that ping: the link is dead (a silent cut) and is replaced."""
+DEVICE_REPLIES = frozenset(m.value for m in (protocol.Method.STATUS, protocol.Method.SUBSCRIBE,
+                                              protocol.Method.TAKE_BOARD))
+"""Methods whose result holds the ``device`` block (watched for ``device`` events)."""
 FINAL = (AuthenticationFailed, UnsupportedProtocol, CertificateMismatch)
 """Connection errors after which the client stops for good (docs/protocol.md, *Retry policy for
 clients*)."""
@@ -142,6 +147,7 @@ class PyRPLClient:
         self._connector = Connector(host, port, self._stop, tls_context, pinned)
         self._session = Session(token, name, hold)
         self._events = EventDispatcher(self.address)
+        self._device = DeviceWatch(lambda block: self._events.connection("device", block))
         self._lock = threading.Lock()
         """Guards the state, the link and the call table, which change together."""
         self._changed = threading.Condition(self._lock)
@@ -248,6 +254,8 @@ class PyRPLClient:
         self._io_thread.start()
         if previous is not None:
             self._emit_restored(info)
+        else:
+            self._device.observe(info.get("device"))
         return dict(info)
 
     def _wait_reconnected(self, deadline: float, timeout: float) -> dict[str, Any]:
@@ -317,7 +325,11 @@ class PyRPLClient:
         ``("lost", {"reason": str})``; ``("resumed", hello)``: same session, leases kept;
         ``("new_session", hello)``: the server was restarted, the client re-acquired its leases
         (``hello["lost_leases"]``: those another client holds now); re-apply your module settings;
-        ``("failed", {"error": exc})``: final (wrong token, protocol, or the revive hook raised).
+        ``("failed", {"error": exc})``: final (wrong token, protocol, or the revive hook raised);
+        ``("device", device)``: the board's state changed (``device`` is the status' ``device``
+        block: ``state``, ``reason``, ``since``, ``attempts``, ``board_restarted_at``, ...), as
+        seen in a status push or reply, a hello after a reconnection, a ``take_board`` reply or a
+        -32004 error (:class:`.device.DeviceWatch`).
         """
         self._events.add_connection_callback(cb)
 
@@ -417,6 +429,14 @@ class PyRPLClient:
         """Status pushes on or off (kept across reconnections); returns the current status."""
         return self.call(protocol.Method.SUBSCRIBE.value, {"status": status}, timeout)
 
+    def take_board(self, timeout: float | None = None) -> dict[str, Any]:
+        """Take the board back from another program that took it (device state ``taken``; also
+        tried when ``lost``): the server may end that program's connection to the board. Returns
+        the ``device`` block afterwards (nothing done if the board was ready). Raises
+        DeviceNotReady with the reason if the board cannot be taken. Never re-sent:
+        ConnectionLost if the connection drops before the reply."""
+        return self.call(protocol.Method.TAKE_BOARD.value, timeout=timeout)["device"]
+
     def shutdown(self, token: str, timeout: float | None = None) -> dict[str, Any]:
         """Stop the server (it replies ``{"stopping": true}``, then exits); ``token`` is the
         server's token, needed even on an authenticated connection (InvalidParams if wrong).
@@ -476,13 +496,18 @@ class PyRPLClient:
             if not isinstance(error, dict):
                 raise CommunicationError(f"malformed error reply to '{call.method}' from "
                                          f"{self.address}: {error!r}")
-            raise error_from_wire(error)
+            exc = error_from_wire(error)
+            if isinstance(exc, DeviceNotReady):
+                self._device.observe(exc.data)
+            raise exc
         try:
             value = protocol.decode_value(reply.get("result"))
         except ValueError as exc:
             raise CommunicationError(f"malformed reply to '{call.method}' from {self.address}: "
                                      f"{exc}") from None
         self._session.track(call.method, call.params, value)
+        if call.method in DEVICE_REPLIES and isinstance(value, dict):
+            self._device.observe(value.get("device"))
         return value
 
     def _raise_if_unusable(self) -> None:
@@ -653,7 +678,10 @@ class PyRPLClient:
 
     def _dispatch_push(self, message: dict[str, Any]) -> None:
         if message.get("method") == protocol.NOTIFICATION_STATUS and "id" not in message:
-            self._events.status(message.get("params"))
+            params = message.get("params")
+            self._events.status(params)
+            if isinstance(params, dict):
+                self._device.observe(params.get("device"))
         else:
             logger.warning("unexpected message from %s: %.300s", self.address, message)
 
@@ -744,6 +772,7 @@ class PyRPLClient:
                     str(info.get("session"))[:8],
                     f"; leases lost: {info['lost_leases']}" if info.get("lost_leases") else "")
         self._events.connection("resumed" if resumed else "new_session", dict(info))
+        self._device.observe(info.get("device"))
 
     def _fail(self, exc: BaseException) -> None:
         """Stop for good: every waiting and later call raises ``exc``; a ``failed`` event."""

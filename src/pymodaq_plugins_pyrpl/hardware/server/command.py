@@ -53,21 +53,27 @@ def raise_open_files_limit() -> None:
 
 def make_backend(args: argparse.Namespace) -> Backend:
     """The backend the options ask for. Raises ValueError (a usage error, the message says
-    which) for ``--ssh-port``/``--board-port`` without a network board, or a plant that is not
-    one."""
+    which) for ``--ssh-port``/``--board-port`` or ``--take-over`` without a network board, or a
+    plant that is not one."""
     ports = {"ssh_port": args.ssh_port, "board_port": args.board_port}
     given = {name: port for name, port in ports.items() if port is not None}
-    if given and not board_address.has_ports((args.hostname or "").strip()):
+    network_board = board_address.has_ports((args.hostname or "").strip())
+    if given and not network_board:
         raise ValueError("--ssh-port and --board-port are for a network board (--hostname HOST): "
                          "the simulated board, PyRPL's fake board and the virtual board (its "
                          "ports are chosen when it starts) have none")
+    if args.take_over and not network_board:
+        raise ValueError("--take-over is for a network board (--hostname HOST): no other program "
+                         "can use the simulated board, PyRPL's fake board or the virtual board "
+                         "started for this server")
     if args.mock:
         from ..backends.simulator import SimulatorBackend
 
         return SimulatorBackend(seed=args.seed, plant=args.plant)
     from ..backends.pyrpl import PyrplBackend
 
-    return PyrplBackend(hostname=args.hostname, config=args.config, plant=args.plant, **given)
+    return PyrplBackend(hostname=args.hostname, config=args.config, plant=args.plant,
+                        take_over=args.take_over, **given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--board-port", type=arguments.port, metavar="M",
                         help="the port of the board's monitor_server (PyRPL's port; default "
                              f"{board_address.DEFAULT_BOARD_PORT})")
+    parser.add_argument("--take-over", action="store_true",
+                        help="start even if another program's client is on the board's "
+                             "monitor_server (its connection ends); without it the server "
+                             "refuses to start, naming that client")
     parser.add_argument("--port", type=arguments.port, default=protocol.DEFAULT_PORT,
                         help="TCP port (0: pick a free one); default %(default)s")
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on; default %(default)s")
