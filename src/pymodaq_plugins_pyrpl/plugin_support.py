@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import weakref
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
@@ -119,6 +120,11 @@ def connection_params() -> list[dict[str, Any]]:
                     "connects its outputs to its "
                     "inputs, 'loopback' (cables out1→in1, out2→in2) or "
                     "'resonator[:f0=HZ,q=Q,gain=G]' (e.g. resonator:f0=100e3,q=30)"},
+            {"title": "Take over the board:", "name": "take_over", "type": "bool",
+             "value": _config("board", "take_over", default=False),
+             "tip": "a server started for a network board starts even if another program (a "
+                    "PyRPL notebook, another computer) uses the board, whose connection then "
+                    "ends; off: the server refuses, naming that program's address"},
             {"title": "PyRPL config:", "name": "pyrpl_config", "type": "str",
              "value": _config("board", "config", default=""),
              "tip": "PyRPL config file name on the server side; empty: settings kept in memory"},
@@ -256,15 +262,49 @@ class CallInThread(QObject):
         self._function(*args)
 
 
+def board_name(hello: dict[str, Any]) -> str:
+    """The board a server serves, for the user: "the Red Pitaya at HOST" or "the simulated
+    board"."""
+    hostname = hello.get("hostname")
+    return f"the Red Pitaya at {hostname}" if hostname else "the simulated board"
+
+
+def device_problem(board: str, device: dict[str, Any]) -> str | None:
+    """What keeps ``board`` (:func:`board_name`) from working, from the server's ``device``
+    block: None while it is ready."""
+    state, reason = device.get("state"), device.get("reason")
+    if state == "ready":
+        return None
+    if state == "lost":
+        attempts = device.get("attempts") or 0
+        return (f"lost {board}" + (f" ({reason})" if reason else "") + "; reconnecting"
+                + (f" (attempt {attempts})" if attempts else ""))
+    if state == "taken":
+        return reason or f"another program took {board}; Initialize again to take it back"
+    return f"{board} is {state}" + (f": {reason}" if reason else "")
+
+
+def local_time(iso: str) -> str:
+    """An ISO 8601 time as this computer's clock shows it, ``HH:MM:SS`` (the text itself if it is
+    not ISO 8601)."""
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
+    except (TypeError, ValueError):
+        return str(iso)
+
+
 class PyRPLLink:
     """One plugin's use of one PyRPL module (``asg0``, ``scope``, ...) through the shared client.
 
-    The client's connection events (lost, resumed, new session, failed) arrive on the client's
-    events thread; they are handled in the thread that opened the link (the plugin's worker
-    thread), one at a time between the plugin's own commands, which they therefore never run
-    concurrently with. ``reapply`` is called there after the server restarted and the client
-    joined a new session: the plugin sends its settings again. Raises from :meth:`open` are
-    PyrplPluginError with a message for the user.
+    The client's connection events (lost, resumed, new session, failed) and the board's device
+    events (lost, taken, ready again, restarted: the client is subscribed to status pushes) arrive
+    on the client's events thread; they are handled in the thread that opened the link (the
+    plugin's worker thread), one at a time between the plugin's own commands, which they
+    therefore never run concurrently with. A board that is not ready is the module's problem
+    until it is ready again; a restarted board is a lasting status message. ``reapply`` is called
+    there after the server restarted and the client joined a new session: the plugin sends its
+    settings again. :meth:`open` takes back a board another program took (Initialize again).
+    Raises from :meth:`open` are PyrplPluginError with a message for the user.
     """
 
     def __init__(self, plugin: PluginHost, module: str, lease: bool = True,
@@ -278,6 +318,10 @@ class PyRPLLink:
         self._manager: TCPServerManager | None = None
         self._thread: QThread | None = None
         self._events: CallInThread | None = None
+        self._device_problem: str | None = None
+        """The problem shown for the board's state (None while it is ready)."""
+        self._restart_shown: str | None = None
+        """The ``board_restarted_at`` last shown (or found at :meth:`open`)."""
 
     @property
     def holder(self) -> str:
@@ -300,7 +344,7 @@ class PyRPLLink:
                 tls_fingerprint=self.setting("tls_fingerprint").strip() or None,
                 connect_timeout=self.setting("timeout"),
                 python=_config("server", "python", default="") or None,
-                client_name=f"PyMoDAQ (pid {os.getpid()})")
+                client_name=f"PyMoDAQ (pid {os.getpid()})", take_over=self.setting("take_over"))
             self.status(f"connecting to the PyRPL server on port {self.setting('server_port')}…")
             self.client = self._manager.ensure_server_running()
         else:
@@ -308,12 +352,29 @@ class PyRPLLink:
         self._events = CallInThread(self._on_connection_event)
         self.client.add_connection_callback(self._events.post)
         self._watch_thread()
+        device = self._device_taken_back()
         if self.lease:
             client = self.client
             lease_when_free(lambda: LEASES.take(client, self.module, self.holder), self.status)
             self._held = True
-        self._show_state(self.client.hello_info or {})
+        self._restart_shown = device.get("board_restarted_at")
+        self.solved()  # what an earlier initialization showed (the board taken) no longer holds
+        self._show_device(device)
         return self.client
+
+    def _device_taken_back(self) -> dict[str, Any]:
+        """The board's ``device`` block now, the client subscribed to the status pushes that
+        carry its changes; a board another program took is taken back first (Initialize again
+        takes it back). Raises DeviceNotReady if it cannot be taken back."""
+        assert self.client is not None
+        device = self.client.subscribe()["device"]
+        if device.get("state") == "taken":
+            board = board_name(self.client.hello_info or {})
+            self.status(f"taking {board} back from the other program "
+                        f"({device.get('other') or 'unknown address'})…")
+            device = self.client.take_board()
+            logger.info("%s: took %s back", self.module, board)
+        return device
 
     def reconnected(self) -> PyRPLLink:
         """A new link to the same module, opened with the current connection settings (after one of
@@ -400,12 +461,32 @@ class PyRPLLink:
     def solved(self) -> None:
         clear_problem(self.plugin)
 
-    def _show_state(self, hello: dict[str, Any]) -> None:
-        device = hello.get("device", {})
-        state = device.get("state", "unknown")
-        if device.get("reason"):
-            state += f": {device['reason']}"
-        self.plugin.settings.child(GROUP, "state").setValue(state)
+    def lasting(self, message: str) -> None:
+        show_lasting(self.plugin, message)
+
+    def _show_device(self, device: dict[str, Any]) -> None:
+        """Show the board's state (``device``: the server's ``device`` block) in the 'Board
+        state' setting; one that is not ready as the module's problem, until it is ready again
+        ("… is back"); a restart of the board since the last one shown as a lasting message."""
+        state, reason = device.get("state", "unknown"), device.get("reason")
+        self.plugin.settings.child(GROUP, "state").setValue(
+            state + (f": {reason}" if reason else ""))
+        board = board_name(self.client.hello_info or {}) if self.client else "the board"
+        problem = device_problem(board, device)
+        if problem is not None:
+            self._device_problem = problem
+            self.problem(problem)
+            return
+        if self._device_problem is not None:
+            if _problem_shown(self.plugin) == self._device_problem:
+                self.solved()
+            self._device_problem = None
+            self.lasting(f"{board} is back")
+        restarted = device.get("board_restarted_at")
+        if restarted and restarted != self._restart_shown:
+            self.lasting(f"{board} restarted at {local_time(restarted)}; the server restored "
+                         "its settings")
+        self._restart_shown = restarted
 
     def _on_connection_event(self, event: str, info: dict[str, Any]) -> None:
         """Show a connection event of the client (in the thread that opened the link); an event
@@ -416,13 +497,13 @@ class PyRPLLink:
             self.plugin.settings.child(GROUP, "state").setValue("connection lost, reconnecting")
             self.problem(f"PyRPL server connection lost ({info.get('reason')}); reconnecting…")
         elif event == "resumed":
-            self._show_state(info)
             self.solved()
             self.status("PyRPL server connection restored")
+            self._show_device(info.get("device", {}))
         elif event == "new_session":
-            self._show_state(info)
             self.solved()
             self.status("PyRPL server restarted: settings applied again")
+            self._show_device(info.get("device", {}))
             if self.reapply is not None:
                 try:
                     self.reapply()
@@ -431,6 +512,8 @@ class PyRPLLink:
         elif event == "failed":
             self.plugin.settings.child(GROUP, "state").setValue("stopped")
             self.problem(f"PyRPL server unusable: {info.get('error')}")
+        elif event == "device":
+            self._show_device(info)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -488,6 +571,12 @@ def report_problem(plugin: PluginHost, message: str) -> None:
         if param.value() == message:
             return
         param.setValue(message)
+    show_lasting(plugin, message)
+
+
+def show_lasting(plugin: PluginHost, message: str) -> None:
+    """A status message (in PyMoDAQ's log too) that stays in the module's status bar until the
+    next one, instead of PyMoDAQ's 1 s."""
     plugin.emit_status(ThreadCommand(UPDATE_STATUS, message))
     plugin.emit_status(ThreadCommand(UPDATE_UI, "update_status", args=[message, 0]))
 
@@ -497,6 +586,12 @@ def clear_problem(plugin: PluginHost) -> None:
     param = _problem_param(plugin)
     if param is not None and param.value():
         param.setValue("")
+
+
+def _problem_shown(plugin: PluginHost) -> str:
+    """The problem :func:`report_problem` shows now ("" for none)."""
+    param = _problem_param(plugin)
+    return "" if param is None else str(param.value())
 
 
 def _problem_param(plugin: PluginHost) -> Parameter | None:

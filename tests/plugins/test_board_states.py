@@ -1,0 +1,91 @@
+"""What the plugins show of the board's state (lost, ready again, restarted, taken) and how
+Initialize again takes a taken board back: PyMoDAQ's real DAQ_Move with the ASG plugin, headless,
+connected with a token to the package's server serving a board whose link the test scripts
+(tests/helpers/scripted_link.py)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from pymodaq_plugins_pyrpl.plugin_support import local_time
+from tests.helpers.plugins import move
+from tests.helpers.scripted_link import InProcessServer, ScriptedLinkBackend
+
+TAKEN = ("another program took the Red Pitaya at 127.0.0.1 (its client at 10.0.0.5:40000); "
+         "Initialize again to take it back")
+RESTARTED = "2026-12-06T16:00:00.000000+00:00"
+
+
+@pytest.fixture
+def board() -> ScriptedLinkBackend:
+    return ScriptedLinkBackend()
+
+
+@pytest.fixture
+def server(board: ScriptedLinkBackend) -> Iterator[InProcessServer]:
+    with InProcessServer(board) as server:
+        yield server
+
+
+@pytest.fixture
+def actuator(qtbot, server: InProcessServer, board: ScriptedLinkBackend):
+    """The ASG actuator initialized on the scripted board; its status messages in
+    ``actuator.messages``."""
+    from pymodaq.control_modules.daq_move import DAQ_Move
+
+    actuator = DAQ_Move(parent=None, title="ASG board states")
+    actuator.actuator = "PyRPL_ASG_TCP"
+    actuator.messages = []
+    actuator.status_sig.connect(actuator.messages.append)
+    for name, value in (("server_ip", "127.0.0.1"), ("server_port", server.port),
+                        ("token", server.token), ("hostname", board.hostname),
+                        ("ssh_port", board.ssh_port), ("board_port", board.board_port)):
+        actuator.settings.child("actuator_settings", "pyrpl", name).setValue(value)
+    try:
+        with qtbot.waitSignal(actuator.init_signal, timeout=30000) as init:
+            actuator.init_hardware(True)
+        assert init.args[0] is True
+        yield actuator
+    finally:
+        actuator.quit_fun()
+
+
+def setting(actuator, *path: str):
+    return actuator.settings["actuator_settings", *path]
+
+
+def test_a_lost_board_is_the_problem_until_it_is_back_and_a_restart_is_told(
+        qtbot, actuator, board: ScriptedLinkBackend) -> None:
+    board.script("lost", "no answer from the board for 3.0 s", attempts=1)
+    lost = ("lost the Red Pitaya at 127.0.0.1 (no answer from the board for 3.0 s); "
+            "reconnecting (attempt 1)")
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == lost, timeout=10000)
+    assert setting(actuator, "pyrpl", "state") == "lost: no answer from the board for 3.0 s"
+    board.script("lost", "no answer from the board for 3.0 s", attempts=2)
+    qtbot.waitUntil(lambda: setting(actuator, "problem").endswith("(attempt 2)"), timeout=10000)
+    board.script("ready", None, attempts=0, board_restarted_at=RESTARTED)
+    restarted = (f"the Red Pitaya at 127.0.0.1 restarted at {local_time(RESTARTED)}; the server "
+                 "restored its settings")
+    qtbot.waitUntil(lambda: restarted in actuator.messages, timeout=10000)
+    assert setting(actuator, "problem") == ""
+    assert setting(actuator, "pyrpl", "state") == "ready"
+    back = actuator.messages.index("the Red Pitaya at 127.0.0.1 is back")
+    assert actuator.messages.index(lost) < back < actuator.messages.index(restarted)
+    assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)
+
+
+def test_a_taken_board_is_the_problem_and_initialize_again_takes_it_back(
+        qtbot, actuator, board: ScriptedLinkBackend) -> None:
+    board.script("taken", TAKEN, other="10.0.0.5:40000")
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == TAKEN, timeout=10000)
+    assert board.takes == 0  # nobody takes the board back behind the user's back
+    actuator.init_hardware(False)
+    with qtbot.waitSignal(actuator.init_signal, timeout=30000) as init:
+        actuator.init_hardware(True)
+    assert init.args[0] is True and board.takes == 1
+    assert any("taking the Red Pitaya at 127.0.0.1 back from the other program (10.0.0.5:40000)"
+               in m for m in actuator.messages)
+    assert setting(actuator, "pyrpl", "state") == "ready"
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=5000)
+    assert move(qtbot, actuator, 2000.0) == pytest.approx(2000.0, abs=0.2)
