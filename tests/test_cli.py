@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pymodaq_plugins_pyrpl import __version__
+from pymodaq_plugins_pyrpl import __version__, cli as cli_module
 from pymodaq_plugins_pyrpl.hardware import runtime
+from pymodaq_plugins_pyrpl.hardware.client.device import local_time
 from pymodaq_plugins_pyrpl.hardware.errors import ServerError
 from pymodaq_plugins_pyrpl.hardware.server_manager import TCPServerManager, stop_local_server
 from pymodaq_plugins_pyrpl.hardware.server_process import start_server
@@ -52,6 +53,7 @@ def test_status_stop_with_a_held_server(port: int) -> None:
         assert "my scope*" in table.stdout and "scope:my scope" in table.stdout
         rows = json.loads(cli("status", "--json").stdout)
         assert rows[0]["port"] == port and rows[0]["device"] == "ready"
+        assert rows[0]["reason"] is None and rows[0]["since"].endswith("+00:00")
         assert rows[0]["clients"][0]["leases"] == ["scope"]
         assert runtime.read_state(port).token not in table.stdout + json.dumps(rows)
         pid = runtime.read_state(port).pid
@@ -61,6 +63,20 @@ def test_status_stop_with_a_held_server(port: int) -> None:
     finally:
         manager.release_server()
         stop_local_server(port)
+
+
+def test_the_status_table_says_since_when_and_why_a_board_is_not_ready(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    since = "2026-12-06T16:00:00.000000+00:00"
+    row = {"port": 6341, "pid": 4242, "backend": "pyrpl", "board": "rp-f0a1b2.local", "plant": "",
+           "ssh_port": 22, "board_port": 2222, "config": "", "started_at": since,
+           "device": "lost", "reason": "no answer from the board for 3.0 s", "since": since,
+           "uptime": 12.0, "clients": []}
+    cli_module._print_table([row, {**row, "port": 6342, "device": "ready", "reason": None}])
+    out = capsys.readouterr().out
+    assert (f"port 6341: lost since {local_time(since)}: no answer from the board for 3.0 s"
+            in out)
+    assert "port 6342:" not in out
 
 
 def test_stop_without_server_exits_1(port: int) -> None:

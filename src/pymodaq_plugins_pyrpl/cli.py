@@ -37,11 +37,13 @@ def _status_rows(timeout: float) -> list[dict[str, Any]]:
         try:
             client.connect()
             status = client.status()
-            row.update(device=status["device"]["state"], reason=status["device"]["reason"],
+            device = status["device"]
+            row.update(device=device["state"], reason=device["reason"], since=device["since"],
                        uptime=status["server"]["uptime"],
                        clients=[c for c in status["clients"] if c["client"] != "pymodaq-pyrpl status"])
         except PyrplPluginError as exc:
-            row.update(device="unreachable", reason=str(exc), uptime=None, clients=[])
+            row.update(device="unreachable", reason=str(exc), since=None, uptime=None,
+                       clients=[])
         finally:
             client.close()
         rows.append(row)
@@ -56,7 +58,10 @@ def _lease_holder(client: dict[str, Any], module: str) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    """The servers of :func:`_status_rows` as a table; then, for each device with a reason (not
+    ready), its state, since when (this computer's clock) and why."""
     from .hardware import runtime
+    from .hardware.client.device import local_time
 
     if not rows:
         print(f"no local PyRPL server is running (runtime folder {runtime.runtime_dir()})")
@@ -77,6 +82,10 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("(* = holds the server alive)")
+    for r in rows:
+        if r["reason"]:
+            since = f" since {local_time(r['since'])}" if r["since"] else ""
+            print(f"port {r['port']}: {r['device']}{since}: {r['reason']}")
 
 
 def _duration(seconds: float) -> str:

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 import weakref
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
@@ -29,6 +28,7 @@ from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, 
 
 from .hardware import board_address
 from .hardware.client import PyRPLClient
+from .hardware.client.device import local_time
 from .hardware.errors import ModuleLeased, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
 
@@ -282,15 +282,6 @@ def device_problem(board: str, device: dict[str, Any]) -> str | None:
     if state == "taken":
         return reason or f"another program took {board}; Initialize again to take it back"
     return f"{board} is {state}" + (f": {reason}" if reason else "")
-
-
-def local_time(iso: str) -> str:
-    """An ISO 8601 time as this computer's clock shows it, ``HH:MM:SS`` (the text itself if it is
-    not ISO 8601)."""
-    try:
-        return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
-    except (TypeError, ValueError):
-        return str(iso)
 
 
 class PyRPLLink:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from pymodaq_plugins_pyrpl.plugin_support import local_time
+from pymodaq_plugins_pyrpl.hardware.client.device import local_time
 from tests.helpers.plugins import move
 from tests.helpers.scripted_link import InProcessServer, ScriptedLinkBackend
 

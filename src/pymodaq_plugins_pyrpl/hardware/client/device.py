@@ -1,7 +1,9 @@
-"""The board's device state as a client last saw it, and the ``device`` event when it changes."""
+"""The board's device state as a client last saw it, the ``device`` event when it changes, and
+its times as the user's clock shows them."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any, Callable
 
 SHOWN = ("state", "reason", "attempts", "board_restarted_at")
@@ -45,3 +47,12 @@ class DeviceWatch:
             self._seen = merged
             if any(merged.get(name) != seen.get(name) for name in SHOWN):
                 self._emit(dict(merged))
+
+
+def local_time(iso: str) -> str:
+    """An ISO 8601 time (``since``, ``board_restarted_at``) as this computer's clock shows it,
+    ``HH:MM:SS`` (the text itself if it is not ISO 8601)."""
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
+    except (TypeError, ValueError):
+        return str(iso)
