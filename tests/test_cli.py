@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pymodaq_plugins_pyrpl import __version__, cli as cli_module
+from pymodaq_plugins_pyrpl import __version__
+from pymodaq_plugins_pyrpl import cli as cli_module
 from pymodaq_plugins_pyrpl.hardware import runtime
 from pymodaq_plugins_pyrpl.hardware.client.device import local_time
 from pymodaq_plugins_pyrpl.hardware.errors import ServerError

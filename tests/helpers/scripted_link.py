@@ -144,7 +144,7 @@ class InProcessServer:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # reported by __enter__ if it happened before serving
+        except Exception as exc:  # reported by __enter__ if it happened before serving
             self._error = exc
         finally:
             self._ready.set()

@@ -4,7 +4,7 @@ connected with a token to the package's server serving a board whose link the te
 (tests/helpers/scripted_link.py)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,7 +52,7 @@ def actuator(qtbot, server: InProcessServer, board: ScriptedLinkBackend):
 
 
 def setting(actuator, *path: str):
-    return actuator.settings["actuator_settings", *path]
+    return actuator.settings[("actuator_settings", *path)]
 
 
 def test_a_lost_board_is_the_problem_until_it_is_back_and_a_restart_is_told(

@@ -2,7 +2,7 @@
 package's server serving a board whose link the test scripts (tests/helpers/scripted_link.py)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

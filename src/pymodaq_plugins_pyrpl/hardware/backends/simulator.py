@@ -110,8 +110,7 @@ class SimulatorBackend:
         return {"attempts": 0, "board_restarted_at": None, "other": None}
 
     def maintain(self) -> None:
-        """No link to keep up: no upkeep."""
-        return None
+        """No link to keep up: no upkeep (None)."""
 
     def take_board(self) -> None:
         """Nothing to take back: no other program can use the simulated board."""

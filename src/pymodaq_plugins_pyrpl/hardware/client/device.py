@@ -3,8 +3,9 @@ its times as the user's clock shows them."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 SHOWN = ("state", "reason", "attempts", "board_restarted_at")
 """The fields of the ``device`` block whose change is a ``device`` event: what the plugins show."""

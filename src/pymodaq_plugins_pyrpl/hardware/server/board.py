@@ -7,7 +7,8 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..backends.base import Backend
 from ..errors import BackendUnavailable, DeviceNotReady, InvalidParams
