@@ -103,6 +103,10 @@ class ScriptedLinkBackend(SimulatorBackend):
         self._through_link()
         return super().set(module, values)
 
+    def scope_arm(self) -> float:
+        self._through_link()
+        return super().scope_arm()
+
 
 class InProcessServer:
     """The package's server (``Server`` + ``serve``) for ``backend`` on a free loopback port, in

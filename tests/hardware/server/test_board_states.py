@@ -155,6 +155,24 @@ def test_a_request_behind_a_slow_call_is_answered_within_the_bound(
     assert after["result"]["frequency"] == 0.0  # the dropped set never ran
 
 
+def test_a_scope_acquisition_stuck_on_the_board_is_answered_within_the_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(board_module, "CALL_BOUND", 0.3)
+
+    async def body(h: Harness, board: ScriptedLinkBackend):
+        pipe = Pipe()
+        await h.hello(pipe)
+        first = await h.call(pipe, "acquire", {"module": "scope", "timeout": 5})
+        assert "result" in first  # the settings are read: the next acquisition starts by arming
+        board.gate.clear()
+        try:  # the acquisition's clean-up (scope_stop) must not wait for the stuck arm either
+            return await asyncio.wait_for(h.call(pipe, "acquire", {"module": "scope"}), 3.0)
+        finally:
+            board.gate.set()
+    reply = run(body)
+    assert code(reply) == -32004 and "outcome is unknown" in reply["error"]["message"]
+
+
 def test_take_board_takes_a_taken_board_back_and_leaves_a_ready_one_alone() -> None:
     async def body(h: Harness, board: ScriptedLinkBackend):
         pipe = Pipe()

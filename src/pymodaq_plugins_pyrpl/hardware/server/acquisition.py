@@ -5,6 +5,7 @@ backend runs inline (on the event loop) or on its own thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any, Callable
@@ -13,7 +14,7 @@ import numpy as np
 
 from .. import catalogue
 from ..backends.base import ScopeTrace
-from ..errors import AcquisitionTimeout
+from ..errors import AcquisitionTimeout, DeviceNotReady
 from .board import Board
 
 IQ_SETTLE_TIMEOUT = 10.0
@@ -161,7 +162,8 @@ class ScopeAcquisition:
                 await asyncio.sleep(SCOPE_POLL)
         except BaseException:
             if self._board.state()[0] == "ready":
-                await self._board.call(self._backend.scope_stop)
+                with contextlib.suppress(DeviceNotReady):  # bounded: the board may be stuck
+                    await self._board.run(self._backend.scope_stop)
             raise
         return trace if self._generation == generation else None
 
