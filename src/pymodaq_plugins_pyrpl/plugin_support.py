@@ -271,17 +271,19 @@ def board_name(hello: dict[str, Any]) -> str:
 
 def device_problem(board: str, device: dict[str, Any]) -> str | None:
     """What keeps ``board`` (:func:`board_name`) from working, from the server's ``device``
-    block: None while it is ready."""
+    block: None while it is ready; else the state's reason, the sentence for the user
+    (``Backend.device_state``), or without one a sentence of the state."""
     state, reason = device.get("state"), device.get("reason")
     if state == "ready":
         return None
+    if reason:
+        return str(reason)
     if state == "lost":
         attempts = device.get("attempts") or 0
-        return (f"lost {board}" + (f" ({reason})" if reason else "") + "; reconnecting"
-                + (f" (attempt {attempts})" if attempts else ""))
+        return f"lost {board}; reconnecting" + (f" (attempt {attempts})" if attempts else "")
     if state == "taken":
-        return reason or f"another program took {board}; Initialize again to take it back"
-    return f"{board} is {state}" + (f": {reason}" if reason else "")
+        return f"another program took {board}; Initialize again to take it back"
+    return f"{board} is {state}"
 
 
 class PyRPLLink:

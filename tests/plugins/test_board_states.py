@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware.client.device import local_time
+from pymodaq_plugins_pyrpl.plugin_support import board_name, device_problem
 from tests.helpers.plugins import move
 from tests.helpers.scripted_link import InProcessServer, ScriptedLinkBackend
 
@@ -55,15 +56,19 @@ def setting(actuator, *path: str):
     return actuator.settings[("actuator_settings", *path)]
 
 
+def lost(attempt: int) -> str:
+    """The PyRPL backend's reason of a lost board."""
+    return (f"lost the Red Pitaya at 127.0.0.1 (no answer for 3.0 s); reconnecting (attempt "
+            f"{attempt})")
+
+
 def test_a_lost_board_is_the_problem_until_it_is_back_and_a_restart_is_told(
         qtbot, actuator, board: ScriptedLinkBackend) -> None:
-    board.script("lost", "no answer from the board for 3.0 s", attempts=1)
-    lost = ("lost the Red Pitaya at 127.0.0.1 (no answer from the board for 3.0 s); "
-            "reconnecting (attempt 1)")
-    qtbot.waitUntil(lambda: setting(actuator, "problem") == lost, timeout=10000)
-    assert setting(actuator, "pyrpl", "state") == "lost: no answer from the board for 3.0 s"
-    board.script("lost", "no answer from the board for 3.0 s", attempts=2)
-    qtbot.waitUntil(lambda: setting(actuator, "problem").endswith("(attempt 2)"), timeout=10000)
+    board.script("lost", lost(1), attempts=1)
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == lost(1), timeout=10000)
+    assert setting(actuator, "pyrpl", "state") == f"lost: {lost(1)}"
+    board.script("lost", lost(2), attempts=2)
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == lost(2), timeout=10000)
     board.script("ready", None, attempts=0, board_restarted_at=RESTARTED)
     restarted = (f"the Red Pitaya at 127.0.0.1 restarted at {local_time(RESTARTED)}; the server "
                  "restored its settings")
@@ -71,8 +76,19 @@ def test_a_lost_board_is_the_problem_until_it_is_back_and_a_restart_is_told(
     assert setting(actuator, "problem") == ""
     assert setting(actuator, "pyrpl", "state") == "ready"
     back = actuator.messages.index("the Red Pitaya at 127.0.0.1 is back")
-    assert actuator.messages.index(lost) < back < actuator.messages.index(restarted)
+    assert actuator.messages.index(lost(1)) < back < actuator.messages.index(restarted)
     assert move(qtbot, actuator, 1000.0) == pytest.approx(1000.00761449337)
+
+
+@pytest.mark.parametrize("device, problem", [
+    ({"state": "lost", "reason": None, "attempts": 3},
+     "lost the Red Pitaya at rp.local; reconnecting (attempt 3)"),
+    ({"state": "taken", "reason": None},
+     "another program took the Red Pitaya at rp.local; Initialize again to take it back"),
+    ({"state": "error", "reason": "wrong ssh password"}, "wrong ssh password"),
+    ({"state": "ready", "reason": None}, None)])
+def test_without_a_reason_the_plugins_say_what_the_state_means(device, problem) -> None:
+    assert device_problem(board_name({"hostname": "rp.local"}), device) == problem
 
 
 def test_a_taken_board_is_the_problem_and_initialize_again_takes_it_back(

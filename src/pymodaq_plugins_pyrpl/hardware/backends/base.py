@@ -61,7 +61,7 @@ class Backend(Protocol):
         """Disconnect without changing the board's outputs (a running lock keeps running)."""
 
     def device_state(self) -> tuple[str, str | None]:
-        """The state of the opened board and its reason (a sentence for the user):
+        """The state of the opened board and its reason, the sentence the plugins show as is:
         ``("ready", None)`` while it answers; ``("lost", reason)`` while the link is down and
         :meth:`maintain` reconnects by itself; ``("taken", reason)`` when another program took the
         board (the reason says who and that initializing again takes it back: "another program

@@ -48,7 +48,8 @@ class Board:
     the server noticed its last change. Once open, an upkeep task calls ``Backend.maintain`` on
     the backend thread and sleeps what it returns (never again after None). ``changed`` is called
     whenever the state, its reason or the link fields (``Backend.link_info``) change; a change of
-    state is logged.
+    state is logged (a new reason in the same state, e.g. one more recovery attempt, at debug
+    level).
     """
 
     def __init__(self, backend: Backend, changed: Callable[[], None]) -> None:
@@ -209,10 +210,11 @@ class Board:
         if current != self._reported:
             if state != self._reported[0]:
                 self.since = _now_iso()
-            if (state, reason) != self._reported[:2]:
                 log = logger.error if state == "error" else (
                     logger.warning if state in ("lost", "taken") else logger.info)
                 log("device %s%s", state, f": {reason}" if reason else "")
+            elif reason != self._reported[1]:
+                logger.debug("device %s: %s", state, reason)
             self._reported = current
             self._changed()
         return current
