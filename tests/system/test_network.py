@@ -10,18 +10,16 @@ figures (``pytest -s`` shows them). Needs root and the ``ip`` and ``iptables`` c
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware.errors import ServerNotReady
 from pymodaq_plugins_pyrpl.hardware.server_process import start_server
+from tests.helpers.netns import IPTABLES, exec_in
 from tests.helpers.scripts import NET_DRIVER
 from tests.helpers.support import SERVER_MODULE
 
@@ -40,47 +38,6 @@ silent cut is detected by the client's liveness probe (no byte for 2.5 s while a
 its reconnection attempts are bounded (1.5 s) and spaced by at most 1 s."""
 
 
-SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-"""Where ``ip`` and ``iptables`` are looked for (a root PATH may lack the sbin folders)."""
-IP = shutil.which("ip", path=SBIN)
-IPTABLES = shutil.which("iptables", path=SBIN)
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces and iptables)"
-    missing = [tool for tool, path in (("ip", IP), ("iptables", IPTABLES)) if path is None]
-    if missing:
-        return f"needs {' and '.join(missing)} (Debian packages iproute2, iptables)"
-    return None
-
-
-def _run(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def netns() -> str:
-    """A private network namespace with its loopback up; deleted afterwards."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"pyrpl-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    made = _run(IP, "netns", "add", name)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
-    try:
-        up = _run(IP, "netns", "exec", name, IP, "link", "set", "lo", "up")
-        assert up.returncode == 0, up.stderr
-        probe = _run(IP, "netns", "exec", name, IPTABLES, "-w", "-L", "INPUT", "-n")
-        if probe.returncode != 0:
-            pytest.skip(f"iptables does not work in a namespace here: {probe.stderr.strip()}")
-        yield name
-    finally:
-        deleted = _run(IP, "netns", "del", name)
-        assert deleted.returncode == 0, deleted.stderr
-
-
 class NsServer:
     """The ``--mock`` server inside the namespace; waits for its ready line; always stopped."""
 
@@ -90,8 +47,8 @@ class NsServer:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         try:
             self.proc, ready = start_server(
-                [IP, "netns", "exec", ns, sys.executable, "-m", SERVER_MODULE, "--mock",
-                 "--seed", "1", "--port", "0", "--token-file", str(self.token_file)], 30,
+                exec_in(ns, sys.executable, "-m", SERVER_MODULE, "--mock", "--seed", "1", "--port",
+                        "0", "--token-file", str(self.token_file)), 30,
                 stderr=self._log)
         except ServerNotReady as exc:
             self._log.close()
@@ -151,11 +108,11 @@ def run(netns: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     server = NsServer(netns, tmp)
     try:
         driver = subprocess.run(
-            [IP, "netns", "exec", netns, sys.executable, str(NET_DRIVER), "--iptables", IPTABLES,
-             "--port", str(server.port),
-             "--token-file", str(server.token_file), "--loss", str(LOSS), "--pairs", "500",
-             "--workers", "4", "--traces", "50", "--timeout", str(TIMEOUT), "--cut", str(CUT)],
-            capture_output=True, text=True, timeout=240)
+            exec_in(netns, sys.executable, str(NET_DRIVER), "--iptables", str(IPTABLES),
+                    "--port", str(server.port), "--token-file", str(server.token_file),
+                    "--loss", str(LOSS), "--pairs", "500", "--workers", "4", "--traces", "50",
+                    "--timeout", str(TIMEOUT), "--cut", str(CUT)),
+            check=False, capture_output=True, text=True, timeout=240)
     finally:
         code = server.stop()
     lines = [line for line in driver.stdout.splitlines() if line.startswith("NET_RESULT ")]

@@ -1,11 +1,13 @@
 """Scripts the tests run as subprocesses, by path (``python PATH ARGS``): each one's docstring says
-what it does and how it is called. They import the package under test only, never the helpers."""
+what it does and how it is called. They import the package under test only, never the helpers
+(the network ones share iptables_rules.py, a sibling module)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 _FOLDER = Path(__file__).parent
 BOARD_LINK_PROBE = _FOLDER / "board_link_probe.py"
+BOARD_NET_DRIVER = _FOLDER / "board_net_driver.py"
 DASHBOARD_QUIT = _FOLDER / "dashboard_quit.py"
 HOLDER = _FOLDER / "holder.py"
 NET_DRIVER = _FOLDER / "net_driver.py"

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
 import numpy as np
+from iptables_rules import Rules
 
 from pymodaq_plugins_pyrpl.hardware import errors
 from pymodaq_plugins_pyrpl.hardware.client import ACQUIRE_MARGIN, PyRPLClient
@@ -45,44 +45,6 @@ TARGETS = [("asg0", "offset"), ("asg1", "offset"), ("pid0", "setpoint"), ("pid1"
 
 def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
-
-
-class Net:
-    """The namespace's iptables rules on the server port."""
-
-    def __init__(self, port: int, iptables: str) -> None:
-        self.port = port
-        self.iptables = iptables
-        self.rules: list[list[str]] = []
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([self.iptables, "-w", *args], check=True)
-
-    def _add(self, chain: str, match: list[str], target: list[str]) -> None:
-        rule = [chain, "-p", "tcp", *match, *target]
-        self._run("-A", *rule)
-        self.rules.append(rule)
-
-    def loss(self, probability: float) -> None:
-        stat = ["-m", "statistic", "--mode", "random", "--probability", f"{probability:g}"]
-        self._add("OUTPUT", ["--dport", str(self.port), *stat], ["-j", "DROP"])
-        self._add("INPUT", ["--sport", str(self.port), *stat], ["-j", "DROP"])
-
-    def cut(self) -> None:
-        self._add("OUTPUT", ["--dport", str(self.port)], ["-j", "DROP"])
-        self._add("INPUT", ["--sport", str(self.port)], ["-j", "DROP"])
-
-    def reset(self) -> None:
-        # REJECT is valid in INPUT/OUTPUT; the reset goes back to the sender of each packet
-        # (resets are let through: on loopback the reset itself would meet the rule and vanish)
-        reject = ["-j", "REJECT", "--reject-with", "tcp-reset"]
-        no_rst = ["!", "--tcp-flags", "RST", "RST"]
-        self._add("INPUT", ["--dport", str(self.port), *no_rst], reject)
-        self._add("INPUT", ["--sport", str(self.port), *no_rst], reject)
-
-    def clear(self) -> None:
-        while self.rules:
-            self._run("-D", *self.rules.pop())
 
 
 class Calls:
@@ -215,7 +177,7 @@ class Events:
             return [e for t, e, _ in self.items if t >= after]
 
 
-def cut_phase(client: PyRPLClient, net: Net, kind: str, seconds: float, timeout: float,
+def cut_phase(client: PyRPLClient, net: Rules, kind: str, seconds: float, timeout: float,
               events: Events) -> dict[str, Any]:
     """Cut (silently or with resets) for exactly ``seconds`` while a thread keeps calling ``get``
     back to back; then restore and wait for the first call that succeeds."""
@@ -271,7 +233,7 @@ def main() -> int:
     args = parser.parse_args()
     phases = args.phases.split(",")
     token = open(args.token_file).read().strip()
-    net = Net(args.port, args.iptables)
+    net = Rules([args.port], args.iptables)
     events = Events()
     client = PyRPLClient("127.0.0.1", args.port, token, "net-driver", timeout=args.timeout)
     client.add_connection_callback(events.connection)

@@ -1,0 +1,433 @@
+"""The board link under network faults: a virtual Red Pitaya, our server on the PyRPL path and a
+plugin-like session, all inside a test's private network namespace, with iptables faults on the
+board's ssh and data ports only (the JSON-RPC port of our server stays clean).
+
+Run INSIDE the namespace (``ip netns exec NS python board_net_driver.py ...``); it changes that
+namespace's iptables rules itself (:mod:`iptables_rules`). It runs in this process a
+``VirtualRedPitaya(mode="faithful")`` (loopback plant: out1→in1, out2→in2) on free ports S (ssh)
+and P (data), starts the server subprocess ``--hostname 127.0.0.1 --ssh-port S --board-port P``
+and drives it with one PyRPLClient, subscribed to status pushes (its ``device`` events are
+recorded with their monotonic time). Prints progress to stderr and, at the end, one line
+``BOARD_NET_RESULT {json}`` to stdout; the caller makes the assertions. Exit status 0 unless the
+set-up failed.
+
+The session: asg0 on out1 and asg1 on out2 play a sine of ``AMPLITUDE`` with exactly 10 periods
+per trace around an offset, the scope records in1 and in2 (131 µs, immediate trigger). Two threads
+share the client, as the plugins of one PyMoDAQ process do:
+
+- scope: before each trace, asg0's and asg1's offsets are set to a value of that trace; both
+  channels' means must equal it (``MEAN_TOLERANCE``): a trace armed before the sets, or a trace
+  fetched of an older acquisition, does not. A trace after a failed set is not checked (the
+  value on the board is unknown) but counted.
+- values: ``set``/``get`` pairs on pid0's setpoint (a get returns the last value confirmed or one
+  of the later ones whose set failed), and every 5th pair an ``acquire`` of iq0.
+
+Every call's outcome (ok, -32004, CallTimeout, anything else: a problem) and elapsed time against
+its own timeout are recorded.
+
+Phases (``--phases``, in this order):
+
+1. ``clean``: the session for ``--clean`` seconds on a clean link (the loss-free figures).
+2. ``loss``: the session for ``--loss-seconds`` with ``--loss`` random drop both ways on ports S
+   and P; also the ``lost`` device events and the ``monitor_server`` starts and ``killall``s in
+   the board's ssh command log.
+3. ``pull`` (100 % DROP: a pulled cable) and ``reset`` (every packet answered by a TCP reset),
+   each for ``--cut`` seconds on a ready board: the session stops, a thread makes ``get`` calls
+   meanwhile; the times of ``lost`` (from the fault) and of ``ready`` (from the restore), the
+   board's register writes from the fault to the first request after ``ready`` (a ``get``), the
+   client's session, and asg0 still playing afterwards (settings read back, a trace of its sine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from iptables_rules import Rules
+
+from pymodaq_plugins_pyrpl.hardware import errors
+from pymodaq_plugins_pyrpl.hardware.client import ACQUIRE_MARGIN, PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.server_process import start_server
+from pymodaq_plugins_pyrpl.virtual_board.command_log import is_killall_monitor
+from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
+
+SERVER_MODULE = "pymodaq_plugins_pyrpl.hardware.server"
+SHORTEST = 131.072e-6
+"""The scope's shortest duration: 16384 samples at 125 MS/s."""
+TONE = 10 / SHORTEST
+"""asg frequency: exactly 10 periods per trace, so a trace's mean is the offset."""
+AMPLITUDE = 0.1
+MEAN_TOLERANCE = 2e-3
+"""A channel's mean may differ this much from the offset set (V): noise, 14-bit steps."""
+TIMEOUT = 3.0
+"""Timeout of each set/get call, and the server-side timeout of each acquisition (s)."""
+READY_WAIT = 15.0
+"""Longest wait for the board to be ready again after a fault (s): a bound of the driver, not
+of the product."""
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+class Calls:
+    """Outcome and elapsed time of every call, thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+
+    def run(self, kind: str, limit: float, fn: Callable[[], Any]) -> tuple[str, Any]:
+        """Call ``fn``; ``limit`` is the call's own timeout. Outcome: ``ok``, ``not_ready``
+        (-32004), ``timeout`` (CallTimeout) or ``error`` (anything else: a problem)."""
+        t0 = time.monotonic()
+        try:
+            result, outcome = fn(), "ok"
+        except errors.DeviceNotReady as exc:
+            result, outcome = exc, "not_ready"
+        except errors.CallTimeout as exc:
+            result, outcome = exc, "timeout"
+        except Exception as exc:  # noqa: BLE001 (reported as a problem)
+            result, outcome = exc, "error"
+        end = time.monotonic()
+        with self.lock:
+            self.records.append({"kind": kind, "outcome": outcome, "start": t0, "end": end,
+                                 "limit": limit})
+            if outcome == "error":
+                self.problems.append(f"{kind}: {type(result).__name__}: {result}")
+        return outcome, result
+
+    def problem(self, text: str) -> None:
+        with self.lock:
+            self.problems.append(text)
+
+    def summary(self, start: float = -np.inf, end: float = np.inf) -> dict[str, Any]:
+        """Counts by outcome, and the latest end of a call past its own timeout (s), of the
+        calls started in [start, end)."""
+        with self.lock:
+            rs = [r for r in self.records if start <= r["start"] < end]
+        out: dict[str, Any] = {"calls": len(rs)}
+        for outcome in ("ok", "not_ready", "timeout", "error"):
+            out[outcome] = sum(r["outcome"] == outcome for r in rs)
+        out["by_kind"] = {k: {o: sum(r["kind"] == k and r["outcome"] == o for r in rs)
+                              for o in ("ok", "not_ready", "timeout", "error")}
+                          for k in sorted({r["kind"] for r in rs})}
+        out["worst_overrun"] = max((r["end"] - r["start"] - r["limit"] for r in rs), default=None)
+        return out
+
+
+class Events:
+    """The client's connection events (``device`` ones with the state), with their time."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: list[tuple[float, str, dict[str, Any]]] = []
+
+    def connection(self, event: str, info: dict[str, Any]) -> None:
+        with self.cond:
+            self.items.append((time.monotonic(), event, dict(info)))
+            self.cond.notify_all()
+
+    def states(self, after: float = -np.inf) -> list[tuple[float, str]]:
+        """(time, state) of the ``device`` events after ``after``."""
+        with self.cond:
+            return [(t, i.get("state")) for t, e, i in self.items if e == "device" and t >= after]
+
+    def names(self, after: float = -np.inf) -> list[str]:
+        with self.cond:
+            return [e for t, e, _ in self.items if t >= after]
+
+    def wait_state(self, state: str, after: float, timeout: float) -> float | None:
+        """Time of the first ``device`` event of ``state`` after ``after`` (waiting up to
+        ``timeout``), or None."""
+        def first() -> float | None:
+            return next((t for t, s in self.states(after) if s == state), None)
+
+        with self.cond:
+            self.cond.wait_for(lambda: first() is not None, timeout)
+        return first()
+
+
+class Session:
+    """The plugin-like session (two threads on one client) until :meth:`stop`."""
+
+    def __init__(self, client: PyRPLClient, calls: Calls) -> None:
+        self.client = client
+        self.calls = calls
+        self._stop = threading.Event()
+        self.traces: list[dict[str, Any]] = []
+        self._threads = [threading.Thread(target=self._scope, name="scope"),
+                         threading.Thread(target=self._values, name="values")]
+        self._k = 0
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(4 * (TIMEOUT + ACQUIRE_MARGIN))
+            if thread.is_alive():
+                self.calls.problem(f"the {thread.name} thread still runs: a call hangs")
+
+    def _scope(self) -> None:
+        while not self._stop.is_set():
+            self._k += 1
+            value = round(-0.45 + 0.009 * (self._k % 100), 6)
+            sets = [self.calls.run("set", TIMEOUT, lambda m=m, v=value: self.client.set(
+                m, {"offset": v}, timeout=TIMEOUT))[0] for m in ("asg0", "asg1")]
+            outcome, trace = self.calls.run(
+                "acquire scope", TIMEOUT + ACQUIRE_MARGIN,
+                lambda: self.client.acquire("scope", timeout=TIMEOUT))
+            if outcome != "ok":
+                continue
+            means = [float(np.mean(trace[ch])) for ch in ("ch1", "ch2")]
+            checked = sets == ["ok", "ok"]
+            self.traces.append({"value": value, "means": means, "checked": checked,
+                                "sequence": trace["sequence"]})
+            if checked and any(abs(m - value) > MEAN_TOLERANCE for m in means):
+                self.calls.problem(f"trace {trace['sequence']}: means {means} after offsets "
+                                   f"set to {value}: it mixes acquisitions")
+
+    def _values(self) -> None:
+        confirmed = None
+        unknown: list[float] = []
+        k = 0
+        while not self._stop.is_set():
+            k += 1
+            value = round(-0.7 + 0.0013 * (k % 1000), 6)
+            outcome, result = self.calls.run("set", TIMEOUT, lambda v=value: self.client.set(
+                "pid0", {"setpoint": v}, timeout=TIMEOUT))
+            if outcome == "ok":
+                confirmed, unknown = result["setpoint"], []
+            else:
+                unknown.append(value)
+            outcome, result = self.calls.run("get", TIMEOUT, lambda: self.client.get(
+                "pid0", ["setpoint"], timeout=TIMEOUT))
+            if outcome == "ok" and confirmed is not None:
+                got = result["setpoint"]
+                if abs(got - confirmed) > 1e-3 and not any(abs(got - v) <= 1e-3
+                                                           for v in unknown):
+                    self.calls.problem(f"pid0.setpoint read {got}, expected {confirmed} or one "
+                                       f"of {unknown}")
+            if k % 5 == 0:
+                self.calls.run("acquire iq0", TIMEOUT + ACQUIRE_MARGIN,
+                               lambda: self.client.acquire("iq0", timeout=TIMEOUT))
+
+
+class Rig:
+    """The board, the server and the client, inside the namespace."""
+
+    def __init__(self, iptables: str, folder: Path) -> None:
+        self.vrp = VirtualRedPitaya(mode="faithful", seed=7)
+        self.ssh_port, self.port = self.vrp.start(0, 0)
+        self.rules = Rules([self.ssh_port, self.port], iptables)
+        self.log_path = folder / "server.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in close)
+        token_file = folder / "token"
+        self.server, ready = start_server(
+            [sys.executable, "-m", SERVER_MODULE, "--hostname", "127.0.0.1", "--ssh-port",
+             str(self.ssh_port), "--board-port", str(self.port), "--port", "0", "--token-file",
+             str(token_file)], 90, stderr=self._log)
+        self.events = Events()
+        self.client = PyRPLClient("127.0.0.1", ready.port, token_file.read_text().strip(),
+                                  "board-net-driver", timeout=10)
+        self.client.add_connection_callback(self.events.connection)
+        self.client.connect(timeout=10)
+        self.session = self.client.session
+        for module in ("asg0", "asg1", "pid0", "iq0", "scope"):
+            self.client.lease(module, timeout=10)
+        self.client.subscribe(timeout=10)
+
+    def set_up(self) -> None:
+        for module, out in (("asg0", "out1"), ("asg1", "out2")):
+            self.client.set(module, {"waveform": "sin", "frequency": TONE,
+                                     "amplitude": AMPLITUDE, "offset": 0.0,
+                                     "output_direct": out, "trigger_source": "immediately"},
+                            timeout=10)
+        self.client.set("scope", {"input1": "in1", "input2": "in2", "duration": SHORTEST,
+                                  "trigger_source": "immediately"}, timeout=10)
+        self.client.set("iq0", {"input": "in1", "frequency": 100e3, "bandwidth": [1e3, 1e3],
+                                "output_direct": "off"}, timeout=10)
+
+    def device(self) -> dict[str, Any]:
+        return self.client.status(timeout=10)["device"]
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.device()["state"] == "ready":
+                return True
+            time.sleep(0.1)
+        return False
+
+    def board_commands(self, since: float) -> dict[str, int]:
+        lines = [c.line for c in self.vrp.commands.entries(since=since)]
+        return {"monitor_server_starts": sum("monitor_server" in line and
+                                             not is_killall_monitor(line) for line in lines),
+                "killalls": sum(is_killall_monitor(line) for line in lines)}
+
+    def close(self) -> int | None:
+        self.rules.clear()
+        self.client.close()
+        if self.server.poll() is None:
+            self.server.terminate()
+            try:
+                self.server.wait(20)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait(5)
+        self._log.close()
+        self.vrp.close()
+        return self.server.returncode
+
+
+def session_phase(rig: Rig, seconds: float, loss: float | None) -> dict[str, Any]:
+    """The session for ``seconds``, with ``loss`` drop on the board's ports if given."""
+    calls = Calls()
+    session = Session(rig.client, calls)
+    if loss is not None:
+        rig.rules.loss(loss)
+    t0 = time.monotonic()
+    session.start()
+    time.sleep(seconds)  # the phase's duration: the session runs meanwhile
+    end = time.monotonic()
+    session.stop()
+    rig.rules.clear()
+    stopped = time.monotonic()
+    ready_again = rig.wait_ready(READY_WAIT)
+    states = rig.events.states(t0)
+    outages = _outages(states, t0)
+    elapsed = stopped - t0
+    summary = calls.summary()
+    return {"loss": loss, "seconds": elapsed, "summary": summary, "problems": calls.problems,
+            "traces": len(session.traces),
+            "traces_checked": sum(t["checked"] for t in session.traces),
+            "traces_per_s": len(session.traces) / elapsed,
+            "calls_per_s": summary["ok"] / elapsed,
+            "states": [(round(t - t0, 3), s) for t, s in states],
+            "outages": outages,
+            "ready_after": ready_again, "window": end - t0,
+            **rig.board_commands(t0)}
+
+
+def _outages(states: list[tuple[float, str]], t0: float) -> list[list[float | None]]:
+    """[lost, ready] times (from ``t0``) of each outage seen in ``states`` (a ``device`` event
+    in the same state, e.g. one more recovery attempt, is part of the same outage); ready None:
+    not over when the phase ended."""
+    out: list[list[float | None]] = []
+    for t, state in states:
+        if state == "lost" and (not out or out[-1][1] is not None):
+            out.append([t - t0, None])
+        elif state == "ready" and out and out[-1][1] is None:
+            out[-1][1] = t - t0
+    return out
+
+
+def cut_phase(rig: Rig, kind: str, seconds: float) -> dict[str, Any]:
+    """A ``pull`` or a ``reset`` cut of ``seconds`` on a ready board, ``get`` calls meanwhile."""
+    if not rig.wait_ready(READY_WAIT):
+        return {"problems": [f"the board was not ready before the {kind}"]}
+    before = rig.client.get("asg0", ["frequency", "amplitude", "offset", "output_direct",
+                                     "trigger_source"], timeout=10)
+    device_session = rig.device()["session"]
+    calls = Calls()
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            calls.run("get", TIMEOUT, lambda: rig.client.get("asg0", ["offset"],
+                                                             timeout=TIMEOUT))
+            stop.wait(0.1)
+
+    time.sleep(1.5)  # the link idle for more than the heartbeat: a fault between two heartbeats
+    writes = rig.vrp.board.counts.writes
+    started = time.monotonic()
+    (rig.rules.cut if kind == "pull" else rig.rules.reset)()
+    thread = threading.Thread(target=caller)
+    thread.start()
+    time.sleep(seconds)  # the fault's duration
+    rig.rules.clear()
+    restored = time.monotonic()
+    stop.set()
+    thread.join(2 * TIMEOUT)
+    ready = rig.events.wait_state("ready", restored, READY_WAIT)
+    lost = rig.events.wait_state("lost", started, 0)
+    out: dict[str, Any] = {
+        "seconds": seconds,
+        "problems": calls.problems + (["a get call still runs after the cut"]
+                                      if thread.is_alive() else []),
+        "lost_after_fault": None if lost is None else lost - started,
+        "ready_after_restore": None if ready is None else ready - restored,
+        "ready_before_restore": [round(t - started, 3) for t, s in rig.events.states(started)
+                                 if s == "ready" and t < restored],
+        "during": calls.summary(), "device": rig.device(),
+        "board_serves": [f"{ip}:{port}" for ip, port in rig.vrp.board.monitor_clients()]}
+    if ready is not None:
+        asked = time.monotonic()
+        out["writes_to_first_request"] = rig.vrp.board.counts.writes - writes
+        out["written_addresses"] = sorted({hex(a) for t, a, _ in rig.vrp.board.write_log
+                                           if started <= t <= asked})
+        out["asg0_before"] = before
+        out["asg0_after"] = rig.client.get("asg0", list(before), timeout=10)
+        x = np.asarray(rig.client.acquire("scope", timeout=TIMEOUT)["ch1"], dtype=float)
+        out["trace_mean"], out["trace_amplitude"] = float(x.mean()), float(x.std() * 2**0.5)
+        out["device_session_same"] = rig.device()["session"] == device_session
+    out.update({"events": rig.events.names(started),
+                "states": [(round(t - started, 3), s) for t, s in rig.events.states(started)],
+                "session_same": rig.client.session == rig.session,
+                **rig.board_commands(started)})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--iptables", default="iptables", help="path of the iptables command")
+    parser.add_argument("--phases", default="clean,loss,pull,reset",
+                        help="comma-separated, in this order: clean, loss, pull, reset")
+    parser.add_argument("--clean", type=float, default=10.0, help="seconds of the clean phase")
+    parser.add_argument("--loss", type=float, default=0.2, help="drop probability")
+    parser.add_argument("--loss-seconds", type=float, default=60.0)
+    parser.add_argument("--cut", type=float, default=5.0, help="seconds of each cut")
+    args = parser.parse_args()
+    phases = args.phases.split(",")
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # the board's ssh side: a probe
+    # that connects and closes is logged as a failed handshake
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="board-net-") as folder:
+        rig = Rig(args.iptables, Path(folder))
+        try:
+            rig.set_up()
+            result["ports"] = {"ssh": rig.ssh_port, "data": rig.port}
+            if "clean" in phases:
+                log(f"clean: {args.clean} s")
+                result["clean"] = session_phase(rig, args.clean, None)
+            if "loss" in phases:
+                log(f"loss {args.loss:.0%}: {args.loss_seconds} s")
+                result["loss"] = session_phase(rig, args.loss_seconds, args.loss)
+            for kind in ("pull", "reset"):
+                if kind in phases:
+                    log(f"{kind}: {args.cut} s")
+                    result[kind] = cut_phase(rig, kind, args.cut)
+            result["killalls_total"] = rig.vrp.commands.killalls()
+        finally:
+            code = rig.close()
+            result["server_exit"] = code
+            result["server_log_tail"] = rig.log_path.read_text(errors="replace")[-4000:]
+    print("BOARD_NET_RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
