@@ -31,11 +31,17 @@ Phases (``--phases``, in this order):
 2. ``loss``: the session for ``--loss-seconds`` with ``--loss`` random drop both ways on ports S
    and P; also the ``lost`` device events and the ``monitor_server`` starts and ``killall``s in
    the board's ssh command log.
-3. ``pull`` (100 % DROP: a pulled cable) and ``reset`` (every packet answered by a TCP reset),
-   each for ``--cut`` seconds on a ready board: the session stops, a thread makes ``get`` calls
-   meanwhile; the times of ``lost`` (from the fault) and of ``ready`` (from the restore), the
-   board's register writes from the fault to the first request after ``ready`` (a ``get``), the
-   client's session, and asg0 still playing afterwards (settings read back, a trace of its sine).
+3. faults, each on a ready board with the session stopped, ``get`` calls from the fault's start
+   until the board is ready again: ``pull`` (100 % DROP: a pulled cable) and ``reset`` (every
+   packet answered by a TCP reset), each for ``--cut`` seconds; and, on the virtual board itself
+   (no iptables: these run outside a namespace too), ``stall`` (its data port stops answering for
+   ``--cut`` s), ``fin``/``rst`` (every ``monitor_server`` killed, the connection ended by a FIN
+   or a reset), ``garbage`` (one corrupted header echo) and ``reboot`` (ports closed for
+   ``REBOOT_SECONDS``, registers back to their power-on values). Measured: when ``lost`` came
+   (from the fault's start) and ``ready`` (from its end), the board's register writes from the
+   fault to the first request after ``ready`` (a ``get``), the client's and the board's
+   sessions, the ``monitor_server`` starts and ``killall``s of the ssh command log, and asg0
+   afterwards (settings read back, a trace of its sine).
 """
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ from iptables_rules import Rules
 from pymodaq_plugins_pyrpl.hardware import errors
 from pymodaq_plugins_pyrpl.hardware.client import ACQUIRE_MARGIN, PyRPLClient
 from pymodaq_plugins_pyrpl.hardware.server_process import start_server
+from pymodaq_plugins_pyrpl.virtual_board.board import LinkSettings
 from pymodaq_plugins_pyrpl.virtual_board.command_log import is_killall_monitor
 from pymodaq_plugins_pyrpl.virtual_board.redpitaya import VirtualRedPitaya
 
@@ -70,6 +77,9 @@ MEAN_TOLERANCE = 2e-3
 """A channel's mean may differ this much from the offset set (V): noise, 14-bit steps."""
 TIMEOUT = 3.0
 """Timeout of each set/get call, and the server-side timeout of each acquisition (s)."""
+RETRY_PAUSE = 0.1
+"""The session waits this long after a call that failed before its next one (s), as a plugin's
+next grab or move comes later."""
 READY_WAIT = 15.0
 """Longest wait for the board to be ready again after a fault (s): a bound of the driver, not
 of the product."""
@@ -190,6 +200,8 @@ class Session:
             outcome, trace = self.calls.run(
                 "acquire scope", TIMEOUT + ACQUIRE_MARGIN,
                 lambda: self.client.acquire("scope", timeout=TIMEOUT))
+            if outcome != "ok" or "ok" not in sets:
+                self._stop.wait(RETRY_PAUSE)
             if outcome != "ok":
                 continue
             means = [float(np.mean(trace[ch])) for ch in ("ch1", "ch2")]
@@ -213,6 +225,7 @@ class Session:
                 confirmed, unknown = result["setpoint"], []
             else:
                 unknown.append(value)
+                self._stop.wait(RETRY_PAUSE)
             outcome, result = self.calls.run("get", TIMEOUT, lambda: self.client.get(
                 "pid0", ["setpoint"], timeout=TIMEOUT))
             if outcome == "ok" and confirmed is not None:
@@ -335,8 +348,44 @@ def _outages(states: list[tuple[float, str]], t0: float) -> list[list[float | No
     return out
 
 
-def cut_phase(rig: Rig, kind: str, seconds: float) -> dict[str, Any]:
-    """A ``pull`` or a ``reset`` cut of ``seconds`` on a ready board, ``get`` calls meanwhile."""
+REBOOT_SECONDS = 2.0
+"""How long the virtual board's reboot keeps its ports closed (s)."""
+
+
+class Fault:
+    """One fault of the board link: ``begin()``, then after ``seconds`` ``end()`` (None: the
+    fault is over at once, e.g. a killed ``monitor_server``; ``end`` may wait for its end, e.g.
+    the end of a reboot)."""
+
+    def __init__(self, begin: Callable[[], Any], end: Callable[[], Any] | None,
+                 seconds: float) -> None:
+        self.begin, self.end, self.seconds = begin, end, seconds
+
+
+def faults(rig: Rig, cut: float) -> dict[str, Fault]:
+    """The faults by name: on the network (``pull``, ``reset``: iptables, in a namespace) and on
+    the virtual board itself (``stall``: its data port stops answering; ``fin``/``rst``: every
+    ``monitor_server`` killed, its connection ended by a FIN or a reset, as another program's
+    ``killall`` does; ``garbage``: the next header echo corrupted; ``reboot``)."""
+    board = rig.vrp.board
+
+    def killall(close: str) -> None:
+        board.link = LinkSettings(mode=board.link.mode, killall_close=close)
+        rig.vrp.killall_monitors()
+
+    return {"pull": Fault(rig.rules.cut, rig.rules.clear, cut),
+            "reset": Fault(rig.rules.reset, rig.rules.clear, cut),
+            "stall": Fault(board.faults.stall, board.faults.resume, cut),
+            "fin": Fault(lambda: killall("fin"), None, 0.0),
+            "rst": Fault(lambda: killall("rst"), None, 0.0),
+            "garbage": Fault(lambda: board.faults.corrupt_echoes(1), None, 0.0),
+            "reboot": Fault(lambda: rig.vrp.reboot(REBOOT_SECONDS),
+                            lambda: rig.vrp.wait_rebooted(REBOOT_SECONDS + READY_WAIT), 0.0)}
+
+
+def fault_phase(rig: Rig, kind: str, fault: Fault) -> dict[str, Any]:
+    """``fault`` on a ready board with an idle session, ``get`` calls from its start until the
+    board is ready again (or READY_WAIT after its end); then the first request after it."""
     if not rig.wait_ready(READY_WAIT):
         return {"problems": [f"the board was not ready before the {kind}"]}
     before = rig.client.get("asg0", ["frequency", "amplitude", "offset", "output_direct",
@@ -354,24 +403,25 @@ def cut_phase(rig: Rig, kind: str, seconds: float) -> dict[str, Any]:
     time.sleep(1.5)  # the link idle for more than the heartbeat: a fault between two heartbeats
     writes = rig.vrp.board.counts.writes
     started = time.monotonic()
-    (rig.rules.cut if kind == "pull" else rig.rules.reset)()
+    fault.begin()
     thread = threading.Thread(target=caller)
     thread.start()
-    time.sleep(seconds)  # the fault's duration
-    rig.rules.clear()
+    time.sleep(fault.seconds)  # the fault's duration
+    if fault.end is not None:
+        fault.end()
     restored = time.monotonic()
+    ready = rig.events.wait_state("ready", restored, READY_WAIT)
     stop.set()
     thread.join(2 * TIMEOUT)
-    ready = rig.events.wait_state("ready", restored, READY_WAIT)
     lost = rig.events.wait_state("lost", started, 0)
     out: dict[str, Any] = {
-        "seconds": seconds,
-        "problems": calls.problems + (["a get call still runs after the cut"]
+        "seconds": fault.seconds,
+        "problems": calls.problems + (["a get call still runs after the fault"]
                                       if thread.is_alive() else []),
         "lost_after_fault": None if lost is None else lost - started,
         "ready_after_restore": None if ready is None else ready - restored,
         "ready_before_restore": [round(t - started, 3) for t, s in rig.events.states(started)
-                                 if s == "ready" and t < restored],
+                                 if s == "ready" and started < t < restored],
         "during": calls.summary(), "device": rig.device(),
         "board_serves": [f"{ip}:{port}" for ip, port in rig.vrp.board.monitor_clients()]}
     if ready is not None:
@@ -395,7 +445,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iptables", default="iptables", help="path of the iptables command")
     parser.add_argument("--phases", default="clean,loss,pull,reset",
-                        help="comma-separated, in this order: clean, loss, pull, reset")
+                        help="comma-separated, in this order: clean, loss, pull, reset, stall, "
+                             "fin, rst, garbage, reboot")
     parser.add_argument("--clean", type=float, default=10.0, help="seconds of the clean phase")
     parser.add_argument("--loss", type=float, default=0.2, help="drop probability")
     parser.add_argument("--loss-seconds", type=float, default=60.0)
@@ -416,10 +467,10 @@ def main() -> int:
             if "loss" in phases:
                 log(f"loss {args.loss:.0%}: {args.loss_seconds} s")
                 result["loss"] = session_phase(rig, args.loss_seconds, args.loss)
-            for kind in ("pull", "reset"):
+            for kind, fault in faults(rig, args.cut).items():
                 if kind in phases:
-                    log(f"{kind}: {args.cut} s")
-                    result[kind] = cut_phase(rig, kind, args.cut)
+                    log(f"{kind}: {fault.seconds} s")
+                    result[kind] = fault_phase(rig, kind, fault)
             result["killalls_total"] = rig.vrp.commands.killalls()
         finally:
             code = rig.close()
