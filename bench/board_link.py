@@ -82,6 +82,8 @@ def fault_row(label: str, r: dict[str, Any]) -> str:
         return f"| {label} | not measured: {'; '.join(r['problems'])} | | | | |"
     written = r.get("writes_to_first_request")
     writes = "— (never ready)" if written is None else str(written)
+    if written and r["device"].get("board_restarted_at"):
+        writes += " (the restore of the settings applied)"
     recovery = _seconds(r["ready_after_restore"])
     if r["monitor_server_starts"] or r["killalls"]:
         recovery += (f" ({r['monitor_server_starts']} monitor_server start, "
@@ -91,9 +93,9 @@ def fault_row(label: str, r: dict[str, Any]) -> str:
 
 
 def loss_row(r: dict[str, Any]) -> str:
-    label = f"{r.get('loss', 0.2) or 0:.0%} random drop both ways, {r.get('seconds', 0):.0f} s"
     if "skipped" in r:
         return f"| 20 % random drop both ways | skipped: {r['skipped']} | | | | |"
+    label = f"{r['loss'] * 100:.0f} % random drop both ways, {r['seconds']:.0f} s"
     outages = r["outages"]
     lost = ", ".join(f"{a:.1f} s" for a, _ in outages) or "none"
     back = ", ".join("never" if b is None else f"{b - a:.2f} s" for a, b in outages) or "—"
