@@ -1059,8 +1059,15 @@ def _close_ssh(rp: Any) -> None:
     try:
         shell.channel.close()
         shell.ssh.close()
-    except OSError as exc:
+    except (OSError, EOFError, _ssh_exception()) as exc:  # after a cut paramiko raises either
         logger.warning("PyRPL's ssh session did not close cleanly: %s", _one_line(exc))
+
+
+def _ssh_exception() -> type[Exception]:
+    """paramiko's base exception (paramiko is PyRPL's dependency, imported once PyRPL is)."""
+    import paramiko
+
+    return paramiko.SSHException
 
 
 def _destroy_qt_application() -> None:

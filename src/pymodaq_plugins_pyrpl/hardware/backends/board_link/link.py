@@ -10,6 +10,7 @@ board whose outputs may be running.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -28,6 +29,9 @@ CONNECT_WITHIN = 2.0
 may take a moment to listen)."""
 CONNECT_SPACING = 0.1
 """Seconds between two connection attempts."""
+HALF_OPEN_WAIT = 0.2
+"""Seconds :meth:`RegisterLink.end_half_open` leaves for the SYN, the board's ACK and our reset
+(one round trip each way; less than the 1 s after which our TCP would send the SYN again)."""
 
 
 class RegisterLink:
@@ -127,6 +131,32 @@ class RegisterLink:
             except OSError:
                 pass  # already gone
         connection.close()
+
+    def end_half_open(self, local: tuple[str, int], wait: float = HALF_OPEN_WAIT) -> None:
+        """End a connection from our ``local`` (ip, port) that the board still serves although
+        we no longer hold it (a half-open connection: a router's reset, or our own, never reached
+        the board; a faithful ``monitor_server`` would serve it, and refuse everyone else, until
+        the board's TCP gives up, i.e. for ever while idle).
+
+        A SYN from that same local port makes the board's TCP answer with an ACK of the
+        connection it knows (a challenge ACK, RFC 5961); our TCP, which knows no such connection,
+        answers it with a reset, which the board accepts: that connection, and the
+        ``monitor_server`` serving it, end. Only that one connection (its four addresses) is
+        touched. Waits ``wait`` s for the exchange; failures are logged, not raised (the next
+        look at the board tells whether it worked)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.bind(local)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect((self.host, self.port))
+            time.sleep(wait)
+        except OSError as exc:
+            logger.info("could not end the half-open connection from %s:%d: %s", *local, exc)
+        finally:
+            sock.close()
 
     @property
     def connected(self) -> bool:

@@ -9,10 +9,12 @@ long to wait before the next (:class:`Outcome`):
    is reset (RST, so a ``monitor_server`` serving it ends at once); the board is looked at over
    ssh (:mod:`.probe`: boot id, listener and clients of the data port). Another program's client
    on the data port: the board is ``taken`` (nothing more is done). Our old connection still
-   served: look again. The boot id changed (a reboot), or our side ended the connection (silence,
-   garbage: the cause is ours): go on at once. Otherwise (the board closed our connection: someone
-   killed our ``monitor_server``, maybe another program starting) look again for
-   :data:`TAKEOVER_QUIET` seconds before going on, so that program's PyRPL connects undisturbed.
+   served (half-open on the board: a reset that never reached it): end it
+   (:meth:`~.link.RegisterLink.end_half_open`) and look again. The boot id changed (a reboot),
+   or our side ended the connection (silence, garbage: the cause is ours): go on at once.
+   Otherwise (the board closed our connection: someone killed our ``monitor_server``, maybe
+   another program starting) look again until :data:`TAKEOVER_QUIET` seconds after the outage
+   began before going on, so that program's PyRPL connects undisturbed.
 2. **start**: no ``monitor_server`` listens: start one over ssh (no ``killall``).
 3. **connect**: connect the register link (bounded retry): ``ready``.
 
@@ -101,7 +103,6 @@ class Recovery:
         """Looks at the board made (each full attempt starts with one)."""
         self._failures = 0
         self._phase = "look"
-        self._quiet_until: float | None = None
 
     def step(self) -> Outcome:
         """One phase (see the module docstring), bounded by its timeouts (≤ 2.5 s)."""
@@ -135,13 +136,12 @@ class Recovery:
         if foreign:
             ip, port = foreign[0]
             return Outcome("taken", other=f"{ip}:{port}")
-        if clients:  # our old connection is still served: its server cannot take a new one
+        if clients:  # our old connection, half-open on the board: its server takes no other
+            for local in clients:
+                self.link.end_half_open(local)
             return Outcome("lost", LOOK_AGAIN, "the board still serves our old connection")
-        if not (self._caused_by_us or self.rebooted):
-            if self._quiet_until is None:
-                self._quiet_until = now + TAKEOVER_QUIET
-            if now < self._quiet_until:
-                return Outcome("lost", LOOK_AGAIN, "waiting whether another program connects")
+        if not (self._caused_by_us or self.rebooted) and now < self.started + TAKEOVER_QUIET:
+            return Outcome("lost", LOOK_AGAIN, "waiting whether another program connects")
         self._phase = "connect" if look.listening else "start"
         return Outcome("lost", 0.0, "reconnecting")
 
