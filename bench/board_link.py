@@ -13,7 +13,7 @@ directly; the network ones (20 % random drop both ways for ``--loss-seconds`` wh
 streams, a pulled cable, a resetting router: iptables on the board's ssh and data ports) in a
 private network namespace (tests/helpers/netns.py), when this runs as root with ``ip`` and
 ``iptables``; otherwise their rows say why they were skipped. The other program's reconnects
-(a second PyRPL taking the board) are measured by tests/hardware/backends/test_pyrpl_link.py
+(a second PyRPL taking the board) are measured by tests/hardware/backends/test_pyrpl_link.py,
 not here. About 2 minutes (with the network rows and 60 s of loss).
 """
 from __future__ import annotations
