@@ -103,6 +103,7 @@ from .board_link import probe
 from .board_link.errors import LinkClosed, LinkError, LinkReset, LinkTimeout
 from .board_link.link import RegisterLink
 from .board_link.recovery import BoardAccess, Recovery
+from .exception_text import one_line
 
 if TYPE_CHECKING:
     from ...virtual_board.process import VirtualBoardProcess
@@ -165,15 +166,6 @@ def default_user_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "pymodaq_plugins_pyrpl" / "pyrpl_user_dir"
-
-
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """The exception's message on one line, without terminal colour codes, at most ``limit`` chars."""
-    text = " ".join(_ANSI_ESCAPE.sub("", str(exc)).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class PyrplBackend:
@@ -311,7 +303,7 @@ class PyrplBackend:
         except Exception as exc:
             logger.debug("import pyrpl failed", exc_info=True)
             return (f"PyRPL cannot be imported in {sys.executable} ({type(exc).__name__}: "
-                    f"{_one_line(exc)}). Install it into this Python environment with the "
+                    f"{one_line(exc)}). Install it into this Python environment with the "
                     "install-pyrpl script of pymodaq_plugins_pyrpl (see its README), or use --mock "
                     "for the simulator")
         return None
@@ -337,7 +329,7 @@ class PyrplBackend:
             seen = look.result(timeout=probe.COMMAND_TIMEOUT + 1.0)
         except (LinkError, probe.LoginRefused, probe.BoardCommandError, TimeoutError) as exc:
             logger.warning("could not look at the Red Pitaya at %s before starting (%s): not "
-                           "checked for another program", host, _one_line(exc))
+                           "checked for another program", host, one_line(exc))
             self._forget_shell()
             return None
         self._boot_id = seen.boot_id
@@ -454,7 +446,7 @@ class PyrplBackend:
                     module._clear()
                 p.c._write_to_file()
             except Exception as exc:  # a dead link must not prevent the server from stopping
-                logger.warning("PyRPL did not shut down cleanly: %s", _one_line(exc))
+                logger.warning("PyRPL did not shut down cleanly: %s", one_line(exc))
         if link is not None:
             link.close()
         self._forget_shell()
@@ -533,7 +525,7 @@ class PyrplBackend:
         except (LinkError, probe.BoardCommandError) as exc:
             self._forget_shell()
             raise errors.BackendUnavailable(f"cannot take the Red Pitaya at {self.hostname} "
-                                            f"back: {_one_line(exc)}") from None
+                                            f"back: {one_line(exc)}") from None
         if self._link.local_address is not None:
             self._ours.add(self._link.local_address)
         self._recovery, self._other = None, None
@@ -710,7 +702,7 @@ class PyrplBackend:
             logger.error("PyRPL config file %s not written: %s", tree._filename, exc)
             raise errors.InternalError(
                 f"the values were applied, but the PyRPL config file {tree._filename} could not "
-                f"be written ({_one_line(exc)})") from None
+                f"be written ({one_line(exc)})") from None
         _make_private(tree._filename)
 
     @contextlib.contextmanager
@@ -970,7 +962,7 @@ def _read_config_file(name: str) -> tuple[dict[str, Any], str | None]:
         with open(path, encoding="utf-8") as f:
             data = load(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = _one_line(exc)
+        reason = one_line(exc)
     else:
         if data is None or isinstance(data, dict):
             return data or {}, None
@@ -1044,10 +1036,10 @@ _SSH_FAILURE = re.compile(r"ssh port: (\S+) username: (\S+) .*?Error message: (.
 
 def _connect_reason(exc: BaseException) -> str:
     """Why ``Pyrpl()`` failed, short: PyRPL's ssh failure message is a whole paragraph."""
-    match = _SSH_FAILURE.search(_one_line(exc, limit=10_000))
+    match = _SSH_FAILURE.search(one_line(exc, limit=10_000))
     if match:
         return f"ssh on port {match[1]} as {match[2]} failed: {match[3]}"
-    return f"{type(exc).__name__}: {_one_line(exc)}"
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _close_ssh(rp: Any) -> None:
@@ -1060,7 +1052,7 @@ def _close_ssh(rp: Any) -> None:
         shell.channel.close()
         shell.ssh.close()
     except (OSError, EOFError, _ssh_exception()) as exc:  # after a cut paramiko raises either
-        logger.warning("PyRPL's ssh session did not close cleanly: %s", _one_line(exc))
+        logger.warning("PyRPL's ssh session did not close cleanly: %s", one_line(exc))
 
 
 def _ssh_exception() -> type[Exception]:
@@ -1089,7 +1081,7 @@ def _destroy_qt_application() -> None:
 
             shiboken.delete(app)
     except Exception as exc:
-        logger.warning("could not destroy PyRPL's QApplication: %s", _one_line(exc))
+        logger.warning("could not destroy PyRPL's QApplication: %s", one_line(exc))
 
 
 def _private_runtime_dir() -> str:
