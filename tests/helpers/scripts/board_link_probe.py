@@ -66,7 +66,7 @@ def session(ssh_port: str, port: str, config: str, settings: str) -> dict[str, A
                            board_port=int(port))
     run(backend.open)
     result: dict[str, Any] = {"state": list(run(backend.device_state)),
-                              "gated_writes": backend._link.gated_writes,
+                              "gated_writes": backend._link_keeper.link.gated_writes,
                               "modules_use_the_link": run(_modules_use_the_link, backend)}
     result["applied"] = {module: run(backend.set, module, values)
                          for module, values in json.loads(settings).items()}
@@ -344,8 +344,8 @@ def in_use(how: str) -> dict[str, Any]:
 def _modules_use_the_link(backend: PyrplBackend) -> bool:
     """Whether PyRPL's ``RedPitaya`` and every hardware module hold the backend's link."""
     rp = backend._rp
-    return rp.client is backend._link and all(
-        m._client is backend._link for m in rp.modules.values())
+    return rp.client is backend._link_keeper.link and all(
+        m._client is backend._link_keeper.link for m in rp.modules.values())
 
 
 SCENARIOS = {"session": session, "fault": fault, "taken": taken, "in-use": in_use}

@@ -208,9 +208,9 @@ def link_loss(backend: PyrplBackend, mode: str) -> dict[str, Any]:
     acceptor.start()
 
     def swap_connection() -> None:
-        if backend._link is not None:
-            backend._link.port = port
-            backend._link.connect()
+        if backend._link_keeper.link is not None:
+            backend._link_keeper.link.port = port
+            backend._link_keeper.link.connect()
             return
         client = BoardClient.connect("127.0.0.1", port)
         for module in backend._rp.modules.values():

@@ -51,31 +51,20 @@ Behaviour worth knowing:
 
 Board link (:mod:`.board_link`): PyRPL's ``MonitorClient`` retries a failed access 5 times with
 ``killall monitor_server`` in between, spins forever on a connection the board closed, and returns
-``None`` instead of raising. So while ``Pyrpl()`` runs, PyRPL's ``startclient`` is given this
-backend's :class:`~.board_link.link.RegisterLink` instead: every register access has a deadline
+``None`` instead of raising. So while ``Pyrpl()`` runs, PyRPL's ``startclient`` is given a
+:class:`~.board_link.link.RegisterLink` instead: every register access has a deadline
 (:mod:`.board_link.client`), a failure raises, and PyRPL's restart path never runs. Its write gate
 stays closed until :meth:`PyrplBackend.open` returns, so a start-up (a restart of the server, a
 named config) writes no register: the outputs keep running. :meth:`PyrplBackend.close` runs no
 ``killall`` (it closes the connection: a ``monitor_server`` ends with its client).
 
-States (:meth:`PyrplBackend.device_state`) and upkeep (:meth:`PyrplBackend.maintain`, run by the
-server on the backend thread):
-
-* ``ready``: a register access that fails raises :class:`~..errors.DeviceNotReady` within its
-  deadline. An orderly close (FIN), a reset (RST) or a garbled reply make the link ``lost`` at
-  once, :data:`LINK_SILENCE` s of silence too; one missed deadline does not (a lossy link). When
-  no access ran for :data:`HEARTBEAT` s, ``maintain`` reads the FPGA's cycle counter: liveness,
-  and an FPGA reset (reboot, bitfile load) seen as the counter restarting.
-* ``lost``: calls fail at once; each ``maintain`` step runs one phase of
-  :class:`~.board_link.recovery.Recovery` (no register write, no ``killall``) until ``ready``.
-* ``taken``: another program's client is on the board's monitor port (seen by the recovery's look
-  at the board): nothing is sent to the board until :meth:`PyrplBackend.take_board`, which the user
-  asks for (it runs ``killall``). At :meth:`PyrplBackend.open` such a client makes the backend
-  refuse to start, unless ``take_over``.
-* ``error``: the user must act (ssh refuses the login).
-
-After an FPGA reset the settings last applied through :meth:`PyrplBackend.set` are applied again
-(ASGs, IQs, PIDs, scope), and ``board_restarted_at`` (:meth:`PyrplBackend.link_info`) says when.
+The link's states (``ready``, ``lost``, ``taken``, ``error``), its upkeep and its recovery are
+kept by :class:`~.board_link.keeper.BoardLinkKeeper`; :meth:`PyrplBackend.device_state`,
+:meth:`PyrplBackend.maintain`, :meth:`PyrplBackend.take_board` and :meth:`PyrplBackend.link_info`
+are its. While the link is not ``ready``, every call raises :class:`~..errors.DeviceNotReady` at
+once. After an FPGA reset the settings last applied through :meth:`PyrplBackend.set` are applied
+again (ASGs, IQs, PIDs, scope), and ``board_restarted_at`` (:meth:`PyrplBackend.link_info`) says
+when.
 """
 from __future__ import annotations
 
@@ -89,8 +78,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -100,9 +88,8 @@ from .. import board_address, catalogue, errors
 from ..physics.plants import plant_spec
 from .base import ScopeTrace
 from .board_link import probe
-from .board_link.errors import LinkClosed, LinkError, LinkReset, LinkTimeout
-from .board_link.link import RegisterLink
-from .board_link.recovery import BoardAccess, Recovery
+from .board_link.errors import LinkError
+from .board_link.keeper import BoardLinkKeeper
 from .exception_text import one_line
 
 if TYPE_CHECKING:
@@ -120,25 +107,6 @@ The demodulator multiplies the 14-bit input (1 V = 2**13) by a 17-bit sine (ampl
 keeps product bits [29:6] as a 24-bit quadrature, so an input of amplitude A volts averages to
 A * 2**22 * cos(...). PyRPL's network analyzer uses the same factor (``rescale = 2**-LPFBITS * 4``).
 """
-
-LINK_SILENCE = 3.0
-"""Seconds the board may stay silent while a reply is expected before the link is ``lost``: a
-single missed deadline (a lossy link) is not enough."""
-HEARTBEAT = 1.0
-"""Seconds without a register access after which :meth:`PyrplBackend.maintain` reads the FPGA's
-cycle counter (liveness and FPGA-reload check in one read, no write)."""
-IDLE_UPKEEP = 1.0
-"""Seconds between two :meth:`PyrplBackend.maintain` steps that have nothing to do (``taken``,
-``error``)."""
-TAKE_BACK_WAIT = 1.0
-"""Seconds :meth:`PyrplBackend.take_board` waits for the ended ``monitor_server`` to stop
-listening."""
-CYCLE_COUNTER = 0x4010015C
-"""The scope's 64-bit count of 125 MHz cycles since the FPGA was reset (least significant word
-first; a scope reset does not clear it, a bitfile load or a reboot does)."""
-EPOCH_SLACK = 0.5
-"""Seconds the FPGA's start time, computed from :data:`CYCLE_COUNTER`, must move later before the
-FPGA counts as reloaded (beyond the read's own uncertainty, which is taken into account)."""
 
 _SCOPE_DATA_LENGTH = catalogue.SCOPE_SAMPLES
 _IQ_SLOWEST_SETTLE = catalogue.filter_settle_time(
@@ -200,30 +168,12 @@ class PyrplBackend:
         self._pyrpl: Any = None
         self._rp: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._link: RegisterLink | None = None
-        """The register client of PyRPL's modules on a network board (None on PyRPL's fake
-        board, whose modules use PyRPL's ``DummyClient``)."""
-        self._state: tuple[str, str | None] = ("ready", None)
-        """The link's state once open: ``ready``, ``lost``, ``taken`` or ``error``, and why."""
-        self._recovery: Recovery | None = None
-        """The current outage's recovery while ``lost``."""
-        self._shell: probe.BoardShell | None = None
-        """Our own ssh connection to the board, to look at it and start its monitor server."""
-        self._ours: set[tuple[str, int]] = set()
-        """Local (ip, port) of every data connection we made: never another program's."""
-        self._boot_id: str | None = None
-        self._epoch: tuple[float, float] | None = None
-        """Bounds of the monotonic time at which the FPGA's cycle counter was 0, last read."""
-        self._other: str | None = None
-        """The other program's client (ip:port) while ``taken``."""
-        self._board_restarted_at: str | None = None
+        self._link_keeper = BoardLinkKeeper(hostname, restore_settings=self._restore_settings,
+                                            link_lost=self._forget_armed_trace)
+        """The link to the board: its state, upkeep and recovery."""
         self._applied: dict[str, dict[str, Any]] = {}
         """Per module, the values last applied through :meth:`set` (as read back), restored
         after the FPGA was reset."""
-        self._restore_pending = False
-        """The FPGA was reset and the settings are not restored yet."""
-        self._lost_why = ""
-        """What ended the link, while ``lost``."""
         self._open_error: str | None = None
         self._closed = False
         self._asg_started: set[str] = set()
@@ -254,7 +204,8 @@ class PyrplBackend:
         if self.virtual:
             failure = self._open_virtual_board()
         else:
-            look = self._look_in_background(host) if self.ssh_port else None
+            look = (self._link_keeper.look_in_background(host, self.ssh_port, self.board_port)
+                    if self.ssh_port else None)
             failure = self._import_pyrpl() or self._connect(host, look)
         if failure is not None:
             # Nothing of PyRPL may outlive this thread (see close()): the exception and its frames
@@ -262,15 +213,7 @@ class PyrplBackend:
             self.close()
             self._open_error = failure
             raise errors.BackendUnavailable(failure)
-        if self._shell is not None and (self._shell.user, self._shell.password) != (
-                self._rp.parameters["user"], self._rp.parameters["password"]):
-            self._forget_shell()  # a named config's login: the next look logs in with it
-        if self._link is not None:
-            if self._link.gated_writes:
-                logger.debug("%d start-up writes of PyRPL not sent", self._link.gated_writes)
-            self._link.open_gate()
-            if self._link.local_address is not None:
-                self._ours.add(self._link.local_address)
+        self._link_keeper.started(self._rp.parameters)
         logger.info("PyRPL %s connected to %s in %.2f s", sys.modules["pyrpl"].__version__, host,
                     time.perf_counter() - started)
 
@@ -292,7 +235,8 @@ class PyrplBackend:
         except VirtualBoardError as exc:
             return f"cannot start the virtual board: {exc}"
         self.ssh_port, self.board_port = self._virtual_board.ssh_port, self._virtual_board.port
-        return self._connect("127.0.0.1", self._look_in_background("127.0.0.1"))
+        return self._connect("127.0.0.1", self._link_keeper.look_in_background(
+            "127.0.0.1", self.ssh_port, self.board_port))
 
     @staticmethod
     def _import_pyrpl() -> str | None:
@@ -307,42 +251,6 @@ class PyrplBackend:
                     "install-pyrpl script of pymodaq_plugins_pyrpl (see its README), or use --mock "
                     "for the simulator")
         return None
-
-    def _look_in_background(self, host: str) -> Future[probe.BoardLook]:
-        """Start looking at the board over ssh (boot id, clients of its monitor port) in a thread
-        of its own, with PyRPL's default login or the ``REDPITAYA_USER``/``REDPITAYA_PASSWORD``
-        environment variables (a login stored in a named config is PyRPL's to use)."""
-        self._shell = probe.BoardShell(host, self.ssh_port,
-                                       os.environ.get("REDPITAYA_USER", "root"),
-                                       os.environ.get("REDPITAYA_PASSWORD", "root"))
-        looking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="board-look")
-        try:
-            return looking.submit(self._shell.look, self.board_port)
-        finally:
-            looking.shutdown(wait=False)
-
-    def _in_use(self, host: str, look: Future[probe.BoardLook]) -> str | None:
-        """Why the board must not be started (another program's client on its monitor port,
-        unless :attr:`take_over`), or None; remembers its boot id. A look that failed is logged
-        and checks nothing: PyRPL's start-up then says what is wrong with ssh."""
-        try:
-            seen = look.result(timeout=probe.COMMAND_TIMEOUT + 1.0)
-        except (LinkError, probe.LoginRefused, probe.BoardCommandError, TimeoutError) as exc:
-            logger.warning("could not look at the Red Pitaya at %s before starting (%s): not "
-                           "checked for another program", host, one_line(exc))
-            self._forget_shell()
-            return None
-        self._boot_id = seen.boot_id
-        if not seen.clients:
-            return None
-        ip, port = seen.clients[0]
-        if self.take_over:
-            logger.warning("taking the Red Pitaya at %s over from the client at %s:%d", host, ip,
-                           port)
-            return None
-        return (f"the Red Pitaya at {host} is in use by another program (a client at {ip}:{port} "
-                f"on monitor_server port {self.board_port}); stop it, or take the board over: "
-                "--take-over / the plugin setting 'Take over the board'")
 
     def _connect(self, host: str, look: Future[probe.BoardLook] | None) -> str | None:
         """Build ``Pyrpl`` (PyRPL imported by :meth:`_import_pyrpl`), once ``look`` (the board
@@ -364,11 +272,12 @@ class PyrplBackend:
         if self.virtual:
             options["delay"] = VIRTUAL_SSH_DELAY
         if look is not None:
-            failure = self._in_use(host, look)
+            failure = self._link_keeper.refusal_to_start(host, self.board_port, look,
+                                                         self.take_over)
             if failure is not None:
                 return failure
         try:
-            with self._register_link_for_pyrpl():
+            with self._link_keeper.link_for_pyrpl():
                 p = pyrpl.Pyrpl(config=self.config or "", hostname=host, gui=False,
                                 loglevel="error", **options)
         except Exception as exc:
@@ -403,29 +312,6 @@ class PyrplBackend:
             return f"the Red Pitaya at {host!r} stopped answering right after connecting ({exc})"
         return None
 
-    @contextlib.contextmanager
-    def _register_link_for_pyrpl(self) -> Iterator[None]:
-        """While ``Pyrpl()`` runs, PyRPL's ``RedPitaya.startclient`` builds this backend's
-        :class:`RegisterLink` (connected, its write gate closed) instead of PyRPL's
-        ``MonitorClient``: every register access has a deadline from the first one, no restart
-        callback (``killall monitor_server``) can ever run, and PyRPL's start-up writes are not
-        sent. PyRPL's fake board keeps its ``DummyClient``. Only this thread uses PyRPL, so the
-        module-level substitution is seen by this backend's ``Pyrpl()`` alone."""
-        from pyrpl import redpitaya_client
-
-        def register_link(hostname: str, port: int, restartserver: Any = None) -> RegisterLink:
-            link = RegisterLink(hostname, port)
-            link.connect()
-            self._link = link
-            return link
-
-        original = redpitaya_client.MonitorClient
-        redpitaya_client.MonitorClient = register_link
-        try:
-            yield
-        finally:
-            redpitaya_client.MonitorClient = original
-
     def close(self) -> None:
         """Disconnect without touching the outputs (a running lock keeps running). Idempotent.
 
@@ -439,7 +325,6 @@ class PyrplBackend:
         """
         self._closed = True
         p, self._pyrpl, self._rp = self._pyrpl, None, None
-        link, self._link = self._link, None
         if p is not None:
             try:
                 for module in p.modules:
@@ -447,9 +332,7 @@ class PyrplBackend:
                 p.c._write_to_file()
             except Exception as exc:  # a dead link must not prevent the server from stopping
                 logger.warning("PyRPL did not shut down cleanly: %s", one_line(exc))
-        if link is not None:
-            link.close()
-        self._forget_shell()
+        self._link_keeper.close()
         if p is not None:
             _close_ssh(p.rp)
             del p
@@ -475,73 +358,29 @@ class PyrplBackend:
             return "error", "closed"
         if self._rp is None:
             return "error", "not connected"
-        return self._state
+        return self._link_keeper.state
 
     def maintain(self) -> float | None:
-        """One bounded step (≤ 2.5 s) of link upkeep, on the backend thread: when ``ready``, a
-        heartbeat (:data:`HEARTBEAT`) if no register access ran for that long; when ``lost``, one
-        recovery phase (:mod:`.board_link.recovery`: no register write, no ``killall``); nothing
-        when ``taken`` or ``error``. Returns seconds until the next step; None when there is no
-        link to keep (PyRPL's fake board, a closed backend)."""
-        if self._link is None or self._rp is None or self._closed:
+        """One bounded step (≤ 2.5 s) of link upkeep, on the backend thread
+        (:meth:`.BoardLinkKeeper.maintain`). Returns seconds until the next step; None when there
+        is no link to keep (PyRPL's fake board, a closed backend)."""
+        if self._rp is None or self._closed:
             return None
-        state = self._state[0]
-        if state == "ready":
-            return self._heartbeat()
-        if state == "lost":
-            return self._recovery_step()
-        return IDLE_UPKEEP
+        return self._link_keeper.maintain()
 
     def take_board(self) -> None:
-        """Take the board back when ``taken`` or ``lost``, because the user asked: end every
-        ``monitor_server`` on it (``killall``: another program's connection ends), start ours,
-        connect; then ``ready``. Nothing when ``ready`` or on PyRPL's fake board. Raises
-        BackendUnavailable with the reason (not open, ``error``, ssh or the board failing)."""
+        """Take the board back when ``taken`` or ``lost``, because the user asked
+        (:meth:`.BoardLinkKeeper.take_board`: ``killall``, our ``monitor_server``, connect).
+        Nothing when ``ready`` or on PyRPL's fake board. Raises BackendUnavailable with the reason
+        (not open, ``error``, ssh or the board failing)."""
         if self._closed or self._rp is None:
             raise errors.BackendUnavailable("the PyRPL backend is not open")
-        state, reason = self._state
-        if self._link is None or state == "ready":
-            return
-        if state == "error":
-            raise errors.BackendUnavailable(reason or "error")
-        access = self._board_access()
-        name = self._rp.parameters["monitor_server_name"]
-        try:
-            shell = self._board_shell()
-            self._link.drop(reset=True)
-            shell.run(f"killall {name}")
-            deadline = time.monotonic() + TAKE_BACK_WAIT
-            while shell.look(access.data_port).listening:  # killall is not instantaneous
-                if time.monotonic() > deadline:
-                    raise errors.BackendUnavailable(
-                        f"the monitor_server on the Red Pitaya at {self.hostname} did not end")
-                time.sleep(0.05)
-            shell.start_monitor_server(access.server_path, access.data_port)
-            self._link.connect()
-            epoch = self._read_epoch()
-        except probe.LoginRefused as exc:
-            raise errors.BackendUnavailable(f"cannot take the Red Pitaya at {self.hostname} "
-                                            f"back: {exc}") from None
-        except (LinkError, probe.BoardCommandError) as exc:
-            self._forget_shell()
-            raise errors.BackendUnavailable(f"cannot take the Red Pitaya at {self.hostname} "
-                                            f"back: {one_line(exc)}") from None
-        if self._link.local_address is not None:
-            self._ours.add(self._link.local_address)
-        self._recovery, self._other = None, None
-        self._state = ("ready", None)
-        if self._epoch_moved(epoch):
-            self._fpga_reloaded()
-        logger.warning("took the Red Pitaya at %s back", self.hostname)
+        self._link_keeper.take_board()
 
     def link_info(self) -> dict[str, Any]:
-        """``attempts``: recovery attempts in the current outage (0 when not ``lost``);
-        ``board_restarted_at``: ISO 8601 UTC time of the last detected board reboot or FPGA reload
-        whose settings were restored (None: none); ``other``: the other program's client
-        (``ip:port``) while ``taken``. Only reads (any thread)."""
-        recovery = self._recovery
-        return {"attempts": recovery.attempts if recovery is not None else 0,
-                "board_restarted_at": self._board_restarted_at, "other": self._other}
+        """:meth:`.BoardLinkKeeper.link_info`: ``attempts``, ``board_restarted_at``, ``other``.
+        Only reads (any thread)."""
+        return self._link_keeper.link_info()
 
     # -------------------------------------------------------------------------------------------------
     # settings
@@ -709,130 +548,30 @@ class PyrplBackend:
     def _board(self) -> Iterator[Any]:
         """The RedPitaya object while the link is ready; a register access that fails on the link
         raises DeviceNotReady (and, unless it only missed its deadline on a link not yet silent
-        for :data:`LINK_SILENCE`, makes the link ``lost``)."""
+        for :data:`.board_link.keeper.LINK_SILENCE`, makes the link ``lost``)."""
         if self._closed:
             raise errors.DeviceNotReady("the PyRPL backend is closed")
         if self._rp is None:
             raise errors.DeviceNotReady("the PyRPL backend is not connected")
-        state, reason = self._state
+        state, reason = self._link_keeper.state
         if state != "ready":
             raise errors.DeviceNotReady(reason or state)
         try:
             yield self._rp
         except LinkError as exc:
-            raise errors.DeviceNotReady(self._link_failed(exc)) from exc
+            raise errors.DeviceNotReady(self._link_keeper.access_failed(exc)) from exc
 
-    def _link_failed(self, exc: LinkError) -> str:
-        """Note a failed register access: the link is ``lost`` unless ``exc`` is a missed
-        deadline on a link silent for less than :data:`LINK_SILENCE` (a lossy link, not a dead
-        one). The sentence for the caller."""
-        if isinstance(exc, LinkTimeout) and self._link is not None and \
-                self._link.connected and self._link.silent_for() < LINK_SILENCE:
-            return (f"the Red Pitaya at {self.hostname!r} did not answer in time ({exc.what}); "
-                    "a write may or may not have been applied")
-        # the board ended the connection (FIN, RST): maybe another program's killall
-        self._lose(exc.what, caused_by_us=not isinstance(exc, (LinkClosed, LinkReset)))
-        return self._state[1] or "lost"
+    def _forget_armed_trace(self) -> None:
+        """The link was lost: a trace armed before the loss is not fetched after it."""
+        self._armed = None
 
-    def _lose(self, why: str, caused_by_us: bool) -> None:
-        """The link is ``lost`` because of ``why``; ``caused_by_us``: our side ends it (silence,
-        garbage), not the board."""
-        logger.warning("lost the Red Pitaya at %s: %s", self.hostname, why)
-        self._lost_why = why
-        self._state = ("lost", self._lost_sentence(0))
-        self._armed = None  # a trace armed before the loss is not fetched after it
-        if self._link is not None and self._rp is not None:
-            self._recovery = Recovery(self._link, self._board_access(), self._board_shell,
-                                      self._forget_shell, self._ours, self._boot_id,
-                                      caused_by_us)
-
-    def _lost_sentence(self, attempts: int) -> str:
-        tail = f"; reconnecting (attempt {attempts})" if attempts else "; reconnecting"
-        return f"lost the Red Pitaya at {self.hostname} ({self._lost_why}){tail}"
-
-    def _heartbeat(self) -> float:
-        """Read the cycle counter if the link was idle for :data:`HEARTBEAT` s."""
-        assert self._link is not None
-        idle = time.monotonic() - self._link.last_reply
-        if idle < HEARTBEAT:
-            return HEARTBEAT - idle
-        try:
-            epoch = self._read_epoch()
-        except LinkError as exc:
-            self._link_failed(exc)
-            return 0.0  # lost: recover at once; a missed deadline: read again (drains it)
-        if self._epoch_moved(epoch):
-            self._fpga_reloaded()
-        elif self._restore_pending:
-            self._restore()
-        return HEARTBEAT
-
-    def _recovery_step(self) -> float:
-        recovery = self._recovery
-        assert recovery is not None
-        outcome = recovery.step()
-        self._boot_id = recovery.boot_id
-        if outcome.state == "lost":
-            self._state = ("lost", self._lost_sentence(recovery.attempts))
-            return outcome.delay
-        if outcome.state == "taken":
-            self._recovery = None
-            self._other = outcome.other
-            reason = (f"another program took the Red Pitaya at {self.hostname} (its client at "
-                      f"{outcome.other}); Initialize again to take it back")
-            self._state = ("taken", reason)
-            logger.warning("%s", reason)
-            return IDLE_UPKEEP
-        if outcome.state == "error":
-            self._recovery = None
-            reason = f"the Red Pitaya at {self.hostname} cannot be reconnected: {outcome.reason}"
-            self._state = ("error", reason)
-            logger.error("%s", reason)
-            return IDLE_UPKEEP
-        try:
-            epoch = self._read_epoch()
-        except LinkError as exc:
-            self._lose(exc.what, caused_by_us=not isinstance(exc, (LinkClosed, LinkReset)))
-            return 0.0
-        self._recovery = None
-        self._state = ("ready", None)
-        if self._epoch_moved(epoch) or recovery.rebooted:
-            self._fpga_reloaded()
-        elif self._restore_pending:
-            self._restore()
-        logger.info("the Red Pitaya at %s is back after %d attempt(s)", self.hostname,
-                    recovery.attempts)
-        return HEARTBEAT
-
-    def _read_epoch(self) -> tuple[float, float]:
-        """Bounds of the monotonic time at which the FPGA's cycle counter was 0, from one read
-        (the request's send and reply times). Raises LinkError."""
-        assert self._link is not None
-        sent = time.monotonic()
-        low, high = (int(w) for w in self._link.reads(CYCLE_COUNTER, 2))
-        got = time.monotonic()
-        elapsed = ((high << 32) | low) / catalogue.FPGA_CLOCK
-        return sent - elapsed, got - elapsed
-
-    def _epoch_moved(self, epoch: tuple[float, float]) -> bool:
-        """Whether the FPGA restarted counting since the last read (its start time moved later
-        than the last read allows), remembering ``epoch``."""
-        previous, self._epoch = self._epoch, epoch
-        return previous is not None and epoch[0] > previous[1] + EPOCH_SLACK
-
-    def _fpga_reloaded(self) -> None:
-        """The FPGA was reset (a reboot, a bitfile load): its registers are at their reset
-        values; restore the settings."""
-        logger.warning("the Red Pitaya at %s restarted: its registers are at their reset values; "
-                       "restoring the settings applied through this server", self.hostname)
-        self._restore_pending = True
-        self._asg_started.clear()  # PyRPL's asg.setup() rewrites the table of `waveform`
-        self._restore()
-
-    def _restore(self) -> None:
+    def _restore_settings(self, fpga_reset: bool) -> bool:
         """Apply again the values last applied to each module (:attr:`_applied`), ASGs first,
-        then IQs, PIDs, the scope; on success note the time in ``board_restarted_at``. A failure
-        on the link leaves it pending (the link is ``lost``, the next ``ready`` retries)."""
+        then IQs, PIDs, the scope; ``fpga_reset``: the FPGA was just reset (each ASG's first
+        start runs PyRPL's ``setup()`` again). Whether all were applied: a failure on the link
+        leaves them pending (the link is ``lost``, the next ``ready`` retries)."""
+        if fpga_reset:
+            self._asg_started.clear()  # PyRPL's asg.setup() rewrites the table of `waveform`
         order = {"asg": 0, "iq": 1, "pid": 2, "scope": 3}
         modules = sorted(self._applied, key=lambda m: order.get(catalogue.module(m).kind, 4))
         try:
@@ -841,32 +580,10 @@ class PyrplBackend:
         except errors.DeviceNotReady as exc:
             logger.warning("restoring the settings of the Red Pitaya at %s failed: %s",
                            self.hostname, exc)
-            return
-        self._restore_pending = False
-        self._board_restarted_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            return False
         logger.warning("the Red Pitaya at %s restarted; the settings of %s were restored",
                        self.hostname, ", ".join(modules) or "no module")
-
-    def _board_access(self) -> BoardAccess:
-        parameters = self._rp.parameters
-        return BoardAccess(
-            host=parameters["hostname"], ssh_port=int(parameters["sshport"]),
-            user=parameters["user"], password=parameters["password"],
-            server_path=f"{parameters['serverdirname']}/{parameters['monitor_server_name']}",
-            data_port=int(parameters["port"]))
-
-    def _board_shell(self) -> probe.BoardShell:
-        """Our ssh shell to the board (a new one if there is none)."""
-        if self._shell is None:
-            access = self._board_access()
-            self._shell = probe.BoardShell(access.host, access.ssh_port, access.user,
-                                           access.password)
-        return self._shell
-
-    def _forget_shell(self) -> None:
-        shell, self._shell = self._shell, None
-        if shell is not None:
-            shell.close()
+        return True
 
     def _prepare_environment(self) -> None:
         """Environment PyRPL reads at import: Qt platform, user dir (the default one owner-only),
