@@ -13,8 +13,8 @@ from typing import Any
 
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
-from .hardware.errors import AcquisitionTimeout, PyrplPluginError
-from .plugin_support import PluginHost, clear_problem, plugin_title, report_problem
+from .hardware.errors import AcquisitionTimeout, DeviceNotReady, PyrplPluginError
+from .plugin_support import BoardOutage, PluginHost, clear_problem, plugin_title, report_problem
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class BackgroundAcquisition(QObject):
     through that backlog (tens of seconds, or for ever while other modules still grab).
 
     Errors (of the job or of ``on_data``) are reported as the module's problem
-    (:func:`report_problem`; ``describe_error`` words them) until a frame comes again; in live mode
+    (:func:`report_problem`; ``describe_error`` words them) until a frame comes again, those of a
+    board that is not ready (DeviceNotReady) once per outage (:class:`BoardOutage`); in live mode
     the acquisition is started again, at once after an acquisition timeout (still waiting for a
     trigger), after RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or a
     reconnection.
@@ -101,6 +102,7 @@ class BackgroundAcquisition(QObject):
         self._pending: Future | None = None  # the latest acquisition, until its result is taken
         self._stream: _Stream | None = None  # the live grab going on
         self._wanted = False  # the plugin waits for the pending result: deliver it when it comes
+        self._outage = BoardOutage()  # failures on a board that is not ready: the first shown
         self._done.connect(self._on_done, Qt.QueuedConnection)
         self._gui_ack: _GuiAck | None = None
         thread, app = QThread.currentThread(), QCoreApplication.instance()
@@ -209,6 +211,7 @@ class BackgroundAcquisition(QObject):
     def _deliver(self, result: Any, stream: _Stream | None) -> Exception | None:
         """``on_data(result)``; returns what it raised."""
         try:
+            self._outage.succeeded(self._plugin)
             clear_problem(self._plugin)
             self._on_data(result)
         except Exception as exc:
@@ -220,12 +223,13 @@ class BackgroundAcquisition(QObject):
 
     def _report(self, error: BaseException, live: bool) -> None:
         """Show ``error`` as the module's problem; a live grab starts again (RETRY_DELAY_MS)."""
-        if isinstance(error, PyrplPluginError):
-            message = self._describe_error(error)
+        if isinstance(error, DeviceNotReady):
+            self._outage.failed(self._plugin, self._describe_error(error))
+        elif isinstance(error, PyrplPluginError):
+            report_problem(self._plugin, self._describe_error(error))
         else:
             logger.error("acquisition failed", exc_info=error)
-            message = f"acquisition failed: {error!r}"
-        report_problem(self._plugin, message)
+            report_problem(self._plugin, f"acquisition failed: {error!r}")
         if live:
             delay = 0 if isinstance(error, AcquisitionTimeout) else RETRY_DELAY_MS
             QTimer.singleShot(delay, lambda generation=self._generation: self._rearm(generation))

@@ -22,7 +22,7 @@ from pymodaq_utils.utils import ThreadCommand
 from .background_acquisition import BackgroundAcquisition
 from .hardware import catalogue
 from .hardware.client import PyRPLClient
-from .hardware.errors import PyrplPluginError
+from .hardware.errors import DeviceNotReady, PyrplPluginError
 from .plugin_support import CONNECTION_SETTINGS, GROUP, PyRPLLink, init_failed, write_back
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,19 @@ class PyRPLActuator(PyRPLPlugin, DAQ_Move_base):
         self._apply_settings()
 
     def get_actuator_value(self) -> DataActuator:
+        """The axis' value read from the board. On a board that is not ready, the first failure
+        of the outage raises (PyMoDAQ logs it; the module shows it as its problem); the next ones
+        return the last value read, quietly, while the module's problem says why
+        (:class:`~.plugin_support.BoardOutage`): PyMoDAQ's refresh polls several times a
+        second."""
         attribute, unit = self.AXES[self.axis_name]
-        value = self.controller.get(self.link.module, [attribute])[attribute]
+        try:
+            value = self.controller.get(self.link.module, [attribute])[attribute]
+        except DeviceNotReady as exc:
+            if self.link.outage.failed(self, f"{self.link.module}: {exc}"):
+                raise
+            return self.current_value
+        self.link.outage.succeeded(self)
         return self.get_position_with_scaling(DataActuator(data=value, units=unit))
 
     def move_abs(self, value: DataActuator) -> None:

@@ -286,6 +286,40 @@ def device_problem(board: str, device: dict[str, Any]) -> str | None:
     return f"{board} is {state}"
 
 
+class BoardOutage:
+    """The failures of one plugin's polled calls (an actuator's value refresh, a viewer's grabs)
+    on a board that is not ready (DeviceNotReady): the first of an outage is reported (PyMoDAQ
+    logs it, the module shows it as its problem), the next ones are quiet, the module's problem
+    staying shown; the first call that succeeds ends the outage, so the next one is reported
+    again."""
+
+    def __init__(self) -> None:
+        self._reported: str | None = None
+        """The problem the outage's first failure showed (None: no outage)."""
+
+    @property
+    def going_on(self) -> bool:
+        """A failure of this outage was reported and no call has succeeded since."""
+        return self._reported is not None
+
+    def failed(self, plugin: PluginHost, message: str) -> bool:
+        """A polled call failed with DeviceNotReady (``message``: its words for the user). The
+        first failure of an outage is shown as the module's problem and True is returned: the
+        caller reports it; later ones return False: the caller stays quiet."""
+        if self._reported is not None:
+            return False
+        self._reported = message
+        report_problem(plugin, message)
+        return True
+
+    def succeeded(self, plugin: PluginHost) -> None:
+        """A polled call succeeded: the outage is over; the problem its first failure showed, if
+        still shown, no longer holds."""
+        if self._reported is not None and _problem_shown(plugin) == self._reported:
+            clear_problem(plugin)
+        self._reported = None
+
+
 class PyRPLLink:
     """One plugin's use of one PyRPL module (``asg0``, ``scope``, ...) through the shared client.
 
@@ -315,6 +349,8 @@ class PyRPLLink:
         """The problem shown for the board's state (None while it is ready)."""
         self._restart_shown: str | None = None
         """The ``board_restarted_at`` last shown (or found at :meth:`open`)."""
+        self.outage = BoardOutage()
+        """The plugin's polled calls failing on a board that is not ready."""
 
     @property
     def holder(self) -> str:

@@ -4,6 +4,7 @@ connected with a token to the package's server serving a board whose link the te
 (tests/helpers/scripted_link.py)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -105,3 +106,33 @@ def test_a_taken_board_is_the_problem_and_initialize_again_takes_it_back(
     assert setting(actuator, "pyrpl", "state") == "ready"
     qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=5000)
     assert move(qtbot, actuator, 2000.0) == pytest.approx(2000.0, abs=0.2)
+
+
+def test_the_refresh_poll_of_a_lost_board_logs_one_error_per_outage(
+        qtbot, caplog, actuator, board: ScriptedLinkBackend) -> None:
+    values = []
+    actuator.current_value_signal.connect(values.append)
+
+    def polls(count: int) -> list[logging.LogRecord]:
+        """``count`` refresh polls as PyMoDAQ's timer makes them; the errors they logged (each
+        poll either logs an error or reports a value)."""
+        def errors() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+        caplog.clear()
+        start = len(values)
+        for _ in range(count):
+            actuator.get_actuator_value()
+        qtbot.waitUntil(lambda: len(errors()) + len(values) - start >= count, timeout=10000)
+        return errors()
+
+    board.script("lost", lost(1), attempts=1)
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == lost(1), timeout=10000)
+    with caplog.at_level(logging.ERROR):
+        assert len(polls(4)) == 1
+        assert setting(actuator, "problem") != ""
+        board.script("ready", None, attempts=0)
+        assert polls(1) == []
+        qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=10000)
+        board.script("lost", lost(1), attempts=1)  # a new outage is reported again
+        assert len(polls(3)) == 1
