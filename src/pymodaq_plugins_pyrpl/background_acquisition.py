@@ -73,7 +73,8 @@ class BackgroundAcquisition(QObject):
 
     Errors (of the job or of ``on_data``) are reported as the module's problem
     (:func:`report_problem`; ``describe_error`` words them) until a frame comes again, those of a
-    board that is not ready (DeviceNotReady) once per outage (:class:`BoardOutage`); in live mode
+    board that is not ready (DeviceNotReady) once per outage (``outage``, the plugin's
+    :class:`BoardOutage`, shared with its other calls; default: one of its own); in live mode
     the acquisition is started again, at once after an acquisition timeout (still waiting for a
     trigger), after RETRY_DELAY_MS otherwise, so a continuous grab survives a missing trigger or a
     reconnection.
@@ -91,7 +92,8 @@ class BackgroundAcquisition(QObject):
 
     def __init__(self, plugin: PluginHost, make_job: Callable[[int], Job],
                  on_data: Callable[[Any], None],
-                 describe_error: Callable[[BaseException], str] = str) -> None:
+                 describe_error: Callable[[BaseException], str] = str,
+                 outage: BoardOutage | None = None) -> None:
         super().__init__()
         self._plugin = plugin
         self._make_job = make_job
@@ -102,7 +104,7 @@ class BackgroundAcquisition(QObject):
         self._pending: Future | None = None  # the latest acquisition, until its result is taken
         self._stream: _Stream | None = None  # the live grab going on
         self._wanted = False  # the plugin waits for the pending result: deliver it when it comes
-        self._outage = BoardOutage()  # failures on a board that is not ready: the first shown
+        self._outage = outage or BoardOutage()  # a board not ready: the first failure shown
         self._done.connect(self._on_done, Qt.QueuedConnection)
         self._gui_ack: _GuiAck | None = None
         thread, app = QThread.currentThread(), QCoreApplication.instance()

@@ -53,12 +53,13 @@ class PyRPLPlugin:
 
     def _open(self, link: PyRPLLink, controller: PyRPLClient | None) -> str | None:
         """Initialization: use ``link`` (with ``controller``, the master's client, unless this
-        plugin is the master) and send the settings. None once done; else the failure's message
+        plugin is the master) and send the settings (a board that is not ready gets them once it
+        is: :meth:`PyRPLLink.send_settings`). None once done; else the failure's message
         (:func:`init_failed`), the controller cleared."""
         self.link = link
         try:
             self.controller = link.open(None if self.is_master else controller)
-            self._apply_settings()
+            link.send_settings()
         except Exception as exc:
             self.controller = None
             return init_failed(self, link, exc)
@@ -270,7 +271,8 @@ class PyRPLViewer(PyRPLPlugin, DAQ_Viewer_base):
                                        reapply=self._reapply), controller)
         if failure is not None:
             return failure, False
-        self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe)
+        self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe,
+                                                 self.link.outage)
         return self.link.info(), True
 
     def _module(self) -> str:

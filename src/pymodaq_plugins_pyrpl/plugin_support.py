@@ -29,7 +29,7 @@ from qtpy.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, 
 from .hardware import board_address
 from .hardware.client import PyRPLClient
 from .hardware.client.device import local_time
-from .hardware.errors import ModuleLeased, PyrplPluginError
+from .hardware.errors import DeviceNotReady, ModuleLeased, PyrplPluginError
 from .hardware.server_manager import TCPServerManager
 
 if TYPE_CHECKING:  # PyMoDAQ's control modules are not imported here at run time: see UPDATE_STATUS
@@ -328,9 +328,12 @@ class PyRPLLink:
     on the client's events thread; they are handled in the thread that opened the link (the
     plugin's worker thread), one at a time between the plugin's own commands, which they
     therefore never run concurrently with. A board that is not ready is the module's problem
-    until it is ready again; a restarted board is a lasting status message. ``reapply`` is called
-    there after the server restarted and the client joined a new session: the plugin sends its
-    settings again. :meth:`open` takes back a board another program took (Initialize again).
+    until it is ready again; a restarted board is a lasting status message. ``reapply`` (the
+    plugin sends its settings: :meth:`send_settings`) is called there after the server restarted
+    and the client joined a new session, and when the board is ready again if a board that was
+    not ready refused the settings or the board session changed since they were sent; not after
+    a plain recovery of the same session (the board kept its registers: docs/protocol.md).
+    :meth:`open` takes back a board another program took (Initialize again).
     Raises from :meth:`open` are PyrplPluginError with a message for the user.
     """
 
@@ -350,7 +353,15 @@ class PyRPLLink:
         self._restart_shown: str | None = None
         """The ``board_restarted_at`` last shown (or found at :meth:`open`)."""
         self.outage = BoardOutage()
-        """The plugin's polled calls failing on a board that is not ready."""
+        """The plugin's polled calls (and the sending of its settings) failing on a board that
+        is not ready."""
+        self._session: str | None = None
+        """The board session (``device.session``) last seen."""
+        self._applied_session: str | None = None
+        """The board session the plugin's settings were last sent in (None: not yet)."""
+        self._settings_pending = False
+        """The plugin's settings are to be sent once the board is ready (a board that was not
+        ready refused them, or the server restarted)."""
 
     @property
     def holder(self) -> str:
@@ -404,6 +415,41 @@ class PyRPLLink:
             device = self.client.take_board()
             logger.info("%s: took %s back", self.module, board)
         return device
+
+    def send_settings(self) -> None:
+        """Send the plugin's settings (``reapply``). A board that is not ready refuses them
+        (DeviceNotReady): they are sent once it is ready again, and the module's problem says
+        so meanwhile (the first failure of the outage: :attr:`outage`). Raises the other
+        PyrplPluginError of ``reapply`` (a refused value)."""
+        if self.reapply is None:
+            return
+        try:
+            self.reapply()
+        except DeviceNotReady as exc:
+            self._settings_pending = True
+            self.outage.failed(self.plugin, f"{self.module}: settings not applied yet ({exc}); "
+                                            "they will be once the board is ready")
+            return
+        self.outage.succeeded(self.plugin)
+        self._settings_pending = False
+        self._applied_session = self._session
+
+    def _resend_if_needed(self, device: dict[str, Any]) -> None:
+        """The board is ready (``device``): send the settings if they are pending, or if the
+        board session changed since they were sent (the board may have lost them). A plain
+        recovery of the same session sends nothing: the board kept its registers."""
+        new_session = (self._applied_session is not None
+                       and device.get("session") not in (None, self._applied_session))
+        if not (self._settings_pending or new_session):
+            return
+        try:
+            self.send_settings()
+        except PyrplPluginError as exc:
+            self._settings_pending = False  # a refused value: sending again changes nothing
+            self.problem(f"could not re-apply the settings of {self.module}: {exc}")
+            return
+        if not self._settings_pending:
+            self.status(f"{self.module}: settings applied again")
 
     def reconnected(self) -> PyRPLLink:
         """A new link to the same module, opened with the current connection settings (after one of
@@ -498,6 +544,7 @@ class PyRPLLink:
         state' setting; one that is not ready as the module's problem, until it is ready again
         ("… is back"); a restart of the board since the last one shown as a lasting message."""
         state, reason = device.get("state", "unknown"), device.get("reason")
+        self._session = device.get("session", self._session)
         self.plugin.settings.child(GROUP, "state").setValue(
             state + (f": {reason}" if reason else ""))
         board = board_name(self.client.hello_info or {}) if self.client else "the board"
@@ -516,6 +563,7 @@ class PyRPLLink:
             self.lasting(f"{board} restarted at {local_time(restarted)}; the server restored "
                          "its settings")
         self._restart_shown = restarted
+        self._resend_if_needed(device)
 
     def _on_connection_event(self, event: str, info: dict[str, Any]) -> None:
         """Show a connection event of the client (in the thread that opened the link); an event
@@ -531,13 +579,9 @@ class PyRPLLink:
             self._show_device(info.get("device", {}))
         elif event == "new_session":
             self.solved()
-            self.status("PyRPL server restarted: settings applied again")
+            self.status("PyRPL server restarted")
+            self._settings_pending = True
             self._show_device(info.get("device", {}))
-            if self.reapply is not None:
-                try:
-                    self.reapply()
-                except PyrplPluginError as exc:
-                    self.problem(f"could not re-apply the settings of {self.module}: {exc}")
         elif event == "failed":
             self.plugin.settings.child(GROUP, "state").setValue("stopped")
             self.problem(f"PyRPL server unusable: {info.get('error')}")

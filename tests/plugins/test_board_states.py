@@ -4,11 +4,14 @@ connected with a token to the package's server serving a board whose link the te
 (tests/helpers/scripted_link.py)."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 from collections.abc import Iterator
 
 import pytest
 
+from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
 from pymodaq_plugins_pyrpl.hardware.client.device import local_time
 from pymodaq_plugins_pyrpl.plugin_support import board_name, device_problem
 from tests.helpers.plugins import move
@@ -17,6 +20,8 @@ from tests.helpers.scripted_link import InProcessServer, ScriptedLinkBackend
 TAKEN = ("another program took the Red Pitaya at 127.0.0.1 (its client at 10.0.0.5:40000); "
          "Initialize again to take it back")
 RESTARTED = "2026-12-06T16:00:00.000000+00:00"
+TITLES = itertools.count(1)
+"""Numbers the actuators' titles: each test's module has its own (PyMoDAQ's worker logger)."""
 
 
 @pytest.fixture
@@ -34,9 +39,18 @@ def server(board: ScriptedLinkBackend) -> Iterator[InProcessServer]:
 def actuator(qtbot, server: InProcessServer, board: ScriptedLinkBackend):
     """The ASG actuator initialized on the scripted board; its status messages in
     ``actuator.messages``."""
+    with initialized_actuator(qtbot, server, board) as actuator:
+        yield actuator
+
+
+@contextlib.contextmanager
+def initialized_actuator(qtbot, server: InProcessServer, board: ScriptedLinkBackend,
+                         **settings: object) -> Iterator[object]:
+    """The ASG actuator, its plugin ``settings`` given, initialized on the scripted board (quit
+    at the end); its status messages in ``actuator.messages``."""
     from pymodaq.control_modules.daq_move import DAQ_Move
 
-    actuator = DAQ_Move(parent=None, title="ASG board states")
+    actuator = DAQ_Move(parent=None, title=f"ASG board states {next(TITLES)}")
     actuator.actuator = "PyRPL_ASG_TCP"
     actuator.messages = []
     actuator.status_sig.connect(actuator.messages.append)
@@ -44,6 +58,8 @@ def actuator(qtbot, server: InProcessServer, board: ScriptedLinkBackend):
                         ("token", server.token), ("hostname", board.hostname),
                         ("ssh_port", board.ssh_port), ("board_port", board.board_port)):
         actuator.settings.child("actuator_settings", "pyrpl", name).setValue(value)
+    for name, value in settings.items():
+        actuator.settings.child("actuator_settings", name).setValue(value)
     try:
         with qtbot.waitSignal(actuator.init_signal, timeout=30000) as init:
             actuator.init_hardware(True)
@@ -108,31 +124,80 @@ def test_a_taken_board_is_the_problem_and_initialize_again_takes_it_back(
     assert move(qtbot, actuator, 2000.0) == pytest.approx(2000.0, abs=0.2)
 
 
+class ErrorRecords(logging.Handler):
+    """The records of level ERROR and above logged while
+    installed (a context manager)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> ErrorRecords:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeHandler(self)
+
+
 def test_the_refresh_poll_of_a_lost_board_logs_one_error_per_outage(
-        qtbot, caplog, actuator, board: ScriptedLinkBackend) -> None:
+        qtbot, actuator, board: ScriptedLinkBackend) -> None:
     values = []
     actuator.current_value_signal.connect(values.append)
 
-    def polls(count: int) -> list[logging.LogRecord]:
-        """``count`` refresh polls as PyMoDAQ's timer makes them; the errors they logged (each
-        poll either logs an error or reports a value)."""
-        def errors() -> list[logging.LogRecord]:
-            return [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-        caplog.clear()
+    def polls(count: int, errors: int) -> list[logging.LogRecord]:
+        """``count`` refresh polls as PyMoDAQ's timer makes them, ``errors`` of them expected to
+        log an error and the others to report a value; the errors logged once they all have."""
         start = len(values)
-        for _ in range(count):
-            actuator.get_actuator_value()
-        qtbot.waitUntil(lambda: len(errors()) + len(values) - start >= count, timeout=10000)
-        return errors()
+        with ErrorRecords() as logged:
+            for _ in range(count):
+                actuator.get_actuator_value()
+            qtbot.waitUntil(lambda: len(logged.records) >= errors
+                            and len(values) - start >= count - errors, timeout=10000)
+        return logged.records
 
     board.script("lost", lost(1), attempts=1)
     qtbot.waitUntil(lambda: setting(actuator, "problem") == lost(1), timeout=10000)
-    with caplog.at_level(logging.ERROR):
-        assert len(polls(4)) == 1
-        assert setting(actuator, "problem") != ""
+    assert len(polls(4, errors=1)) == 1
+    assert setting(actuator, "problem") != ""
+    board.script("ready", None, attempts=0)
+    assert polls(1, errors=0) == []
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=10000)
+    board.script("lost", lost(1), attempts=1)  # a new outage is reported again
+    assert len(polls(3, errors=1)) == 1
+
+
+def on_board(board: ScriptedLinkBackend, module: str, name: str) -> object:
+    """The value of an attribute in the simulated board itself (not through the link)."""
+    return SimulatorBackend.get(board, module, [name])[name]
+
+
+def test_settings_a_lost_board_refused_at_initialization_are_sent_once_it_is_ready(
+        qtbot, server: InProcessServer, board: ScriptedLinkBackend) -> None:
+    board.script("lost", lost(1), attempts=1)
+    with initialized_actuator(qtbot, server, board, waveform="square") as actuator:
+        qtbot.waitUntil(lambda: setting(actuator, "problem").startswith(
+            "asg0: settings not applied yet"), timeout=10000)
+        assert on_board(board, "asg0", "waveform") == "sin"
         board.script("ready", None, attempts=0)
-        assert polls(1) == []
+        qtbot.waitUntil(lambda: on_board(board, "asg0", "waveform") == "square", timeout=10000)
         qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=10000)
-        board.script("lost", lost(1), attempts=1)  # a new outage is reported again
-        assert len(polls(3)) == 1
+        assert "asg0: settings applied again" in actuator.messages
+
+
+def test_a_plain_recovery_of_the_same_board_session_sends_no_setting(
+        qtbot, actuator, board: ScriptedLinkBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = []
+    original = board.set
+    monkeypatch.setattr(board, "set", lambda module, values: (sets.append(module),
+                                                              original(module, values))[1])
+    board.script("lost", lost(1), attempts=1)
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == lost(1), timeout=10000)
+    board.script("ready", None, attempts=0)
+    qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=10000)
+    with qtbot.waitSignal(actuator.current_value_signal, timeout=10000):
+        actuator.get_actuator_value()  # after the plugin handled the board's return
+    assert sets == []
