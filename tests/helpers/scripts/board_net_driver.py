@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from call_log import CallLog
 from iptables_rules import Rules
 
 from pymodaq_plugins_pyrpl.hardware import errors
@@ -89,51 +90,27 @@ def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
-class Calls:
-    """Outcome and elapsed time of every call, thread-safe."""
+OUTCOMES = ("ok", "not_ready", "timeout", "error")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.records: list[dict[str, Any]] = []
-        self.problems: list[str] = []
 
-    def run(self, kind: str, limit: float, fn: Callable[[], Any]) -> tuple[str, Any]:
-        """Call ``fn``; ``limit`` is the call's own timeout. Outcome: ``ok``, ``not_ready``
-        (-32004), ``timeout`` (CallTimeout) or ``error`` (anything else: a problem)."""
-        t0 = time.monotonic()
-        try:
-            result, outcome = fn(), "ok"
-        except errors.DeviceNotReady as exc:
-            result, outcome = exc, "not_ready"
-        except errors.CallTimeout as exc:
-            result, outcome = exc, "timeout"
-        except Exception as exc:  # noqa: BLE001 (reported as a problem)
-            result, outcome = exc, "error"
-        end = time.monotonic()
-        with self.lock:
-            self.records.append({"kind": kind, "outcome": outcome, "start": t0, "end": end,
-                                 "limit": limit})
-            if outcome == "error":
-                self.problems.append(f"{kind}: {type(result).__name__}: {result}")
-        return outcome, result
+def call_summary(calls: CallLog, start: float = -np.inf, end: float = np.inf) -> dict[str, Any]:
+    """Counts by outcome, and the latest end of a call past its own timeout (s), of the calls
+    started in [start, end)."""
+    rs = calls.started_between(start, end)
+    out: dict[str, Any] = {"calls": len(rs)}
+    for outcome in OUTCOMES:
+        out[outcome] = sum(r["outcome"] == outcome for r in rs)
+    out["by_kind"] = {k: {o: sum(r["kind"] == k and r["outcome"] == o for r in rs)
+                          for o in OUTCOMES}
+                      for k in sorted({r["kind"] for r in rs})}
+    out["worst_overrun"] = max((r["elapsed"] - r["limit"] for r in rs), default=None)
+    return out
 
-    def problem(self, text: str) -> None:
-        with self.lock:
-            self.problems.append(text)
 
-    def summary(self, start: float = -np.inf, end: float = np.inf) -> dict[str, Any]:
-        """Counts by outcome, and the latest end of a call past its own timeout (s), of the
-        calls started in [start, end)."""
-        with self.lock:
-            rs = [r for r in self.records if start <= r["start"] < end]
-        out: dict[str, Any] = {"calls": len(rs)}
-        for outcome in ("ok", "not_ready", "timeout", "error"):
-            out[outcome] = sum(r["outcome"] == outcome for r in rs)
-        out["by_kind"] = {k: {o: sum(r["kind"] == k and r["outcome"] == o for r in rs)
-                              for o in ("ok", "not_ready", "timeout", "error")}
-                          for k in sorted({r["kind"] for r in rs})}
-        out["worst_overrun"] = max((r["end"] - r["start"] - r["limit"] for r in rs), default=None)
-        return out
+def new_call_log() -> CallLog:
+    """A call log whose outcomes are ``ok``, ``not_ready`` (-32004), ``timeout`` (CallTimeout)
+    and ``error`` (anything else: a problem)."""
+    return CallLog([(errors.DeviceNotReady, "not_ready"), (errors.CallTimeout, "timeout")])
 
 
 class Events:
@@ -171,7 +148,7 @@ class Events:
 class Session:
     """The plugin-like session (two threads on one client) until :meth:`stop`."""
 
-    def __init__(self, client: PyRPLClient, calls: Calls) -> None:
+    def __init__(self, client: PyRPLClient, calls: CallLog) -> None:
         self.client = client
         self.calls = calls
         self._stop = threading.Event()
@@ -308,7 +285,7 @@ class Rig:
 
 def session_phase(rig: Rig, seconds: float, loss: float | None) -> dict[str, Any]:
     """The session for ``seconds``, with ``loss`` drop on the board's ports if given."""
-    calls = Calls()
+    calls = new_call_log()
     session = Session(rig.client, calls)
     if loss is not None:
         rig.rules.loss(loss)
@@ -323,7 +300,7 @@ def session_phase(rig: Rig, seconds: float, loss: float | None) -> dict[str, Any
     states = rig.events.states(t0)
     outages = _outages(states, t0)
     elapsed = stopped - t0
-    summary = calls.summary()
+    summary = call_summary(calls)
     return {"loss": loss, "seconds": elapsed, "summary": summary, "problems": calls.problems,
             "traces": len(session.traces),
             "traces_checked": sum(t["checked"] for t in session.traces),
@@ -391,7 +368,7 @@ def fault_phase(rig: Rig, kind: str, fault: Fault) -> dict[str, Any]:
     before = rig.client.get("asg0", ["frequency", "amplitude", "offset", "output_direct",
                                      "trigger_source"], timeout=10)
     device_session = rig.device()["session"]
-    calls = Calls()
+    calls = new_call_log()
     stop = threading.Event()
 
     def caller() -> None:
@@ -422,7 +399,7 @@ def fault_phase(rig: Rig, kind: str, fault: Fault) -> dict[str, Any]:
         "ready_after_restore": None if ready is None else ready - restored,
         "ready_before_restore": [round(t - started, 3) for t, s in rig.events.states(started)
                                  if s == "ready" and started < t < restored],
-        "during": calls.summary(), "device": rig.device(),
+        "during": call_summary(calls), "device": rig.device(),
         "board_serves": [f"{ip}:{port}" for ip, port in rig.vrp.board.monitor_clients()]}
     if ready is not None:
         asked = time.monotonic()

@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 import numpy as np
+from call_log import CallLog
 from iptables_rules import Rules
 
 from pymodaq_plugins_pyrpl.hardware import errors
@@ -47,40 +48,15 @@ def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
-class Calls:
-    """Outcome and elapsed time of every call, thread-safe."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.records: list[dict[str, Any]] = []
-        self.problems: list[str] = []
-
-    def run(self, kind: str, limit: float, fn, *, lost_ok: bool = False) -> tuple[str, Any]:
-        """Call ``fn``; ``limit`` is the call's own timeout. Outcome: ok, timeout, lost, or
-        ``error`` (anything else: a problem)."""
-        t0 = time.monotonic()
-        try:
-            result, outcome = fn(), "ok"
-        except errors.CallTimeout as exc:
-            result, outcome = exc, "timeout"
-        except errors.ConnectionLost as exc:
-            result, outcome = exc, "lost"
-        except Exception as exc:  # reported as a problem
-            result, outcome = exc, "error"
-        elapsed = time.monotonic() - t0
-        with self.lock:
-            self.records.append({"kind": kind, "outcome": outcome, "elapsed": elapsed,
-                                 "limit": limit})
-            if outcome == "error" or (outcome == "lost" and not lost_ok):
-                self.problems.append(f"{kind}: {type(result).__name__}: {result}")
-        return outcome, result
-
-    def problem(self, text: str) -> None:
-        with self.lock:
-            self.problems.append(text)
+def new_call_log() -> CallLog:
+    """A call log whose outcomes are ``ok``, ``timeout`` (CallTimeout), ``lost``
+    (ConnectionLost: a problem unless the call says it is fine) and ``error`` (anything else: a
+    problem)."""
+    return CallLog([(errors.CallTimeout, "timeout"), (errors.ConnectionLost, "lost")],
+                   problem_outcomes=("error", "lost"))
 
 
-def set_get_worker(client: PyRPLClient, calls: Calls, module: str, attribute: str, step: float,
+def set_get_worker(client: PyRPLClient, calls: CallLog, module: str, attribute: str, step: float,
                    pairs: int, index: int, timeout: float, out: dict[str, Any]) -> None:
     """``pairs`` set/get pairs of distinct values. A get must return the value of the last set
     this client knows was applied (its reply came), or one of the values of the later sets whose
@@ -91,7 +67,7 @@ def set_get_worker(client: PyRPLClient, calls: Calls, module: str, attribute: st
     for k in range(pairs):
         value = round(-0.8 + 0.0031 * k + 0.0007 * index, 6)
         outcome, result = calls.run("set", timeout, lambda: client.set(
-            module, {attribute: value}, timeout=timeout), lost_ok=True)
+            module, {attribute: value}, timeout=timeout), fine=("lost",))
         if outcome == "ok":
             if set(result) != {attribute} or abs(result[attribute] - value) > step:
                 calls.problem(f"wrong set reply for {key}={value}: {result}")
@@ -109,7 +85,7 @@ def set_get_worker(client: PyRPLClient, calls: Calls, module: str, attribute: st
     out[key] = {"confirmed": confirmed, "unknown": unknown}
 
 
-def scope_worker(client: PyRPLClient, calls: Calls, traces: int, timeout: float,
+def scope_worker(client: PyRPLClient, calls: CallLog, traces: int, timeout: float,
                  out: dict[str, Any]) -> None:
     sequences: list[int] = []
     for _ in range(traces):
@@ -181,7 +157,7 @@ def cut_phase(client: PyRPLClient, net: Rules, kind: str, seconds: float, timeou
               events: Events) -> dict[str, Any]:
     """Cut (silently or with resets) for exactly ``seconds`` while a thread keeps calling ``get``
     back to back; then restore and wait for the first call that succeeds."""
-    calls = Calls()
+    calls = new_call_log()
     ok_times: list[float] = []
     stop = threading.Event()
 
@@ -254,7 +230,7 @@ def main() -> int:
         if "loss" in phases:
             log(f"loss {args.loss:.0%}: {args.pairs} set/get pairs in {len(targets)} threads, "
                 f"{args.traces} traces")
-            calls = Calls()
+            calls = new_call_log()
             pushes_before = len(events.statuses)
             net.loss(args.loss)
             t0 = time.monotonic()
