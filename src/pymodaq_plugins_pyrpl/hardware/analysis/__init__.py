@@ -1,0 +1,1 @@
+"""The facts of PyRPL's software instruments (network and spectrum analyzers), backend-independent."""
