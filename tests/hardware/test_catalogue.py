@@ -19,11 +19,11 @@ from typing import Any, Iterator
 import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.catalogue import MODULES, Attribute
+from pymodaq_plugins_pyrpl.hardware.catalogue import ALL_MODULES, MODULES, Attribute
 from pymodaq_plugins_pyrpl.hardware.errors import InvalidParams
 from tests.helpers.scripts import PYRPL_QUANTIZATION_PROBE
 
-WRITABLE = [(m.name, a) for m in MODULES.values() for a in m.attributes.values() if not a.readonly]
+WRITABLE = [(m.name, a) for m in ALL_MODULES.values() for a in m.attributes.values() if not a.readonly]
 NUMERIC = [(m, a) for m, a in WRITABLE if a.kind in ("float", "int")]
 RANGED = [(m, a) for m, a in NUMERIC if a.wraps is None]
 
@@ -57,14 +57,14 @@ def refused_value(module: str, attribute: Attribute, value: Any) -> InvalidParam
 @pytest.mark.parametrize("name", ["nope", "ASG0", ""])
 def test_unknown_module(name: Any) -> None:
     error = refused(name, {"frequency": 1.0})
-    assert error.data == {"module": name, "allowed": list(MODULES)}
+    assert error.data == {"module": name, "allowed": list(ALL_MODULES)}
     assert "unknown module" in error.message
 
 
 @pytest.mark.parametrize("name", [None, 0, ["asg0"], {"a": 1}])
 def test_module_that_is_not_a_name(name: Any) -> None:
     error = refused(name, {"frequency": 1.0})
-    assert error.data == {"allowed": list(MODULES)}  # never echoed: it may be huge or nested
+    assert error.data == {"allowed": list(ALL_MODULES)}  # never echoed: it may be huge or nested
     assert "must be a module name" in error.message
 
 
@@ -300,7 +300,7 @@ def test_defaults_are_read_back_unchanged(module: str, attribute: Attribute) -> 
 
 def test_describe_is_json() -> None:
     description = json.loads(json.dumps(catalogue.describe()))
-    assert set(description["modules"]) == set(MODULES)
+    assert set(description["modules"]) == set(ALL_MODULES)
     acbandwidth = description["modules"]["iq0"]["attributes"]["acbandwidth"]
     assert acbandwidth["options"][0] == 0.0 and len(acbandwidth["options"]) == 21
     assert description["modules"]["pid0"]["attributes"]["inputfilter"]["length"] == 4

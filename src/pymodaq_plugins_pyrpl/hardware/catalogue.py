@@ -458,7 +458,8 @@ class Attribute:
 
 @dataclass(frozen=True)
 class Module:
-    """A hardware module: its kind (scope, asg, pid, iq or sampler) and its attributes."""
+    """A module: its kind (scope, asg, pid, iq or sampler; na for the network analyzer) and its
+    attributes."""
 
     name: str
     kind: str
@@ -710,18 +711,83 @@ MODULES: dict[str, Module] = {
     for m in [_scope(), _asg(0), _asg(1), _pid(0), _pid(1), _pid(2), _iq(0), _iq(1), _iq(2),
               _sampler()]
 }
+"""The board's (hardware) modules, which the backends serve."""
+
+NA_POINTS_MAX = 100001
+NA_AVERAGES_MAX = 2**32 - 1
+"""The IQ averager's registers (``_na_averages``, ``_na_sleepcycles``) are 32-bit counts of cycles:
+``average_per_point / rbw`` is at most 34.4 s."""
+NA_DEFAULTS = {"start_freq": 1e3, "stop_freq": 1e6, "rbw": 500.0, "amplitude": 0.1,
+               "acbandwidth": 50.0}
+"""The network analyzer's defaults (PyRPL's) before their quantization."""
+
+
+def _nearest(options: Sequence[float]) -> Callable[[float], float]:
+    """Snap a value to the nearest of ``options`` (the first one on a tie), as PyRPL's
+    ``FilterProperty``."""
+    return lambda value: min(options, key=lambda option: abs(option - value))
+
+
+def _na() -> Module:
+    """PyRPL's ``NetworkAnalyzer`` (its attributes but the auto-bandwidth and auto-amplitude ones):
+    a software instrument of the server that sweeps an IQ module's frequency."""
+    rbws = tuple(f for f in FilterRegister(*IQ_BANDWIDTH_FILTER).valid_frequencies() if f > 0)
+    acbandwidth = _iq(0).attributes["acbandwidth"]
+    frequency = IQ_FREQUENCY
+    attributes = [
+        _select("iq", "IQ module the sweep runs on (leased by the sweep while it runs)",
+                ("iq0", "iq1", "iq2"), "iq2"),
+        _select("input", "signal measured", DSP_SIGNALS, "in1"),
+        _select("output_direct", "analog output the excitation is added to",
+                OUTPUT_DIRECT_OPTIONS, "out1"),
+        Attribute("start_freq", "float", "first frequency of the sweep (on the IQ frequency "
+                  "grid)", frequency.read_back(NA_DEFAULTS["start_freq"]), "Hz",
+                  frequency.increment, frequency.maximum, frequency.increment,
+                  normalize=frequency.read_back),
+        Attribute("stop_freq", "float", "last frequency of the sweep (on the IQ frequency grid)",
+                  frequency.read_back(NA_DEFAULTS["stop_freq"]), "Hz", frequency.increment,
+                  frequency.maximum, frequency.increment, normalize=frequency.read_back),
+        Attribute("points", "int", "frequencies per sweep", 1001, "", 1, NA_POINTS_MAX, 1),
+        Attribute("rbw", "float", "resolution bandwidth: the cutoff of the IQ's first two "
+                  "quadrature filter stages; snapped to the nearest option",
+                  _nearest(rbws)(NA_DEFAULTS["rbw"]), "Hz", rbws[0], rbws[-1], None,
+                  options=rbws, normalize=_nearest(rbws)),
+        Attribute("average_per_point", "int", "averaging time of each point, in units of 1/rbw "
+                  "(at most 34.4 s: average_per_point / rbw)", 1, "", 1,
+                  int(NA_AVERAGES_MAX / FPGA_CLOCK * rbws[-1]), 1),
+        Attribute("trace_average", "int", "sweeps averaged into one", 1, "", 1, 2**16, 1),
+        Attribute("amplitude", "float", "excitation amplitude (0: none, the data are then not "
+                  "divided by it)", IQ_AMPLITUDE.read_back(NA_DEFAULTS["amplitude"]), "V", 0.0,
+                  IQ_AMPLITUDE.maximum, IQ_AMPLITUDE.increment, normalize=IQ_AMPLITUDE.read_back),
+        Attribute("acbandwidth", "float", "high-pass cutoff at the IQ's input (0: DC-coupled); "
+                  "snapped to the nearest option", acbandwidth.validate(NA_DEFAULTS["acbandwidth"]),
+                  "Hz", acbandwidth.minimum, acbandwidth.maximum, None, options=acbandwidth.options,
+                  normalize=acbandwidth.normalize),
+        _bool("logscale", "log-spaced frequencies (else linear)", True),
+        Attribute("sweep_time", "float", "the shortest time one sweep takes: (points + 2) x "
+                  "(0.5 + average_per_point) / rbw", None, "s", 0.0, None, None, readonly=True),
+    ]
+    return Module("na", "na", "network analyzer (PyRPL's NetworkAnalyzer), on an IQ module",
+                  {a.name: a for a in attributes})
+
+
+INSTRUMENTS: dict[str, Module] = {m.name: m for m in [_na()]}
+"""The server's software instruments (PyRPL's software modules): their settings live in the
+server, identical for both backends, and they drive the board's modules."""
+ALL_MODULES: dict[str, Module] = {**MODULES, **INSTRUMENTS}
+"""Every module of the catalogue: what ``describe``, ``get``, ``set`` and ``lease`` know."""
 
 
 def module(name: Any) -> Module:
     """The module called ``name``. Raises InvalidParams naming the known modules."""
     if not isinstance(name, str):
-        raise InvalidParams(f"'module' must be a module name, one of {list(MODULES)}",
-                            {"allowed": list(MODULES)})
-    if name not in MODULES:
+        raise InvalidParams(f"'module' must be a module name, one of {list(ALL_MODULES)}",
+                            {"allowed": list(ALL_MODULES)})
+    if name not in ALL_MODULES:
         shown = echoed(name)
-        raise InvalidParams(f"unknown module {shown!r}; modules are {list(MODULES)}",
-                            {"module": shown, "allowed": list(MODULES)})
-    return MODULES[name]
+        raise InvalidParams(f"unknown module {shown!r}; modules are {list(ALL_MODULES)}",
+                            {"module": shown, "allowed": list(ALL_MODULES)})
+    return ALL_MODULES[name]
 
 
 def attribute_names(module_name: str, names: Any = None) -> list[str]:
@@ -756,5 +822,5 @@ def validate(module_name: str, values: Any) -> dict[str, Any]:
 
 def describe() -> dict[str, Any]:
     """The whole catalogue, as served by ``describe``."""
-    return {"modules": {name: m.describe() for name, m in MODULES.items()},
+    return {"modules": {name: m.describe() for name, m in ALL_MODULES.items()},
             "scope": {"samples": SCOPE_SAMPLES, "durations": list(SCOPE_DURATIONS)}}

@@ -58,9 +58,13 @@ class Method(str, Enum):
     GOODBYE = "goodbye"
     SHUTDOWN = "shutdown"
     TAKE_BOARD = "take_board"
+    STOP = "stop"
 
 
 NOTIFICATION_STATUS = "status"
+NOTIFICATION_PROGRESS = "progress"
+"""The progress of an acquisition (the network analyzer's sweep), pushed to the connection that
+asked for it."""
 
 
 def _b64(array: np.ndarray) -> str:

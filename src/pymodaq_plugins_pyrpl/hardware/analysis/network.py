@@ -10,7 +10,9 @@ sum (``_nadata_total``) and :func:`normalise` it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,10 @@ MODULE_DELAY_CYCLES = 3
 """The IQ's own delay from excitation to demodulation (``NetworkAnalyzer._delay``), in cycles;
 one more with the input high-pass on, two more with an input low-pass."""
 CYCLE = 1.0 / catalogue.FPGA_CLOCK
+TIMEOUT_FACTOR = 3.0
+TIMEOUT_MARGIN = 10.0
+"""An acquisition of the network analyzer without a timeout of its own ends after TIMEOUT_FACTOR
+times its sweeps' sweep_time plus TIMEOUT_MARGIN seconds (:func:`default_timeout`)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,18 @@ def sweep_time(points: int, rbw: float, average_per_point: int) -> float:
     """Seconds one sweep takes at least: ``points`` times the time per point, the first one
     FIRST_POINT_FACTOR times."""
     return (points - 1 + FIRST_POINT_FACTOR) * averaging(rbw, average_per_point).time_per_point
+
+
+def settings_sweep_time(settings: Mapping[str, Any]) -> float:
+    """:func:`sweep_time` of the ``na`` module's ``settings`` (catalogue names)."""
+    return sweep_time(settings["points"], settings["rbw"], settings["average_per_point"])
+
+
+def default_timeout(settings: Mapping[str, Any]) -> float:
+    """Seconds an acquisition of the ``na`` module's ``settings`` may take when it gives no
+    timeout: TIMEOUT_FACTOR x sweep_time x trace_average + TIMEOUT_MARGIN."""
+    return (TIMEOUT_FACTOR * settings_sweep_time(settings) * settings["trace_average"]
+            + TIMEOUT_MARGIN)
 
 
 def transfer_function(freqs: np.ndarray, inputfilter: float) -> np.ndarray:

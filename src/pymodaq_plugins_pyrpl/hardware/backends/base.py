@@ -35,6 +35,18 @@ class ScopeTrace:
     dt: float
 
 
+@dataclass
+class NaSweep:
+    """A network-analyzer sweep as :meth:`Backend.na_start` set it up."""
+
+    frequencies: np.ndarray
+    """Hz, on the IQ frequency grid (PyRPL's ``NetworkAnalyzer._get_frequencies``)."""
+    time_per_point: float
+    """s, ``(na_sleepcycles + na_averages) / 125e6`` (PyRPL's ``_time_per_point``)."""
+    rbw: float
+    """Hz, the IQ bandwidth applied."""
+
+
 class Backend(Protocol):
     """A Red Pitaya, real or simulated, seen from the server."""
 
@@ -118,3 +130,24 @@ class Backend(Protocol):
 
     def sampler_read(self) -> dict[str, float]:
         """Instantaneous values of every sampler signal, in volts."""
+
+    def na_start(self, settings: Mapping[str, Any]) -> NaSweep:
+        """Set the IQ module ``settings['iq']`` up as PyRPL's
+        ``NetworkAnalyzer._start_trace_acquisition`` does (amplitude 0 first; iq setup with
+        frequency = first point, bandwidth [rbw, rbw], gain 0, phase 0, acbandwidth, input,
+        output_direct, output_signal 'output_direct'; ``_na_averages`` and ``_na_sleepcycles``
+        from rbw, average_per_point and sleeptimes 0.5; first frequency written; amplitude on).
+        The first point is under way when it returns. ``settings``: the ``na`` module's values
+        (validated by the catalogue)."""
+
+    def na_points(self, first: int, count: int) -> tuple[np.ndarray, float]:
+        """Measure points ``first`` .. ``first + count - 1`` of the started sweep, as PyRPL's NA
+        does per point (write the frequency, let time_per_point pass — 3x for point 0 — read the
+        averaged I+jQ), normalised as PyRPL's NA (x 2**-24 x 4 / amplitude / tf(f), tf: the IQ's
+        input filter and 3-cycle delay, ``NetworkAnalyzer.transfer_function``). Returns
+        (values c16 [count], wait): the values are valid once ``wait`` more seconds have passed
+        (PyRPL: 0, the backend thread waited itself; the simulator: the simulated time those
+        points take from now). The server calls it with chunks of at most ~50 ms of points."""
+
+    def na_stop(self) -> None:
+        """Output amplitude 0 on the sweep's IQ module (idempotent; also after a failure)."""

@@ -13,14 +13,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .. import catalogue
+from ..analysis import network
 from ..errors import InternalError, InvalidParams
 from ..physics.board import Board
 from ..physics.pid import Recorder
 from ..physics.plants import parse_plant, plant_spec
 from ..physics.signals import LSB, Grid
 from ..physics.triggers import TRIGGER_HORIZON, find_trigger
-from .base import ScopeTrace
+from .base import NaSweep, ScopeTrace
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,20 @@ class _Acquisition:
     @property
     def end(self) -> float:
         return math.inf if self.start is None else self.start + self.duration
+
+
+@dataclass
+class _NaRun:
+    """A started network-analyzer sweep."""
+
+    module: str
+    frequencies: np.ndarray
+    averaging: network.Averaging
+    amplitude: float
+    tf: np.ndarray
+    """The analyzer's own response the data are divided by (``network.transfer_function``)."""
+    cursor: float
+    """Simulated time of the next point's frequency write (once the previous point is read)."""
 
 
 class SimulatorBackend:
@@ -91,6 +108,9 @@ class SimulatorBackend:
         self._board = Board(board_plant, self._values, seed)
         self._iq_changed = [-math.inf] * 3
         self._acquisition: _Acquisition | None = None
+        self._na: _NaRun | None = None
+        self._na_module: str | None = None
+        """The IQ module of the last sweep started: its amplitude is what na_stop turns off."""
 
     # -- Backend interface ----------------------------------------------------------------------
 
@@ -219,6 +239,76 @@ class SimulatorBackend:
         self._sync()
         values = self._board.sample(catalogue.SAMPLER_SIGNALS)
         return {s: v * 8192.0 / 8191.0 for s, v in values.items()}
+
+    def na_start(self, settings: Mapping[str, Any]) -> NaSweep:
+        """Set the IQ module ``settings['iq']`` up as PyRPL's network analyzer does, through
+        :meth:`set` (see ``Backend.na_start``); the first point starts now."""
+        module = settings["iq"]
+        if module not in ("iq0", "iq1", "iq2"):
+            raise InvalidParams(f"na_start needs iq0, iq1 or iq2, not {module!r}",
+                                {"module": module})
+        self._na_module = module
+        self.set(module, {"amplitude": 0.0})
+        frequencies = network.frequencies(settings["start_freq"], settings["stop_freq"],
+                                          settings["points"], settings["logscale"])
+        first = catalogue.IQ_FREQUENCY.read_back(float(frequencies[0]))
+        iq = catalogue.MODULES[module].attributes
+        applied = self.set(module, {
+            "frequency": first, "bandwidth": iq["bandwidth"].validate(
+                [settings["rbw"], settings["rbw"]]),
+            "gain": 0.0, "phase": 0.0, "acbandwidth": iq["acbandwidth"].validate(
+                settings["acbandwidth"]),
+            "input": settings["input"], "output_direct": settings["output_direct"],
+            "output_signal": "output_direct"})
+        rbw = applied["bandwidth"][0]
+        averaging = network.averaging(rbw, settings["average_per_point"])
+        amplitude = self.set(module, {"amplitude": iq["amplitude"].validate(
+            settings["amplitude"])})["amplitude"]
+        self._na = _NaRun(module, frequencies, averaging, amplitude,
+                          network.transfer_function(frequencies, -applied["acbandwidth"]),
+                          self._sync())
+        return NaSweep(frequencies, averaging.time_per_point, rbw)
+
+    def na_points(self, first: int, count: int) -> tuple[np.ndarray, float]:
+        """Points ``first`` .. ``first + count - 1`` of the started sweep, each the mean of the IQ
+        module's I + jQ over its averaging window (``Board.average_iq``) at its simulated time:
+        a point's frequency is written when the previous point is read (the first point of this
+        call: now, or when the previous call's points are read if that is later), its average
+        starts ``sleepcycles`` later and it is read ``averages`` cycles after that (3 x the time
+        per point after the write for point 0). The IQ module's ``frequency`` reads the last
+        point's from now on. Returns the normalised values and the seconds until the last one is
+        read. Raises InternalError without a started sweep, InvalidParams for points outside it."""
+        run = self._na
+        if run is None:
+            raise InternalError("na_points() without a started sweep: call na_start() first")
+        if not (0 <= first and count >= 1 and first + count <= len(run.frequencies)):
+            raise InvalidParams(f"points {first}..{first + count - 1} are not in the sweep of "
+                                f"{len(run.frequencies)} points", {"first": first, "count": count})
+        now = self._sync()
+        n = int(run.module[2])
+        sleep = run.averaging.sleepcycles / catalogue.FPGA_CLOCK
+        duration = run.averaging.averages / catalogue.FPGA_CLOCK
+        per_point = run.averaging.time_per_point
+        write = max(run.cursor, now)
+        means = np.empty(count, dtype=complex)
+        for i, k in enumerate(range(first, first + count)):
+            means[i] = self._board.average_iq(n, write + sleep, duration,
+                                              float(run.frequencies[k]))
+            write += per_point * (network.FIRST_POINT_FACTOR if k == 0 else 1)
+        run.cursor = write
+        last = catalogue.IQ_FREQUENCY.read_back(float(run.frequencies[first + count - 1]))
+        self.set(run.module, {"frequency": last})
+        totals = means * run.averaging.averages / network.RESCALE
+        values = network.normalise(totals, run.averaging.averages, run.amplitude,
+                                   run.tf[first:first + count])
+        return values, max(0.0, write - (self._clock() - self._epoch))
+
+    def na_stop(self) -> None:
+        """Amplitude 0 on the IQ module of the last sweep started (none: nothing to do); the sweep
+        ends."""
+        self._na = None
+        if self._na_module is not None:
+            self.set(self._na_module, {"amplitude": 0.0})
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from .. import protocol
 RESENDABLE = frozenset(m.value for m in (
     protocol.Method.PING, protocol.Method.STATUS, protocol.Method.DESCRIBE, protocol.Method.GET,
     protocol.Method.ACQUIRE, protocol.Method.LEASE, protocol.Method.RELEASE,
-    protocol.Method.SUBSCRIBE))
+    protocol.Method.SUBSCRIBE, protocol.Method.STOP))
 """Methods re-sent after a reconnect when their reply was lost (they can be repeated safely)."""
 
 

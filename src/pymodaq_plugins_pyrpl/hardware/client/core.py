@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from .. import protocol
+from ..analysis import network
 from ..errors import (AuthenticationFailed, CallTimeout, CertificateMismatch, ClientClosed,
                       CommunicationError, ConnectionFailed, ConnectionLost, DeviceNotReady,
                       RemoteError, RequestTooLarge, RetryLater, UnsupportedProtocol,
@@ -38,7 +39,8 @@ from ..errors import (AuthenticationFailed, CallTimeout, CertificateMismatch, Cl
 from ..tls import client_context, normalize_fingerprint
 from .calls import Call, CallTable
 from .device import DeviceWatch
-from .events import ConnectionCallback, EventDispatcher, StatusCallback, join_until
+from .events import (ConnectionCallback, EventDispatcher, ProgressCallback, StatusCallback,
+                     join_until)
 from .session import Session, exchange
 from .transport import (SLICE, Broken, Connector, Link, Stopped, WriteTimeout,
                         connect_failed_message)
@@ -397,16 +399,40 @@ class PyRPLClient:
         return self.call(protocol.Method.SET.value, {"module": module, "values": dict(values)},
                          timeout)
 
-    def acquire(self, module: str, timeout: float | None = None) -> dict[str, Any]:
+    def acquire(self, module: str, timeout: float | None = None,
+                progress: ProgressCallback | None = None) -> dict[str, Any]:
         """One acquisition: a scope trace (``ch1``, ``ch2`` ndarrays, ``t0``, ``dt``, ...), IQ
-        quadratures or sampler voltages.
+        quadratures, sampler voltages, or a network analyzer's sweep (``frequencies``, ``data``,
+        ``complete``, ...).
 
-        ``timeout`` (default: the client's) is the server's acquisition timeout (AcquisitionTimeout
-        when no trace completes in time); the call waits ``timeout + ACQUIRE_MARGIN`` for the reply.
+        ``timeout`` (default: the client's; for ``na`` the server's default, 3 x sweep_time x
+        trace_average + 10 s, read with a ``get`` first) is the server's acquisition timeout
+        (AcquisitionTimeout when it does not complete in time); the call waits
+        ``timeout + ACQUIRE_MARGIN`` for the reply. ``progress`` (``na``): called with the
+        params of each progress push of this acquisition (``done``, ``points``, ``average``,
+        ``frequencies``, ``data`` as ndarrays) on the client's events thread; never after this
+        returns (but for a call already running then).
         """
-        timeout = self._resolve(timeout)
-        return self.call(protocol.Method.ACQUIRE.value, {"module": module, "timeout": timeout},
-                         timeout + ACQUIRE_MARGIN)
+        params: dict[str, Any] = {"module": module}
+        if timeout is None and module == "na":
+            wait = network.default_timeout(self.get(module)) + ACQUIRE_MARGIN
+        else:
+            params["timeout"] = timeout = self._resolve(timeout)
+            wait = timeout + ACQUIRE_MARGIN
+        if progress is None:
+            return self.call(protocol.Method.ACQUIRE.value, params, wait)
+        params["progress"] = True
+        self._events.set_progress_callback(module, progress)
+        try:
+            return self.call(protocol.Method.ACQUIRE.value, params, wait)
+        finally:
+            self._events.remove_progress_callback(module, progress)
+
+    def stop(self, module: str, timeout: float | None = None) -> dict[str, Any]:
+        """End this client's acquisition of ``module`` (``na``) at its next step: that
+        ``acquire`` returns what it has with ``complete`` False. Returns once it has ended
+        (output off), ``{"module": module, "stopped": bool}`` (False: none was running)."""
+        return self.call(protocol.Method.STOP.value, {"module": module}, timeout)
 
     def lease(self, module: str, timeout: float | None = None,
               owner: str | None = None) -> dict[str, Any]:
@@ -677,11 +703,14 @@ class PyRPLClient:
         call.finish(reply=message)
 
     def _dispatch_push(self, message: dict[str, Any]) -> None:
-        if message.get("method") == protocol.NOTIFICATION_STATUS and "id" not in message:
+        method = message.get("method")
+        if method == protocol.NOTIFICATION_STATUS and "id" not in message:
             params = message.get("params")
             self._events.status(params)
             if isinstance(params, dict):
                 self._device.observe(params.get("device"))
+        elif method == protocol.NOTIFICATION_PROGRESS and "id" not in message:
+            self._events.progress(message.get("params"))
         else:
             logger.warning("unexpected message from %s: %.300s", self.address, message)
 

@@ -1,5 +1,5 @@
-"""The client's event dispatcher: status pushes and connection events run their callbacks on one
-thread, ``pyrpl-client-events``, one at a time and in the order of the events. A slow callback
+"""The client's event dispatcher: status and progress pushes and connection events run their
+callbacks on one thread, ``pyrpl-client-events``, one at a time and in the order of the events. A slow callback
 delays later callbacks, never a reply; an exception raised by a callback is logged and ignored."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 StatusCallback = Callable[[dict[str, Any]], None]
 ConnectionCallback = Callable[[str, dict[str, Any]], None]
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 def join_until(thread: threading.Thread | None, deadline: float) -> None:
@@ -29,8 +30,8 @@ def join_until(thread: threading.Thread | None, deadline: float) -> None:
 
 
 class EventDispatcher:
-    """Runs status and connection callbacks on its own thread; ``address`` names the server in
-    the log. Thread-safe."""
+    """Runs status, progress and connection callbacks on its own thread; ``address`` names the
+    server in the log. Thread-safe."""
 
     def __init__(self, address: str) -> None:
         self._address = address
@@ -39,6 +40,8 @@ class EventDispatcher:
         self._thread: threading.Thread | None = None
         self._status_callbacks: list[StatusCallback] = []
         self._connection_callbacks: list[ConnectionCallback] = []
+        self._progress_callbacks: dict[str, ProgressCallback] = {}
+        """The progress callback of each module's acquisition under way."""
 
     def start(self) -> None:
         """Start the events thread (once)."""
@@ -57,6 +60,11 @@ class EventDispatcher:
         """A status push arrived (``params`` still encoded: decoded on the events thread)."""
         self._queue.put(("status", (params,)))
 
+    def progress(self, params: Any) -> None:
+        """A progress push arrived (``params`` still encoded): for the callback registered for
+        its module when it is dispatched (none: dropped)."""
+        self._queue.put(("progress", (params,)))
+
     def connection(self, event: str, info: dict[str, Any]) -> None:
         """The connection changed (see :meth:`PyRPLClient.add_connection_callback`)."""
         self._queue.put(("connection", (event, info)))
@@ -69,6 +77,17 @@ class EventDispatcher:
         with self._lock:
             if cb in self._status_callbacks:
                 self._status_callbacks.remove(cb)
+
+    def set_progress_callback(self, module: str, cb: ProgressCallback) -> None:
+        """Call ``cb(params)`` on the progress pushes of ``module`` (replacing its callback)."""
+        with self._lock:
+            self._progress_callbacks[module] = cb
+
+    def remove_progress_callback(self, module: str, cb: ProgressCallback) -> None:
+        """Stop calling ``cb`` for ``module`` (pushes still queued are dropped)."""
+        with self._lock:
+            if self._progress_callbacks.get(module) is cb:
+                del self._progress_callbacks[module]
 
     def add_connection_callback(self, cb: ConnectionCallback) -> None:
         with self._lock:
@@ -89,11 +108,16 @@ class EventDispatcher:
             with self._lock:
                 callbacks: list[Callable[..., None]] = list(
                     self._status_callbacks if kind == "status" else self._connection_callbacks)
-            if kind == "status":
+                if kind == "progress":
+                    module = args[0].get("module") if isinstance(args[0], dict) else None
+                    progress = self._progress_callbacks.get(module) if isinstance(
+                        module, str) else None
+                    callbacks = [] if progress is None else [progress]
+            if kind == "status" or kind == "progress" and callbacks:
                 try:
                     args = (protocol.decode_value(args[0]),)
                 except ValueError as exc:
-                    logger.warning("malformed status push from %s: %s", self._address, exc)
+                    logger.warning("malformed %s push from %s: %s", kind, self._address, exc)
                     continue
             for callback in callbacks:
                 try:

@@ -141,6 +141,35 @@ class Board:
             z += complex(*self.rng.normal(0.0, sigma, 2))
         return z
 
+    def average_iq(self, n: int, start: float, duration: float,
+                   frequency: float | None = None) -> complex:
+        """The mean of iq ``n``'s ``I + jQ`` over ``duration`` seconds from ``start`` (V), as the
+        network analyzer's averager sums it: the steady state of its input's tones (each
+        difference tone averaged over the window, :func:`iq.window_mean`) and the ADC noise
+        averaged over the window (:func:`iq.averaged_noise`); no transients, as
+        :meth:`read_iq` without the sum-frequency ripple. With ``frequency``: as if the module's
+        frequency were that from ``start`` on (phase-continuous), the board left unchanged. The
+        PID loops must be at ``start`` or before."""
+        key = f"iq{n}"
+        if frequency is not None and frequency != self.values[key]["frequency"]:
+            saved = self.values[key]["frequency"], self._iq_phases[n]
+            self.values[key]["frequency"] = frequency
+            self._iq_phases[n] = saved[1].retuned(start, frequency)
+            self._demodulations.clear()
+            try:
+                return self.average_iq(n, start, duration)
+            finally:
+                self.values[key]["frequency"], self._iq_phases[n] = saved
+                self._demodulations.clear()
+        difference, total = self._demodulated(n, self.pids.outputs(), 0)
+        z = sum((tone.phasor(start) * iq.window_mean(tone.freq, duration)
+                 for tone in difference), 0j)
+        z += sum((tone.phasor(start) for tone in total if tone.static), 0j)
+        if self.values[key]["input"] in CHANNEL:
+            sigma = iq.averaged_noise(duration, self.plant.noise)
+            z += complex(*self.rng.normal(0.0, sigma, 2))
+        return z
+
     def context(self, rng: np.random.Generator | None) -> Context:
         """Evaluation with the PID outputs held at their current values."""
         u = self.pids.outputs()

@@ -128,6 +128,22 @@ def quadrature_noise(cutoffs: Sequence[float], adc_noise: float) -> float:
     return adc_noise * math.sqrt(2.0 * bandwidth / NYQUIST)
 
 
+def averaged_noise(duration: float, adc_noise: float) -> float:
+    """rms on each quadrature of white ADC noise of rms ``adc_noise`` at 125 MS/s, demodulated and
+    averaged over ``duration`` seconds (the network analyzer's averager): as
+    :func:`quadrature_noise` with the noise bandwidth of a boxcar average, ``1 / (2 duration)``
+    (the quadrature filter, at least as wide in a sweep, is neglected)."""
+    return adc_noise * math.sqrt(2.0 * min(NYQUIST, 0.5 / duration) / NYQUIST)
+
+
+def window_mean(freq: float, duration: float) -> complex:
+    """The mean of ``exp(2j pi freq t)`` over ``0 <= t <= duration``, relative to its value at 0."""
+    x = TWO_PI * freq * duration
+    if abs(x) < 1e-9:
+        return 1.0 + 0j
+    return (cmath.exp(1j * x) - 1.0) / (1j * x)
+
+
 def demodulated_ring(v: Mapping[str, Any], lo: Phase, ring: Ring, t: float
                      ) -> tuple[complex, complex]:
     """The plant's free oscillation ``ring`` on the input, demodulated: (U, lambda) at ``t``, the

@@ -34,7 +34,8 @@ class Connection:
     that has not returned yet; plus at most the one message ``write_now`` took last) is bounded by
     ``max_output``: a message that would pass it aborts the connection instead (nothing more is
     written; the session stays for resume, as after any dropped connection). An unsent status push
-    is replaced by a newer one, so a subscriber that does not read holds at most one.
+    is replaced by a newer one, so a subscriber that does not read holds at most one; so is an
+    unsent progress push (:meth:`push_latest`).
     """
 
     def __init__(self, send: Callable[[bytes], Awaitable[None]], peer: str = "local",
@@ -48,7 +49,8 @@ class Connection:
         self._abort = abort or close
         self.max_output = max_output
         self._output: deque[_Output] = deque()
-        self._unsent_status: _Output | None = None
+        self._unsent: dict[str, _Output] = {}
+        """The unsent push of each kind (:meth:`push_latest`)."""
         self._writer: asyncio.Task[None] | None = None
         self.backlog = 0
         """Bytes of output queued or being written (see the class docstring)."""
@@ -78,11 +80,18 @@ class Connection:
 
     def push_status(self, data: bytes) -> None:
         """Queue an encoded status push; it replaces the previous one if that is still unsent."""
+        self.push_latest("status", data)
+
+    def push_latest(self, kind: str, data: bytes) -> None:
+        """Queue an encoded push of ``kind``; it replaces the previous one of that kind if that
+        is still unsent (only the newest counts: a status, an acquisition's progress)."""
         if self.closed:
             return
-        unsent = self._unsent_status
+        unsent = self._unsent.get(kind)
         if unsent is None:
-            self._unsent_status = self._queue(_Output(data))
+            queued = self._queue(_Output(data))
+            if queued is not None:
+                self._unsent[kind] = queued
         elif self._fits(len(data) - len(unsent.data)):
             self.backlog += len(data) - len(unsent.data)
             unsent.data = data
@@ -111,7 +120,7 @@ class Connection:
                        "; its session is kept for resume" if self.session else "")
         self.closed = True
         self._output.clear()
-        self._unsent_status = None
+        self._unsent.clear()
         if self._writer is not None:
             self._writer.cancel()
         if self._abort is not None:
@@ -123,8 +132,9 @@ class Connection:
         try:
             while self._output:
                 output = self._output.popleft()
-                if output is self._unsent_status:
-                    self._unsent_status = None
+                for kind, unsent in list(self._unsent.items()):
+                    if unsent is output:
+                        del self._unsent[kind]
                 try:
                     await self._send(output.data)
                 finally:
@@ -132,7 +142,7 @@ class Connection:
         except (ConnectionError, OSError):
             self.closed = True
             self._output.clear()
-            self._unsent_status = None
+            self._unsent.clear()
         if self.closed and self._close is not None:
             self._close()
 

@@ -26,6 +26,7 @@ from .acquisition import ScopeAcquisition, iq_settled
 from .auth import Authenticator
 from .board import Board
 from .connection import Connection
+from .network_analyzer import NetworkAnalyzer
 from .sessions import Sessions
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ Handler = Callable[[Connection, dict[str, Any]], Awaitable[Any]]
 
 class Server:
     """The dispatch of requests to their methods, and the status; sessions (:class:`.Sessions`),
-    the token (:class:`.Authenticator`), the board (:class:`.Board`) and the scope
-    (:class:`.ScopeAcquisition`) are its parts."""
+    the token (:class:`.Authenticator`), the board (:class:`.Board`), the scope
+    (:class:`.ScopeAcquisition`) and the network analyzer (:class:`.NetworkAnalyzer`) are its
+    parts."""
 
     def __init__(self, backend: Backend, token: str | None, *, port: int = 0,
                  auto_stop: float | None = None, session_grace: float = 10.0,
@@ -56,6 +58,7 @@ class Server:
         self.sessions = Sessions(session_grace, auto_stop, self._status_changed, self.stop)
         self.auth = Authenticator(token, auth_cooldown, self.started_iso())
         self.scope = ScopeAcquisition(self.board)
+        self.na = NetworkAnalyzer(self.board, self.sessions)
         self._last_push = 0.0
         self._push_pending = False
         self._handlers: dict[str, Handler] = {
@@ -72,6 +75,7 @@ class Server:
             protocol.Method.GOODBYE: self._goodbye,
             protocol.Method.SHUTDOWN: self._shutdown,
             protocol.Method.TAKE_BOARD: self._take_board,
+            protocol.Method.STOP: self._stop,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -182,12 +186,17 @@ class Server:
     async def _get(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = params.get("module")
         names = catalogue.attribute_names(module, params.get("names"))
+        if module == "na":
+            return self.na.get(names)
         return await self.board.run(self.backend.get, module, names)
 
     async def _set(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = params.get("module")
         values = catalogue.validate(module, params.get("values"))
         self.sessions.check_lease(connection.session, module)
+        if module == "na":
+            return self.na.set(values)
+        self.na.check_set(module)
         if module == "scope":
             self.scope.settings_changed()
         return await self.board.run(self.backend.set, module, values)
@@ -201,13 +210,27 @@ class Server:
             raise InvalidParams("'timeout' must be a number of seconds in (0, 3600]")
         if spec.kind == "scope":
             return await self.scope.acquire(timeout)
+        if spec.kind == "na":
+            progress = params.get("progress", False)
+            if not isinstance(progress, bool):
+                raise InvalidParams("'progress' must be true or false")
+            return await self.na.acquire(connection, timeout, progress)
         if spec.kind == "iq":
             await iq_settled(self.board, module, timeout)
             return await self.board.run(self.backend.iq_read, module)
         if spec.kind == "sampler":
             return await self.board.run(self.backend.sampler_read)
         raise InvalidParams(f"module '{module}' has nothing to acquire; use 'get' for its values",
-                            {"module": module, "allowed": ["scope", "iq0", "iq1", "iq2", "sampler"]})
+                            {"module": module,
+                             "allowed": ["scope", "iq0", "iq1", "iq2", "sampler", "na"]})
+
+    async def _stop(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
+        module = catalogue.module(params.get("module")).name
+        assert connection.session is not None
+        if module == "na":
+            return {"module": module, "stopped": await self.na.stop(connection.session)}
+        raise InvalidParams(f"module '{module}' has no acquisition to stop; 'stop' is for 'na'",
+                            {"module": module, "allowed": ["na"]})
 
     async def _lease(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = catalogue.module(params.get("module")).name
