@@ -2,6 +2,7 @@
 raw sockets as docs/protocol.md says, and through the client."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import struct
@@ -16,8 +17,11 @@ import pytest
 
 from pymodaq_plugins_pyrpl.hardware import catalogue, protocol
 from pymodaq_plugins_pyrpl.hardware.analysis import network
+from pymodaq_plugins_pyrpl.hardware.backends.simulator import SimulatorBackend
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
-from pymodaq_plugins_pyrpl.hardware.errors import ModuleLeased
+from pymodaq_plugins_pyrpl.hardware.errors import ClientClosed, ModuleLeased
+from pymodaq_plugins_pyrpl.hardware.server import Server
+from tests.hardware.server.test_dispatch import TOKEN, Harness, Pipe
 from tests.helpers.support import RawClient, ServerProcess
 from tests.helpers.waiting import wait_until
 
@@ -295,6 +299,77 @@ def test_a_client_that_vanishes_mid_sweep_leaves_the_output_off(
         wait_until(lambda: amplitude(watcher) == 0.0, 2.0, "the sweep to end")
         owners = [c["owners"] for c in watcher.call("status")["clients"]]
         assert all("iq2" not in o for o in owners)
+
+
+def test_a_client_that_closes_mid_sweep_leaves_the_output_off(mock_server: ServerProcess) -> None:
+    with mock_server.client("watcher") as watcher:
+        client = PyRPLClient(port=mock_server.port, token=mock_server.token, name="closing")
+        client.connect()
+        client.set("na", LONG_SWEEP)
+        progressed = threading.Event()
+        failure: list[BaseException] = []
+
+        def sweep() -> None:
+            try:
+                client.acquire("na", progress=lambda params: progressed.set())
+            except BaseException as exc:  # noqa: BLE001 (recorded for the assertion)
+                failure.append(exc)
+
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        assert progressed.wait(5)
+        client.close()  # says goodbye: the sweep's request ends with the connection
+        thread.join(5)
+        assert isinstance(failure[0], ClientClosed)
+        wait_until(lambda: amplitude(watcher) == 0.0, 2.0, "the sweep to end")
+
+
+class LinkDropsMidSweep(SimulatorBackend):
+    """A simulated board whose link drops once a sweep's second chunk is measured, until the test
+    brings it back (``lost``)."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.lost = False
+        self.chunks = 0
+
+    def device_state(self) -> tuple[str, str | None]:
+        return ("lost", "the link dropped (test)") if self.lost else ("ready", None)
+
+    def na_points(self, first: int, count: int) -> tuple[np.ndarray, float]:
+        measured = super().na_points(first, count)
+        self.chunks += 1
+        self.lost = self.chunks == 2
+        return measured
+
+
+def test_a_board_lost_mid_sweep_is_32004_and_the_output_goes_off_once_it_is_back() -> None:
+    async def main() -> tuple[dict[str, Any], float, float, list[str]]:
+        backend = LinkDropsMidSweep()
+        server = Server(backend, TOKEN)
+        await server.open_backend()
+        h, p = Harness(server), Pipe()
+        await h.hello(p)
+        try:
+            await h.call(p, "set", {"module": "na", "values": {"points": 101, "rbw": 4857}})
+            reply = await h.call(p, "acquire", {"module": "na"})
+            left_on = backend.get("iq2", ["amplitude"])["amplitude"]
+            backend.lost = False
+            await h.call(p, "status")  # the server notices that the board is back
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if backend.get("iq2", ["amplitude"])["amplitude"] == 0.0:
+                    break
+            leases = (await h.call(p, "status"))["result"]["clients"][0]["leases"]
+            return reply, left_on, backend.get("iq2", ["amplitude"])["amplitude"], leases
+        finally:
+            await server.close_backend()
+
+    reply, left_on, after, leases = asyncio.run(main())
+    assert reply["error"]["code"] == -32004 and reply["error"]["data"]["state"] == "lost"
+    assert left_on > 0  # the board could not be told
+    assert after == 0.0
+    assert leases == []
 
 
 # ------------------------------------------------------------------------------------------------

@@ -287,9 +287,12 @@ class Server:
 
     def _device_changed(self) -> None:
         """The device state or link changed: a scope trace under way is not finished with the
-        settings cached before an outage (the board may have restarted); subscribers are told."""
+        settings cached before an outage (the board may have restarted); an output a sweep had
+        to leave on is turned off once the board is ready; subscribers are told."""
         if self.board.state()[0] != "ready":
             self.scope.settings_changed()
+        else:
+            self.na.board_ready()
         self._status_changed()
 
     def _status_changed(self) -> None:

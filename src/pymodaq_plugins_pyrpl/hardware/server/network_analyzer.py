@@ -85,6 +85,8 @@ class NetworkAnalyzer:
         self._settings: dict[str, Any] = catalogue.INSTRUMENTS[MODULE].defaults()
         self._sweep: _Sweep | None = None
         self._sequence = 0
+        self._left_on: str | None = None
+        """The IQ module whose output a sweep could not turn off (the board was not ready)."""
 
     # -- settings ----------------------------------------------------------------------------------
 
@@ -121,6 +123,23 @@ class NetworkAnalyzer:
                 f"{sweep.session.client!r}; change it once the sweep ends (or stop it)",
                 {"module": module, "holder": sweep.session.client, "owner": OWNER,
                  "holder_connected": True, "frees_in": None})
+
+    def board_ready(self) -> None:
+        """The board is ready (again): turn off an output a sweep had to leave on."""
+        if self._left_on is not None and self._sweep is None:
+            asyncio.ensure_future(self._turn_off_left())
+
+    async def _turn_off_left(self) -> None:
+        module = self._left_on
+        try:
+            await self._board.run(self._backend.na_stop)
+        except RemoteError as exc:
+            logger.warning("the network analyzer still cannot turn %s's output off: %s", module,
+                           exc.message)
+            return
+        if self._left_on == module:
+            self._left_on = None
+            logger.info("the network analyzer turned %s's output off", module)
 
     # -- sweeps ------------------------------------------------------------------------------------
 
@@ -242,9 +261,11 @@ class NetworkAnalyzer:
         off = asyncio.ensure_future(self._board.run(self._backend.na_stop))
         try:
             await asyncio.shield(off)
+            self._left_on = None
         except RemoteError as exc:
-            logger.warning("the network analyzer could not turn %s's output off: %s", sweep.iq,
-                           exc.message)
+            self._left_on = sweep.iq
+            logger.warning("the network analyzer could not turn %s's output off (%s): it will "
+                           "once the board is ready", sweep.iq, exc.message)
         finally:
             if took:
                 self._sessions.release(sweep.session, sweep.iq)
