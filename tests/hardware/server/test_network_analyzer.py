@@ -351,7 +351,7 @@ def test_a_board_lost_mid_sweep_is_32004_and_the_output_goes_off_once_it_is_back
         h, p = Harness(server), Pipe()
         await h.hello(p)
         try:
-            await h.call(p, "set", {"module": "na", "values": {"points": 101, "rbw": 4857}})
+            await h.call(p, "set", {"module": "na", "values": {"points": 2001, "rbw": 4857}})
             reply = await h.call(p, "acquire", {"module": "na"})
             left_on = backend.get("iq2", ["amplitude"])["amplitude"]
             backend.lost = False

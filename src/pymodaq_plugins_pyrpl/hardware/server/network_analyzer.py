@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 
 from .. import catalogue, protocol
 from ..analysis import network
+from ..backends.base import NaSweep
 from ..errors import AcquisitionTimeout, InvalidParams, ModuleLeased, RemoteError
 from .board import Board
 from .connection import Connection
@@ -35,6 +37,9 @@ CHUNK = 0.05
 """Seconds of sweep (measurement and backend calls) per backend call, at most (about)."""
 FIRST_CHUNK_POINTS = 4
 """Points of a sweep's first chunk beyond point 0 at most, before its real cost is measured."""
+LEAD = 0.005
+"""The next chunk is asked for this many seconds before the points of the previous one are all
+measured (a backend whose points take simulated time then measures them back to back)."""
 PROGRESS_PERIOD = 0.1
 """Progress pushes are at least this many seconds apart."""
 
@@ -47,6 +52,15 @@ class _Sweep:
     iq: str
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Chunk:
+    """Points ``first`` .. of a sweep, measured by the backend, valid from ``ready`` (loop time)."""
+
+    first: int
+    values: np.ndarray
+    ready: float
 
 
 @dataclass
@@ -206,9 +220,8 @@ class NetworkAnalyzer:
                       connection: Connection | None) -> _Traces:
         """The ``trace_average`` sweeps of ``settings`` until done or stopped. Raises
         AcquisitionTimeout once ``deadline`` (loop time) passes."""
-        loop = asyncio.get_running_loop()
         traces: _Traces | None = None
-        pushed = -math.inf
+        progress = _Progress(connection)
         for average in range(1, settings["trace_average"] + 1):
             started = await self._board.run(self._backend.na_start, settings)
             points = len(started.frequencies)
@@ -218,42 +231,48 @@ class NetworkAnalyzer:
             else:
                 traces.total += traces.current
                 traces.average, traces.done = average, 0
-            cost = started.time_per_point
-            while traces.done < points:
-                first = traces.done
-                count = _chunk_points(first, points, cost, started.time_per_point)
-                begun = loop.time()
-                values, wait = await self._board.run(self._backend.na_points, first, count)
-                if await self._pause(sweep, wait, deadline):
-                    return traces
-                traces.current[first:first + count] = values
-                traces.done += count
-                weight = count + (network.FIRST_POINT_FACTOR - 1 if first == 0 else 0)
-                cost = max(started.time_per_point, (loop.time() - begun) / weight)
-                if connection is not None and loop.time() - pushed >= PROGRESS_PERIOD:
-                    pushed = loop.time()
-                    _push_progress(connection, traces, points)
-            if sweep.stop.is_set():
+            if await self._sweep_once(sweep, traces, started, deadline, progress):
                 break
         assert traces is not None  # trace_average >= 1 (catalogue)
         return traces
 
-    async def _pause(self, sweep: _Sweep, wait: float, deadline: float) -> bool:
-        """Let ``wait`` seconds pass (the chunk's points being measured); True if the sweep is
-        stopped meanwhile (or was before). Raises AcquisitionTimeout if ``deadline`` comes first."""
+    async def _sweep_once(self, sweep: _Sweep, traces: _Traces, started: NaSweep,
+                          deadline: float, progress: _Progress) -> bool:
+        """Measure the points of the started sweep into ``traces`` in chunks; True if stopped.
+
+        Each chunk's points are valid once its ``wait`` has passed (its ``ready`` time); the next
+        chunk is asked for LEAD before that, so that a backend whose points take simulated time
+        measures them without gaps. A stop drops the chunks not ready yet."""
         loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if sweep.stop.is_set():
-            return True
-        if wait > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(sweep.stop.wait(), min(wait, max(0.0, remaining)))
+        points, per_point = len(started.frequencies), started.time_per_point
+        chunks: deque[_Chunk] = deque()
+        issued = 0
+        cost = per_point
+        while True:
+            now = loop.time()
+            while chunks and chunks[0].ready <= now:
+                chunk = chunks.popleft()
+                traces.current[chunk.first:chunk.first + len(chunk.values)] = chunk.values
+                traces.done += len(chunk.values)
+                progress.push(traces, points)
+            if traces.done == points:
+                return False
+            if sweep.stop.is_set():
                 return True
-        if wait > remaining:
-            raise AcquisitionTimeout("the network analyzer's sweep did not end within the "
-                                     "timeout: give a longer 'timeout' (or none: 3 x sweep_time "
-                                     "x trace_average + 10 s)", {"module": MODULE})
-        return False
+            if now >= deadline:
+                raise _timeout()
+            if issued < points and (not chunks or now >= chunks[-1].ready - LEAD):
+                count = _chunk_points(issued, points, cost, per_point)
+                values, wait = await self._board.run(self._backend.na_points, issued, count)
+                chunks.append(_Chunk(issued, values, loop.time() + wait))
+                weight = count + (network.FIRST_POINT_FACTOR - 1 if issued == 0 else 0)
+                cost = max(per_point, (chunks[-1].ready - now) / weight)
+                issued += count
+                continue
+            until = chunks[0].ready if issued == points else min(chunks[0].ready,
+                                                                  chunks[-1].ready - LEAD)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(sweep.stop.wait(), max(0.0, min(until, deadline) - now))
 
     async def _end(self, sweep: _Sweep, took: bool) -> None:
         """However the sweep ends: output off, the lease the sweep took released, ``stop``
@@ -273,6 +292,12 @@ class NetworkAnalyzer:
             sweep.finished.set()
 
 
+def _timeout() -> AcquisitionTimeout:
+    return AcquisitionTimeout("the network analyzer's sweep did not end within the timeout: give "
+                              "a longer 'timeout' (or none: 3 x sweep_time x trace_average + "
+                              "10 s)", {"module": MODULE})
+
+
 def _chunk_points(first: int, points: int, cost: float, time_per_point: float) -> int:
     """Points of the next chunk from point ``first`` of ``points``: CHUNK seconds of them at
     ``cost`` seconds each (point 0 counts FIRST_POINT_FACTOR times); at least 1."""
@@ -283,10 +308,22 @@ def _chunk_points(first: int, points: int, cost: float, time_per_point: float) -
     return max(1, min(points - first, count))
 
 
-def _push_progress(connection: Connection, traces: _Traces, points: int) -> None:
-    """Queue a progress push of ``traces`` to ``connection`` (replacing an unsent one)."""
-    done = traces.done
-    params = {"module": MODULE, "done": done, "points": points, "average": traces.average,
-              "frequencies": traces.frequencies[:done], "data": traces.running_average(done)}
-    connection.push_latest(protocol.NOTIFICATION_PROGRESS, protocol.dumps_line(
-        protocol.notification(protocol.NOTIFICATION_PROGRESS, params)))
+class _Progress:
+    """The progress pushes of one acquisition to ``connection`` (None: none asked for), at least
+    PROGRESS_PERIOD apart; an unsent one is replaced by the next."""
+
+    def __init__(self, connection: Connection | None) -> None:
+        self._connection = connection
+        self._pushed = -math.inf
+
+    def push(self, traces: _Traces, points: int) -> None:
+        """Push ``traces`` of a sweep of ``points`` if asked for and it is time."""
+        now = time.monotonic()
+        if self._connection is None or now - self._pushed < PROGRESS_PERIOD:
+            return
+        self._pushed = now
+        done = traces.done
+        params = {"module": MODULE, "done": done, "points": points, "average": traces.average,
+                  "frequencies": traces.frequencies[:done], "data": traces.running_average(done)}
+        self._connection.push_latest(protocol.NOTIFICATION_PROGRESS, protocol.dumps_line(
+            protocol.notification(protocol.NOTIFICATION_PROGRESS, params)))
