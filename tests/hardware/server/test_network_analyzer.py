@@ -372,6 +372,32 @@ def test_a_board_lost_mid_sweep_is_32004_and_the_output_goes_off_once_it_is_back
     assert leases == []
 
 
+class ThreadedSimulator(SimulatorBackend):
+    """The simulated board called on the backend thread, as PyRPL is."""
+
+    needs_own_thread = True
+
+
+def test_a_server_that_stops_mid_sweep_turns_the_output_off_first() -> None:
+    async def main() -> float:
+        backend = ThreadedSimulator(seed=0)
+        server = Server(backend, TOKEN)
+        await server.open_backend()
+        h, p = Harness(server), Pipe()
+        await h.hello(p)
+        await h.call(p, "set", {"module": "na", "values": LONG_SWEEP})
+        sweep = asyncio.ensure_future(h.call(p, "acquire", {"module": "na"}))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if backend.get("iq2", ["amplitude"])["amplitude"] > 0:
+                break
+        sweep.cancel()  # as the transport does with the requests of its connections
+        await server.close_backend()
+        return backend.get("iq2", ["amplitude"])["amplitude"]
+
+    assert asyncio.run(main()) == 0.0
+
+
 # ------------------------------------------------------------------------------------------------
 # the client
 

@@ -133,6 +133,36 @@ def test_a_subscriber_that_does_not_read_holds_one_status_push() -> None:
     assert len(written) == 2 and written[-1] == newest
 
 
+def test_a_slow_reader_holds_one_progress_push_and_one_status_push() -> None:
+    """Progress pushes are coalesced as status pushes, each kind on its own: a reader that is
+    stuck gets the one being written, then the newest of each kind, each in the place of the
+    first of its kind queued after that one."""
+    async def main() -> tuple[int, int, list[bytes], list[bytes]]:
+        release = asyncio.Event()
+        written: list[bytes] = []
+
+        async def stuck_send(data: bytes) -> None:
+            await release.wait()
+            written.append(data)
+
+        connection = Connection(stuck_send)
+        pushes = [json.dumps({"push": i, "pad": "x" * 1000}).encode() + b"\n" for i in range(1000)]
+        for i, push in enumerate(pushes):
+            if i % 2:
+                connection.push_latest("progress", push)
+            else:
+                connection.push_status(push)
+            await asyncio.sleep(0)
+        backlog = connection.backlog
+        release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return backlog, max(map(len, pushes)), pushes, written
+    backlog, size, pushes, written = asyncio.run(main())
+    assert backlog <= 3 * size  # the one being written and the newest of each kind
+    assert written == [pushes[0], pushes[-1], pushes[-2]]  # status 0, progress 999, status 998
+
+
 def test_a_connection_past_its_output_bound_is_closed_and_its_session_resumes(
         tmp_path: Path) -> None:
     with ServerProcess(tmp_path, ["--mock", "--session-grace", "30"]) as server, \

@@ -85,7 +85,9 @@ class Server:
         await self.board.open()
 
     async def close_backend(self) -> None:
-        """Disconnect from the board without touching its outputs."""
+        """End a network-analyzer sweep under way (its output off), then disconnect from the
+        board without touching its outputs."""
+        await self.na.close()
         await self.board.close()
 
     def stop(self, reason: str) -> None:

@@ -24,7 +24,7 @@ from .. import catalogue, protocol
 from ..analysis import network
 from ..backends.base import NaSweep
 from ..errors import AcquisitionTimeout, InvalidParams, ModuleLeased, RemoteError
-from .board import Board
+from .board import CALL_BOUND, Board
 from .connection import Connection
 from .sessions import Session, Sessions
 
@@ -42,6 +42,8 @@ LEAD = 0.005
 measured (a backend whose points take simulated time then measures them back to back)."""
 PROGRESS_PERIOD = 0.1
 """Progress pushes are at least this many seconds apart."""
+CLOSE_WAIT = CALL_BOUND
+"""When the server stops, it waits at most this long for a sweep under way to end."""
 
 
 @dataclass
@@ -166,6 +168,19 @@ class NetworkAnalyzer:
         sweep.stop.set()
         await sweep.finished.wait()
         return True
+
+    async def close(self) -> None:
+        """End the sweep under way, if any (the server stops): it ends at its next chunk
+        boundary, its output off; waits at most CLOSE_WAIT seconds for that."""
+        sweep = self._sweep
+        if sweep is None:
+            return
+        sweep.stop.set()
+        try:
+            await asyncio.wait_for(sweep.finished.wait(), CLOSE_WAIT)
+        except asyncio.TimeoutError:
+            logger.warning("the network analyzer's sweep on %s did not end within %g s",
+                           sweep.iq, CLOSE_WAIT)
 
     async def acquire(self, connection: Connection, timeout: float | None,
                       progress: bool) -> dict[str, Any]:
