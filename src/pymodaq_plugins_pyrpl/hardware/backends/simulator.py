@@ -86,7 +86,9 @@ class SimulatorBackend:
         passed its last sample, and PID integrators evolve with the clock.
 
     The model (physics, conventions, approximations): :mod:`..physics`. ``scope_arm`` returns
-    the seconds until the trace is complete; ``trace_average`` is the server's business.
+    the seconds until the trace is complete; ``trace_average`` is the server's business. The
+    network analyzer's points take simulated time too: ``na_points`` returns them with the
+    seconds until their last one is read.
     """
 
     name = "mock"

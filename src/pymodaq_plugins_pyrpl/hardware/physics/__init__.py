@@ -99,7 +99,12 @@ Approximations
   through the plant's H(f): clipping is ignored, the sum-frequency (2f) ripple is left out (it
   is present on the bus signals), ASG noise is not seen. ADC noise reaches the quadratures of
   in1/in2 with rms ``noise * sqrt(2 B / 62.5 MHz)``, B = pi/2 times the lowest low-pass cutoff
-  (62.5 MHz without one). A band-pass output is computed open loop (not fed back through the
+  (62.5 MHz without one). The network analyzer's averages (``Board.average_iq``) are the
+  steady state averaged over the window, each tone at its difference frequency exactly, plus
+  the ADC noise averaged over the window (rms ``noise * sqrt(2 / cycles)`` per quadrature);
+  the filter's transient after each frequency step is left out (after the 0.5/rbw the analyzer
+  waits, a few percent of the step between neighbouring points, which are close). A band-pass
+  output is computed open loop (not fed back through the
   plant into IQ inputs); chains of IQ signals deeper than 8 read 0; 'pfd' reads 0.
 - Transients: the resonator's free oscillation starts from the tones near f0 (not from ASG
   noise, far harmonics or the PID outputs' drift); the demodulators see only its difference-
