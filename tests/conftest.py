@@ -28,6 +28,7 @@ _spec = importlib.util.spec_from_file_location("_pyrpl_test_isolation", f"{_SITE
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port  # noqa: E402
+from tests.helpers.pyrpl_suite_run import SUITE_RUN, unavailable  # noqa: E402
 from tests.helpers.support import ServerProcess  # noqa: E402  (after the environment is isolated)
 
 
@@ -43,6 +44,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:  # the marker, not the keyword: every test in tests/hardware/ has that one
         if item.get_closest_marker("hardware") is not None:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """PyRPL's own suite, a subprocess of about three minutes, starts now if its test is among
+    those to run, so that the other tests run beside it."""
+    if any(item.get_closest_marker("pyrpl_suite") for item in session.items) \
+            and unavailable() is None:
+        SUITE_RUN.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    SUITE_RUN.stop()
 
 
 @pytest.fixture

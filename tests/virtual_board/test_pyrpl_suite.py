@@ -3,26 +3,24 @@
 tests/helpers/scripts/pyrpl_suite.py runs in a private network namespace (``unshare -n``,
 loopback only: PyRPL's suite never reaches the LAN), starts ``pymodaq-pyrpl virtual-board`` there
 and runs ``pyrpl/test`` of the installed PyRPL against it through PyRPL's real ssh and
-monitor_server path. This test reads the JUnit report: the number of passing tests must not fall
-below :data:`PASSED_FLOOR`, and the files of :data:`MUST_PASS` pass in full.
+monitor_server path. The session starts it in the background once its tests are collected
+(tests/helpers/pyrpl_suite_run.py), so it runs beside the other tests. This test waits for it and
+reads the JUnit report: the number of passing tests must not fall below :data:`PASSED_FLOOR`, and
+the files of :data:`MUST_PASS` pass in full.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "helpers" / "scripts" / "pyrpl_suite.py"
+from tests.helpers.pyrpl_suite_run import SUITE_RUN, unavailable
 
 SUITE_TIMEOUT = 900
-"""Seconds PyRPL's suite may take in all (it took 2 min 50 s to 3 min 25 s on a shared 2-core
-machine under the load of other test runs)."""
+"""Seconds PyRPL's suite may take in all, from its start (it took 2 min 50 s to 3 min 25 s on a
+shared 2-core machine under the load of other test runs)."""
 
 PASSED_FLOOR = 87
 """Passing tests of PyRPL's suite (97 run), at least: 90 on a quiet machine (7 failing in every
@@ -61,11 +59,6 @@ sequence, have failed under load (each passed alone and in the unloaded runs).""
 pytestmark = [
     pytest.mark.pyrpl_suite,
     pytest.mark.timeout(SUITE_TIMEOUT + 60),
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
-                       or shutil.which("ip", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-                       is None,
-                       reason="needs root, unshare and ip: PyRPL's suite runs in a private "
-                              "network namespace (CI runs as root)"),
 ]
 
 
@@ -88,16 +81,12 @@ def _outcomes(junit: Path) -> dict[str, tuple[str, str]]:
     return outcomes
 
 
-def test_pyrpl_suite_passes_against_the_virtual_board(tmp_path):
-    probe = subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True, text=True,
-                           timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot create a network namespace here: {probe.stderr.strip()}")
-    junit = tmp_path / "pyrpl-suite.xml"
-    result = subprocess.run(["unshare", "-n", sys.executable, str(SCRIPT), str(junit),
-                             str(tmp_path)], check=False, capture_output=True, text=True,
-                            timeout=SUITE_TIMEOUT)
-    log = result.stdout[-6000:] + result.stderr[-4000:]
+def test_pyrpl_suite_passes_against_the_virtual_board():
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    result = SUITE_RUN.wait(SUITE_TIMEOUT)
+    junit, log = result.junit, result.log
     assert result.returncode in (0, 1) and junit.exists(), log
     outcomes = _outcomes(junit)
     counts = Counter(outcome for _, outcome in outcomes.values())
