@@ -418,6 +418,13 @@ def test_client_acquire_with_progress_and_stop(mock_server: ServerProcess) -> No
                                                                              progress=progress)))
         sweep.start()
         assert progressed.wait(5)
+        # a second acquisition of this client is refused; the first one's pushes still come
+        refused: list[dict[str, Any]] = []
+        with pytest.raises(ModuleLeased, match="network analyzer is busy"):
+            client.acquire("na", progress=refused.append)
+        progressed.clear()
+        assert progressed.wait(2)
+        assert refused == []
         assert client.stop("na") == {"module": "na", "stopped": True}
         sweep.join(5)
         assert not result["complete"]

@@ -422,7 +422,7 @@ class PyRPLClient:
         if progress is None:
             return self.call(protocol.Method.ACQUIRE.value, params, wait)
         params["progress"] = True
-        self._events.set_progress_callback(module, progress)
+        self._events.add_progress_callback(module, progress)
         try:
             return self.call(protocol.Method.ACQUIRE.value, params, wait)
         finally:

@@ -40,8 +40,9 @@ class EventDispatcher:
         self._thread: threading.Thread | None = None
         self._status_callbacks: list[StatusCallback] = []
         self._connection_callbacks: list[ConnectionCallback] = []
-        self._progress_callbacks: dict[str, ProgressCallback] = {}
-        """The progress callback of each module's acquisition under way."""
+        self._progress_callbacks: dict[str, list[ProgressCallback]] = {}
+        """The progress callbacks of each module's acquisitions under way, oldest first (the
+        server runs one at a time per module: a later one is refused)."""
 
     def start(self) -> None:
         """Start the events thread (once)."""
@@ -78,16 +79,20 @@ class EventDispatcher:
             if cb in self._status_callbacks:
                 self._status_callbacks.remove(cb)
 
-    def set_progress_callback(self, module: str, cb: ProgressCallback) -> None:
-        """Call ``cb(params)`` on the progress pushes of ``module`` (replacing its callback)."""
+    def add_progress_callback(self, module: str, cb: ProgressCallback) -> None:
+        """Call ``cb(params)`` on the progress pushes of ``module``, unless a callback added
+        before it for ``module`` is still there (that acquisition's, which is the one running)."""
         with self._lock:
-            self._progress_callbacks[module] = cb
+            self._progress_callbacks.setdefault(module, []).append(cb)
 
     def remove_progress_callback(self, module: str, cb: ProgressCallback) -> None:
-        """Stop calling ``cb`` for ``module`` (pushes still queued are dropped)."""
+        """Stop calling ``cb`` for ``module`` (its pushes still queued are dropped)."""
         with self._lock:
-            if self._progress_callbacks.get(module) is cb:
-                del self._progress_callbacks[module]
+            callbacks = self._progress_callbacks.get(module, [])
+            if cb in callbacks:
+                callbacks.remove(cb)
+            if not callbacks:
+                self._progress_callbacks.pop(module, None)
 
     def add_connection_callback(self, cb: ConnectionCallback) -> None:
         with self._lock:
@@ -112,7 +117,7 @@ class EventDispatcher:
                     module = args[0].get("module") if isinstance(args[0], dict) else None
                     progress = self._progress_callbacks.get(module) if isinstance(
                         module, str) else None
-                    callbacks = [] if progress is None else [progress]
+                    callbacks = progress[:1] if progress else []
             if kind == "status" or kind == "progress" and callbacks:
                 try:
                     args = (protocol.decode_value(args[0]),)
