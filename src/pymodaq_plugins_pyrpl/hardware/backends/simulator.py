@@ -244,29 +244,27 @@ class SimulatorBackend:
 
     def na_start(self, settings: Mapping[str, Any]) -> NaSweep:
         """Set the IQ module ``settings['iq']`` up as PyRPL's network analyzer does, through
-        :meth:`set` (see ``Backend.na_start``); the first point starts now."""
+        :meth:`set` (see ``Backend.na_start``): PyRPL's amplitude 0, set-up and amplitude happen
+        at one simulated instant here, so they are one change. The first point starts now."""
         module = settings["iq"]
         if module not in ("iq0", "iq1", "iq2"):
             raise InvalidParams(f"na_start needs iq0, iq1 or iq2, not {module!r}",
                                 {"module": module})
         self._na_module = module
-        self.set(module, {"amplitude": 0.0})
         frequencies = network.frequencies(settings["start_freq"], settings["stop_freq"],
                                           settings["points"], settings["logscale"])
-        first = catalogue.IQ_FREQUENCY.read_back(float(frequencies[0]))
         iq = catalogue.MODULES[module].attributes
         applied = self.set(module, {
-            "frequency": first, "bandwidth": iq["bandwidth"].validate(
-                [settings["rbw"], settings["rbw"]]),
-            "gain": 0.0, "phase": 0.0, "acbandwidth": iq["acbandwidth"].validate(
-                settings["acbandwidth"]),
+            "frequency": catalogue.IQ_FREQUENCY.read_back(float(frequencies[0])),
+            "bandwidth": iq["bandwidth"].validate([settings["rbw"], settings["rbw"]]),
+            "gain": 0.0, "phase": 0.0,
+            "acbandwidth": iq["acbandwidth"].validate(settings["acbandwidth"]),
             "input": settings["input"], "output_direct": settings["output_direct"],
-            "output_signal": "output_direct"})
+            "output_signal": "output_direct",
+            "amplitude": iq["amplitude"].validate(settings["amplitude"])})
         rbw = applied["bandwidth"][0]
         averaging = network.averaging(rbw, settings["average_per_point"])
-        amplitude = self.set(module, {"amplitude": iq["amplitude"].validate(
-            settings["amplitude"])})["amplitude"]
-        self._na = _NaRun(module, frequencies, averaging, amplitude,
+        self._na = _NaRun(module, frequencies, averaging, applied["amplitude"],
                           network.transfer_function(frequencies, -applied["acbandwidth"]),
                           self._sync())
         return NaSweep(frequencies, averaging.time_per_point, rbw)
