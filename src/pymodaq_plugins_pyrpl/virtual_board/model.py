@@ -119,8 +119,9 @@ class BoardModel:
         self.recorder = Recorder(start, stop)
         self.recorder.add(t, self.board.pids.outputs())
 
-    def window(self, inputs: tuple[str, str], grid: Grid, t: float
+    def window(self, inputs: tuple[str, str], grid: Grid, t: float, averaged: int
                ) -> tuple[np.ndarray, np.ndarray]:
-        """The scope's two channels on ``grid`` (ending at or before ``t``), 14-bit volts."""
+        """The scope's two channels on ``grid`` (ending at or before ``t``), 14-bit volts, each
+        sample averaging ``averaged`` FPGA-clock samples (``physics.board.Board.window``)."""
         self.sync(t)
-        return self.board.window(inputs, grid, self.recorder)
+        return self.board.window(inputs, grid, self.recorder, averaged)

@@ -11,8 +11,9 @@ the threshold (0x8) and hysteresis (0x20), 8/9 the period starts of asg0/asg1; 0
 (external) and 10 (dsp) never fire. While armed and not triggered the buffers roll.
 
 Nothing is stored as samples: the buffers are computed when read, from the shared physics, for the
-samples written by then (cached once the acquisition is over). Limits: averaging (0x28) is not
-modelled (samples are picked); a trigger is searched when it becomes possible and again whenever
+samples written by then (cached once the acquisition is over). With averaging (0x28) on, a sample
+is the mean of ``decimation`` clock cycles as far as the white noises go (``physics.signals.
+Context.averaged``; the signals themselves are picked, their boxcar filtering is not modelled); a trigger is searched when it becomes possible and again whenever
 settings change before it comes (on noise-free signals, see ``physics.triggers``); addresses not
 yet written since the arm read the samples last read out
 (0 at power-up).
@@ -268,7 +269,8 @@ class Scope:
             ks = np.arange(max(0, written - SAMPLES), written)
             grid = Grid.uniform(float(acq.sample_time(ks[0])), to_seconds(acq.decimation),
                                 len(ks))
-            volts = self.fpga.model.window(acq.inputs, grid, self.fpga.time.now())
+            averaged = acq.decimation if self.regs.get(AVERAGE) else 1
+            volts = self.fpga.model.window(acq.inputs, grid, self.fpga.time.now(), averaged)
             addresses = (acq.first + ks) % SAMPLES
             for ch in (0, 1):
                 self._buffers[ch][addresses] = decode.bus_words(volts[ch])

@@ -172,10 +172,22 @@ def test_loopback_delays_by_two_samples(sim, clock):
 
 def test_loopback_noise_is_about_one_millivolt_rms(sim, clock):
     run_asg(sim, waveform="dc", offset=0.2)
-    trace = acquire(sim, clock, input1="in1", input2="out1", duration=DURATIONS[4])
+    trace = acquire(sim, clock, input1="in1", input2="out1", duration=DURATIONS[4],
+                    average=False)
     assert np.std(trace.ch1) == pytest.approx(1e-3, rel=0.1)
     assert np.mean(trace.ch1) == pytest.approx(0.2, abs=1e-4)
     assert np.std(trace.ch2) == 0.0
+
+
+def test_averaging_decimation_divides_the_noise_by_the_root_of_the_decimation(sim, clock):
+    """The FPGA's boxcar averages the 125 MS/s ADC samples within each decimation interval: the
+    white noise's rms shrinks by sqrt(decimation) and its density stays (the spectrum analyzer's
+    noise floor does not depend on the span)."""
+    run_asg(sim, waveform="dc", offset=0.2)
+    for n in (2, 4, 6):  # decimation 4, 16, 64
+        trace = acquire(sim, clock, input1="in1", duration=DURATIONS[n], average=True)
+        expected = math.sqrt(1e-6 / 2**n + 2.0**-26 / 12)  # and the 14-bit rounding
+        assert np.std(trace.ch1) == pytest.approx(expected, rel=0.1), n
 
 
 def test_frequency_change_is_phase_continuous(sim, clock):

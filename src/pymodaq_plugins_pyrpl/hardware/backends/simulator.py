@@ -209,8 +209,9 @@ class SimulatorBackend:
         assert acq.start is not None and acq.recorder is not None
         self._acquisition = None
         dt = acq.duration / SAMPLES
+        averaged = round(dt * catalogue.FPGA_CLOCK) if self._values["scope"]["average"] else 1
         ch1, ch2 = self._board.window(acq.inputs, Grid.uniform(acq.start, dt, SAMPLES),
-                                      acq.recorder)
+                                      acq.recorder, averaged)
         return ScopeTrace(ch1, ch2, acq.t0, dt)
 
     def scope_stop(self) -> None:

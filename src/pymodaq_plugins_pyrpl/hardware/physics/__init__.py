@@ -110,8 +110,12 @@ Approximations
   noise, far harmonics or the PID outputs' drift); the demodulators see only its difference-
   frequency part; the ``acbandwidth`` high-pass and the quadratures on the DSP bus (``iqN``,
   ``iq2_2``) have no transient. An IQ module untouched since the start is in its steady state.
-- Scope: samples are picked at the sampling instants (``average`` is ignored, so the noise
-  does not shrink with decimation). Settings changed during a pending acquisition apply to the
+- Scope: signals are picked at the sampling instants; with ``average`` on (the FPGA's boxcar over
+  the decimation), the white noises (ADC noise, ASG noise) are those of the average of
+  ``decimation`` clock samples, rms / sqrt(decimation), so their density stays that of 125 MS/s
+  at every decimation (a spectrum's noise floor does not depend on the span, down to the 14-bit
+  quantization's LSB**2/12); the boxcar's filtering of the signals (a sinc response, down to
+  0.64 at a span's Nyquist frequency) is not modelled. Settings changed during a pending acquisition apply to the
   whole trace, except the inputs and the duration (taken at arm time) and the PID outputs
   (recorded in time, constant before the arm time). The trigger search sees noise-free signals
   and the PID outputs of the arm time. With the resonator, ASG noise is filtered on the trace

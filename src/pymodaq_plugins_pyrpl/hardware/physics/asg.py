@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .signals import NYQUIST, Grid, Phase, Tone, cos_cycles, gaussian
+from .signals import NYQUIST, Context, Grid, Phase, Tone, cos_cycles
 
 HARMONICS_AROUND = 4
 """Harmonics of non-sinusoidal ASG waveforms kept on each side of a demodulation frequency."""
@@ -74,15 +74,16 @@ class Asg:
             self.phase = self.phase.retuned(t, self.values["frequency"])
         self.running = running
 
-    def evaluate(self, grid: Grid, rng: np.random.Generator | None) -> np.ndarray:
-        """Output on ``grid`` (V, unclipped); ``rng`` None leaves out the noise waveform."""
+    def evaluate(self, grid: Grid, ctx: Context) -> np.ndarray:
+        """Output on ``grid`` (V, unclipped); a ``ctx`` without rng leaves out the noise
+        waveform."""
         if not self.running:
             return np.zeros(grid.n)
         waveform = self.values["waveform"]
         if waveform in WAVEFORMS:
             shape = WAVEFORMS[waveform](self.phase.cycles(grid))
-        elif waveform == "noise" and rng is not None:
-            shape = gaussian(rng, 1.0, grid.n)
+        elif waveform == "noise" and ctx.rng is not None:
+            shape = ctx.noise(1.0, grid.n)
         else:
             shape = np.zeros(grid.n)
         return self.values["amplitude"] * shape + self.values["offset"]

@@ -182,16 +182,17 @@ class Board:
         grid = Grid(self.pids.t, np.zeros(1))
         return {s: float(self.trace(s, grid, ctx)[0]) for s in signals}
 
-    def window(self, inputs: tuple[str, str], grid: Grid, recorder: Recorder | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def window(self, inputs: tuple[str, str], grid: Grid, recorder: Recorder | None,
+               averaged: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """The scope's two channels recording ``inputs`` on ``grid`` (14-bit volts, with noise),
-        the PID outputs taken from ``recorder`` (None: held at their current values). The PID loops
-        must have advanced past the grid's end."""
+        the PID outputs taken from ``recorder`` (None: held at their current values), each sample
+        the average of ``averaged`` FPGA-clock samples as far as the noise goes (Context). The PID
+        loops must have advanced past the grid's end."""
         u = self.pids.outputs()
         if recorder is None:
-            ctx = self.context(self.rng)
+            ctx = Context(u, lambda k, g: np.full(g.n, u[k]), self.rng, averaged)
         else:
-            ctx = Context(u, lambda k, g: recorder.pid(k, g, u), self.rng)
+            ctx = Context(u, lambda k, g: recorder.pid(k, g, u), self.rng, averaged)
         ch1 = self.trace(inputs[0], grid, ctx)
         ch2 = ch1.copy() if inputs[1] == inputs[0] else self.trace(inputs[1], grid, ctx)
         return ch1, ch2
@@ -206,12 +207,12 @@ class Board:
             if ring is not None and not ring.over(grid.start):
                 analog = analog + ring.evaluate(grid)
             if ctx.rng is not None:
-                analog = analog + gaussian(ctx.rng, self.plant.noise, grid.n)
+                analog = analog + ctx.noise(self.plant.noise, grid.n)
             return quantize(analog)
         if signal in ROUTES:
             return self._out_sources(signal, ctx).total(grid)
         if signal.startswith("asg"):
-            return quantize(self.asgs[int(signal[3])].evaluate(grid, ctx.rng))
+            return quantize(self.asgs[int(signal[3])].evaluate(grid, ctx))
         if signal.startswith("pid"):
             k = int(signal[3])
             ac = sum((t.evaluate(grid) for t in self._pid_ac_tones(k, 0.0, ctx.u, 0)),
@@ -252,7 +253,7 @@ class Board:
         def total(grid: Grid) -> np.ndarray:
             x = np.zeros(grid.n)
             for asg in asgs:
-                x += asg.evaluate(grid, ctx.rng)
+                x += asg.evaluate(grid, ctx)
             for k in pids:
                 x += ctx.pid(k, grid)
             for tone in tones:

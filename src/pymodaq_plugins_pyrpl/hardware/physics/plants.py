@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .asg import WAVEFORMS, Asg
-from .signals import TWO_PI, Context, Grid, Phase, Tone, gaussian
+from .signals import TWO_PI, Context, Grid, Phase, Tone
 
 PERIOD_TABLE_MAX = 2**16
 PERIOD_TABLES_KEPT = 8
@@ -118,7 +118,7 @@ class Resonator:
         elif waveform in WAVEFORMS:
             response += amplitude * self._periodic(waveform, asg.phase, grid)
         elif waveform == "noise" and ctx.rng is not None and grid.n > 1:
-            spectrum = np.fft.rfft(gaussian(ctx.rng, amplitude, grid.n))
+            spectrum = np.fft.rfft(ctx.noise(amplitude, grid.n))
             h = self.transfer(np.fft.rfftfreq(grid.n, grid.dt))
             response += np.fft.irfft(spectrum * h, grid.n)
         return response

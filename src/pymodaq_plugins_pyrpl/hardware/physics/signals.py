@@ -150,3 +150,13 @@ class Context:
     pid: Callable[[int, Grid], np.ndarray]
     rng: np.random.Generator | None
     """None: noise-free (trigger search)."""
+    averaged: int = 1
+    """FPGA-clock samples averaged into each sample of the grid: the scope's decimation with its
+    ``average`` on, else 1 (samples picked). White noises (ADC, ASG noise) shrink by its square
+    root."""
+
+    def noise(self, sigma: float, n: int) -> np.ndarray:
+        """``n`` samples of noise white at the FPGA clock with rms ``sigma``, each the average of
+        ``averaged`` clock samples. Needs ``rng``."""
+        assert self.rng is not None
+        return gaussian(self.rng, sigma / math.sqrt(self.averaged), n)
