@@ -28,7 +28,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="pyrpl_bench_xd
 
 import psutil  # noqa: E402
 
-from bench import calls, pyrpl_path, transport, viewer  # noqa: E402
+from bench import analyzers, calls, pyrpl_path, transport, viewer  # noqa: E402
 from bench.common import SHORTEST, Server, percentile, summary  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware import protocol  # noqa: E402
 from pymodaq_plugins_pyrpl.hardware.sockets import free_port  # noqa: E402
@@ -278,17 +278,29 @@ def run(runs: int, quick: bool) -> dict:
             summary(path[f"rate_{key}"]), "/s")
     put("vboard_idle_cpu_percent", "virtual board CPU while idle, PyRPL connected",
         summary(path["idle_cpu"]), "%", "≤ 1 %", statistics.median(path["idle_cpu"]) <= 1)
+
+    # (8) the analyzers: spectrum analyzer at its widest span (131 µs traces)
+    sa = analyzers.sa_figures(1 if quick else runs, seconds)
+    for key, label in (("sa_mock", "spectra/s, PyRPLClient, --mock server"),
+                       ("scope_mock", "  scope traces/s, same server and traces"),
+                       ("sa_virtual", "spectra/s, PyRPLClient, server on the virtual board"),
+                       ("scope_virtual", "  scope traces/s, same server and traces"),
+                       ("sa_pyrpl_in_process",
+                        "spectra/s, PyRPL's own spectrumanalyzer.single(), same board")):
+        put(f"sa_{key.removeprefix('sa_')}_per_s", f"SA span 125 MHz: {label}", summary(sa[key]),
+            "/s")
     fig = dict(sorted(fig.items(), key=lambda item: section(item[0])))  # stable: keeps the order
     return {"machine": machine(), "runs": runs, "quick": quick, "figures": fig}
 
 
 SECTIONS = (("trace_", 1), ("get_", 2), ("set_", 2), ("startup_", 3), ("plugin_first", 3),
-            ("plugin_rate", 4), ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6), ("vboard_", 7))
+            ("plugin_rate", 4), ("scaling_", 5), ("server_rss", 6), ("client_overhead", 6), ("vboard_", 7),
+            ("sa_", 8))
 
 
 def section(key: str) -> int:
     """The issue's section of a figure: 1 transport, 2 small calls, 3 start-up, 4 plugin rate,
-    5 scaling, 6 memory, 7 the real PyRPL path on the virtual board."""
+    5 scaling, 6 memory, 7 the real PyRPL path on the virtual board, 8 the analyzers."""
     return next(n for prefix, n in SECTIONS if key.startswith(prefix))
 
 
@@ -299,7 +311,8 @@ def table(result: dict) -> str:
              f"runs: {result['runs']}{' (quick)' if result['quick'] else ''}", ""]
     titles = {1: "(1) trace transport, 2×16384 samples", 2: "(2) small calls", 3: "(3) start-up",
               4: "(4) plugin rate", 5: "(5) scaling, shortest traces", 6: "(6) memory",
-              7: "(7) real PyRPL path, virtual board (loopback plant)"}
+              7: "(7) real PyRPL path, virtual board (loopback plant)",
+              8: "(8) analyzers"}
     rows = [(f["section"], f["label"], f"{f['median']:.3f} {f['unit']}",
              f"{f['min']:.3f}–{f['max']:.3f}", f["target"],
              "" if f["ok"] is None else ("ok" if f["ok"] else "MISSED"))

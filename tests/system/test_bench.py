@@ -31,7 +31,9 @@ MEMORY = ["server_rss_idle_mb", "server_rss_full_rate_mb", "client_overhead_rss_
 PYRPL_PATH = [f"vboard_startup_{k}_s" for k in ("mock", "fake", "virtual", "ports")] + [
     f"vboard_rate_{k}_per_s" for k in ("mock", "server", "in_process")] + [
     "vboard_idle_cpu_percent"]
-EVERY_FIGURE = TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY + PYRPL_PATH
+ANALYZERS = [f"sa_{k}_per_s" for k in ("mock", "scope_mock", "virtual", "scope_virtual",
+                                       "pyrpl_in_process")]
+EVERY_FIGURE = TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY + PYRPL_PATH + ANALYZERS
 
 
 def test_quick_bench_produces_every_figure():

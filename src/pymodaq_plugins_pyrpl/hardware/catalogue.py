@@ -458,8 +458,8 @@ class Attribute:
 
 @dataclass(frozen=True)
 class Module:
-    """A module: its kind (scope, asg, pid, iq or sampler; na for the network analyzer) and its
-    attributes."""
+    """A module: its kind (scope, asg, pid, iq or sampler; na for the network analyzer, sa for the
+    spectrum analyzer) and its attributes."""
 
     name: str
     kind: str
@@ -706,6 +706,40 @@ def _sampler() -> Module:
                   {a.name: a for a in attributes})
 
 
+SA_SPANS = tuple(1.0 / t for t in SCOPE_SAMPLING_TIMES)
+"""The spectrum analyzer's spans, the scope sample rates 125 MHz / 2**n (``SpectrumAnalyzer.spans``
+of PyRPL 0.9.9), descending."""
+SA_WINDOWS = ("blackman", "flattop", "boxcar", "hamming", "gaussian")
+SA_UNITS = ("V^2/Hz", "Vrms/sqrt(Hz)", "dBm")
+
+
+def _sa_span(span: float) -> float:
+    """``spectrumanalyzer.span = span``, read back: the nearest span, as ``125 MHz / decimation``."""
+    nearest = min(SA_SPANS, key=lambda option: abs(option - span))
+    return 1.0 / (8e-9 * round(1.0 / nearest / 8e-9))
+
+
+def _sa() -> Module:
+    attributes = [
+        Attribute("span", "float", "analysed band 0 … span/2: the scope's sample rate, one of "
+                  "PyRPL's spans (snapped to the nearest)", SA_SPANS[0], "Hz", SA_SPANS[-1],
+                  SA_SPANS[0], None, options=SA_SPANS, normalize=_sa_span),
+        _select("window", "filter window of the FFT", SA_WINDOWS, "blackman"),
+        _select("input1", "signal analysed as channel 1 (the scope's input1)", DSP_SIGNALS, "in1"),
+        _select("input2", "signal analysed as channel 2 (the scope's input2)", DSP_SIGNALS, "in2"),
+        _select("unit", "unit of the two spectra (the cross-spectrum is in V^2/Hz)", SA_UNITS,
+                "Vrms/sqrt(Hz)"),
+        Attribute("trace_average", "int", "number of spectra averaged into one", 1, "", 1, 2**16,
+                  1),
+        Attribute("rbw", "float", "residual bandwidth: the window's noise bandwidth times the "
+                  "span (depends on both; read it with 'get')", None, "Hz", None, None, None,
+                  readonly=True),
+    ]
+    return Module("sa", "sa", "spectrum analyzer in baseband (PyRPL's): spectra of two inputs "
+                  "and their cross-spectrum from the scope; settings kept by the server",
+                  {a.name: a for a in attributes})
+
+
 MODULES: dict[str, Module] = {
     m.name: m
     for m in [_scope(), _asg(0), _asg(1), _pid(0), _pid(1), _pid(2), _iq(0), _iq(1), _iq(2),
@@ -771,7 +805,7 @@ def _na() -> Module:
                   {a.name: a for a in attributes})
 
 
-INSTRUMENTS: dict[str, Module] = {m.name: m for m in [_na()]}
+INSTRUMENTS: dict[str, Module] = {m.name: m for m in [_na(), _sa()]}
 """The server's software instruments (PyRPL's software modules): their settings live in the
 server, identical for both backends, and they drive the board's modules."""
 ALL_MODULES: dict[str, Module] = {**MODULES, **INSTRUMENTS}

@@ -28,6 +28,7 @@ from .board import Board
 from .connection import Connection
 from .network_analyzer import NetworkAnalyzer
 from .sessions import Sessions
+from .spectrum_analyzer import SpectrumAnalyzer
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ Handler = Callable[[Connection, dict[str, Any]], Awaitable[Any]]
 class Server:
     """The dispatch of requests to their methods, and the status; sessions (:class:`.Sessions`),
     the token (:class:`.Authenticator`), the board (:class:`.Board`), the scope
-    (:class:`.ScopeAcquisition`) and the network analyzer (:class:`.NetworkAnalyzer`) are its
-    parts."""
+    (:class:`.ScopeAcquisition`), the network analyzer (:class:`.NetworkAnalyzer`) and the spectrum
+    analyzer (:class:`.SpectrumAnalyzer`) are its parts."""
 
     def __init__(self, backend: Backend, token: str | None, *, port: int = 0,
                  auto_stop: float | None = None, session_grace: float = 10.0,
@@ -59,6 +60,8 @@ class Server:
         self.auth = Authenticator(token, auth_cooldown, self.started_iso())
         self.scope = ScopeAcquisition(self.board)
         self.na = NetworkAnalyzer(self.board, self.sessions)
+        self.spectrum_analyzer = SpectrumAnalyzer(self.sessions, self.scope, self.apply,
+                                                  self.read)
         self._last_push = 0.0
         self._push_pending = False
         self._handlers: dict[str, Handler] = {
@@ -190,7 +193,9 @@ class Server:
         names = catalogue.attribute_names(module, params.get("names"))
         if module == "na":
             return self.na.get(names)
-        return await self.board.run(self.backend.get, module, names)
+        if module == "sa":
+            return self.spectrum_analyzer.get(names)
+        return await self.read(module, names)
 
     async def _set(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = params.get("module")
@@ -198,7 +203,18 @@ class Server:
         self.sessions.check_lease(connection.session, module)
         if module == "na":
             return self.na.set(values)
+        if module == "sa":
+            return self.spectrum_analyzer.set(values)
         self.na.check_set(module)
+        return await self.apply(module, values)
+
+    async def read(self, module: str, names: list[str]) -> dict[str, Any]:
+        """The values of ``names`` of the hardware module ``module``, read from the board."""
+        return await self.board.run(self.backend.get, module, names)
+
+    async def apply(self, module: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Apply validated ``values`` of the hardware module ``module`` (a scope change restarts
+        the acquisition under way); the values read back."""
         if module == "scope":
             self.scope.settings_changed()
         return await self.board.run(self.backend.set, module, values)
@@ -222,9 +238,12 @@ class Server:
             return await self.board.run(self.backend.iq_read, module)
         if spec.kind == "sampler":
             return await self.board.run(self.backend.sampler_read)
+        if spec.kind == "sa":
+            assert connection.session is not None
+            return await self.spectrum_analyzer.acquire(connection.session, timeout)
         raise InvalidParams(f"module '{module}' has nothing to acquire; use 'get' for its values",
                             {"module": module,
-                             "allowed": ["scope", "iq0", "iq1", "iq2", "sampler", "na"]})
+                             "allowed": ["scope", "iq0", "iq1", "iq2", "sampler", "na", "sa"]})
 
     async def _stop(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = catalogue.module(params.get("module")).name
