@@ -86,7 +86,8 @@ import numpy as np
 
 from .. import board_address, catalogue, errors
 from ..physics.plants import plant_spec
-from .base import ScopeTrace
+from . import pyrpl_na
+from .base import NaSweep, ScopeTrace
 from .board_link import probe
 from .board_link.errors import LinkError
 from .board_link.keeper import BoardLinkKeeper
@@ -179,6 +180,11 @@ class PyrplBackend:
         self._asg_started: set[str] = set()
         self._armed: tuple[float, float] | None = None
         self._iq_changed: dict[str, float] = {}  # IQ module → monotonic time of its last set
+        self._na: pyrpl_na.RunningSweep | None = None
+        """The network-analyzer sweep started by :meth:`na_start`, until :meth:`na_stop`."""
+        self._na_stop_pending: str | None = None
+        """The IQ module whose excitation :meth:`na_stop` could not turn off (the link was
+        down): turned off at the next access to a ready board."""
 
     # -------------------------------------------------------------------------------------------------
     # lifecycle
@@ -456,6 +462,49 @@ class PyrplBackend:
             self._armed = None
 
     # -------------------------------------------------------------------------------------------------
+    # network analyzer
+
+    def na_start(self, settings: Mapping[str, Any]) -> NaSweep:
+        """Set the IQ module ``settings["iq"]`` up for a sweep of the ``na`` values ``settings``
+        and start its first point, as PyRPL's ``NetworkAnalyzer._start_trace_acquisition``
+        (:func:`.pyrpl_na.start`; its differences from PyRPL's are there). The sweep's settings
+        are not settings applied through :meth:`set`: a restore after an FPGA reset does not
+        replay them, and they are not saved into a named config. A sweep already running is
+        replaced."""
+        module = settings["iq"]
+        if module not in ("iq0", "iq1", "iq2"):
+            raise errors.InvalidParams(f"na_start needs iq0, iq1 or iq2, not {module!r}")
+        with self._board() as rp:
+            self._na = None
+            self._na_stop_pending = module  # kept if the start fails: na_stop turns it off
+            sweep, started = pyrpl_na.start(getattr(rp, module), settings)
+            self._na, self._na_stop_pending = sweep, None
+            self._iq_changed[module] = time.monotonic()
+            return started
+
+    def na_points(self, first: int, count: int) -> tuple[np.ndarray, float]:
+        """Points ``first`` .. ``first + count - 1`` of the started sweep, normalised as PyRPL's
+        NA (:func:`.pyrpl_na.measure`): this thread waits for each point, so the wait returned is
+        0. Raises InvalidParams without a started sweep or for points out of order,
+        DeviceNotReady if the link fails or the board restarted during the sweep."""
+        if self._na is None:
+            raise errors.InvalidParams("na_points: no network-analyzer sweep was started")
+        with self._board():
+            return pyrpl_na.measure(self._na, first, count), 0.0
+
+    def na_stop(self) -> None:
+        """Turn the excitation of the sweep (or of a start that failed) off: amplitude 0;
+        idempotent. If the link is down, it is turned off at the next call on a ready board
+        (and DeviceNotReady is raised)."""
+        sweep, self._na = self._na, None
+        if sweep is not None:
+            self._na_stop_pending = sweep.iq.name
+        if self._na_stop_pending is None:
+            return
+        with self._board():
+            pass  # entering turns the pending excitation off
+
+    # -------------------------------------------------------------------------------------------------
     # IQ and sampler
 
     def iq_read(self, module: str) -> dict[str, float]:
@@ -557,6 +606,9 @@ class PyrplBackend:
         if state != "ready":
             raise errors.DeviceNotReady(reason or state)
         try:
+            if self._na_stop_pending is not None:
+                pyrpl_na.stop(getattr(self._rp, self._na_stop_pending))
+                self._na_stop_pending = None
             yield self._rp
         except LinkError as exc:
             raise errors.DeviceNotReady(self._link_keeper.access_failed(exc)) from exc
@@ -572,6 +624,9 @@ class PyrplBackend:
         leaves them pending (the link is ``lost``, the next ``ready`` retries)."""
         if fpga_reset:
             self._asg_started.clear()  # PyRPL's asg.setup() rewrites the table of `waveform`
+            if self._na is not None:
+                self._na.broken = (f"the Red Pitaya at {self.hostname} restarted during the "
+                                   "network-analyzer sweep (its FPGA was reset)")
         order = {"asg": 0, "iq": 1, "pid": 2, "scope": 3}
         modules = sorted(self._applied, key=lambda m: order.get(catalogue.module(m).kind, 4))
         try:
