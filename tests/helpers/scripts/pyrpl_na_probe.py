@@ -6,6 +6,8 @@ imported in their own process. Usage: ``python pyrpl_na_probe.py WHO HOST SSH_PO
 with WHO ``backend`` (:class:`PyrplBackend`'s ``na_start`` / ``na_points`` / ``na_stop`` from one
 dedicated thread, in chunks of about 50 ms of points as the server calls them) or ``pyrpl``
 (PyRPL 0.9.9's own ``NetworkAnalyzer.single()``, its software module loaded, trace_average 1),
+``contract`` (the backend's answers to calls out of order, the IQ after a sweep, the restore
+after an FPGA reset: ``{"name": {"ok": ..., "error": ..., "value": ...}}``),
 SETTINGS a JSON object of the ``na`` values (catalogue names: start_freq, stop_freq, points, rbw,
 average_per_point, amplitude, input, output_direct, acbandwidth, logscale; iq: iq2, PyRPL's NA's).
 The last stdout line starting with ``PROBE_RESULT`` holds ``{"frequencies": [...], "re": [...],
@@ -59,6 +61,61 @@ def through_backend(host: str, ssh_port: int, port: int, settings: dict[str, Any
         executor.shutdown()
 
 
+def outcome(run: Any, function: Any, *args: Any) -> dict[str, Any]:
+    """``run(function, *args)``: its value (na_points': the magnitudes and the wait; na_start's:
+    None), or the exception's class and message."""
+    try:
+        value = run(function, *args)
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+    if isinstance(value, tuple):  # na_points: (values, wait)
+        return {"ok": True, "value": [np.abs(value[0]).tolist(), value[1]]}
+    return {"ok": True, "value": None if hasattr(value, "frequencies") else value}
+
+
+USER_IQ2 = {"frequency": 5000.0, "amplitude": 0.2, "output_direct": "off", "input": "in2",
+            "bandwidth": [9716.4, 0.0, 0.0, 0.0]}
+"""iq2's settings applied through ``set`` before the sweeps of ``contract``."""
+
+
+def contract(host: str, ssh_port: int, port: int, settings: dict[str, Any]) -> dict[str, Any]:
+    from pymodaq_plugins_pyrpl.hardware.backends.pyrpl import PyrplBackend
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
+
+    def run(function: Any, *args: Any) -> Any:
+        return executor.submit(function, *args).result(timeout=600)
+
+    backend = PyrplBackend(host, ssh_port=ssh_port, board_port=port)
+    run(backend.open)
+    names = list(USER_IQ2)
+    try:
+        out: dict[str, Any] = {"user": run(backend.set, "iq2", USER_IQ2)}
+        out["points_before_start"] = outcome(run, backend.na_points, 0, 1)
+        out["stop_before_start"] = outcome(run, backend.na_stop)
+        out["start_other_module"] = outcome(run, backend.na_start, {**settings, "iq": "pid0"})
+        out["start"] = outcome(run, backend.na_start, settings)
+        out["points_out_of_order"] = outcome(run, backend.na_points, 1, 1)
+        out["points_past_the_end"] = outcome(run, backend.na_points, 0, settings["points"] + 1)
+        out["first_point"] = outcome(run, backend.na_points, 0, 1)
+        out["iq2_during"] = run(backend.get, "iq2", names + ["output_signal"])
+        out["stop"] = outcome(run, backend.na_stop)
+        out["stop_again"] = outcome(run, backend.na_stop)
+        out["points_after_stop"] = outcome(run, backend.na_points, 1, 1)
+        out["iq2_after"] = run(backend.get, "iq2", names)
+        # the FPGA was reset during a sweep: the keeper has the applied settings restored
+        run(backend.na_start, settings)
+        run(backend.na_points, 0, 1)
+        out["restored"] = run(backend._restore_settings, True)
+        out["points_after_reset"] = outcome(run, backend.na_points, 1, 1)
+        out["stop_after_reset"] = outcome(run, backend.na_stop)
+        out["iq2_restored"] = run(backend.get, "iq2", names)
+        return out
+    finally:
+        run(backend.close)
+        executor.shutdown()
+
+
 def through_pyrpl(host: str, ssh_port: int, port: int, settings: dict[str, Any]
                   ) -> dict[str, Any]:
     from pyrpl import Pyrpl
@@ -88,7 +145,7 @@ def through_pyrpl(host: str, ssh_port: int, port: int, settings: dict[str, Any]
 
 def main() -> None:
     who, host, ssh_port, port, settings = sys.argv[1:6]
-    sweep = {"backend": through_backend, "pyrpl": through_pyrpl}[who]
+    sweep = {"backend": through_backend, "pyrpl": through_pyrpl, "contract": contract}[who]
     result = sweep(host, int(ssh_port), int(port), json.loads(settings))
     print("PROBE_RESULT " + json.dumps(result), flush=True)
 

@@ -495,9 +495,10 @@ class PyrplBackend:
     def na_stop(self) -> None:
         """Turn the excitation of the sweep (or of a start that failed) off: amplitude 0;
         idempotent. If the link is down, it is turned off at the next call on a ready board
-        (and DeviceNotReady is raised)."""
+        (and DeviceNotReady is raised). Nothing after an FPGA reset during the sweep: the
+        reset ended the excitation, and the IQ holds the settings restored since."""
         sweep, self._na = self._na, None
-        if sweep is not None:
+        if sweep is not None and sweep.broken is None:
             self._na_stop_pending = sweep.iq.name
         if self._na_stop_pending is None:
             return
