@@ -1,16 +1,37 @@
-"""(8) The analyzers: figures of the server's network and spectrum analyzers on the simulated board
-and on a virtual board driven by real PyRPL."""
+"""(8) The analyzers. Spectrum analyzer: spectra/s at its widest span next to the scope traces/s
+of the same server, on --mock and on a virtual board, and PyRPL's own analyzer on that board.
+
+Network analyzer: one sweep of 1001 points at rbw 1 kHz (log, 1 kHz to 1 MHz, one average per
+point) on one virtual board (loopback plant), in one run side by side:
+
+* through our server and a client (``client.acquire("na")``, as the NA viewer asks for it),
+* through the PyRPL backend alone (``na_start`` / ``na_points`` from one thread, no server),
+* through PyRPL's own ``NetworkAnalyzer.single()`` in a process of its own,
+* the physical minimum, ``Σ (0.5 + average_per_point) / rbw`` over the points, the first one three
+  times (:func:`.network.sweep_time` of the rbw applied),
+
+and on the simulated board (``--mock``) the sweep through a server and a client next to its
+physical minimum. A sweep's time runs from the request to its last point. The PyRPL sweeps run
+``tests/helpers/scripts/pyrpl_na_probe.py`` (PyRPL imported in its own process only).
+"""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 from bench.common import SHORTEST
 from bench.pyrpl_path import START_TIMEOUT, ServerProcess, board_ports, client_rate
 from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.hardware.analysis import network
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.virtual_board.process import VirtualBoardProcess, start_virtual_board
+from tests.helpers.pyrpl_probe import run_probe
+from tests.helpers.scripts import PYRPL_NA_PROBE
 
 # --- spectrum analyzer -----------------------------------------------------------------------------
 
@@ -89,6 +110,80 @@ def sa_figures(runs: int, seconds: float) -> dict[str, list[float]]:
                 out[f"sa_{key}"].append(spectra)
                 out[f"scope_{key}"].append(traces)
             out["sa_pyrpl_in_process"].append(sa_in_process_rate(board, seconds))
+    finally:
+        board.stop()
+    return out
+
+# --- network analyzer -------------------------------------------------------------------------------
+
+NA_SWEEP = {"iq": "iq2", "start_freq": 1e3, "stop_freq": 1e6, "points": 1001, "rbw": 1000.0,
+            "average_per_point": 1, "amplitude": 0.1, "input": "in1", "output_direct": "out1",
+            "acbandwidth": 50.0, "logscale": True, "trace_average": 1}
+"""The ``na`` settings of every sweep of this section."""
+NA_PROBE_TIMEOUT = 120.0
+
+
+def na_probe_seconds(who: str, board: VirtualBoardProcess, folder: Path) -> dict[str, Any]:
+    """One sweep by the probe (``backend`` or ``pyrpl``) on ``board``: its seconds and rbw."""
+    result = run_probe(PYRPL_NA_PROBE, folder, who, board.host, str(board.ssh_port),
+                       str(board.port), json.dumps(NA_SWEEP), timeout=NA_PROBE_TIMEOUT)
+    return {"seconds": result["seconds"], "rbw": result["rbw"]}
+
+
+def na_client_seconds(*board: str) -> tuple[float, float]:
+    """One sweep through a server of ``board`` and a client (the settings set first, one sweep
+    before the one timed): (seconds, rbw applied)."""
+    server = ServerProcess(*board)
+    try:
+        client = server.client()
+        try:
+            applied = client.set("na", NA_SWEEP)
+            client.acquire("na")
+            t0 = time.perf_counter()
+            reply = client.acquire("na")
+            seconds = time.perf_counter() - t0
+            if not reply["complete"]:
+                raise RuntimeError("the bench's NA sweep did not complete")
+            return seconds, applied["rbw"]
+        finally:
+            client.close()
+    finally:
+        server.close()
+
+
+def na_minimum(rbw: float) -> float:
+    """The physical minimum of :data:`NA_SWEEP` at the rbw applied (s)."""
+    return network.sweep_time(NA_SWEEP["points"], rbw, NA_SWEEP["average_per_point"])
+
+
+def na_figures(runs: int) -> dict[str, list[float]]:
+    """Every NA figure of section (8), as lists of samples (s, and ratios)."""
+    out: dict[str, list[float]] = {k: [] for k in (
+        "server", "backend", "pyrpl", "minimum", "server_over_pyrpl", "backend_over_pyrpl",
+        "pyrpl_over_minimum", "server_over_minimum", "mock", "mock_minimum",
+        "mock_over_minimum")}
+    board = start_virtual_board("loopback")
+    folder = Path(tempfile.mkdtemp(prefix="pyrpl_bench_na_"))
+    try:
+        for _ in range(runs):
+            server, rbw = na_client_seconds(*board_ports(board))
+            backend = na_probe_seconds("backend", board, folder)["seconds"]
+            pyrpl = na_probe_seconds("pyrpl", board, folder)
+            minimum = na_minimum(pyrpl["rbw"])
+            if rbw != pyrpl["rbw"]:
+                raise RuntimeError(f"rbw {rbw} through the server, {pyrpl['rbw']} in PyRPL")
+            out["server"].append(server)
+            out["backend"].append(backend)
+            out["pyrpl"].append(pyrpl["seconds"])
+            out["minimum"].append(minimum)
+            out["server_over_pyrpl"].append(server / pyrpl["seconds"])
+            out["backend_over_pyrpl"].append(backend / pyrpl["seconds"])
+            out["pyrpl_over_minimum"].append(pyrpl["seconds"] / minimum)
+            out["server_over_minimum"].append(server / minimum)
+            mock, mock_rbw = na_client_seconds("--mock")
+            out["mock"].append(mock)
+            out["mock_minimum"].append(na_minimum(mock_rbw))
+            out["mock_over_minimum"].append(mock / na_minimum(mock_rbw))
     finally:
         board.stop()
     return out
