@@ -3,16 +3,16 @@ PyRPL 0.9.9's own ``NetworkAnalyzer``, both driving one virtual board over its p
 (``tests/helpers/scripts/pyrpl_na_probe.py``, one subprocess each: PyRPL is never imported here).
 
 The same settings through both give the same frequency points exactly and the same transfer
-function within the board's noise: the ADC's 1 mV rms through the rbw filter and the average,
-about 1e-4 of a 0.1 V excitation per point (0.001 dB, 0.005°); the bounds below are ten times
-the largest difference measured over 101 points. Both read the plant: a cable (0 dB, the phase of
-its 16 ns delay and 60 MHz bandwidth) or the resonator (its f0 and Q).
+function within the board's noise (the ADC's 1 mV rms averaged over a point: about 1e-4 of a
+0.1 V excitation, 0.001 dB and 0.005°) and, on the resonator, its filter's settling; the bounds
+below are several times the largest difference measured over 101 points. Both read the plant: a
+cable (0 dB, the phase of its 16 ns delay and 60 MHz bandwidth) or the resonator (its f0 and Q).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,19 +32,26 @@ SWEEPS = {
 }
 """The ``na`` settings swept on each plant: a log sweep over three decades on the cable, a linear
 one across the resonance (f0 100 kHz, linewidth 3.3 kHz)."""
-MAGNITUDE_DB = 0.02
-PHASE_DEG = 0.1
-"""How far apart two sweeps (or a sweep and the plant) may be, per point."""
+AGREEMENT = {"loopback": (0.02, 0.1), "resonator": (0.1, 1.0)}
+"""dB and degrees two sweeps on one board may be apart, per point. Measured: 0.002 dB and 0.012°
+on the cable (the noise); 0.016 dB and 0.16° on the resonator, where the quadrature filter still
+settles from the previous points when a point's average starts (half an rbw period after its
+frequency step, as on a board) and so depends on how long each point took: ours take their time
+per point plus two register round trips, PyRPL's about 1 ms more."""
+PLANT_READING = {"loopback": (0.02, 0.1), "resonator": (0.2, 2.0)}
+"""dB and degrees a sweep may be off its plant's transfer function, per point. Measured: 0.0014 dB
+and 0.05° on the cable; 0.06 dB and 0.52° on the resonator (the filter's settling above)."""
 
 
 def complex_data(result: dict[str, Any]) -> np.ndarray:
     return np.array(result["re"]) + 1j * np.array(result["im"])
 
 
-def assert_close(measured: np.ndarray, expected: np.ndarray) -> None:
+def assert_close(measured: np.ndarray, expected: np.ndarray, bounds: tuple[float, float]
+                 ) -> None:
     ratio = measured / expected
-    assert np.max(np.abs(20 * np.log10(np.abs(ratio)))) < MAGNITUDE_DB
-    assert np.max(np.abs(np.degrees(np.angle(ratio)))) < PHASE_DEG
+    assert np.max(np.abs(20 * np.log10(np.abs(ratio)))) < bounds[0]
+    assert np.max(np.abs(np.degrees(np.angle(ratio)))) < bounds[1]
 
 
 @pytest.fixture(scope="module", params=list(SWEEPS))
@@ -77,7 +84,8 @@ def test_the_same_frequency_points_as_pyrpl(sweeps: dict[str, Any]) -> None:
 
 
 def test_the_same_transfer_function_as_pyrpl(sweeps: dict[str, Any]) -> None:
-    assert_close(complex_data(sweeps["ours"]), complex_data(sweeps["pyrpl"]))
+    assert_close(complex_data(sweeps["ours"]), complex_data(sweeps["pyrpl"]),
+                 AGREEMENT[sweeps["plant"]])
 
 
 @pytest.mark.parametrize("who", ["ours", "pyrpl"])
@@ -85,12 +93,11 @@ def test_the_sweep_reads_the_plant(sweeps: dict[str, Any], who: str) -> None:
     result = sweeps[who]
     plant = parse_plant(sweeps["plant"])
     expected = np.array([plant.transfer(f) for f in result["frequencies"]])
-    assert_close(complex_data(result), expected)
+    assert_close(complex_data(result), expected, PLANT_READING[sweeps["plant"]])
 
 
+@pytest.mark.parametrize("plant", ["resonator"], indirect=True)
 def test_the_resonance_gives_f0_and_q(sweeps: dict[str, Any]) -> None:
-    if sweeps["plant"] != "resonator":
-        pytest.skip("the cable has no resonance")
     f = np.array(sweeps["ours"]["frequencies"])
     # 1/H = (1 - (f/f0)**2 + j f/(f0 q)) / gain: linear in 1/gain, f**2 and f
     inverse = 1 / complex_data(sweeps["ours"])

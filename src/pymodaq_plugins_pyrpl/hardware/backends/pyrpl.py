@@ -46,6 +46,14 @@ Behaviour worth knowing:
   ssh password: it is kept owner-only (0600), in an owner-only config folder (0700), and the
   default user dir is created 0700. A file that is not valid YAML (or not a mapping) is refused at
   ``open()`` naming the file. ``config=""`` (the default) keeps PyRPL's settings in memory only.
+* **Network analyzer** (:meth:`PyrplBackend.na_start`, ``na_points``, ``na_stop``): PyRPL's
+  ``NetworkAnalyzer`` is not loaded (it would own iq2, and its sweep runs in PyRPL's Qt event
+  loop); the sweep drives the IQ's averager registers itself as that analyzer does
+  (:mod:`.pyrpl_na`), on the backend thread, and agrees with it on a virtual board
+  (``tests/hardware/backends/test_pyrpl_na.py``). The sweep's IQ settings are not settings applied
+  through :meth:`PyrplBackend.set`: after an FPGA reset the restore applies the user's settings of
+  that IQ (and the sweep under way fails), not the sweep's; the IQ keeps the sweep's settings,
+  excitation off, when it ends, as after PyRPL's analyzer.
 * **Fake board** (``_FAKE_``): scope traces are random noise, ``curve_ready`` is always true, the
   sampler and IQ accumulators return constants, filter cutoffs are garbage. They are not hidden.
 
@@ -470,11 +478,13 @@ class PyrplBackend:
         (:func:`.pyrpl_na.start`; its differences from PyRPL's are there). The sweep's settings
         are not settings applied through :meth:`set`: a restore after an FPGA reset does not
         replay them, and they are not saved into a named config. A sweep already running is
-        replaced."""
+        replaced (its excitation turned off first)."""
         module = settings["iq"]
         if module not in ("iq0", "iq1", "iq2"):
             raise errors.InvalidParams(f"na_start needs iq0, iq1 or iq2, not {module!r}")
         with self._board() as rp:
+            if self._na is not None and self._na.broken is None:
+                pyrpl_na.stop(self._na.iq)
             self._na = None
             self._na_stop_pending = module  # kept if the start fails: na_stop turns it off
             sweep, started = pyrpl_na.start(getattr(rp, module), settings)
