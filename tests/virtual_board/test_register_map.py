@@ -299,6 +299,70 @@ def test_iq_averager_is_busy_for_its_cycles(board: VirtualBoard, clock: FakeCloc
     assert not any(w >> 31 for w in board.read(IQ0 + 0x140, 4))
 
 
+def na_series(clock: FakeClock, amplitude: float, bandwidth: float = 1000.0) -> VirtualBoard:
+    """A noiseless loopback board whose iq0 excites out1 at 100 kHz with ``amplitude`` from
+    time 0 and demodulates in1 (quadrature filter 2 × ``bandwidth``, 1.2 kHz by default); at
+    0.1 s the excitation becomes 0.5 V and a rewrite of the frequency starts a series of 1 ms
+    (no sleep)."""
+    board = VirtualBoard(plant="loopback:noise=0", seed=3, clock=clock)
+    put(board, IQ0 + 0x124, catalogue.FilterRegister(*catalogue.IQ_BANDWIDTH_FILTER).word(
+        [bandwidth, bandwidth]))
+    put(board, IQ0 + 0x4, 1)  # output_direct out1
+    put(board, IQ0 + 0x130, 125_000)
+    for value, then in ((amplitude, 0.1), (0.5, 0.0)):
+        put(board, IQ0 + 0x114, catalogue.IQ_AMPLITUDE.word(value) & (2**18 - 1))
+        put(board, IQ0 + 0x108, catalogue.IQ_FREQUENCY.word(100e3))
+        clock.t += then
+    return board
+
+
+def na_mean(board: VirtualBoard) -> complex:
+    """The series' mean I + jQ (V) from the four sum words."""
+    a, b, c, d = (int(w) for w in board.read(IQ0 + 0x140, 4))
+    assert not (a | b | c | d) >> 31
+    i = ((b << 31 | a) ^ 1 << 61) - (1 << 61)
+    q = ((d << 31 | c) ^ 1 << 61) - (1 << 61)
+    return complex(i, q) / 125_000 * 2**-22
+
+
+def test_iq_averager_holds_the_mean_over_its_series() -> None:
+    """A step of the excitation from 0 to 0.5 V: the quadrature filter settles (time constant
+    0.13 ms) during the 1 ms series, whose mean is below the settled value; the sums are the
+    same whenever they are read."""
+    soon, late = FakeClock(100.0), FakeClock(100.0)
+    read_soon, read_late = na_series(soon, 0.0), na_series(late, 0.0)
+    soon.t += 1.0e-3 + 1e-6
+    late.t += 0.5
+    assert na_mean(read_soon) == na_mean(read_late)
+    assert abs(na_mean(read_soon)) < 0.9 * 0.5
+
+
+def test_iq_averager_sums_are_latched_when_the_series_ends() -> None:
+    """A series on a settled filter: turning the excitation off after the series ended, before
+    the sums are read, does not change them (on the FPGA they are final when the series ends)."""
+    untouched, changed = FakeClock(100.0), FakeClock(100.0)
+    boards = na_series(untouched, 0.5), na_series(changed, 0.5)
+    untouched.t += 1.1e-3
+    changed.t += 1.1e-3
+    put(boards[1], IQ0 + 0x114, 0)
+    changed.t += 0.05  # the quadrature filter has long settled to 0
+    assert abs(na_mean(boards[0])) == pytest.approx(0.5, rel=1e-3)
+    assert na_mean(boards[1]) == na_mean(boards[0])
+
+
+def test_iq_averager_series_with_a_change_in_its_middle() -> None:
+    """The excitation changes halfway through a series (quadrature filter 2 × 78 kHz): the sums
+    hold a mean within the two levels (the virtual board takes a series with the settings at its
+    end, the transient of the change from the change on), not the filter's transient run
+    backwards to the series' start (which overflows)."""
+    clock = FakeClock(100.0)
+    board = na_series(clock, 0.5, bandwidth=80e3)
+    clock.t += 0.5e-3
+    put(board, IQ0 + 0x114, catalogue.IQ_AMPLITUDE.word(0.2) & (2**18 - 1))
+    clock.t += 1e-3
+    assert 0.19 < abs(na_mean(board)) < 0.51
+
+
 def test_pid_integrator_preset_and_readback(board: VirtualBoard) -> None:
     put(board, PID0 + 0x100, round(-1.5 * 2**13) & 0xFFFF)
     assert word(board, PID0 + 0x100) == round(-1.5 * 2**13) & 0xFFFF
@@ -345,7 +409,9 @@ def test_iq_quadratures_agree_with_the_simulator(board: VirtualBoard, clock: Fak
         [1000.0, 1000.0]))
     put(board, IQ0 + 0x130, 125_000)
     put(board, IQ0 + 0x108, catalogue.IQ_FREQUENCY.word(frequency))
-    clock.t += 0.1
+    clock.t += 0.1  # the quadrature filter settles, then a series of 1 ms starts
+    put(board, IQ0 + 0x108, catalogue.IQ_FREQUENCY.word(frequency))
+    clock.t += 0.01
     a, b, c, d = (int(w) for w in board.read(IQ0 + 0x140, 4))
     i = ((b << 31 | a) ^ 1 << 61) - (1 << 61)
     q = ((d << 31 | c) ^ 1 << 61) - (1 << 61)

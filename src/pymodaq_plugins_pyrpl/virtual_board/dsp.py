@@ -22,6 +22,7 @@ from ..hardware import catalogue
 from ..hardware.physics.iir import STAGES, IirSettings
 from . import decode
 from .registers import Reg, RegisterFile, const
+from .timebase import to_seconds
 from .trig import Trig
 
 if TYPE_CHECKING:
@@ -106,39 +107,42 @@ IIR_COEFFICIENT_WORDS = STAGES * decode.IIR_WORDS_PER_BIQUAD
 class NaAverager:
     """An IQ module's network-analyzer accumulators: a write of the frequency starts a series of
     ``averages`` cycles after ``sleep`` cycles; the sums are busy (bit 31 of the four words) until
-    the series ends, then hold ``averages * 2**22 * (I + jQ)`` (62-bit two's complement), the
-    quadratures taken when first read after the end."""
+    the series ends, then hold ``averages * 2**22 * (I + jQ)`` (62-bit two's complement), I + jQ
+    the mean over the series' cycles, latched when it ends (see :meth:`ended`)."""
 
     def __init__(self) -> None:
+        self.begin = 0
         self.end: int | None = None
         self.averages = 0
         self.sums: tuple[int, int] | None = (0, 0)
 
     def start(self, now: int, averages: int, sleep: int) -> None:
-        self.end = now + sleep + averages
+        self.begin = now + sleep
+        self.end = self.begin + averages
         self.averages = averages
         self.sums = None
 
-    def words(self, now: int, quadratures: complex | None) -> list[int]:
-        """The four data words at cycle ``now``; ``quadratures`` is needed (not None) the first
-        time the series has ended (see :meth:`needs_quadratures`)."""
-        if self.needs_quadratures(now) is None:
-            return [1 << 31] * 4
+    def ended(self, now: int) -> tuple[int, int] | None:
+        """The series (first cycle, cycles) if it has ended by cycle ``now`` and its mean is
+        not latched yet (:meth:`latch`); None otherwise."""
+        if self.sums is not None or self.end is None or now < self.end:
+            return None
+        return self.begin, self.averages
+
+    def latch(self, mean: complex) -> None:
+        """The series' mean I + jQ (V)."""
+        self.sums = (round(self.averages * NA_SCALE * mean.real),
+                     round(self.averages * NA_SCALE * mean.imag))
+
+    def words(self, now: int) -> list[int]:
+        """The four data words at cycle ``now`` (an ended series latched first)."""
         if self.sums is None:
-            assert quadratures is not None
-            self.sums = (round(self.averages * NA_SCALE * quadratures.real),
-                         round(self.averages * NA_SCALE * quadratures.imag))
+            return [1 << 31] * 4
         words = []
         for total in self.sums:
             total &= (1 << 62) - 1
             words += [total & 0x7FFFFFFF, total >> 31 & 0x7FFFFFFF]
         return words
-
-    def needs_quadratures(self, now: int) -> bool | None:
-        """None while busy; True if the ended series still needs its quadratures."""
-        if self.end is not None and now < self.end:
-            return None
-        return self.sums is None
 
 
 class Dsp:
@@ -152,6 +156,9 @@ class Dsp:
         self.pids = [RegisterFile(PID_TABLE) for _ in PIDS]
         self.iqs = [RegisterFile(table) for table in IQ_TABLES]
         self.averagers = [NaAverager() for _ in IQS]
+        self._series_requested: list[int] = []
+        """The IQ modules whose frequency the write being served wrote: their averagers start
+        a series once the physics has taken the write up."""
         self.trig = Trig(fpga)
         self.iir = RegisterFile(IIR_TABLE)
         self.iir_coefficients = np.zeros(IIR_COEFFICIENT_WORDS, dtype=np.uint32)
@@ -181,10 +188,16 @@ class Dsp:
         return np.array([self.read_word(offset + 4 * i) for i in range(length)], dtype=np.uint32)
 
     def write(self, offset: int, words: np.ndarray) -> None:
+        self._latch_ended()  # the FPGA's sums hold what the settings until now gave
         touched: set[str] = set()
         for i, word in enumerate(words):
             touched |= self.write_word(offset + 4 * i, int(word))
         self.fpga.refresh(touched)
+        now = self.fpga.time.cycles()  # not before the physics took up the write
+        for k in self._series_requested:
+            r = self.iqs[k]
+            self.averagers[k].start(now, r.get(0x130), r.get(0x134))
+        self._series_requested.clear()
 
     def read_word(self, offset: int) -> int:
         n, sub = offset // SUBMODULE_SPAN, offset % SUBMODULE_SPAN
@@ -255,8 +268,7 @@ class Dsp:
             k = IQS.index(n)
             self.iqs[k].set(sub, value)
             if sub == IQ_FREQUENCY:
-                r = self.iqs[k]
-                self.averagers[k].start(self.fpga.time.cycles(), r.get(0x130), r.get(0x134))
+                self._series_requested.append(k)
             return {f"iq{k}"}
         if n == TRIG:
             self.trig.write_word(sub, value)
@@ -270,11 +282,20 @@ class Dsp:
         return set()
 
     def _na_words(self, k: int) -> list[int]:
-        averager, now = self.averagers[k], self.fpga.time.cycles()
-        quadratures = None
-        if averager.needs_quadratures(now):
-            quadratures = self.fpga.model.iq(k, self.fpga.time.now())
-        return averager.words(now, quadratures)
+        self._latch_ended()
+        return self.averagers[k].words(self.fpga.time.cycles())
+
+    def _latch_ended(self) -> None:
+        """Latch the mean of every averager whose series has ended (before any change of the
+        settings it was taken with)."""
+        now = self.fpga.time.cycles()
+        for k, averager in enumerate(self.averagers):
+            series = averager.ended(now)
+            if series is None:
+                continue
+            begin, cycles = series
+            averager.latch(self.fpga.model.iq_average(k, to_seconds(begin), to_seconds(cycles))
+                           if cycles else 0j)
 
 
 def _module_of(n: int) -> set[str]:

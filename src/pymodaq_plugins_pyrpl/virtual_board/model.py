@@ -101,10 +101,14 @@ class BoardModel:
         self.sync(t)
         return self.board.sample([signal])[signal]
 
-    def iq(self, n: int, t: float) -> complex:
-        """``I + jQ`` of iq ``n`` at ``t`` (V)."""
-        self.sync(t)
-        return self.board.read_iq(n, t)
+    def iq_average(self, n: int, start: float, duration: float) -> complex:
+        """The mean ``I + jQ`` of iq ``n`` over ``duration`` s from ``start`` (V; a series of its
+        network-analyzer averager, ended by now): the steady state and noise of
+        :meth:`.Board.average_iq` and the transients of :meth:`.Board.iq_transient_mean`, with
+        the PID outputs of ``start`` (or later, if they were advanced past it already)."""
+        self.sync(start)
+        return (self.board.average_iq(n, start, duration)
+                + self.board.iq_transient_mean(n, start, duration))
 
     def trigger(self, cfg: Mapping[str, Any], start: float, t: float) -> float | None:
         """Time of the first trigger event of the scope settings ``cfg`` (catalogue names, see

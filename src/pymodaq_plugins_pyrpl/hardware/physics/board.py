@@ -457,6 +457,20 @@ class Board:
         """What iq ``n`` reads at ``t`` beyond its steady state (:func:`iq.transient`)."""
         return iq.transient(self.cutoffs(n), self._ring_seen(n, t), self._settling.get(n), t)
 
+    def iq_transient_mean(self, n: int, start: float, duration: float) -> complex:
+        """The mean over ``duration`` seconds from ``start`` of what iq ``n`` reads beyond its
+        steady state (:func:`iq.transient_mean`): the part of the network analyzer's average
+        that :meth:`average_iq` leaves out, the filter still settling from the previous point
+        and the plant still ringing. Of a window in which the settings changed, the part
+        before the last change counts as no transient (its transients are not kept)."""
+        settling = self._settling.get(n)
+        begin = start if settling is None else max(start, settling.t)
+        end = start + duration
+        if begin >= end:
+            return 0j
+        return (end - begin) / duration * iq.transient_mean(
+            self.cutoffs(n), self._ring_seen(n, begin), settling, begin, end - begin)
+
     # -- PID loop model ---------------------------------------------------------------------------
 
     def _dc(self, signal: str, u: np.ndarray) -> float:

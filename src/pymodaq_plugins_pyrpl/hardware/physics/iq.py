@@ -26,8 +26,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from .. import catalogue
 from .filters import delay, filter_delay, filter_response, filter_system
+from .linalg import expm
 from .signals import NYQUIST, TWO_PI, Phase, Tone
 from .transients import Ring, Settling
 
@@ -166,4 +169,26 @@ def transient(cutoffs: Sequence[float], ring: tuple[complex, complex] | None,
         z += filter_response(cutoffs, ring[1] / (TWO_PI * 1j)) * ring[0]
     if settling is not None and not settling.over(t):
         z += complex(filter_system(settling.cutoffs)[2] @ settling.homogeneous(t))
+    return z
+
+
+def transient_mean(cutoffs: Sequence[float], ring: tuple[complex, complex] | None,
+                   settling: Settling | None, start: float, duration: float) -> complex:
+    """The mean of :func:`transient` over ``duration`` seconds from ``start`` (the network
+    analyzer's averaging window; the settings unchanged over it): the demodulated free
+    oscillation ``ring`` (U, lambda) taken at ``start``, ``U (exp(lambda T) - 1) / (lambda T)``
+    through the filter, and the filter's own deviation ``settling``,
+    ``C A^-1 (expm(A T) - 1) x(start) / T`` (``A`` of :func:`.filters.filter_system`, invertible:
+    every stage decays)."""
+    z = 0j
+    if ring is not None:
+        u, rate = ring
+        x = rate * duration
+        mean = (cmath.exp(x) - 1.0) / x if abs(x) > 1e-12 else 1.0
+        z += filter_response(cutoffs, rate / (TWO_PI * 1j)) * u * mean
+    if settling is not None and not settling.over(start):
+        a, _, c, _ = filter_system(settling.cutoffs)
+        state = settling.homogeneous(start)
+        growth = expm(a * duration) - np.eye(len(state))
+        z += complex(c @ np.linalg.solve(a, growth @ state)) / duration
     return z
