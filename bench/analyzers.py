@@ -12,7 +12,7 @@ point) on one virtual board (loopback plant), in one run side by side:
 
 and on the simulated board (``--mock``) the sweep through a server and a client next to its
 physical minimum. A sweep's time runs from the request to its last point. The PyRPL sweeps run
-``tests/helpers/scripts/pyrpl_na_probe.py`` (PyRPL imported in its own process only).
+``tests/helpers/scripts/pyrpl_na_sweep_probe.py`` (PyRPL imported in its own process only).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pymodaq_plugins_pyrpl.hardware.analysis import network
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
 from pymodaq_plugins_pyrpl.virtual_board.process import VirtualBoardProcess, start_virtual_board
 from tests.helpers.pyrpl_probe import run_probe
-from tests.helpers.scripts import PYRPL_NA_PROBE
+from tests.helpers.scripts import PYRPL_NA_SWEEP_PROBE
 
 # --- spectrum analyzer -----------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ NA_PROBE_TIMEOUT = 120.0
 
 def na_probe_seconds(who: str, board: VirtualBoardProcess, folder: Path) -> dict[str, Any]:
     """One sweep by the probe (``backend`` or ``pyrpl``) on ``board``: its seconds and rbw."""
-    result = run_probe(PYRPL_NA_PROBE, folder, who, board.host, str(board.ssh_port),
+    result = run_probe(PYRPL_NA_SWEEP_PROBE, folder, who, board.host, str(board.ssh_port),
                        str(board.port), json.dumps(NA_SWEEP), timeout=NA_PROBE_TIMEOUT)
     return {"seconds": result["seconds"], "rbw": result["rbw"]}
 

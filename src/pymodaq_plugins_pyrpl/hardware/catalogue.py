@@ -774,13 +774,14 @@ def _na() -> Module:
         _select("input", "signal measured", DSP_SIGNALS, "in1"),
         _select("output_direct", "analog output the excitation is added to",
                 OUTPUT_DIRECT_OPTIONS, "out1"),
-        Attribute("start_freq", "float", "first frequency of the sweep (on the IQ frequency "
-                  "grid)", frequency.read_back(NA_DEFAULTS["start_freq"]), "Hz",
-                  frequency.increment, frequency.maximum, frequency.increment,
-                  normalize=frequency.read_back),
-        Attribute("stop_freq", "float", "last frequency of the sweep (on the IQ frequency grid)",
-                  frequency.read_back(NA_DEFAULTS["stop_freq"]), "Hz", frequency.increment,
-                  frequency.maximum, frequency.increment, normalize=frequency.read_back),
+        # not quantized, as PyRPL's FrequencyProperty: the points between them are spaced from
+        # these values, then each put on the IQ frequency grid (analysis.network.frequencies)
+        Attribute("start_freq", "float", "first frequency of the sweep (each point is put on "
+                  "the IQ frequency grid)", NA_DEFAULTS["start_freq"], "Hz",
+                  frequency.increment, frequency.maximum),
+        Attribute("stop_freq", "float", "last frequency of the sweep (each point is put on the "
+                  "IQ frequency grid)", NA_DEFAULTS["stop_freq"], "Hz", frequency.increment,
+                  frequency.maximum),
         Attribute("points", "int", "frequencies per sweep", 1001, "", 1, NA_POINTS_MAX, 1),
         Attribute("rbw", "float", "resolution bandwidth: the cutoff of the IQ's first two "
                   "quadrature filter stages; snapped to the nearest option",

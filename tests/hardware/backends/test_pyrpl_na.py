@@ -1,6 +1,6 @@
 """The network analyzer on the PyRPL backend (``na_start`` / ``na_points`` / ``na_stop``) against
 PyRPL 0.9.9's own ``NetworkAnalyzer``, both driving one virtual board over its ports
-(``tests/helpers/scripts/pyrpl_na_probe.py``, one subprocess each: PyRPL is never imported here).
+(``tests/helpers/scripts/pyrpl_na_sweep_probe.py``, one subprocess each: PyRPL is never imported here).
 
 The same settings through both give the same frequency points exactly and the same transfer
 function within the board's noise (the ADC's 1 mV rms averaged over a point: about 1e-4 of a
@@ -20,7 +20,8 @@ import pytest
 from pymodaq_plugins_pyrpl.hardware.physics.plants import Resonator, parse_plant
 from pymodaq_plugins_pyrpl.virtual_board.process import VirtualBoardProcess, start_virtual_board
 from tests.helpers.pyrpl_probe import run_probe
-from tests.helpers.scripts import PYRPL_NA_PROBE
+from tests.helpers.scripts import PYRPL_NA_SWEEP_PROBE
+from tests.helpers.support import ServerProcess
 
 pytestmark = pytest.mark.pyrpl
 
@@ -72,8 +73,8 @@ def sweeps(plant: tuple[str, VirtualBoardProcess], tmp_path_factory: pytest.Temp
     ports = (board.host, str(board.ssh_port), str(board.port))
     settings = json.dumps(SWEEPS[name])
     return {"plant": name,
-            "ours": run_probe(PYRPL_NA_PROBE, folder, "backend", *ports, settings),
-            "pyrpl": run_probe(PYRPL_NA_PROBE, folder, "pyrpl", *ports, settings)}
+            "ours": run_probe(PYRPL_NA_SWEEP_PROBE, folder, "backend", *ports, settings),
+            "pyrpl": run_probe(PYRPL_NA_SWEEP_PROBE, folder, "pyrpl", *ports, settings)}
 
 
 def test_the_same_frequency_points_as_pyrpl(sweeps: dict[str, Any]) -> None:
@@ -96,6 +97,23 @@ def test_the_sweep_reads_the_plant(sweeps: dict[str, Any], who: str) -> None:
     assert_close(complex_data(result), expected, PLANT_READING[sweeps["plant"]])
 
 
+def test_a_sweep_through_the_server_agrees_with_pyrpl(
+        plant: tuple[str, VirtualBoardProcess], sweeps: dict[str, Any],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The server on the same board by its ports, a client's ``acquire`` of ``na``."""
+    name, board = plant
+    options = ["--hostname", board.host, "--ssh-port", str(board.ssh_port), "--board-port",
+               str(board.port)]
+    with ServerProcess(tmp_path_factory.mktemp(f"na-server-{name}"), options,
+                       startup_timeout=60) as server, server.client() as c:
+        c.call("set", module="na", values={**SWEEPS[name], "trace_average": 1})
+        reply = c.call("acquire", module="na", timeout=60)
+    pyrpl = sweeps["pyrpl"]
+    assert reply["complete"] and reply["done"] == SWEEPS[name]["points"]
+    assert reply["frequencies"].tolist() == pyrpl["frequencies"]
+    assert_close(reply["data"], complex_data(pyrpl), AGREEMENT[name])
+
+
 @pytest.mark.parametrize("plant", ["resonator"], indirect=True)
 def test_the_resonance_gives_f0_and_q(sweeps: dict[str, Any]) -> None:
     f = np.array(sweeps["ours"]["frequencies"])
@@ -114,7 +132,7 @@ def test_the_resonance_gives_f0_and_q(sweeps: dict[str, Any]) -> None:
 def contract(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     board = start_virtual_board("loopback")
     try:
-        return run_probe(PYRPL_NA_PROBE, tmp_path_factory.mktemp("na-contract"), "contract",
+        return run_probe(PYRPL_NA_SWEEP_PROBE, tmp_path_factory.mktemp("na-contract"), "contract",
                          board.host, str(board.ssh_port), str(board.port),
                          json.dumps({**SWEEPS["loopback"], "points": 11}))
     finally:

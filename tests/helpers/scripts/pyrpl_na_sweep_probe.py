@@ -2,7 +2,7 @@
 its result as JSON.
 
 Run by ``tests/hardware/backends/test_pyrpl_na.py`` and ``bench/analyzers.py``; PyRPL is never
-imported in their own process. Usage: ``python pyrpl_na_probe.py WHO HOST SSH_PORT PORT SETTINGS``
+imported in their own process. Usage: ``python pyrpl_na_sweep_probe.py WHO HOST SSH_PORT PORT SETTINGS``
 with WHO ``backend`` (:class:`PyrplBackend`'s ``na_start`` / ``na_points`` / ``na_stop`` from one
 dedicated thread, in chunks of about 50 ms of points as the server calls them) or ``pyrpl``
 (PyRPL 0.9.9's own ``NetworkAnalyzer.single()``, its software module loaded, trace_average 1),
