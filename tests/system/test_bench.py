@@ -31,9 +31,14 @@ MEMORY = ["server_rss_idle_mb", "server_rss_full_rate_mb", "client_overhead_rss_
 PYRPL_PATH = [f"vboard_startup_{k}_s" for k in ("mock", "fake", "virtual", "ports")] + [
     f"vboard_rate_{k}_per_s" for k in ("mock", "server", "in_process")] + [
     "vboard_idle_cpu_percent"]
-ANALYZERS = [f"sa_{k}_per_s" for k in ("mock", "scope_mock", "virtual", "scope_virtual",
+SPECTRUM_ANALYZER = [f"sa_{k}_per_s" for k in ("mock", "scope_mock", "virtual", "scope_virtual",
                                        "pyrpl_in_process")]
-EVERY_FIGURE = TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY + PYRPL_PATH + ANALYZERS
+NETWORK_ANALYZER = [f"na_{k}_s" for k in ("server", "backend", "pyrpl", "minimum", "mock",
+                                            "mock_minimum")] + [
+    f"na_{k}" for k in ("server_over_pyrpl", "backend_over_pyrpl", "pyrpl_over_minimum",
+                        "server_over_minimum", "mock_over_minimum")]
+EVERY_FIGURE = (TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY + PYRPL_PATH
+                + SPECTRUM_ANALYZER + NETWORK_ANALYZER)
 
 
 def test_quick_bench_produces_every_figure():
