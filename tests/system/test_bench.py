@@ -32,7 +32,7 @@ PYRPL_PATH = [f"vboard_startup_{k}_s" for k in ("mock", "fake", "virtual", "port
     f"vboard_rate_{k}_per_s" for k in ("mock", "server", "in_process")] + [
     "vboard_idle_cpu_percent"]
 SPECTRUM_ANALYZER = [f"sa_{k}_per_s" for k in ("mock", "scope_mock", "virtual", "scope_virtual",
-                                       "pyrpl_in_process")]
+                                               "pyrpl_in_process")]
 NETWORK_ANALYZER = [f"na_{k}_s" for k in ("server", "backend", "pyrpl", "minimum", "mock",
                                             "mock_minimum")] + [
     f"na_{k}" for k in ("server_over_pyrpl", "backend_over_pyrpl", "pyrpl_over_minimum",
