@@ -722,8 +722,8 @@ def _sa_span(span: float) -> float:
 def _sa() -> Module:
     attributes = [
         Attribute("span", "float", "analysed band 0 … span/2: the scope's sample rate, one of "
-                  "PyRPL's spans (snapped to the nearest)", SA_SPANS[0], "Hz", SA_SPANS[-1],
-                  SA_SPANS[0], None, options=SA_SPANS, normalize=_sa_span),
+                  "PyRPL's spans (snapped to the nearest)", SA_SPANS[0], "Hz",
+                  FPGA_CLOCK / 2**16, FPGA_CLOCK, None, options=SA_SPANS, normalize=_sa_span),
         _select("window", "filter window of the FFT", SA_WINDOWS, "blackman"),
         _select("input1", "signal analysed as channel 1 (the scope's input1)", DSP_SIGNALS, "in1"),
         _select("input2", "signal analysed as channel 2 (the scope's input2)", DSP_SIGNALS, "in2"),

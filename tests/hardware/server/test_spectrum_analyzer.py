@@ -41,6 +41,10 @@ def test_settings_start_at_the_catalogue_defaults_and_snap_as_pyrpl(
         assert values == {"span": span_of(1), "window": "blackman", "input1": "in1", "input2": "in2",
                           "unit": "Vrms/sqrt(Hz)", "trace_average": 1,
                           "rbw": pytest.approx(spectrum.rbw(span_of(1), "blackman"))}
+        # the round spans a user types are accepted (PyRPL reads them back as 1 / (8 ns × d))
+        assert c.call("set", module="sa", values={"span": 125e6}) == {"span": span_of(1)}
+        assert c.call("set", module="sa", values={"span": 125e6 / 2**16}) == {
+            "span": span_of(2**16)}
         applied = c.call("set", module="sa", values={"span": 130e3, "window": "flattop"})
         assert applied == {"span": span_of(1024), "window": "flattop"}
         assert c.call("get", module="sa", names=["rbw"]) == {
