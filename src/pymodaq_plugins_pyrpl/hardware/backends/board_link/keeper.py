@@ -84,8 +84,6 @@ class BoardLinkKeeper:
         """The current outage's recovery while ``lost``."""
         self._shell: probe.BoardShell | None = None
         """Our own ssh connection to the board, to look at it and start its monitor server."""
-        self._ours: set[tuple[str, int]] = set()
-        """Local (ip, port) of every data connection we made: never another program's."""
         self._boot_id: str | None = None
         self._epoch: tuple[float, float] | None = None
         """Bounds of the monotonic time at which the FPGA's cycle counter was 0, last read."""
@@ -185,8 +183,6 @@ class BoardLinkKeeper:
             if self._link.gated_writes:
                 logger.debug("%d start-up writes of PyRPL not sent", self._link.gated_writes)
             self._link.open_gate()
-            if self._link.local_address is not None:
-                self._ours.add(self._link.local_address)
 
     def close(self) -> None:
         """Close the data connection (a ``monitor_server`` ends with its client: no ``killall``)
@@ -208,8 +204,7 @@ class BoardLinkKeeper:
                 self._link.connected and self._link.silent_for() < LINK_SILENCE:
             return (f"the Red Pitaya at {self.hostname!r} did not answer in time ({exc.what}); "
                     "a write may or may not have been applied")
-        # the board ended the connection (FIN, RST): maybe another program's killall
-        self._lose(exc.what, caused_by_us=not isinstance(exc, (LinkClosed, LinkReset)))
+        self._lose_by(exc)
         return self._state[1] or "lost"
 
     def maintain(self) -> float | None:
@@ -259,8 +254,6 @@ class BoardLinkKeeper:
             self._forget_shell()
             raise errors.BackendUnavailable(f"cannot take the Red Pitaya at {self.hostname} "
                                             f"back: {one_line(exc)}") from None
-        if self._link.local_address is not None:
-            self._ours.add(self._link.local_address)
         self._recovery, self._other = None, None
         self._state = ("ready", None)
         if self._epoch_moved(epoch):
@@ -279,16 +272,17 @@ class BoardLinkKeeper:
     # -------------------------------------------------------------------------------------------------
     # internals
 
-    def _lose(self, why: str, caused_by_us: bool) -> None:
-        """The link is ``lost`` because of ``why``; ``caused_by_us``: our side ends it (silence,
-        garbage), not the board."""
+    def _lose_by(self, exc: LinkError) -> None:
+        """The link is ``lost`` by ``exc``: the board ended the connection (FIN, RST: maybe
+        another program's ``killall``) or our side did (silence, garbage: no quiet window)."""
+        why, caused_by_us = exc.what, not isinstance(exc, (LinkClosed, LinkReset))
         logger.warning("lost the Red Pitaya at %s: %s", self.hostname, why)
         self._lost_why = why
         self._state = ("lost", self._lost_sentence(0))
         self._link_lost()
         if self._link is not None and self._parameters is not None:
             self._recovery = Recovery(self._link, self._board_access(), self._board_shell,
-                                      self._forget_shell, self._ours, self._boot_id,
+                                      self._forget_shell, self._boot_id,
                                       caused_by_us)
 
     def _lost_sentence(self, attempts: int) -> str:
@@ -334,7 +328,7 @@ class BoardLinkKeeper:
         try:
             epoch = self._read_epoch()
         except LinkError as exc:
-            self._lose(exc.what, caused_by_us=not isinstance(exc, (LinkClosed, LinkReset)))
+            self._lose_by(exc)
             return 0.0
         self._recovery = None
         self._state = ("ready", None)

@@ -56,6 +56,8 @@ class RegisterLink:
         """``time.monotonic()`` of the last request the board answered."""
         self.local_address: tuple[str, int] | None = None
         """Our end (ip, port) of the last connection made: how the board lists us."""
+        self.local_addresses: set[tuple[str, int]] = set()
+        """Our ends of every connection this link made: never another program's client."""
         self._counters = [0, 0]  # requests of the connections closed so far: reads, writes
 
     # -- PyRPL's client interface ------------------------------------------------------------------
@@ -114,6 +116,7 @@ class RegisterLink:
             connection.timeout = self.timeout
             self._connection = connection
             self.local_address = connection.socket.getsockname()[:2]
+            self.local_addresses.add(self.local_address)
             return
 
     def drop(self, reset: bool) -> None:

@@ -81,19 +81,18 @@ class Recovery:
     """One outage of the link: :meth:`step` until it returns a state other than ``lost``.
 
     ``shells`` gives the ssh shell to look through (kept by the caller across outages; a new one
-    after :meth:`forget_shell`); ``ours`` holds our data connections' local (ip, port): they are
-    never another program's; ``boot_id`` is the board's last known boot id (None: unknown);
+    after :meth:`forget_shell`); the clients the board lists at ``link``'s
+    :attr:`~.link.RegisterLink.local_addresses` are ours, never another program's; ``boot_id`` is the board's last known boot id (None: unknown);
     ``caused_by_us``: we ended the connection (silence, garbage), so no quiet window is needed.
     """
 
     def __init__(self, link: RegisterLink, access: BoardAccess,
                  shells: Callable[[], probe.BoardShell], forget_shell: Callable[[], None],
-                 ours: set[tuple[str, int]], boot_id: str | None, caused_by_us: bool) -> None:
+                 boot_id: str | None, caused_by_us: bool) -> None:
         self.link = link
         self.access = access
         self._shells = shells
         self._forget_shell = forget_shell
-        self._ours = ours
         self.boot_id = boot_id
         self.rebooted = False
         """The boot id changed during this outage: the board rebooted."""
@@ -132,7 +131,7 @@ class Recovery:
             self.rebooted = True
         self.boot_id = look.boot_id
         clients = {(ip, port) for ip, port in look.clients}
-        foreign = sorted(clients - self._ours)
+        foreign = sorted(clients - self.link.local_addresses)
         if foreign:
             ip, port = foreign[0]
             return Outcome("taken", other=f"{ip}:{port}")
@@ -161,8 +160,6 @@ class Recovery:
             self.link.connect(within=CONNECT_WITHIN)
         except LinkError as exc:
             return self._failed(f"connecting failed: {exc.what}")
-        if self.link.local_address is not None:
-            self._ours.add(self.link.local_address)
         return Outcome("ready")
 
     def _failed(self, why: str) -> Outcome:
