@@ -128,8 +128,7 @@ class Board:
         InvalidParams for a ValueError."""
         state, reason, _ = self._note()
         if state != "ready":
-            raise DeviceNotReady(f"the board is {state}" + (f": {reason}" if reason else ""),
-                                 self._state_data())
+            raise self._not_ready(state, reason)
         try:
             return await self._bounded(fn, args, CALL_BOUND)
         except DeviceNotReady as exc:
@@ -144,8 +143,7 @@ class Board:
         take the board: the reason; or no answer within TAKE_BOUND)."""
         state, reason, _ = self._note()
         if self._phase != "open":
-            raise DeviceNotReady(f"the board is {state}" + (f": {reason}" if reason else ""),
-                                 self._state_data())
+            raise self._not_ready(state, reason)
         if state != "ready":
             logger.info("taking the board back (it was %s)", state)
             try:
@@ -191,6 +189,11 @@ class Board:
             if pause is None:
                 return
             await asyncio.sleep(max(0.0, pause))
+
+    def _not_ready(self, state: str, reason: str | None) -> DeviceNotReady:
+        """The error of a request the board in ``state`` cannot serve."""
+        return DeviceNotReady(f"the board is {state}" + (f": {reason}" if reason else ""),
+                              self._state_data())
 
     def _state_data(self) -> dict[str, Any]:
         """The ``data`` of a -32004 error: the device state, its reason and since when."""
