@@ -54,10 +54,9 @@ class RegisterLink:
         """Write requests dropped while the gate was closed."""
         self.last_reply = -float("inf")
         """``time.monotonic()`` of the last request the board answered."""
-        self.local_address: tuple[str, int] | None = None
-        """Our end (ip, port) of the last connection made: how the board lists us."""
         self.local_addresses: set[tuple[str, int]] = set()
-        """Our ends of every connection this link made: never another program's client."""
+        """Our ends (ip, port) of every connection this link made, as the board lists its
+        clients: never another program's."""
         self._counters = [0, 0]  # requests of the connections closed so far: reads, writes
 
     # -- PyRPL's client interface ------------------------------------------------------------------
@@ -115,8 +114,7 @@ class RegisterLink:
                 continue
             connection.timeout = self.timeout
             self._connection = connection
-            self.local_address = connection.socket.getsockname()[:2]
-            self.local_addresses.add(self.local_address)
+            self.local_addresses.add(connection.socket.getsockname()[:2])
             return
 
     def drop(self, reset: bool) -> None:

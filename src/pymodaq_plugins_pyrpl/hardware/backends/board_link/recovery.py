@@ -82,8 +82,9 @@ class Recovery:
 
     ``shells`` gives the ssh shell to look through (kept by the caller across outages; a new one
     after :meth:`forget_shell`); the clients the board lists at ``link``'s
-    :attr:`~.link.RegisterLink.local_addresses` are ours, never another program's; ``boot_id`` is the board's last known boot id (None: unknown);
-    ``caused_by_us``: we ended the connection (silence, garbage), so no quiet window is needed.
+    :attr:`~.link.RegisterLink.local_addresses` are ours, never another program's; ``boot_id``
+    is the board's last known boot id (None: unknown); ``caused_by_us``: we ended the connection
+    (silence, garbage), so no quiet window is needed.
     """
 
     def __init__(self, link: RegisterLink, access: BoardAccess,
