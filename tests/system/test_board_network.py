@@ -3,9 +3,10 @@
 A private network namespace (nothing outside it is touched) holds a virtual Red Pitaya in
 faithful mode (one client per ``monitor_server``, as the C server), our server on the PyRPL path
 at its ports and a plugin-like client session: tests/helpers/scripts/board_net_driver.py, which
-puts iptables faults on the board's ssh and data ports only (the JSON-RPC port stays clean) and
-prints its figures as JSON. This test starts it once, asserts, and prints the figures (``pytest
--s`` shows them). Needs root and the ``ip`` and ``iptables`` commands (.ci/run installs them).
+puts iptables faults on the board's ssh and data ports only (the JSON-RPC port stays clean),
+before the pull also a reply late past the silence bound (its ``late`` phase), and prints its
+figures as JSON. This test starts it once, asserts, and prints the figures (``pytest -s`` shows
+them). Needs root and the ``ip`` and ``iptables`` commands (.ci/run installs them).
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def run(netns: str) -> dict[str, Any]:
     """The driver in the namespace, once for this module's tests: its figures (printed)."""
     driver = subprocess.run(
         exec_in(netns, sys.executable, str(BOARD_NET_DRIVER), "--iptables", str(IPTABLES),
-                "--clean", str(CLEAN_SECONDS), "--loss", str(LOSS), "--loss-seconds",
-                str(LOSS_SECONDS), "--cut", str(CUT)),
+                "--phases", "clean,loss,late,pull,reset", "--clean", str(CLEAN_SECONDS),
+                "--loss", str(LOSS), "--loss-seconds", str(LOSS_SECONDS), "--cut", str(CUT)),
         check=False, capture_output=True, text=True, timeout=240)
     lines = [line for line in driver.stdout.splitlines() if line.startswith("BOARD_NET_RESULT ")]
     assert driver.returncode == 0 and lines, (driver.stdout[-3000:], driver.stderr[-3000:])
@@ -108,6 +109,16 @@ def test_lossy_link_calls_end_in_time_and_traces_are_whole(run: dict[str, Any]) 
     assert loss["monitor_server_starts"] <= len(outages), loss
     assert loss["killalls"] == 0
     assert loss["ready_after"], (outages, run["server_log_tail"])
+
+
+def test_a_reply_late_at_the_end_of_a_phase_leaves_the_board_ready(run: dict[str, Any]) -> None:
+    """The ``late`` phase's scenario held: a get timed out on a stalled data port and the board
+    still said ``ready`` (the link is found silent only by the next request); the pull after it
+    (test_cut_board_link_comes_back_untouched[pull]) started once the board answered again, as
+    it must after the lossy phase, whose last reply TCP's backoff may delay the same way."""
+    late = run["late"]
+    assert late["problems"] == [], late
+    assert late["get"] == "timeout" and late["state"] == "ready", late
 
 
 @pytest.mark.parametrize("kind", ["pull", "reset"])

@@ -31,17 +31,22 @@ Phases (``--phases``, in this order):
 2. ``loss``: the session for ``--loss-seconds`` with ``--loss`` random drop both ways on ports S
    and P; also the ``lost`` device events and the ``monitor_server`` starts and ``killall``s in
    the board's ssh command log.
-3. faults, each on a ready board with the session stopped, ``get`` calls from the fault's start
-   until the board is ready again: ``pull`` (100 % DROP: a pulled cable) and ``reset`` (every
-   packet answered by a TCP reset), each for ``--cut`` seconds; and, on the virtual board itself
-   (no iptables: these run outside a namespace too), ``stall`` (its data port stops answering for
-   ``--cut`` s), ``fin``/``rst`` (every ``monitor_server`` killed, the connection ended by a FIN
-   or a reset), ``garbage`` (one corrupted header echo) and ``reboot`` (ports closed for
-   ``REBOOT_SECONDS``, registers back to their power-on values). Measured: when ``lost`` came
-   (from the fault's start) and ``ready`` (from its end), the board's register writes from the
-   fault to the first request after ``ready`` (a ``get``), the client's and the board's
-   sessions, the ``monitor_server`` starts and ``killall``s of the ssh command log, and asg0
-   afterwards (settings read back, a trace of its sine).
+3. ``late``: the board's data port stalls while a ``get`` runs, so its reply is late (one missed
+   deadline: the link stays ``ready``, the reply owed), and answers again ``LATE_SECONDS`` later:
+   the next phase starts on a board that says ``ready`` but whose link the next request finds
+   silent past the silence bound, as after lossy wifi when TCP's backoff delays a last reply.
+4. faults, each on a board ready and answering (:meth:`Rig.wait_ready`) with the session
+   stopped, ``get`` calls from the fault's start until the board is ready again: ``pull`` (100 %
+   DROP: a pulled cable) and ``reset`` (every packet answered by a TCP reset), each for ``--cut``
+   seconds; and, on the virtual board itself (no iptables: these run outside a namespace too),
+   ``stall`` (its data port stops answering for ``--cut`` s), ``fin``/``rst`` (every
+   ``monitor_server`` killed, the connection ended by a FIN or a reset), ``garbage`` (one
+   corrupted header echo) and ``reboot`` (ports closed for ``REBOOT_SECONDS``, registers back to
+   their power-on values). Measured: when ``lost`` came (from the fault's start) and ``ready``
+   (from its end), the board's register writes from the fault to the first request after
+   ``ready`` (a ``get``), the client's and the board's sessions, the ``monitor_server`` starts
+   and ``killall``s of the ssh command log, and asg0 afterwards (settings read back, a trace of
+   its sine).
 """
 from __future__ import annotations
 
@@ -82,8 +87,11 @@ RETRY_PAUSE = 0.1
 """The session waits this long after a call that failed before its next one (s), as a plugin's
 next grab or move comes later."""
 READY_WAIT = 15.0
-"""Longest wait for the board to be ready again after a fault (s): a bound of the driver, not
-of the product."""
+"""Longest wait for the board to be ready and answering again after a phase (s): a bound of the
+driver, not of the product."""
+LATE_SECONDS = 6.0
+"""How long the ``late`` phase's stall lasts (s): past the end of the first request after it,
+which waits behind the late one (≤ 1.5 s) and drains it to its own deadline (1.5 s)."""
 
 
 def log(*args: Any) -> None:
@@ -255,10 +263,18 @@ class Rig:
         return self.client.status(timeout=10)["device"]
 
     def wait_ready(self, timeout: float) -> bool:
+        """Whether the board became ``ready`` and answered a request (a ``get`` of asg0's
+        offset) within ``timeout`` s (+ one get's TIMEOUT). ``ready`` alone is not enough: a reply
+        owed from the phase before may still be late, and the next request would find the link
+        silent past the silence bound (``lost``, -32004)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.device()["state"] == "ready":
-                return True
+                try:
+                    self.client.get("asg0", ["offset"], timeout=TIMEOUT)
+                    return True
+                except (errors.DeviceNotReady, errors.CallTimeout):
+                    pass
             time.sleep(0.1)
         return False
 
@@ -270,6 +286,7 @@ class Rig:
 
     def close(self) -> int | None:
         self.rules.clear()
+        self.vrp.board.faults.resume()
         self.client.close()
         if self.server.poll() is None:
             self.server.terminate()
@@ -325,6 +342,22 @@ def _outages(states: list[tuple[float, str]], t0: float) -> list[list[float | No
     return out
 
 
+def late_reply_phase(rig: Rig, seconds: float) -> dict[str, Any]:
+    """The ``late`` phase: the data port stalls, a ``get`` (client timeout 0.5 s) leaves its
+    request unanswered on the link, and the port answers again ``seconds`` later (in a timer
+    thread: the phase returns at once). ``get``: that get's outcome; ``state``: the device state
+    when the phase ended."""
+    board = rig.vrp.board
+    board.faults.stall()
+    resume = threading.Timer(seconds, board.faults.resume)
+    resume.daemon = True
+    resume.start()
+    calls = new_call_log()
+    outcome, _ = calls.run("get", 0.5, lambda: rig.client.get("asg0", ["offset"], timeout=0.5))
+    return {"seconds": seconds, "get": outcome, "problems": calls.problems,
+            "state": rig.device()["state"]}
+
+
 REBOOT_SECONDS = 2.0
 """How long the virtual board's reboot keeps its ports closed (s)."""
 
@@ -361,8 +394,9 @@ def faults(rig: Rig, cut: float) -> dict[str, Fault]:
 
 
 def fault_phase(rig: Rig, kind: str, fault: Fault) -> dict[str, Any]:
-    """``fault`` on a ready board with an idle session, ``get`` calls from its start until the
-    board is ready again (or READY_WAIT after its end); then the first request after it."""
+    """``fault`` on a board ready and answering, with an idle session, ``get`` calls from its
+    start until the board is ready again (or READY_WAIT after its end); then the first request
+    after it."""
     if not rig.wait_ready(READY_WAIT):
         return {"problems": [f"the board was not ready before the {kind}"]}
     before = rig.client.get("asg0", ["frequency", "amplitude", "offset", "output_direct",
@@ -422,8 +456,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iptables", default="iptables", help="path of the iptables command")
     parser.add_argument("--phases", default="clean,loss,pull,reset",
-                        help="comma-separated, in this order: clean, loss, pull, reset, stall, "
-                             "fin, rst, garbage, reboot")
+                        help="comma-separated, in this order: clean, loss, late, pull, reset, "
+                             "stall, fin, rst, garbage, reboot")
     parser.add_argument("--clean", type=float, default=10.0, help="seconds of the clean phase")
     parser.add_argument("--loss", type=float, default=0.2, help="drop probability")
     parser.add_argument("--loss-seconds", type=float, default=60.0)
@@ -444,6 +478,9 @@ def main() -> int:
             if "loss" in phases:
                 log(f"loss {args.loss:.0%}: {args.loss_seconds} s")
                 result["loss"] = session_phase(rig, args.loss_seconds, args.loss)
+            if "late" in phases:
+                log(f"late: {LATE_SECONDS} s")
+                result["late"] = late_reply_phase(rig, LATE_SECONDS)
             for kind, fault in faults(rig, args.cut).items():
                 if kind in phases:
                     log(f"{kind}: {fault.seconds} s")
