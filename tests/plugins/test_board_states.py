@@ -189,7 +189,10 @@ def test_settings_a_lost_board_refused_at_initialization_are_sent_once_it_is_rea
         board.script("ready", None, attempts=0)
         qtbot.waitUntil(lambda: on_board(board, "asg0", "waveform") == "square", timeout=10000)
         qtbot.waitUntil(lambda: setting(actuator, "problem") == "", timeout=10000)
-        assert "asg0: settings applied again" in actuator.messages
+        # the problem is cleared on the worker thread, the status message comes after it through
+        # a queued signal
+        qtbot.waitUntil(lambda: "asg0: settings applied again" in actuator.messages,
+                        timeout=10000)
 
 
 def test_a_plain_recovery_of_the_same_board_session_sends_no_setting(
