@@ -252,13 +252,16 @@ class PyRPLViewer(PyRPLPlugin, DAQ_Viewer_base):
     Subclasses define ``_job(naverage)`` (a callable run in the background thread, see
     BackgroundAcquisition) and ``_emit(result)`` (send the data); they may set ``SETTINGS`` and
     ``FIXED`` (see PyRPLPlugin) and override ``_module()`` (default: the ``module`` setting) and
-    ``_describe(exc)``. ``LEASE``: whether the module is leased. Naverage > 1 is done by the job
+    ``_describe(exc)``. ``LEASE``: whether the module is leased; ``EXCLUSIVE``: alone in this
+    program; ``_companions()``: other modules the viewer needs alone while initialized (see
+    :class:`~.plugin_support.SharedLeases`). Naverage > 1 is done by the job
     (hardware_averaging). A connection setting changed while grabbing connects again and the grab
     goes on with the new connection. Subclasses declare ``supported_platforms`` themselves
     (PyMoDAQ's checker reads it from the plugin class).
     """
 
     LEASE = True
+    EXCLUSIVE = False
     hardware_averaging = True
 
     def ini_attributes(self) -> None:
@@ -268,7 +271,8 @@ class PyRPLViewer(PyRPLPlugin, DAQ_Viewer_base):
 
     def ini_detector(self, controller: PyRPLClient | None = None) -> tuple[str, bool]:
         failure = self._open(PyRPLLink(self, self._module(), lease=self.LEASE,
-                                       reapply=self._reapply), controller)
+                                       reapply=self._reapply, exclusive=self.EXCLUSIVE,
+                                       companions=self._companions()), controller)
         if failure is not None:
             return failure, False
         self.acquisition = BackgroundAcquisition(self, self._job, self._emit, self._describe,
@@ -278,6 +282,10 @@ class PyRPLViewer(PyRPLPlugin, DAQ_Viewer_base):
     def _module(self) -> str:
         """The module to use (default: the ``module`` setting)."""
         return self.settings["module"]
+
+    def _companions(self) -> list[str]:
+        """Other modules the viewer needs alone while initialized (default: none)."""
+        return []
 
     def _describe(self, exc: BaseException) -> str:
         return f"{self.link.module}: {exc}"

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from pymodaq_utils.utils import ThreadCommand
@@ -190,6 +191,14 @@ def lease_owner(holders: list[str]) -> str:
     return ", ".join(dict.fromkeys(holders))
 
 
+@dataclass(frozen=True)
+class _Hold:
+    """One plugin holding a module: its name, and whether it needs the module alone."""
+
+    holder: str
+    exclusive: bool
+
+
 class SharedLeases:
     """The leases of one process's plugins, with the plugins holding each, per client and module.
 
@@ -201,22 +210,33 @@ class SharedLeases:
     plugins hold a module, whichever took it first. A client of another session (another process)
     still gets ModuleLeased. The server calls are made with the lock held, so a take and a give back
     of the same module never cross; each is bounded by the client's call timeout.
+
+    A hold is *exclusive* when its plugin needs the module alone (the spectrum analyzer's scope,
+    the network analyzer's IQ module): the server cannot tell the plugins of one session apart,
+    so an exclusive hold and any hold of another plugin refuse each other here, whichever came
+    first (ModuleLeased, "busy: the scope is used by …"). Shared holds (an IQ actuator and an IQ
+    viewer on the same module) go together as before. Holders are told apart by name: holds of
+    the same name are the same plugin (a plugin connecting again holds twice for a moment).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._holders: weakref.WeakKeyDictionary[PyRPLClient, dict[str, list[str]]] = (
+        self._holders: weakref.WeakKeyDictionary[PyRPLClient, dict[str, list[_Hold]]] = (
             weakref.WeakKeyDictionary())
 
-    def take(self, client: PyRPLClient, module: str, holder: str) -> None:
-        """Hold ``module`` as ``holder`` (a plugin's name); raises what ``client.lease`` raises
-        (nothing held then)."""
+    def take(self, client: PyRPLClient, module: str, holder: str,
+             exclusive: bool = False) -> None:
+        """Hold ``module`` as ``holder`` (a plugin's name), alone if ``exclusive``. Raises
+        ModuleLeased if that conflicts with another plugin's hold (see the class), what
+        ``client.lease`` raises otherwise; nothing held then."""
         with self._lock:
-            holders = self._holders.setdefault(client, {}).setdefault(module, [])
-            owner = lease_owner([*holders, holder])
-            if not holders or owner != lease_owner(holders):
+            holds = self._holders.setdefault(client, {}).setdefault(module, [])
+            _refuse_if_busy(module, holds, holder, exclusive)
+            names = [hold.holder for hold in holds]
+            owner = lease_owner([*names, holder])
+            if not holds or owner != lease_owner(names):
                 client.lease(module, owner=owner)
-            holders.append(holder)
+            holds.append(_Hold(holder, exclusive))
 
     def give_back(self, client: PyRPLClient, module: str, holder: str,
                   timeout: float | None = None) -> None:
@@ -224,18 +244,34 @@ class SharedLeases:
         lease's owner is renamed to the remaining holders (raises what ``client.release`` or
         ``client.lease`` raises; the hold is dropped anyway)."""
         with self._lock:
-            holders = self._holders.get(client, {}).get(module)
-            if not holders or holder not in holders:
+            holds = self._holders.get(client, {}).get(module)
+            hold = next((h for h in holds or () if h.holder == holder), None)
+            if hold is None:
                 return
-            before = lease_owner(holders)
-            holders.remove(holder)
-            if holders:
-                if client.failure is None and lease_owner(holders) != before:
-                    client.lease(module, timeout=timeout, owner=lease_owner(holders))
+            before = lease_owner([h.holder for h in holds])
+            holds.remove(hold)
+            if holds:
+                after = lease_owner([h.holder for h in holds])
+                if client.failure is None and after != before:
+                    client.lease(module, timeout=timeout, owner=after)
                 return
             del self._holders[client][module]
             if client.failure is None:
                 client.release(module, timeout=timeout)
+
+
+def _refuse_if_busy(module: str, holds: list[_Hold], holder: str, exclusive: bool) -> None:
+    """Raise ModuleLeased if ``holder`` may not hold ``module`` (``exclusive``: alone) next to
+    ``holds``, the other plugins' holds."""
+    others = [hold for hold in holds if hold.holder != holder]
+    alone = [hold.holder for hold in others if hold.exclusive]
+    if alone:
+        raise ModuleLeased(f"busy: the {module} is used by {lease_owner(alone)}, which needs it "
+                           "alone in this program", {"owner": lease_owner(alone)})
+    if exclusive and others:
+        owner = lease_owner([hold.holder for hold in others])
+        raise ModuleLeased(f"busy: the {module} is used by {owner}; {holder} needs it alone in "
+                           "this program", {"owner": owner})
 
 
 LEASES = SharedLeases()
@@ -335,16 +371,25 @@ class PyRPLLink:
     a plain recovery of the same session (the board kept its registers: docs/protocol.md).
     :meth:`open` takes back a board another program took (Initialize again).
     Raises from :meth:`open` are PyrplPluginError with a message for the user.
+
+    The module is leased (``lease``) through :data:`LEASES`, alone in this program if
+    ``exclusive``; ``companions`` are other modules the plugin needs alone while the link is
+    open (the spectrum analyzer's scope), leased the same way (:meth:`move_companion` changes
+    one).
     """
 
     def __init__(self, plugin: PluginHost, module: str, lease: bool = True,
-                 reapply: Callable[[], None] | None = None) -> None:
+                 reapply: Callable[[], None] | None = None, exclusive: bool = False,
+                 companions: Sequence[str] = ()) -> None:
         self.plugin = plugin
         self.module = module
         self.lease = lease
         self.reapply = reapply
+        self.exclusive = exclusive
+        self.companions = list(companions)
         self.client: PyRPLClient | None = None
         self._held = False  # this link holds its module's lease (LEASES)
+        self._companions_held: list[str] = []  # the companions this link holds (LEASES)
         self._manager: TCPServerManager | None = None
         self._thread: QThread | None = None
         self._events: CallInThread | None = None
@@ -394,13 +439,21 @@ class PyRPLLink:
         self._watch_thread()
         device = self._device_taken_back()
         if self.lease:
-            client = self.client
-            lease_when_free(lambda: LEASES.take(client, self.module, self.holder), self.status)
+            self._take(self.module, self.exclusive)
             self._held = True
+        for module in self.companions:
+            self._take(module, exclusive=True)
+            self._companions_held.append(module)
         self._restart_shown = device.get("board_restarted_at")
         self.solved()  # what an earlier initialization showed (the board taken) no longer holds
         self._show_device(device)
         return self.client
+
+    def _take(self, module: str, exclusive: bool) -> None:
+        """Hold ``module`` (:data:`LEASES`), alone if ``exclusive``; a module held by a client
+        that vanished is waited for (:func:`lease_when_free`)."""
+        client, holder = self.client, self.holder
+        lease_when_free(lambda: LEASES.take(client, module, holder, exclusive), self.status)
 
     def _device_taken_back(self) -> dict[str, Any]:
         """The board's ``device`` block now, the client subscribed to the status pushes that
@@ -459,7 +512,8 @@ class PyRPLLink:
         if self.client is not None and self._manager is None:
             raise PyrplPluginError("this module uses its master's connection: change the "
                                    "master's PyRPL server settings")
-        new = PyRPLLink(self.plugin, self.module, lease=self.lease, reapply=self.reapply)
+        new = PyRPLLink(self.plugin, self.module, lease=self.lease, reapply=self.reapply,
+                        exclusive=self.exclusive, companions=self.companions)
         try:
             new.open(None)
         except Exception:
@@ -494,10 +548,28 @@ class PyRPLLink:
             self.module = module
             return
         if self._held:
-            LEASES.take(self.client, module, self.holder)  # raises: nothing changed
+            LEASES.take(self.client, module, self.holder, self.exclusive)  # raises: no change
         old, self.module = self.module, module
         if self._held:
             LEASES.give_back(self.client, old, self.holder)
+
+    def move_companion(self, old: str, new: str) -> None:
+        """Use the companion ``new`` instead of ``old`` (e.g. iq1 instead of iq2): hold it alone
+        first (raises ModuleLeased or what the lease raises: nothing changed), then let ``old``
+        go."""
+        index = self.companions.index(old)
+        if new == old:
+            return
+        if self.client is not None:
+            LEASES.take(self.client, new, self.holder, exclusive=True)
+            self._companions_held.append(new)
+        self.companions[index] = new
+        if old in self._companions_held:
+            self._companions_held.remove(old)
+            try:
+                LEASES.give_back(self.client, old, self.holder)
+            except PyrplPluginError as exc:  # the hold is dropped; the server's lease ends later
+                logger.info("releasing %s: %s", old, exc)
 
     def info(self) -> str:
         hello = (self.client.hello_info if self.client else None) or {}
@@ -517,12 +589,14 @@ class PyRPLLink:
             return
         if self._events is not None:
             client.remove_connection_callback(self._events.post)
-        if self._held:
-            self._held = False
+        held = [self.module] if self._held else []
+        held += self._companions_held
+        self._held, self._companions_held = False, []
+        for module in held:
             try:
-                LEASES.give_back(client, self.module, self.holder, timeout=2.0)
+                LEASES.give_back(client, module, self.holder, timeout=2.0)
             except PyrplPluginError as exc:
-                logger.info("releasing %s: %s", self.module, exc)
+                logger.info("releasing %s: %s", module, exc)
         if self._manager is not None:
             self._manager.release_server()
             self._manager = None
