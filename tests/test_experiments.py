@@ -33,8 +33,10 @@ MODULES = {"ASG": ("actuator", None, "PyRPL_ASG_TCP"), "PID": ("actuator", None,
            "Sampler": ("detector", "DAQ0D", "PyRPL_Sampler_TCP")}
 """module name → (kind, dim, plugin) of pyrpl_demo and pyrpl_hardware_template."""
 RESONANCE = {"IQ frequency": ("actuator", None, "PyRPL_IQ_TCP"),
-             "IQ": ("detector", "DAQ0D", "PyRPL_IQ_TCP")}
-"""module name → (kind, dim, plugin) of pyrpl_resonance: one IQ module, moved and read."""
+             "IQ": ("detector", "DAQ0D", "PyRPL_IQ_TCP"),
+             "Network analyzer": ("detector", "DAQ1D", "PyRPL_NA_TCP")}
+"""module name → (kind, dim, plugin) of pyrpl_resonance: one IQ module, moved and read, and the
+network analyzer."""
 CONTENT = {"pyrpl_demo": MODULES, "pyrpl_hardware_template": MODULES,
            "pyrpl_resonance": RESONANCE}
 """The modules of each shipped experiment."""
@@ -262,6 +264,13 @@ def check_default_state(name: str, dashboard, first_frames: dict, port: int) -> 
         assert iq.settings["detector_settings", "amplitude"] == pytest.approx(
             experiment_states.RESONANCE_EXCITATION, abs=1e-4)  # as applied (quantized)
         assert iq.settings["detector_settings", "output_direct"] == "out1"
+        na = dashboard.modules_manager.get_mod_from_name("Network analyzer", "detector")
+        for name, value in experiment_states.RESONANCE_SWEEP.items():
+            assert na.settings["detector_settings", name] == pytest.approx(value, rel=1e-3), name
+        (magnitude, *_) = first_frames["Network analyzer"].get_data_from_dim("Data1D")
+        frequencies = magnitude.axes[0].get_data()
+        peak = frequencies[int(np.argmax(magnitude.data[0]))]
+        assert peak == pytest.approx(100e3, rel=0.01)  # the resonator's f0
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -292,7 +301,9 @@ def test_dashboard_loads_the_experiment_and_drives_every_module(qtbot, dashboard
             dim = CONTENT[name][det.title][1].replace("DAQ", "Data")
             data = grabbed.args[0].get_data_from_dim(dim)
             assert len(data) >= 1 and data[0].data[0].size > 0, det.title
-            if dim == "Data1D":
+            if det.title == "Network analyzer":
+                assert data[0].data[0].size == experiment_states.RESONANCE_SWEEP["points"]
+            elif dim == "Data1D":
                 assert data[0].data[0].size == catalogue.SCOPE_SAMPLES
         check_default_state(name, dashboard, first_frames, dashboard_port)
 

@@ -9,10 +9,10 @@ written in PyMoDAQ's own format (``pymodaq-pyrpl experiments install`` writes th
 
 - ``pyrpl_demo``: the ASG plays a 1 kHz, 0.5 V sine on out1 (the scope's in1 shows it at the first
   grab); the ASG module is left on its Frequency axis, showing the frequency.
-- ``pyrpl_resonance``: both modules use the simulated resonator plant (f0 = 100 kHz, Q = 30; a real
-  board ignores it) and are initialized after that (the experiment itself does not initialize
+- ``pyrpl_resonance``: every module uses the simulated resonator plant (f0 = 100 kHz, Q = 30; a
+  real board ignores it) and is initialized after that (the experiment itself does not initialize
   them: a plant chosen after initialization would need another server); the IQ detector excites
-  out1 with 0.02 V.
+  out1 with 0.02 V; the network analyzer sweeps 80–120 kHz linearly with the same excitation.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ RESONANCE_PLANT = "resonator"
 RESONANCE_EXCITATION = 0.02
 """V: the IQ's excitation amplitude on out1 for the resonance scan (the resonator's peak gain is
 Q = 30: 0.6 V at f0, below the board's 1 V range)."""
+RESONANCE_SWEEP = {"start_freq": 80e3, "stop_freq": 120e3, "points": 201, "logscale": False,
+                   "amplitude": RESONANCE_EXCITATION}
+"""The network analyzer's settings in ``pyrpl_resonance``: ±20 % around the resonator's f0, where
+its linewidth f0/Q (3.3 kHz) spans 17 points."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,12 @@ STATES: dict[str, list[Step]] = {
         _setting("IQ", ("detector_settings", "pyrpl", "plant"), RESONANCE_PLANT),
         _setting("IQ", ("detector_settings", "output_direct"), "out1"),
         _setting("IQ", ("detector_settings", "amplitude"), RESONANCE_EXCITATION),
+        _setting("Network analyzer", ("detector_settings", "pyrpl", "plant"), RESONANCE_PLANT),
+        *(_setting("Network analyzer", ("detector_settings", name), value)
+          for name, value in RESONANCE_SWEEP.items()),
         Step("init", "IQ frequency", True),
         Step("init", "IQ", True),
+        Step("init", "Network analyzer", True),
     ],
 }
 """experiment → the steps of its ``default`` state, applied in this order."""
