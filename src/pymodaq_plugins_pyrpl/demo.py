@@ -3,8 +3,10 @@
 Through PyMoDAQ's own control modules (DAQ_Move, DAQ_Viewer), as the dashboard would: the ASG plays a
 sine on out1 (looped back to in1 by the simulated cable), the scope records it, the IQ module
 demodulates it, the sampler reads the voltages, then a PID closes a loop through the cable and settles
-on its setpoint. Prints a table, writes a PNG of the traces, and stops the server at the end (the
-plugins started it; it stops with the last of them).
+on its setpoint; last, the network analyzer sweeps a simulated resonator (a second simulated board,
+on a port of its own) and its f0 and Q are fitted from the sweep. Prints a table, writes a PNG of the
+traces, and stops the servers at the end (the plugins started them; each stops with the last of its
+plugins).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .experiment_states import RESONANCE_PLANT, RESONANCE_SWEEP
+from .hardware.analysis.resonance import fit_resonator
 from .hardware.sockets import free_port
 
 ASG_FREQUENCY = 1e3
@@ -30,6 +34,8 @@ SETTLE_S = 0.2
 """How long after the setpoint move the PID's settling is sampled (its last sample: the figure
 "PID: in1 after 200 ms")."""
 TIMEOUT_MS = 30000
+RESONATOR_F0, RESONATOR_Q = 100e3, 30.0
+"""The simulated resonator's defaults (hardware/physics/plants.py), for the table."""
 
 
 class Demo:
@@ -74,17 +80,23 @@ class Demo:
         self._configure(module.settings.child("actuator_settings"), settings)
         return self._init(module)
 
-    def viewer(self, plugin: str, title: str, dim: str, **settings: Any) -> Any:
+    def viewer(self, plugin: str, title: str, dim: str, port: int | None = None,
+               plant: str | None = None, **settings: Any) -> Any:
+        """A viewer on the demo's server, or on the server of ``port`` with the simulated
+        ``plant``."""
         from pymodaq.control_modules.daq_viewer import DAQ_Viewer
 
         module = DAQ_Viewer(parent=None, title=title)
         module.daq_type = dim
         module.detector = plugin
-        self._configure(module.settings.child("detector_settings"), settings)
+        self._configure(module.settings.child("detector_settings"), settings, port, plant)
         return self._init(module)
 
-    def _configure(self, group: Any, settings: dict[str, Any]) -> None:
-        group.child("pyrpl", "server_port").setValue(self.port)
+    def _configure(self, group: Any, settings: dict[str, Any], port: int | None = None,
+                   plant: str | None = None) -> None:
+        group.child("pyrpl", "server_port").setValue(port or self.port)
+        if plant is not None:
+            group.child("pyrpl", "plant").setValue(plant)
         for key, value in settings.items():
             group.child(key).setValue(value)
 
@@ -131,8 +143,9 @@ def _without_xdg_runtime_warning() -> None:
     QtCore.qInstallMessageHandler(handler)
 
 
-def run(port: int, png: Path) -> dict[str, Any]:
-    """Run the demo on ``port``; return its figures."""
+def run(port: int, png: Path, resonator_port: int) -> dict[str, Any]:
+    """Run the demo on ``port`` (and the resonator's board on ``resonator_port``); return its
+    figures."""
     from pymodaq_gui.qt_utils import mkQApp
 
     from .hardware import runtime
@@ -167,16 +180,33 @@ def run(port: int, png: Path) -> dict[str, Any]:
         settle = samples_until(lambda: _channels(demo.snap(sampler))["in1"], t0, SETTLE_S)
         figures["pid_settle"] = settle
         figures["pid_final_in1"] = settle[-1][1]
-        _plot(png, time_axis, trace.data, settle)
+        na = demo.viewer("PyRPL_NA_TCP", "Network analyzer", "DAQ1D", port=resonator_port,
+                         plant=RESONANCE_PLANT, **RESONANCE_SWEEP)
+        figures["resonator_server_pid"] = runtime.read_state(resonator_port).pid
+        figures["na_sweep_estimate"] = na.settings["detector_settings", "sweep_time"]
+        t0 = time.perf_counter()
+        frequencies, response = _transfer_function(demo.snap(na))
+        figures["na_sweep_s"] = time.perf_counter() - t0
+        figures["na_f0"], figures["na_q"] = fit_resonator(frequencies, response)
+        _plot(png, time_axis, trace.data, settle, (frequencies, response))
         figures["png"] = str(png)
     finally:
         demo.close()
         app.processEvents()
+    servers = [figures.get(key, 0) for key in ("server_pid", "resonator_server_pid")]
     deadline = time.monotonic() + 15
-    while runtime.pid_alive(figures.get("server_pid", 0)) and time.monotonic() < deadline:
+    while any(runtime.pid_alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    figures["server_stopped"] = not runtime.pid_alive(figures.get("server_pid", 0))
+    figures["server_stopped"] = not any(runtime.pid_alive(pid) for pid in servers)
     return figures
+
+
+def _transfer_function(dte: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies, complex transfer function) of a network analyzer frame."""
+    sweep = {d.name: d for d in dte.get_data_from_dim("Data1D")}
+    magnitude, phase = sweep["Magnitude"], sweep["Phase"]
+    response = magnitude.data[0] * np.exp(1j * np.radians(phase.data[0]))
+    return magnitude.axes[0].get_data(), response
 
 
 def samples_until(read: Callable[[], float], t0: float, seconds: float
@@ -209,13 +239,14 @@ def _channels(dte: Any) -> dict[str, float]:
 
 
 def _plot(png: Path, time_axis: np.ndarray, channels: list[np.ndarray],
-          settle: list[tuple[float, float]]) -> None:
-    """Scope trace and PID settling, rendered offscreen with pyqtgraph."""
+          settle: list[tuple[float, float]], sweep: tuple[np.ndarray, np.ndarray]) -> None:
+    """Scope trace, PID settling and the NA sweep of the resonator, rendered offscreen with
+    pyqtgraph."""
     import pyqtgraph as pg
     import pyqtgraph.exporters
 
     window = pg.GraphicsLayoutWidget()
-    window.resize(1000, 420)
+    window.resize(1500, 420)
     window.setBackground("w")
     scope = window.addPlot(title="Scope: ASG sine through the simulated cable")
     scope.addLegend(offset=(-10, 5), colCount=2)  # top right, one row, above the sine:
@@ -231,6 +262,12 @@ def _plot(png: Path, time_axis: np.ndarray, channels: list[np.ndarray],
     pid.setLabel("left", "in1", "V")
     pid.showGrid(x=True, y=True, alpha=0.3)
     scope.showGrid(x=True, y=True, alpha=0.3)
+    frequencies, response = sweep
+    na = window.addPlot(title="Network analyzer: the simulated resonator")
+    na.plot(frequencies / 1e3, 20 * np.log10(np.abs(response)), pen=pg.mkPen("b", width=1.5))
+    na.setLabel("bottom", "frequency", "kHz")
+    na.setLabel("left", "magnitude", "dB")
+    na.showGrid(x=True, y=True, alpha=0.3)
     window.show()  # offscreen: lays the plots out before the export
     pg.QtWidgets.QApplication.processEvents()
     pyqtgraph.exporters.ImageExporter(window.scene()).export(str(png))
@@ -247,6 +284,11 @@ def print_report(figures: dict[str, Any]) -> None:
         *((f"IQ at {ASG_FREQUENCY:g} Hz: {k}", f"{v:+.4f}") for k, v in figures["iq"].items()),
         *((f"sampler: {k}", f"{v:+.4f} V") for k, v in figures["sampler"].items()),
         ("PID: in1 after 200 ms", f"{figures['pid_final_in1']:+.4f} V (setpoint {PID_SETPOINT})"),
+        ("NA sweep of the resonator: f0 (fit)",
+         f"{figures['na_f0']:.1f} Hz (plant: {RESONATOR_F0:g} Hz)"),
+        ("NA sweep of the resonator: Q (fit)", f"{figures['na_q']:.2f} (plant: {RESONATOR_Q:g})"),
+        ("NA sweep time", f"{figures['na_sweep_s']:.2f} s "
+                          f"(estimate {figures['na_sweep_estimate']:.2f} s)"),
         ("plot", figures["png"]),
         ("server stopped at the end", "yes" if figures["server_stopped"] else "NO"),
     ]
@@ -266,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gui:
         return _gui()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    figures = run(args.port or free_port(), args.png)
+    figures = run(args.port or free_port(), args.png, free_port())
     print_report(figures)
     return 0 if figures["server_stopped"] else 1
 

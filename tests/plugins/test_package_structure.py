@@ -16,7 +16,9 @@ ACCEPTED = {"PMQ111": "README.rst is missing"}
 """Checker findings accepted: code → what the finding says. PyMoDAQ's checker (pymodaq_utils 5.3)
 wants README.rst; the README is README.md."""
 PLUGINS = {"actuators": ["PyRPL_ASG_TCP", "PyRPL_IQ_TCP", "PyRPL_PID_TCP"],
-           "viewers": ["PyRPL_IQ_TCP", "PyRPL_Sampler_TCP", "PyRPL_Scope_TCP"]}
+           "viewers": ["PyRPL_IQ_TCP", "PyRPL_NA_TCP", "PyRPL_SA_TCP", "PyRPL_Sampler_TCP",
+                       "PyRPL_Scope_TCP"]}
+VIEWERS_1D = {"PyRPL_NA_TCP", "PyRPL_SA_TCP", "PyRPL_Scope_TCP"}
 
 
 class TestPlugin(PluginPackageChecks):
@@ -70,7 +72,7 @@ def test_every_setting_of_ours_has_a_tooltip():
     classes = [getattr(importlib.import_module(f"{PACKAGE}.daq_move_plugins.daq_move_{name}"),
                        f"DAQ_Move_{name}") for name in PLUGINS["actuators"]]
     for name in PLUGINS["viewers"]:
-        dim = "1D" if "Scope" in name else "0D"
+        dim = "1D" if name in VIEWERS_1D else "0D"
         module = importlib.import_module(
             f"{PACKAGE}.daq_viewer_plugins.plugins_{dim}.daq_{dim}viewer_{name}")
         classes.append(getattr(module, f"DAQ_{dim}Viewer_{name}"))

@@ -17,6 +17,7 @@ import pytest
 
 from pymodaq_plugins_pyrpl import cli
 from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.hardware.analysis.resonance import fit_resonator
 from tests.helpers.plugins import default_to_board, server_client
 
 F0, Q = 100e3, 30.0
@@ -46,14 +47,19 @@ def pymodaq_theme(qapp):
 
 @pytest.fixture
 def resonator_port(port: int, monkeypatch: pytest.MonkeyPatch) -> int:
-    """The IQ plugins default to ``port`` and to the simulated board (the experiment's default
-    state chooses the resonator plant)."""
+    """The plugins of pyrpl_resonance default to ``port`` and to the simulated board (the
+    experiment's default state chooses the resonator plant)."""
     from pymodaq_plugins_pyrpl.daq_move_plugins.daq_move_PyRPL_IQ_TCP import DAQ_Move_PyRPL_IQ_TCP
     from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_0D.daq_0Dviewer_PyRPL_IQ_TCP import (
         DAQ_0DViewer_PyRPL_IQ_TCP,
     )
 
-    default_to_board(monkeypatch, (DAQ_Move_PyRPL_IQ_TCP, DAQ_0DViewer_PyRPL_IQ_TCP), port)
+    from pymodaq_plugins_pyrpl.daq_viewer_plugins.plugins_1D.daq_1Dviewer_PyRPL_NA_TCP import (
+        DAQ_1DViewer_PyRPL_NA_TCP,
+    )
+
+    default_to_board(monkeypatch, (DAQ_Move_PyRPL_IQ_TCP, DAQ_0DViewer_PyRPL_IQ_TCP,
+                                   DAQ_1DViewer_PyRPL_NA_TCP), port)
     return port
 
 
@@ -71,7 +77,7 @@ def load_resonance_experiment(qtbot):
     with qtbot.waitSignal(manager.applied_entry, timeout=60000):
         manager.execute_entry(path)
     modules = dashboard.actuators_modules + dashboard.detector_modules
-    assert [m.title for m in modules] == ["IQ frequency", "IQ"]
+    assert [m.title for m in modules] == ["IQ frequency", "IQ", "Network analyzer"]
     assert all(m.initialized_state for m in modules)
     return shared_ui, dashboard
 
@@ -80,18 +86,6 @@ IQ_PIPELINE = 3 / catalogue.FPGA_CLOCK
 """s: the IQ module's excitation, demodulated by the same module, lags by 3 FPGA cycles
 (red_pitaya_iq_modulator_block.v: 2 output registers; red_pitaya_iq_demodulator_block.v: the input
 register before the multiplier), a phase linear in f that the fit divides out."""
-
-
-def fit_resonance(f: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    """(f0, Q) of ``z = k exp(-2 j pi f IQ_PIPELINE) / (1 - (f/f0)**2 + j f/(f0 Q))`` (complex k),
-    by linear least squares on ``1/z = (1 - f**2/f0**2 + j f/(f0 Q)) / k`` once the pipeline's lag
-    is divided out: ``1/z = a + b f**2 + c j f``, weighted by |z|**2 (the noise of 1/z is that of
-    z divided by |z|**2)."""
-    z = z * np.exp(2j * np.pi * f * IQ_PIPELINE)
-    design = np.stack([np.ones_like(f), f**2, 1j * f], axis=1) * (np.abs(z) ** 2)[:, None]
-    a, b, c = np.linalg.lstsq(design, np.abs(z) ** 2 / z, rcond=None)[0]
-    f0 = np.sqrt((-a / b).real)
-    return float(f0), float((a / (c * f0)).real)
 
 
 def save_in(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +159,7 @@ def test_daq_scan_of_the_iq_frequency_finds_the_resonance(qtbot, resonator_port,
         QtWidgets.QApplication.processEvents()
 
     frequencies, iq = read_scan(h5_path)
-    f0, q = fit_resonance(frequencies, iq)
+    f0, q = fit_resonator(frequencies, iq, delay=IQ_PIPELINE)
     print(f"\nDAQ_Scan: {points} points in {elapsed:.1f} s ({elapsed / points * 1e3:.0f} ms per "
           f"point); fitted f0 = {f0:.1f} Hz, Q = {q:.2f}")
     assert f0 == pytest.approx(F0, rel=0.01)

@@ -114,8 +114,8 @@ class DAQ_1DViewer_PyRPL_SA_TCP(PyRPLViewer):
                             dim="Data1D", labels=[settings["input1"], settings["input2"]],
                             units=DISPLAY_UNITS[spectrum["unit"]], axes=[axis()]),
             DataFromPlugins(name="Cross-spectrum", data=[np.abs(spectrum["cross"])],
-                            dim="Data1D", labels=[f"|{settings['input1']} × {settings['input2']}|"],
-                            units="V^2/Hz", axes=[axis()])]))
+                            dim="Data1D", units="V^2/Hz", axes=[axis()],
+                            labels=[f"|{settings['input1']} × {settings['input2']}|"])]))
 
 
 if __name__ == "__main__":
