@@ -23,7 +23,7 @@ initialization and when changed; the applied values are written back)."""
 TIMEOUT_MARGIN_S = 10.0
 """An acquisition may take 3 × the sweep time estimate × trace_average plus this (the server's
 default, docs/protocol.md)."""
-_NA = catalogue.MODULES["na"].attributes
+_NA = catalogue.module("na").attributes
 
 
 def _number(name: str, title: str, tip: str, **extra: Any) -> dict[str, Any]:

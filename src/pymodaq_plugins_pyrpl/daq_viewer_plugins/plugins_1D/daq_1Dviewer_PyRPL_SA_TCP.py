@@ -19,7 +19,7 @@ TIMEOUT_MARGIN_S = 10.0
 DISPLAY_UNITS = {"V^2/Hz": "V^2/Hz", "Vrms/sqrt(Hz)": "V/Hz^0.5", "dBm": "dBm"}
 """The server's unit of a spectrum → its spelling for PyMoDAQ (pint: "sqrt(Hz)" is not
 understood and PyMoDAQ would show no unit)."""
-_SA = catalogue.MODULES["sa"].attributes
+_SA = catalogue.module("sa").attributes
 
 
 def _options(name: str, title: str, tip: str, unit: str = "") -> dict[str, Any]:
