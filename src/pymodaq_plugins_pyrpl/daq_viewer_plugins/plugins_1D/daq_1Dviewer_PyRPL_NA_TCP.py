@@ -20,9 +20,6 @@ SETTINGS = ("iq", "input", "output_direct", "start_freq", "stop_freq", "points",
             "average_per_point", "trace_average", "amplitude", "acbandwidth", "logscale")
 """Attributes of the server's ``na`` module that are plugin settings of the same name (sent at
 initialization and when changed; the applied values are written back)."""
-TIMEOUT_MARGIN_S = 10.0
-"""An acquisition may take 3 × the sweep time estimate × trace_average plus this (the server's
-default, docs/protocol.md)."""
 _NA = catalogue.module("na").attributes
 
 
@@ -145,12 +142,8 @@ class DAQ_1DViewer_PyRPL_NA_TCP(PyRPLViewer):
             raise
         return True
 
-    def _timeout(self) -> float:
-        return (3 * self.settings["sweep_time"] * self.settings["trace_average"]
-                + TIMEOUT_MARGIN_S)
-
     def _job(self, naverage: int) -> Callable[[Callable[[], bool]], dict | None]:
-        client, timeout, partial = self.controller, self._timeout(), self._partial
+        client, partial = self.controller, self._partial
 
         def acquire(wanted: Callable[[], bool]) -> dict | None:
             stopping = []
@@ -166,7 +159,7 @@ class DAQ_1DViewer_PyRPL_NA_TCP(PyRPLViewer):
             for _ in range(naverage):
                 if sweeps and not wanted():
                     return None  # stopped: no more sweeps
-                sweeps.append(client.acquire("na", timeout=timeout, progress=progress))
+                sweeps.append(client.acquire("na", progress=progress))  # server's timeout
                 if not sweeps[-1]["complete"]:
                     break
             sweep = sweeps[-1]
@@ -185,8 +178,8 @@ class DAQ_1DViewer_PyRPL_NA_TCP(PyRPLViewer):
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, AcquisitionTimeout):
-            return (f"na: no sweep within {self._timeout():.3g} s (3 × the sweep time estimate "
-                    f"× sweeps averaged + {TIMEOUT_MARGIN_S:g} s): {exc}")
+            return (f"na: the sweep did not end within its timeout (3 × the sweep time estimate "
+                    f"× sweeps averaged + 10 s): {exc}")
         return f"na: {exc}"
 
     def _show_partial(self, progress: dict[str, Any]) -> None:
