@@ -111,10 +111,7 @@ class DAQ_1DViewer_PyRPL_NA_TCP(PyRPLViewer):
     def ini_attributes(self) -> None:
         super().ini_attributes()
         self._partial: CallInThread | None = None
-
-    def ini_detector(self, controller: Any = None) -> tuple[str, bool]:
-        self._partial = CallInThread(self._show_partial)
-        return super().ini_detector(controller)
+        """Shows a partial sweep in the plugin's thread (made there, at the first grab)."""
 
     def _module(self) -> str:
         return "na"
@@ -143,6 +140,8 @@ class DAQ_1DViewer_PyRPL_NA_TCP(PyRPLViewer):
         return True
 
     def _job(self, naverage: int) -> Callable[[Callable[[], bool]], dict | None]:
+        if self._partial is None:
+            self._partial = CallInThread(self._show_partial)
         client, partial = self.controller, self._partial
 
         def acquire(wanted: Callable[[], bool]) -> dict | None:
