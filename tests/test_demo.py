@@ -25,6 +25,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert abs(float(rows["scope: dominant frequency"].split()[0]) - 1000) < 119  # one FFT bin
     assert abs(float(rows["IQ at 1000 Hz: Amplitude"]) - 0.5) < 0.02
     assert abs(float(rows["PID: in1 after 200 ms"].split()[0]) - 0.3) < 0.01
+    f0 = float(rows["NA sweep of the resonator: f0 (fit)"].split()[0])
+    q = float(rows["NA sweep of the resonator: Q (fit)"].split()[0])
+    assert abs(f0 / 100e3 - 1) < 0.005 and abs(q / 30 - 1) < 0.05  # the plant's f0 and Q
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
