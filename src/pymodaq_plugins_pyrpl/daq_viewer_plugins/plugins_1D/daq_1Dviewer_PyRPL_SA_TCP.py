@@ -7,6 +7,7 @@ from pymodaq.control_modules.viewer_utility_classes import comon_parameters, mai
 from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
+from pymodaq_plugins_pyrpl.hardware.analysis import spectrum
 from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout
 from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
 from pymodaq_plugins_pyrpl.plugin_support import connection_params, labelled
@@ -15,7 +16,8 @@ SETTINGS = ("span", "window", "input1", "input2", "unit", "trace_average")
 """Attributes of the server's ``sa`` module that are plugin settings of the same name (sent at
 initialization and when changed; the applied values are written back)."""
 TIMEOUT_MARGIN_S = 10.0
-"""An acquisition may take twice the traces' duration plus this."""
+"""A spectrum may take twice its traces' duration plus this (the scope re-arms between
+traces)."""
 DISPLAY_UNITS = {"V^2/Hz": "V^2/Hz", "Vrms/sqrt(Hz)": "V/Hz^0.5", "dBm": "dBm"}
 """The server's unit of a spectrum → its spelling for PyMoDAQ (pint: "sqrt(Hz)" is not
 understood and PyMoDAQ would show no unit)."""
@@ -75,7 +77,7 @@ class DAQ_1DViewer_PyRPL_SA_TCP(PyRPLViewer):
         return {**applied, **self.controller.get("sa", ["rbw"])}
 
     def _timeout(self) -> float:
-        trace = catalogue.SCOPE_SAMPLES / self.settings["span"]
+        trace = spectrum.scope_duration(self.settings["span"])
         return 2 * trace * self.settings["trace_average"] + TIMEOUT_MARGIN_S
 
     def _job(self, naverage: int) -> Callable[[Callable[[], bool]], dict | None]:
