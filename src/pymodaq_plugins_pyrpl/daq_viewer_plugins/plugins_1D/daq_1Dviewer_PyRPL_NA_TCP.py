@@ -9,7 +9,7 @@ from pymodaq.utils.data import Axis, DataFromPlugins, DataToExport
 from pymodaq_gui.parameter import Parameter
 
 from pymodaq_plugins_pyrpl.hardware import catalogue
-from pymodaq_plugins_pyrpl.hardware.errors import AcquisitionTimeout, PyrplPluginError
+from pymodaq_plugins_pyrpl.hardware.errors import PyrplPluginError
 from pymodaq_plugins_pyrpl.plugin_bases import PyRPLViewer
 from pymodaq_plugins_pyrpl.plugin_support import (CallInThread, connection_params, labelled,
                                                   write_back)
@@ -174,12 +174,6 @@ class DAQ_1DViewer_PyRPL_NA_TCP(PyRPLViewer):
         if running and self.controller is not None:
             _stop_sweep(self.controller)
         return ""
-
-    def _describe(self, exc: BaseException) -> str:
-        if isinstance(exc, AcquisitionTimeout):
-            return (f"na: the sweep did not end within its timeout (3 × the sweep time estimate "
-                    f"× sweeps averaged + 10 s): {exc}")
-        return f"na: {exc}"
 
     def _show_partial(self, progress: dict[str, Any]) -> None:
         """The points of the running sweep measured so far, displayed (not saved)."""
