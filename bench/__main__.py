@@ -310,6 +310,14 @@ def run(runs: int, quick: bool) -> dict:
     ratio = summary(na["mock_over_minimum"])
     put("na_mock_over_minimum", "  --mock / physical minimum", ratio, "×", "≤ 1.1",
         ratio["median"] <= 1.1)
+    scan = analyzers.daq_scan_figures(1 if quick else max(1, runs // 2))
+    mock_point = statistics.median(na["mock_per_point"])
+    put("na_mock_per_point_ms", "  --mock NA, time per point", summary(na["mock_per_point"], 1e3),
+        "ms")
+    put("na_daq_scan_per_point_ms", "DAQ_Scan (IQ actuator + IQ viewer), --mock, time per point",
+        summary(scan, 1e3), "ms")
+    put("na_daq_scan_over_mock", "  DAQ_Scan / --mock NA, per point",
+        summary([x / mock_point for x in scan]), "×")
     fig = dict(sorted(fig.items(), key=lambda item: section(item[0])))  # stable: keeps the order
     return {"machine": machine(), "runs": runs, "quick": quick, "figures": fig}
 
@@ -333,7 +341,7 @@ def table(result: dict) -> str:
     titles = {1: "(1) trace transport, 2×16384 samples", 2: "(2) small calls", 3: "(3) start-up",
               4: "(4) plugin rate", 5: "(5) scaling, shortest traces", 6: "(6) memory",
               7: "(7) real PyRPL path, virtual board (loopback plant)",
-              8: "(8) analyzers (NA: 1001 points, rbw 1 kHz, 1214 Hz applied)"}
+              8: "(8) analyzers (NA: 1001 points, rbw 1 kHz, 1214 Hz applied; DAQ_Scan: 21 points)"}
     rows = [(f["section"], f["label"], f"{f['median']:.3f} {f['unit']}",
              f"{f['min']:.3f}–{f['max']:.3f}", f["target"],
              "" if f["ok"] is None else ("ok" if f["ok"] else "MISSED"))

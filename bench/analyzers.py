@@ -13,10 +13,16 @@ point) on one virtual board (loopback plant), in one run side by side:
 and on the simulated board (``--mock``) the sweep through a server and a client next to its
 physical minimum. A sweep's time runs from the request to its last point. The PyRPL sweeps run
 ``tests/helpers/scripts/pyrpl_na_sweep_probe.py`` (PyRPL imported in its own process only).
+
+Next to the ``--mock`` sweep's time per point, the time per point of the same kind of sweep through
+PyMoDAQ's real DAQ_Scan (IQ actuator + IQ viewer, the experiment ``pyrpl_resonance`` on a
+``--mock`` server's resonator), headless, run by ``tests/helpers/scripts/daq_scan_sweep.py`` in a
+process of its own with PyMoDAQ's folders (``~/.pymodaq``, ``/etc/.pymodaq``) isolated.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,9 +35,10 @@ from bench.pyrpl_path import START_TIMEOUT, ServerProcess, board_ports, client_r
 from pymodaq_plugins_pyrpl.hardware import catalogue
 from pymodaq_plugins_pyrpl.hardware.analysis import network
 from pymodaq_plugins_pyrpl.hardware.client import PyRPLClient
+from pymodaq_plugins_pyrpl.hardware.sockets import free_port
 from pymodaq_plugins_pyrpl.virtual_board.process import VirtualBoardProcess, start_virtual_board
 from tests.helpers.pyrpl_probe import run_probe
-from tests.helpers.scripts import PYRPL_NA_SWEEP_PROBE
+from tests.helpers.scripts import DAQ_SCAN_SWEEP, PYRPL_NA_SWEEP_PROBE
 
 # --- spectrum analyzer -----------------------------------------------------------------------------
 
@@ -161,7 +168,7 @@ def na_figures(runs: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in (
         "server", "backend", "pyrpl", "minimum", "server_over_pyrpl", "backend_over_pyrpl",
         "pyrpl_over_minimum", "server_over_minimum", "mock", "mock_minimum",
-        "mock_over_minimum")}
+        "mock_over_minimum", "mock_per_point")}
     board = start_virtual_board("loopback")
     folder = Path(tempfile.mkdtemp(prefix="pyrpl_bench_na_"))
     try:
@@ -184,6 +191,52 @@ def na_figures(runs: int) -> dict[str, list[float]]:
             out["mock"].append(mock)
             out["mock_minimum"].append(na_minimum(mock_rbw))
             out["mock_over_minimum"].append(mock / na_minimum(mock_rbw))
+            out["mock_per_point"].append(mock / NA_SWEEP["points"])
     finally:
         board.stop()
     return out
+
+# --- the same kind of sweep through DAQ_Scan ---------------------------------------------------------
+
+SCAN_SWEEP = {"start": 50e3, "stop": 150e3, "points": 21,
+              "bandwidth": min(catalogue.MODULES["iq0"].attributes["bandwidth"].options,
+                               key=lambda f: abs(f - NA_SWEEP["rbw"]))}
+"""DAQ_Scan's sweep: 21 points across the resonator's peak (100 kHz), the IQ filter's cutoff the
+NA's rbw applied (1214 Hz)."""
+SCAN_TIMEOUT = 180.0
+_ISOLATION = Path(__file__).resolve().parents[1] / "tests" / "helpers" / "isolation"
+"""sitecustomize.py there moves PyMoDAQ's /etc/.pymodaq to ``$PYMODAQ_PYRPL_TEST_ETC``."""
+
+
+def daq_scan_seconds_per_point(folder: Path) -> float:
+    """Seconds per point of one DAQ_Scan sweep (:data:`SCAN_SWEEP`) by
+    ``tests/helpers/scripts/daq_scan_sweep.py``, with HOME, XDG_RUNTIME_DIR and PyMoDAQ's system
+    folder in fresh folders under ``folder``. Raises RuntimeError if the script fails or makes
+    another number of points, subprocess.TimeoutExpired after :data:`SCAN_TIMEOUT` s."""
+    run = Path(tempfile.mkdtemp(prefix="scan_", dir=folder))
+    dirs = {name: run / name.lower() for name in (
+        "HOME", "PYRPL_USER_DIR", "XDG_RUNTIME_DIR", "PYMODAQ_PYRPL_TEST_ETC", "DATA")}
+    for path in dirs.values():
+        path.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDPITAYA_")}
+    env.update({k: str(v) for k, v in dirs.items() if k != "DATA"}, QT_QPA_PLATFORM="offscreen",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(_ISOLATION),
+                                                        os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(
+        [sys.executable, str(DAQ_SCAN_SWEEP), str(free_port()), str(SCAN_SWEEP["start"]),
+         str(SCAN_SWEEP["stop"]), str(SCAN_SWEEP["points"]), str(SCAN_SWEEP["bandwidth"]),
+         str(dirs["DATA"])], capture_output=True, text=True, timeout=SCAN_TIMEOUT, env=env,
+        stdin=subprocess.DEVNULL, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the DAQ_Scan sweep failed: {done.stderr[-3000:]}")
+    result = json.loads(lines[-1].split(" ", 1)[1])
+    if result["points"] != SCAN_SWEEP["points"]:
+        raise RuntimeError(f"DAQ_Scan made {result['points']} points, not {SCAN_SWEEP['points']}")
+    return result["seconds"] / result["points"]
+
+
+def daq_scan_figures(runs: int) -> list[float]:
+    """Seconds per point of ``runs`` DAQ_Scan sweeps, each in a process of its own."""
+    folder = Path(tempfile.mkdtemp(prefix="pyrpl_bench_scan_"))
+    return [daq_scan_seconds_per_point(folder) for _ in range(runs)]

@@ -36,7 +36,8 @@ SPECTRUM_ANALYZER = [f"sa_{k}_per_s" for k in ("mock", "scope_mock", "virtual", 
 NETWORK_ANALYZER = [f"na_{k}_s" for k in ("server", "backend", "pyrpl", "minimum", "mock",
                                             "mock_minimum")] + [
     f"na_{k}" for k in ("server_over_pyrpl", "backend_over_pyrpl", "pyrpl_over_minimum",
-                        "server_over_minimum", "mock_over_minimum")]
+                        "server_over_minimum", "mock_over_minimum", "daq_scan_over_mock")] + [
+    "na_mock_per_point_ms", "na_daq_scan_per_point_ms"]
 EVERY_FIGURE = (TRACE + CALLS + STARTUP + RATE + SCALING + MEMORY + PYRPL_PATH
                 + SPECTRUM_ANALYZER + NETWORK_ANALYZER)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 _FOLDER = Path(__file__).parent
 BOARD_LINK_PROBE = _FOLDER / "board_link_probe.py"
 BOARD_NET_DRIVER = _FOLDER / "board_net_driver.py"
+DAQ_SCAN_SWEEP = _FOLDER / "daq_scan_sweep.py"
 DASHBOARD_QUIT = _FOLDER / "dashboard_quit.py"
 HOLDER = _FOLDER / "holder.py"
 NET_DRIVER = _FOLDER / "net_driver.py"
