@@ -62,10 +62,6 @@ class Server:
         self.na = NetworkAnalyzer(self.board, self.sessions)
         self.spectrum_analyzer = SpectrumAnalyzer(self.sessions, self.scope, self.apply,
                                                   self.read)
-        self._instruments: dict[str, NetworkAnalyzer | SpectrumAnalyzer] = {
-            "na": self.na, "sa": self.spectrum_analyzer}
-        """The server's software instruments (catalogue.INSTRUMENTS), which keep their settings
-        themselves: ``get`` and ``set`` of them are theirs."""
         self._last_push = 0.0
         self._push_pending = False
         self._handlers: dict[str, Handler] = {
@@ -195,16 +191,20 @@ class Server:
     async def _get(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = params.get("module")
         names = catalogue.attribute_names(module, params.get("names"))
-        if module in self._instruments:
-            return self._instruments[module].get(names)
+        if module == "na":
+            return self.na.get(names)
+        if module == "sa":
+            return self.spectrum_analyzer.get(names)
         return await self.read(module, names)
 
     async def _set(self, connection: Connection, params: dict[str, Any]) -> dict[str, Any]:
         module = params.get("module")
         values = catalogue.validate(module, params.get("values"))
         self.sessions.check_lease(connection.session, module)
-        if module in self._instruments:
-            return self._instruments[module].set(values)
+        if module == "na":
+            return self.na.set(values)
+        if module == "sa":
+            return self.spectrum_analyzer.set(values)
         self.na.check_set(module)
         return await self.apply(module, values)
 
